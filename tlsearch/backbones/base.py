@@ -1,0 +1,146 @@
+"""A built backbone: a flat Keras graph from raw inputs to a pooled feature vector, cut into blocks.
+
+Why a flat graph: the two-stage pipeline needs to (1) freeze everything, (2) unfreeze whole blocks
+from the top, and (3) cut the network at a block boundary so that the frozen bottom can be computed
+once and cached. All three are simple on one functional graph whose layers are grouped into blocks,
+and impossible on a nested model treated as one layer.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+__all__ = ["Backbone", "group_blocks", "file_sha256"]
+
+
+def group_blocks(layer_names: list[str], pattern: str) -> list[list[str]]:
+    """Group ordered layer names into blocks (see :class:`~tlsearch.backbones.registry.BackboneSpec`)."""
+    rx = re.compile(pattern)
+    blocks: list[list[str]] = []
+    if rx.groups:
+        current_id: str | None = None
+        for name in layer_names:
+            m = rx.match(name)
+            if m and m.group(1) != current_id:
+                if current_id is None and blocks:
+                    blocks[-1].append(name)  # leading unmatched layers join the first block
+                else:
+                    blocks.append([name])
+                current_id = m.group(1)
+            else:
+                if not blocks:
+                    blocks.append([])
+                blocks[-1].append(name)
+        return [b for b in blocks if b]
+    current: list[str] = []
+    for name in layer_names:
+        current.append(name)
+        if rx.search(name):
+            blocks.append(current)
+            current = []
+    if current:
+        if blocks:
+            blocks[-1].extend(current)
+        else:
+            blocks.append(current)
+    return blocks
+
+
+@lru_cache(maxsize=64)
+def _sha256_cached(path: str, size: int, mtime: float) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def file_sha256(path: str | Path) -> str:
+    st = os.stat(path)
+    return _sha256_cached(str(path), st.st_size, st.st_mtime)
+
+
+@dataclass
+class Backbone:
+    """A backbone ready for the pipeline.
+
+    ``model`` maps raw inputs (pixels in 0..255, or token ids) to one feature vector per example and
+    contains the backbone's own preprocessing. ``blocks`` lists layer names bottom to top; the
+    ``Input`` layer is in none of them.
+    """
+
+    name: str
+    model: object  # keras.Model
+    blocks: list[list[str]]
+    fingerprint: str
+    modality: str = "image"
+
+    @property
+    def max_unfreeze(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.output.shape[-1])
+
+    def _check_n(self, n: int) -> None:
+        if not 0 <= n <= self.max_unfreeze:
+            raise ValueError(f"{self.name} has {self.max_unfreeze} blocks; cannot unfreeze {n}")
+
+    def freeze(self, n_unfrozen: int = 0, *, keep_bn_frozen: bool = True) -> list[str]:
+        """Make exactly the top ``n_unfrozen`` blocks trainable, BatchNorm excepted. Returns their layers.
+
+        Each layer's flag is set one by one: setting ``model.trainable`` alone would not re-enable
+        sublayers that were frozen individually.
+        """
+        import keras
+
+        self._check_n(n_unfrozen)
+        top = {n for block in self.blocks[len(self.blocks) - n_unfrozen :] for n in block}
+        self.model.trainable = True
+        for layer in self.model.layers:
+            on = layer.name in top
+            if on and keep_bn_frozen and isinstance(layer, keras.layers.BatchNormalization):
+                on = False
+            layer.trainable = on
+        return [layer.name for layer in self.model.layers if layer.name in top]
+
+    def boundary_layer(self, n_unfrozen: int) -> str | None:
+        """The layer whose output feeds the lowest unfrozen block (None: the model's input)."""
+        self._check_n(n_unfrozen)
+        first = len(self.blocks) - n_unfrozen
+        if first == 0:
+            return None
+        return self.blocks[first - 1][-1]
+
+    def can_cut(self, n_unfrozen: int) -> bool:
+        """Whether the frozen bottom hands exactly one tensor to the top (so it can be cached)."""
+        boundary = self.boundary_layer(n_unfrozen)
+        if boundary is None or self.modality != "image":
+            return False
+        top = {n for block in self.blocks[len(self.blocks) - n_unfrozen :] for n in block}
+        for layer in self.model.layers:
+            if layer.name not in top:
+                continue
+            for node in layer._inbound_nodes[:1]:  # the original graph; cuts add cloned nodes
+                for t in node.arguments.keras_tensors:
+                    src = t._keras_history.operation.name
+                    if src not in top and src != boundary:
+                        return False
+        return True
+
+    def split(self, n_unfrozen: int):
+        """(bottom, top): bottom maps inputs to the boundary, top maps the boundary to features."""
+        import keras
+
+        if not self.can_cut(n_unfrozen):
+            raise ValueError(f"{self.name} cannot be cut below its top {n_unfrozen} blocks")
+        boundary = self.model.get_layer(self.boundary_layer(n_unfrozen)).output
+        bottom = keras.Model(self.model.inputs, boundary, name=f"{self.name}_bottom")
+        top = keras.Model(boundary, self.model.output, name=f"{self.name}_top")
+        return bottom, top

@@ -1,0 +1,92 @@
+"""The one place backbones are registered.
+
+Each entry carries what the pipeline needs to know about a pretrained network without building it:
+its modality, its own preprocessing, its default input size, how its layers group into blocks (the
+units that are unfrozen together) and how to build it. Adding a backbone is one ``register`` call in
+one module of this package. Building is deferred: listing or validating backbones imports no
+TensorFlow.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Callable, Literal
+
+__all__ = ["BackboneSpec", "BuildRequest", "register", "get", "names", "specs", "PREPROCESSING"]
+
+PREPROCESSING = ("none", "unit", "tf", "caffe", "torch", "lite")
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    """What a builder is asked for: resolved weights (None = random init), input size, seed."""
+
+    weights: str | None
+    image_size: int
+    seed: int = 0
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """A registered backbone.
+
+    ``blocks`` is a regular expression over layer names. With one capture group, consecutive layers
+    whose names give the same group form a block (``^(block\\d)_`` for VGG). Without a group, each
+    matching layer *ends* a block (``^mixed\\d+$`` for InceptionV3). Layers that match nothing join
+    the block they sit in.
+    """
+
+    name: str
+    builder: Callable[[BuildRequest], object]
+    modality: Literal["image", "text"] = "image"
+    preprocessing: str = "none"
+    default_size: int = 224
+    min_size: int = 32
+    blocks: str = ""
+    default_weights: str | None = "imagenet"
+    family: str = ""
+    description: str = ""
+    tiny: bool = False
+    #: weights values this backbone understands besides a file path and None
+    weight_names: tuple[str, ...] = ("imagenet",)
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register(spec: BackboneSpec) -> BackboneSpec:
+    """Add a backbone. A name is registered once: a second registration is a bug."""
+    if spec.name in _REGISTRY:
+        raise ValueError(f"backbone {spec.name!r} is already registered")
+    if spec.preprocessing not in PREPROCESSING:
+        raise ValueError(f"{spec.name}: unknown preprocessing {spec.preprocessing!r}")
+    _REGISTRY[spec.name] = spec
+    return spec
+
+
+def _load_all() -> None:
+    # Importing the modules registers their entries; none of them imports TensorFlow at import time.
+    from tlsearch.backbones import efficientnet_lite, keras_apps, text, tiny  # noqa: F401
+
+
+def names() -> list[str]:
+    _load_all()
+    return sorted(_REGISTRY)
+
+
+def specs() -> list[BackboneSpec]:
+    _load_all()
+    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+
+
+def get(name: str) -> BackboneSpec:
+    """The spec registered as ``name``; an unknown name fails listing the close ones."""
+    _load_all()
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
+        tip = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        raise KeyError(f"unknown backbone {name!r}{tip}") from None

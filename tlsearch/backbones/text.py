@@ -1,0 +1,1 @@
+"""Text backbones (BERT family through keras-hub) are registered here."""

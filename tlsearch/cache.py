@@ -1,0 +1,155 @@
+"""The frozen-feature cache shared by every trial of a study, and by later runs of it.
+
+While a block is frozen and BatchNorm runs in inference mode, what it outputs depends only on the
+backbone, its weights, the input size, the preprocessing and the data. So the frozen part of a
+network is computed once per study and kept, and every trial trains only what is trainable:
+
+* stage 1 trains the head on the pooled backbone outputs;
+* stage 2 trains the unfrozen top blocks and the head on the activations at the *freeze
+  boundary*, the input of the lowest unfrozen block.
+
+Both are exact (the same numbers the full network would compute), which the tests check. Random
+augmentation changes the inputs every epoch, so a trial that augments runs un-cached.
+
+Entries live in ``<cache dir>/features/<key>/{train,val}.npy``, keyed by a SHA-256 of exactly what
+they depend on. The folder never grows past ``max_gb``: the least recently used entries are removed
+first, and an entry larger than the whole limit is kept in memory only, with a warning.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+__all__ = ["FeatureCache", "cache_key", "cache_usage", "clear_cache"]
+
+_MEMORY_LIMIT = 4 << 30  # bytes of features kept in this process
+
+
+def cache_key(**parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:32]
+
+
+def _entry_bytes(d: Path) -> int:
+    return sum(f.stat().st_size for f in d.glob("*") if f.is_file())
+
+
+def cache_usage(root: Path) -> tuple[int, int]:
+    """(entries, bytes) in the feature cache under ``root``."""
+    d = Path(root) / "features"
+    if not d.is_dir():
+        return 0, 0
+    entries = [e for e in d.iterdir() if e.is_dir()]
+    return len(entries), sum(_entry_bytes(e) for e in entries)
+
+
+def clear_cache(root: Path) -> tuple[int, int]:
+    """Remove every cached entry; returns what was removed as (entries, bytes)."""
+    n, size = cache_usage(root)
+    d = Path(root) / "features"
+    if d.is_dir():
+        shutil.rmtree(d)
+    return n, size
+
+
+class FeatureCache:
+    """Arrays keyed by what they were computed from, in memory and on disk."""
+
+    def __init__(self, root: Path | None, max_bytes: int, *, enabled: bool = True,
+                 warn: Callable[[str], None] = print) -> None:
+        self.root = Path(root) / "features" if root is not None else None
+        self.max_bytes = int(max_bytes)
+        self.enabled = enabled
+        self.warn = warn
+        self._memory: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.hits = self.misses = 0
+
+    def get_or_compute(self, key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray]],
+                       describe: str = "") -> tuple[np.ndarray, np.ndarray]:
+        if key in self._memory:
+            self._memory.move_to_end(key)
+            self.hits += 1
+            return self._memory[key]
+        arrays = self._read(key)
+        if arrays is None:
+            self.misses += 1
+            arrays = compute()
+            if self.enabled:
+                self._write(key, arrays, describe)
+        else:
+            self.hits += 1
+        self._remember(key, arrays)
+        return arrays
+
+    def _remember(self, key: str, arrays: tuple[np.ndarray, np.ndarray]) -> None:
+        self._memory[key] = arrays
+        while len(self._memory) > 1 and sum(a.nbytes + b.nbytes for a, b in self._memory.values()) > _MEMORY_LIMIT:
+            self._memory.popitem(last=False)
+
+    def _read(self, key: str):
+        if not self.enabled or self.root is None:
+            return None
+        d = self.root / key
+        try:
+            meta = json.loads((d / "meta.json").read_text())
+            train = np.load(d / "train.npy", mmap_mode=None)
+            val = np.load(d / "val.npy", mmap_mode=None)
+        except (OSError, ValueError):
+            return None
+        if list(train.shape) != meta["train_shape"] or list(val.shape) != meta["val_shape"]:
+            return None
+        os.utime(d / "meta.json")  # mark as recently used
+        return train, val
+
+    def _write(self, key: str, arrays: tuple[np.ndarray, np.ndarray], describe: str) -> None:
+        if self.root is None:
+            return
+        size = sum(a.nbytes for a in arrays)
+        if size > self.max_bytes:
+            self.warn(
+                f"feature cache: {describe or key} needs {size / 2**20:.0f} MB, more than the whole "
+                f"cache limit ({self.max_bytes / 2**20:.0f} MB); kept in memory only. Raise "
+                f"`cache.max_gb` to keep it on disk."
+            )
+            return
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_room(size)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        try:
+            np.save(tmp / "train.npy", arrays[0])
+            np.save(tmp / "val.npy", arrays[1])
+            (tmp / "meta.json").write_text(json.dumps({
+                "describe": describe, "created": time.time(),
+                "train_shape": list(arrays[0].shape), "val_shape": list(arrays[1].shape),
+            }))
+            os.replace(tmp, self.root / key)  # atomic: a reader sees all of an entry or none
+        except OSError:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if not (self.root / key).is_dir():
+                raise
+
+    def _make_room(self, incoming: int) -> None:
+        entries = [e for e in self.root.iterdir() if e.is_dir() and not e.name.startswith(".")]
+        used = sum(_entry_bytes(e) for e in entries)
+        if used + incoming <= self.max_bytes:
+            return
+        entries.sort(key=lambda e: (e / "meta.json").stat().st_mtime if (e / "meta.json").exists() else 0)
+        freed = 0
+        for e in entries:
+            if used - freed + incoming <= self.max_bytes:
+                break
+            freed += _entry_bytes(e)
+            shutil.rmtree(e, ignore_errors=True)
+        self.warn(f"feature cache full ({self.max_bytes / 2**30:.1f} GB limit): removed "
+                  f"{freed / 2**20:.0f} MB of least recently used features. `tlsearch cache clear` "
+                  f"empties it; `cache.max_gb` sets the limit.")

@@ -1,0 +1,181 @@
+"""Datasets: the one place a data format is registered, and the split every format shares.
+
+A format is a function ``load(cfg, path, image_size) -> RawData`` registered under a name with the
+file suffixes it claims. Everything is read, checked and split *before* the first trial: a corrupt
+file is reported at start, naming it, never in the middle of a trial.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from tlsearch.errors import DataError
+
+__all__ = ["Dataset", "RawData", "register_format", "formats", "load_dataset", "format_file_list"]
+
+
+@dataclass
+class RawData:
+    """What a format reader returns: inputs, string labels, and what it skipped."""
+
+    x: np.ndarray
+    labels: list[str]
+    modality: str
+    skipped: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Dataset:
+    """Train and validation examples, integer labels indexing ``class_names`` (a stable order)."""
+
+    modality: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    class_names: list[str]
+    skipped: list[str] = field(default_factory=list)
+    fingerprint: str = ""
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    def summary(self) -> str:
+        counts = np.bincount(self.y_train, minlength=self.n_classes)
+        return (f"{len(self.y_train)} training and {len(self.y_val)} validation {self.modality}s, "
+                f"{self.n_classes} classes (smallest has {counts.min()} training examples)")
+
+
+@dataclass(frozen=True)
+class _Format:
+    name: str
+    load: Callable
+    suffixes: tuple[str, ...]
+    is_dir: bool = False
+
+
+_FORMATS: dict[str, _Format] = {}
+
+
+def register_format(name: str, *, suffixes: tuple[str, ...] = (), is_dir: bool = False):
+    """Decorator: register ``load(data_cfg, path, image_size) -> RawData`` as format ``name``."""
+
+    def deco(fn: Callable) -> Callable:
+        if name in _FORMATS:
+            raise ValueError(f"data format {name!r} is already registered")
+        _FORMATS[name] = _Format(name, fn, suffixes, is_dir)
+        return fn
+
+    return deco
+
+
+def _load_all() -> None:
+    from tlsearch.data import images, text  # noqa: F401
+
+
+def formats() -> list[str]:
+    _load_all()
+    return sorted(_FORMATS)
+
+
+def _infer_format(path: Path) -> str:
+    _load_all()
+    if path.is_dir():
+        return next(f.name for f in _FORMATS.values() if f.is_dir)
+    name = path.name.lower()
+    for f in _FORMATS.values():
+        if any(name.endswith(s) for s in f.suffixes):
+            return f.name
+    known = sorted(s for f in _FORMATS.values() for s in f.suffixes)
+    raise DataError(f"`data.path`: cannot tell the format of {str(path)!r}: expected a folder of "
+                    f"class folders or a file ending in one of {known}; or set `data.format`")
+
+
+def format_file_list(files: list[str], limit: int = 15) -> str:
+    shown = "\n".join(f"    {f}" for f in files[:limit])
+    more = f"\n    ... and {len(files) - limit} more" if len(files) > limit else ""
+    return shown + more
+
+
+def _fingerprint(*arrays, names: list[str]) -> str:
+    h = hashlib.sha256()
+    for a in arrays:
+        if a.dtype == object:
+            for s in a:
+                h.update(str(s).encode("utf-8") + b"\0")
+        else:
+            h.update(str((a.shape, a.dtype)).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    h.update("\0".join(names).encode())
+    return h.hexdigest()
+
+
+def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
+    """Read, check and split the data described by a :class:`~tlsearch.config.DataConfig`."""
+    from sklearn.model_selection import train_test_split
+
+    _load_all()
+    path = cfg.path if Path(cfg.path).is_absolute() else base_dir / cfg.path
+    if not path.exists():
+        raise DataError(f"`data.path`: {str(path)!r} does not exist")
+    fmt = cfg.format or _infer_format(path)
+    if fmt not in _FORMATS:
+        raise DataError(f"`data.format`: unknown format {fmt!r}; expected one of {formats()}")
+    reader = _FORMATS[fmt].load
+    train = reader(cfg, path, image_size)
+    skipped = list(train.skipped)
+    if cfg.validation is not None:
+        vpath = cfg.validation if Path(cfg.validation).is_absolute() else base_dir / cfg.validation
+        if not vpath.exists():
+            raise DataError(f"`data.validation`: {str(vpath)!r} does not exist")
+        val = reader(cfg, vpath, image_size)
+        skipped += val.skipped
+        class_names = sorted(set(train.labels), key=_label_key)
+        unknown = sorted(set(val.labels) - set(class_names))
+        if unknown:
+            raise DataError(f"`data.validation`: labels {unknown} occur in the validation data "
+                            f"but not in the training data {class_names}")
+        index = {c: i for i, c in enumerate(class_names)}
+        x_tr, y_tr = train.x, np.array([index[c] for c in train.labels], dtype=np.int64)
+        x_va, y_va = val.x, np.array([index[c] for c in val.labels], dtype=np.int64)
+        _check_classes(class_names, y_tr, "data.path")
+        if len(y_va) == 0:
+            raise DataError("`data.validation`: no examples found")
+    else:
+        class_names = sorted(set(train.labels), key=_label_key)
+        index = {c: i for i, c in enumerate(class_names)}
+        y = np.array([index[c] for c in train.labels], dtype=np.int64)
+        _check_classes(class_names, y, "data.path")
+        counts = np.bincount(y, minlength=len(class_names))
+        n_val = int(round(len(y) * cfg.validation_split))
+        if counts.min() < 2 or n_val < len(class_names) or len(y) - n_val < len(class_names):
+            small = [class_names[i] for i in np.flatnonzero(counts < 2)]
+            raise DataError(
+                f"`data.path`: too few examples for a stratified {cfg.validation_split:g} split: "
+                f"{len(y)} examples in {len(class_names)} classes"
+                + (f"; classes with fewer than 2: {small}" if small else "")
+                + ". Add data, change `data.validation_split`, or give `data.validation`"
+            )
+        idx = np.arange(len(y))
+        tr, va = train_test_split(idx, test_size=n_val, stratify=y, random_state=seed)
+        x_tr, y_tr, x_va, y_va = train.x[tr], y[tr], train.x[va], y[va]
+    ds = Dataset(train.modality, x_tr, y_tr, x_va, y_va, class_names, skipped)
+    ds.fingerprint = _fingerprint(x_tr, y_tr, x_va, y_va, names=class_names)
+    return ds
+
+
+def _label_key(label: str):
+    """Integer labels sort as numbers (2 before 10), others as text."""
+    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+
+
+def _check_classes(class_names: list[str], y: np.ndarray, field_name: str) -> None:
+    if len(class_names) < 2:
+        raise DataError(f"`{field_name}`: found a single class {class_names}; classification "
+                        f"needs at least two")

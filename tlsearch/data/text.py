@@ -1,0 +1,1 @@
+"""Text data formats (CSV, Parquet, JSON Lines) are registered here."""

@@ -1,0 +1,61 @@
+"""The errors a user can act on.
+
+Two kinds, as in KerasTuner: a :class:`UserError` is fatal and is reported without a traceback
+(exit code 2: the study file, the data or the storage is wrong and nothing was written), while a
+:class:`TrialFailure` ends one trial only and the search goes on.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UserError",
+    "ConfigError",
+    "DataError",
+    "StorageError",
+    "SpaceChangedError",
+    "TrialFailure",
+    "NonFiniteLoss",
+    "TooManyFailures",
+]
+
+
+class UserError(Exception):
+    """Bad input from the user: printed as a message, exit code 2, nothing written."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """The study file is invalid. ``problems`` holds one line per wrong field."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{source} is not a valid study file:\n{lines}")
+
+
+class DataError(UserError):
+    """The data named by the study file cannot be used as it is."""
+
+
+class StorageError(UserError):
+    """The storage URL is malformed or the database cannot be reached."""
+
+
+class SpaceChangedError(UserError):
+    """The study file's search space differs from the one the stored study was created with."""
+
+
+class TrialFailure(Exception):
+    """One trial cannot go on (non-finite loss, out of memory, a bad batch); the study continues."""
+
+
+class NonFiniteLoss(TrialFailure):
+    """The loss became NaN or infinite."""
+
+
+class TooManyFailures(Exception):
+    """Several trials in a row failed: something is wrong beyond one unlucky configuration."""
+
+    exit_code = 1
