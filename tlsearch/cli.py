@@ -1,0 +1,64 @@
+"""The ``tlsearch`` command: a thin layer over the library, one module per subcommand.
+
+``main(argv) -> int`` never exits by itself, so the tests call it in-process. A
+:class:`~tlsearch.errors.UserError` becomes a message and exit code 2, with no traceback:
+tracebacks are for bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+
+from tlsearch import __version__
+from tlsearch.errors import TooManyFailures, UserError
+
+__all__ = ["main"]
+
+#: subcommand modules under tlsearch.commands; each has ``add_parser(sub)`` and ``run(args) -> int``
+COMMANDS = ("run", "validate", "backbones", "cache")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="tlsearch",
+        description="Search the two-stage transfer-learning recipe with Optuna.",
+    )
+    p.add_argument("--version", action="version", version=f"tlsearch {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMANDS:
+        mod = importlib.import_module(f"tlsearch.commands.{name}")
+        mod.add_parser(sub).set_defaults(_handler=mod.run)
+    return p
+
+
+def _quiet_tensorflow() -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _quiet_tensorflow()
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on bad usage; keep that code, but return it
+        return int(e.code or 0)
+    try:
+        return int(args._handler(args) or 0)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except TooManyFailures as e:
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are saved; run the same command again to resume",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,59 @@
+"""tlsearch validate STUDY: check a study file and show the search space as Optuna will see it."""
+
+from __future__ import annotations
+
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from tlsearch import space
+from tlsearch.backbones import describe_entry
+from tlsearch.config import load_config
+
+
+def add_parser(sub):
+    p = sub.add_parser("validate", help="check a study file and print the resolved search space")
+    p.add_argument("study", help="the study file (YAML)")
+    p.add_argument("--data", action="store_true", help="also read and check every data file")
+    p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+    return p
+
+
+def run(args) -> int:
+    cfg = load_config(args.study)
+    modality = {describe_entry(e)["modality"] for e in cfg.backbone_entries}
+    modality_name = modality.pop() if len(modality) == 1 else "image"
+    if args.json:
+        resolved = json.loads(cfg.model_dump_json(exclude={"base_dir"}))
+        resolved["storage"] = cfg.storage_url
+        print(json.dumps(resolved, indent=2))
+        return 0
+    out = Console()
+    from tlsearch.study import redact_url
+
+    out.print(f"[bold]{args.study}[/]: valid study [bold]{cfg.name}[/] ({modality_name})")
+    out.print(f"  storage    {redact_url(cfg.storage_url)}")
+    out.print(f"  artifacts  {cfg.artifact_dir}")
+    out.print(f"  objective  {cfg.objective} ({cfg.direction})   budget: "
+              f"{cfg.n_trials or '-'} trials, timeout {cfg.timeout or '-'} s")
+    out.print(f"  sampler    {cfg.sampler.type}   pruner {cfg.pruner.type}")
+    out.print(f"  schedule   stage 1: {cfg.training.stage1_epochs} epochs, stage 2: "
+              f"{cfg.training.stage2_epochs} epochs, batch {cfg.training.batch_size}")
+    t = Table(title="search space (as Optuna sees it)", show_lines=False)
+    t.add_column("parameter")
+    t.add_column("distribution")
+    for name, d in space.distributions(cfg, modality_name).items():
+        text = repr(d)
+        if name == "unfreeze_blocks":
+            text += "  (upper bound capped per backbone)"
+        t.add_row(name, text)
+    for name, v in space.fixed_values(cfg, modality_name).items():
+        t.add_row(name, f"fixed: {v!r}")
+    out.print(t)
+    if args.data:
+        from tlsearch.study import check_inputs
+
+        _, data = check_inputs(cfg)
+        out.print(f"  data       {data.summary()}; classes {data.class_names}")
+    return 0

@@ -1,0 +1,452 @@
+"""The study: storage, sampler, pruner, the objective around the pipeline, and resuming.
+
+Order matters here. Everything that can be wrong with the user's input (the study file, the
+backbone weights, the data, the storage URL, a search space edited since the study was created) is
+checked in :func:`prepare` before anything is written, so a bad input leaves the database exactly
+as it was. Only then is the study created, once, and trials run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
+from optuna.study import MaxTrialsCallback
+from optuna.trial import TrialState
+
+from tlsearch import space
+from tlsearch.artifacts import AtomicFileSystemArtifactStore, upload_weights
+from tlsearch.backbones import describe_entry, resolve_weights
+from tlsearch.cache import FeatureCache
+from tlsearch.config import StudyConfig
+from tlsearch.data import Dataset, load_dataset
+from tlsearch.errors import (
+    SpaceChangedError,
+    StorageError,
+    TooManyFailures,
+    TrialFailure,
+    UserError,
+)
+from tlsearch.pipeline import (
+    BackboneSource,
+    Schedule,
+    TrialParams,
+    class_weights,
+    clear_state,
+    run_trial,
+)
+from tlsearch.progress import Progress
+
+__all__ = [
+    "PreparedStudy",
+    "prepare",
+    "run",
+    "open_storage",
+    "load_study",
+    "redact_url",
+    "make_sampler",
+    "make_pruner",
+    "trial_params",
+    "ATTR",
+]
+
+#: names of the user attributes tlsearch stores on studies and trials
+ATTR = {
+    "space": "tlsearch.space",
+    "classes": "tlsearch.classes",
+    "modality": "tlsearch.modality",
+    "config": "tlsearch.config",
+    "data": "tlsearch.data",
+    "params": "tlsearch.params",
+    "history": "tlsearch.history",
+    "best_step": "tlsearch.best_step",
+    "best_stage": "tlsearch.best_stage",
+    "failure": "tlsearch.failure",
+    "seconds": "tlsearch.seconds",
+    "cached": "tlsearch.cached",
+}
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+# tlsearch prints its own progress; Optuna's experimental-feature notes are for library authors
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and logs."""
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable storage URL>"
+
+
+def _engine_kwargs(url: str) -> dict:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 60}}
+    if url.startswith("postgresql"):
+        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    if url.startswith("mysql"):
+        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
+    return {}
+
+
+def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True) -> RDBStorage:
+    """Optuna's RDB storage with heartbeats: a trial whose worker died is failed and retried."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+    url = url or cfg.storage_url
+    shown = redact_url(url)
+    try:
+        make_url(url)
+    except ArgumentError:
+        raise StorageError(f"storage: {shown!r} is not a database URL (expected for example "
+                           f"sqlite:///study.db or postgresql+psycopg://user@host/db)") from None
+    hb: dict[str, Any] = {}
+    if heartbeat:
+        hb = dict(
+            heartbeat_interval=cfg.heartbeat.interval,
+            grace_period=cfg.heartbeat.grace_period,
+            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
+                max_retry=cfg.heartbeat.max_retry),
+        )
+    try:
+        return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **hb)
+    except (SQLAlchemyError, ImportError, ValueError) as e:
+        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise StorageError(f"storage: cannot open {shown}: {reason}") from None
+
+
+def _existing_sqlite_missing(url: str) -> bool:
+    if not url.startswith("sqlite:///"):
+        return False
+    path = url[len("sqlite:///"):]
+    return path not in ("", ":memory:") and not os.path.exists(path)
+
+
+def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    seed = cfg.sampler.seed if cfg.sampler.seed is not None else cfg.seed
+    if cfg.sampler.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.n_startup_trials,
+                                      multivariate=True, group=True)
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    p = cfg.pruner
+    max_resource = cfg.training.stage1_epochs + cfg.training.stage2_epochs
+    if p.type == "none":
+        return optuna.pruners.NopPruner()
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
+                                           n_warmup_steps=p.n_warmup_steps)
+    if p.type == "percentile":
+        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.n_startup_trials,
+                                               n_warmup_steps=p.n_warmup_steps)
+    if p.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=max_resource,
+                                              reduction_factor=p.reduction_factor)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
+                                                  reduction_factor=p.reduction_factor)
+
+
+@dataclass
+class PreparedStudy:
+    """Everything checked and loaded; the study exists in storage."""
+
+    cfg: StudyConfig
+    study: optuna.Study
+    data: Dataset
+    source: BackboneSource
+    schedule: Schedule
+    store: AtomicFileSystemArtifactStore
+    modality: str
+    storage_url: str
+
+    @property
+    def finished(self) -> int:
+        return len(self.study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def _modality(cfg: StudyConfig) -> str:
+    kinds = {describe_entry(e)["modality"] for e in cfg.backbone_entries}
+    if len(kinds) > 1:
+        raise UserError("`backbones`: image and text backbones cannot share one study "
+                        f"({', '.join(e.name for e in cfg.backbone_entries)})")
+    return kinds.pop()
+
+
+def _config_snapshot(cfg: StudyConfig) -> dict:
+    snap = json.loads(cfg.model_dump_json(exclude={"base_dir"}))
+    snap.pop("storage", None)  # may carry credentials
+    return snap
+
+
+def check_inputs(cfg: StudyConfig) -> tuple[str, Dataset]:
+    """Everything about the user's input that can be checked without a database."""
+    modality = _modality(cfg)
+    for entry in cfg.backbone_entries:
+        resolve_weights(entry, cfg.base_dir)  # raises UserError for a missing file
+    data = load_dataset(cfg.data, base_dir=cfg.base_dir, image_size=cfg.data.image_size,
+                        seed=cfg.seed)
+    if data.modality != modality:
+        raise UserError(f"`data`: the data is {data.modality} but the backbones take {modality}")
+    return modality, data
+
+
+def load_study(cfg: StudyConfig, url: str | None = None) -> optuna.Study:
+    """The stored study, for reading (export, report, dashboard). Fails clearly if absent."""
+    url = url or cfg.storage_url
+    if _existing_sqlite_missing(url):
+        raise UserError(f"no study database at {redact_url(url)}: run `tlsearch run` first")
+    storage = open_storage(cfg, url, heartbeat=False)
+    try:
+        return optuna.load_study(study_name=cfg.name, storage=storage)
+    except KeyError:
+        raise UserError(f"study {cfg.name!r} is not in {redact_url(url)}: run `tlsearch run` "
+                        f"first") from None
+
+
+def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
+            create: bool = True) -> PreparedStudy:
+    """Check the inputs, compare with a stored study of the same name, then create or load it."""
+    url = storage_url or cfg.storage_url
+    modality, data = check_inputs(cfg)
+    sig = space.signature(cfg, modality)
+    existing = None
+    if not _existing_sqlite_missing(url):
+        storage = open_storage(cfg, url)
+        try:
+            existing = optuna.load_study(study_name=cfg.name, storage=storage)
+        except KeyError:
+            existing = None
+    if existing is not None:
+        stored = existing.user_attrs.get(ATTR["space"])
+        if stored is not None and stored != sig:
+            changes = "\n".join(f"  - {c}" for c in space.diff_signatures(stored, sig))
+            raise SpaceChangedError(
+                f"the search space of study {cfg.name!r} changed since it was created:\n{changes}\n"
+                f"Optuna cannot mix trials from different spaces in one study. Give the study a new "
+                f"`name` to start a new one, or undo the change to resume this one."
+            )
+        stored_classes = existing.user_attrs.get(ATTR["classes"])
+        if stored_classes is not None and stored_classes != data.class_names:
+            raise SpaceChangedError(
+                f"study {cfg.name!r} was created for classes {stored_classes}, but the data now has "
+                f"{data.class_names}. Give the study a new `name`."
+            )
+        if existing.user_attrs.get(ATTR["data"]) not in (None, data.fingerprint):
+            warn(f"note: the data changed since study {cfg.name!r} was created; earlier trials "
+                 f"were measured on other data")
+    if not create:
+        raise UserError("nothing to do")
+    storage = open_storage(cfg, url)
+    study = optuna.create_study(
+        study_name=cfg.name, storage=storage, direction=cfg.direction, load_if_exists=True,
+        sampler=make_sampler(cfg), pruner=make_pruner(cfg),
+    )
+    if existing is None:
+        study.set_user_attr(ATTR["space"], sig)
+        study.set_user_attr(ATTR["classes"], data.class_names)
+        study.set_user_attr(ATTR["modality"], modality)
+        study.set_user_attr(ATTR["config"], _config_snapshot(cfg))
+        study.set_user_attr(ATTR["data"], data.fingerprint)
+    cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), enabled=cfg.cache.enabled,
+                         warn=warn)
+    source = _make_source(cfg, data, cache, modality)
+    cw = cfg.training.class_weight
+    if cw == "auto":
+        cw_map = class_weights(data.y_train, data.n_classes)
+    elif isinstance(cw, dict):
+        unknown = sorted(set(cw) - set(data.class_names))
+        if unknown:
+            raise UserError(f"`training.class_weight`: unknown classes {unknown}; the classes are "
+                            f"{data.class_names}")
+        cw_map = {data.class_names.index(k): float(v) for k, v in cw.items()}
+    else:
+        cw_map = None
+    schedule = Schedule(
+        stage1_epochs=cfg.training.stage1_epochs, stage2_epochs=cfg.training.stage2_epochs,
+        batch_size=cfg.training.batch_size, objective=cfg.objective, class_weight=cw_map,
+        keep_bn_frozen=cfg.training.keep_bn_frozen, seed=cfg.seed,
+    )
+    store = AtomicFileSystemArtifactStore(cfg.artifact_dir)
+    return PreparedStudy(cfg, study, data, source, schedule, store, modality, url)
+
+
+def _make_source(cfg: StudyConfig, data: Dataset, cache: FeatureCache, modality: str):
+    entries = {e.name: e for e in cfg.backbone_entries}
+    if modality == "text":
+        from tlsearch.text_source import TextBackboneSource
+
+        return TextBackboneSource(entries, data, cfg.data.image_size, cache, seed=cfg.seed,
+                                  base_dir=cfg.base_dir)
+    return BackboneSource(entries, data, cfg.data.image_size, cache if cfg.cache.enabled else None,
+                          seed=cfg.seed, base_dir=cfg.base_dir)
+
+
+def trial_params(frozen: optuna.trial.FrozenTrial) -> TrialParams:
+    """The full parameters of a stored trial (searched and fixed)."""
+    return TrialParams(**frozen.user_attrs[ATTR["params"]])
+
+
+class _FailureGuard:
+    """Stops the study after ``limit`` failed trials in a row: then the problem is not one trial."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.count = 0
+        self.reasons: list[str] = []
+
+    def __call__(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
+        if frozen.state == TrialState.FAIL:
+            self.count += 1
+            self.reasons.append(f"trial {frozen.number}: "
+                                f"{frozen.user_attrs.get(ATTR['failure'], 'failed')}")
+            if self.count >= self.limit:
+                study.stop()
+        elif frozen.state in FINISHED:
+            self.count = 0
+            self.reasons = []
+
+    @property
+    def tripped(self) -> bool:
+        return self.count >= self.limit
+
+
+def _as_trial_failure(e: BaseException) -> TrialFailure | None:
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover
+        return None
+    if isinstance(e, tf.errors.ResourceExhaustedError):
+        return TrialFailure(f"out of memory: {str(e).splitlines()[0][:200]}; try a smaller "
+                            f"`training.batch_size` or image size")
+    if isinstance(e, (tf.errors.InvalidArgumentError, MemoryError)):
+        return TrialFailure(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
+    return None
+
+
+def make_objective(prep: PreparedStudy, progress: Progress):
+    cfg, schedule = prep.cfg, prep.schedule
+    relevant = set(space.space_entries(cfg, prep.modality))
+
+    def objective(trial: optuna.Trial) -> float:
+        params = space.suggest(trial, cfg, prep.modality, prep.source.max_unfreeze)
+        shown = {k: v for k, v in asdict(params).items() if k in relevant}
+        trial.set_user_attr(ATTR["params"], shown)
+        progress.trial_start(trial.number, shown)
+        history: list[dict] = []
+
+        def on_epoch(rec) -> None:
+            history.append(asdict(rec))
+            progress.epoch(rec)
+            trial.report(rec.value(schedule.objective), rec.step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {rec.step} (stage {rec.stage})")
+
+        try:
+            result = run_trial(params, schedule, prep.data, prep.source, on_epoch, progress.stage)
+        except TrialFailure as e:
+            trial.set_user_attr(ATTR["failure"], str(e))
+            raise
+        except optuna.TrialPruned:
+            raise
+        except Exception as e:
+            failure = _as_trial_failure(e)
+            if failure is None:
+                raise
+            trial.set_user_attr(ATTR["failure"], str(failure))
+            raise failure from e
+        finally:
+            trial.set_user_attr(ATTR["history"], history)
+            clear_state()
+        trial.set_user_attr(ATTR["best_step"], result.best_step)
+        trial.set_user_attr(ATTR["best_stage"], result.best_stage)
+        trial.set_user_attr(ATTR["seconds"], round(result.seconds, 3))
+        trial.set_user_attr(ATTR["cached"], result.cached)
+        upload_weights(trial, prep.store, result.weights, step=result.best_step)
+        return result.value
+
+    return objective
+
+
+def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None) -> dict:
+    """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes)."""
+    cfg = prep.cfg
+    target = n_trials or cfg.n_trials
+    done = prep.finished
+    remaining = None if target is None else max(0, target - done)
+    best = None
+    try:
+        bt = prep.study.best_trial
+        best = (bt.number, bt.value)
+    except ValueError:
+        pass
+    guard = _FailureGuard(cfg.training.max_consecutive_failures)
+    progress.start(target, done, best)
+
+    def on_done(study, frozen):
+        note = frozen.user_attrs.get(ATTR["failure"], "") if frozen.state == TrialState.FAIL else ""
+        progress.trial_end(frozen.number, frozen.state.name, frozen.value, note)
+
+    callbacks = [on_done, guard]
+    if target is not None:
+        callbacks.append(MaxTrialsCallback(target, states=FINISHED))
+    try:
+        if remaining is None or remaining > 0:
+            prep.study.optimize(
+                make_objective(prep, progress), n_trials=remaining, timeout=cfg.timeout,
+                catch=(TrialFailure,), callbacks=callbacks, gc_after_trial=True,
+            )
+    finally:
+        progress.close()
+    if guard.tripped:
+        reasons = "\n".join(f"  - {r}" for r in guard.reasons[-guard.limit:])
+        raise TooManyFailures(
+            f"{guard.count} trials failed in a row; the study was stopped:\n{reasons}\n"
+            f"Fix the cause and run the same command again: the study resumes."
+        )
+    return summarize(prep.study)
+
+
+def summarize(study: optuna.Study) -> dict:
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name] = states.get(t.state.name, 0) + 1
+    out: dict[str, Any] = {"study": study.study_name, "trials": len(trials), "states": states}
+    try:
+        bt = study.best_trial
+    except ValueError:
+        return out
+    out["best"] = {
+        "number": bt.number,
+        "value": bt.value,
+        "params": bt.user_attrs.get(ATTR["params"], bt.params),
+        "best_step": bt.user_attrs.get(ATTR["best_step"]),
+        "best_stage": bt.user_attrs.get(ATTR["best_stage"]),
+        "history": bt.user_attrs.get(ATTR["history"], []),
+    }
+    return out
+
+
+def best_accuracy(summary: dict) -> float | None:
+    b = summary.get("best")
+    if not b:
+        return None
+    step = b.get("best_step")
+    for rec in b.get("history", []):
+        if rec["step"] == step:
+            return rec["val_accuracy"]
+    return None
