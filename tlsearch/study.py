@@ -405,8 +405,10 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None)
         callbacks.append(MaxTrialsCallback(target, states=FINISHED))
     try:
         if remaining is None or remaining > 0:
+            # Failed trials do not count towards n_trials: MaxTrialsCallback stops the loop once
+            # enough trials have *finished*, however many failed on the way.
             prep.study.optimize(
-                make_objective(prep, progress), n_trials=remaining, timeout=cfg.timeout,
+                make_objective(prep, progress), n_trials=None, timeout=cfg.timeout,
                 catch=(TrialFailure,), callbacks=callbacks, gc_after_trial=True,
             )
     finally:
