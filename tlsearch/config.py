@@ -154,7 +154,9 @@ class TrainingConfig(_Section):
     batch_size: int = Field(32, ge=1)
     class_weight: Literal["auto"] | dict[str, float] | None = None
     max_consecutive_failures: int = Field(3, ge=1)
-    keep_bn_frozen: bool = Field(True, description="BatchNorm stays in inference mode in stage 2")
+    keep_bn_frozen: bool = Field(
+        True, description="BatchNorm stays frozen, in inference mode, in stage 2; false updates "
+        "the unfrozen blocks' BatchNorm statistics (needed when training from scratch)")
 
 
 class SearchConfig(_Section):

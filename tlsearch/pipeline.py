@@ -137,12 +137,18 @@ class Head:
         return [self.dense, self.dropout, self.out]
 
 
-def assemble_model(backbone: Backbone, head: Head, name: str = "tlsearch_model"):
-    """Raw inputs -> backbone (inference mode) -> head: the model that is exported."""
+def assemble_model(backbone: Backbone, head: Head, name: str = "tlsearch_model", *,
+                   training: bool = False):
+    """Raw inputs -> backbone -> head: the model that is exported.
+
+    The backbone runs in inference mode unless ``training`` (fine-tuning with BatchNorm updating
+    its statistics, which training from scratch needs). Frozen BatchNorm layers stay in inference
+    mode either way: Keras 3 never uses batch statistics in a layer that is not trainable.
+    """
     import keras
 
     inputs = backbone.model.inputs
-    feats = backbone.model(inputs if len(inputs) > 1 else inputs[0], training=False)
+    feats = backbone.model(inputs if len(inputs) > 1 else inputs[0], training=training)
     return keras.Model(inputs, head(feats), name=name)
 
 
@@ -372,17 +378,18 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
             backbone = source.build(params.backbone, params)
         n = min(n, backbone.max_unfreeze)
         trainable = backbone.freeze(n, keep_bn_frozen=schedule.keep_bn_frozen)
+        bn_training = not schedule.keep_bn_frozen
         layers = head.layers + [backbone.model.get_layer(name) for name in trainable]
         if use_cache and backbone.can_cut(n):
             b_tr, b_va = source.frozen_outputs(params.backbone, n, params, backbone=backbone)
             _, top = backbone.split(n)
             inp = keras.Input(b_tr.shape[1:], name="boundary")
-            model = keras.Model(inp, head(top(inp, training=False)), name="top_on_boundary")
+            model = keras.Model(inp, head(top(inp, training=bn_training)), name="top_on_boundary")
             fit(model, b_tr, b_va, stage=2, lr=params.lr_stage2, layers=layers, epochs=e1 + e2,
                 initial_epoch=e1)
             cached2 = True
         else:
-            model = assemble_model(backbone, head)
+            model = assemble_model(backbone, head, training=bn_training)
             x_tr, x_va = image_inputs()
             fit(model, x_tr, x_va, stage=2, lr=params.lr_stage2, layers=layers, epochs=e1 + e2,
                 initial_epoch=e1)
