@@ -91,6 +91,7 @@ class SamplerConfig(_Section):
     type: Literal["tpe", "random"] = "tpe"
     seed: int | None = None
     n_startup_trials: int = Field(5, ge=0, description="TPE: random trials before modelling")
+    warm_start: bool = Field(True, description="first try the middle of the space")
 
 
 class PrunerConfig(_Section):

@@ -8,6 +8,7 @@ VGG16 (5 blocks) and a ResNet50 (17) alike.
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Callable
 
 import optuna
@@ -22,7 +23,8 @@ from optuna.distributions import (
 from tlsearch.config import Range, StudyConfig
 from tlsearch.pipeline import TrialParams
 
-__all__ = ["space_entries", "distributions", "fixed_values", "signature", "suggest", "diff_signatures"]
+__all__ = ["space_entries", "distributions", "fixed_values", "signature", "suggest",
+           "diff_signatures", "warm_start"]
 
 _IMAGE = ("unfreeze_blocks", "head_width", "dropout", "lr_stage1", "lr_stage2", "augmentation")
 _TEXT = ("unfreeze_blocks", "head_width", "dropout", "lr_stage1", "lr_stage2", "pooling", "max_length")
@@ -131,3 +133,22 @@ def suggest(trial: optuna.Trial, cfg: StudyConfig, modality: str,
     for name in _INTS & values.keys():
         values[name] = int(values[name])
     return TrialParams(**values)
+
+
+def warm_start(cfg: StudyConfig, modality: str) -> dict[str, Any]:
+    """A sensible first trial: the middle of each range (geometric for log ranges), the middle
+    choice of each list, and the fewest unfrozen blocks. Users ask to see the default recipe
+    before the sampler explores."""
+    out: dict[str, Any] = {}
+    for name, d in distributions(cfg, modality).items():
+        if isinstance(d, CategoricalDistribution):
+            out[name] = d.choices[(len(d.choices) - 1) // 2] if name != "backbone" else d.choices[0]
+        elif name == "unfreeze_blocks":
+            out[name] = d.low
+        elif d.log:
+            v = math.sqrt(d.low * d.high)
+            out[name] = int(round(v)) if isinstance(d, IntDistribution) else v
+        else:
+            v = (d.low + d.high) / 2
+            out[name] = int(round(v)) if isinstance(d, IntDistribution) else v
+    return out

@@ -261,6 +261,8 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
         study.set_user_attr(ATTR["modality"], modality)
         study.set_user_attr(ATTR["config"], _config_snapshot(cfg))
         study.set_user_attr(ATTR["data"], data.fingerprint)
+        if cfg.sampler.warm_start and not study.trials:
+            study.enqueue_trial(space.warm_start(cfg, modality), skip_if_exists=True)
     cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), enabled=cfg.cache.enabled,
                          warn=warn)
     source = _make_source(cfg, data, cache, modality)
