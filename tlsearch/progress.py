@@ -105,11 +105,16 @@ class Progress:
                     f"{_fmt(self.best[1]) + f' (trial {self.best[0]})' if self.best else '-'}  "
                     f"[{elapsed:.0f}s]", style="bold")
         t = Table(box=None, pad_edge=False, show_header=True, header_style="dim")
-        for col in ("trial", "backbone", "stage", "step", "val_loss", self.objective):
+        cols = ["trial", "backbone", "stage", "step", "val_loss"]
+        if self.objective != "val_loss":
+            cols.append(self.objective)
+        for col in cols:
             t.add_column(col)
         if self.current:
             c = self.current
-            t.add_row(str(c["number"]), str(c["params"].get("backbone", "")), str(c["stage"]),
-                      "-" if c["step"] is None else str(c["step"]), _fmt(c["val_loss"]),
-                      _fmt(c["value"]))
+            row = [str(c["number"]), str(c["params"].get("backbone", "")), str(c["stage"]),
+                   "-" if c["step"] is None else str(c["step"]), _fmt(c["val_loss"])]
+            if self.objective != "val_loss":
+                row.append(_fmt(c["value"]))
+            t.add_row(*row)
         return Group(head, t)

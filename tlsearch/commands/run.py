@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 
 from tlsearch.config import load_config
+from tlsearch._quiet import import_tensorflow_quietly
 from tlsearch.progress import Progress
 
 
@@ -29,6 +30,7 @@ def run(args) -> int:
     from tlsearch import study as st
 
     cfg = load_config(args.study)
+    import_tensorflow_quietly()
     err = Console(stderr=True)
     out = Console()
     err.print(f"[bold]tlsearch[/] study [bold]{cfg.name}[/]: checking the data ...")
