@@ -37,7 +37,10 @@ def run(args) -> int:
     prep = st.prepare(cfg, storage_url=storage_override(args), warn=err.print)
     err.print(f"  {prep.data.summary()}")
     if prep.data.skipped:
-        err.print(f"  skipped {len(prep.data.skipped)} unreadable files (data.skip_bad_files)")
+        from tlsearch.data import format_file_list
+
+        err.print(f"  skipped {len(prep.data.skipped)} unreadable files (data.skip_bad_files):\n"
+                  + format_file_list(prep.data.skipped), highlight=False)
     err.print(f"  storage {st.redact_url(prep.storage_url)}; {prep.finished} trials already finished")
     progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize")
     summary = st.run(prep, progress, n_trials=args.n_trials)
