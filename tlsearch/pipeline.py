@@ -147,8 +147,8 @@ def assemble_model(backbone: Backbone, head: Head, name: str = "tlsearch_model",
     """
     import keras
 
-    inputs = backbone.model.inputs
-    feats = backbone.model(inputs if len(inputs) > 1 else inputs[0], training=training)
+    inputs = backbone.model.input  # one tensor for images, a dict of token arrays for text
+    feats = backbone.model(inputs, training=training)
     return keras.Model(inputs, head(feats), name=name)
 
 
@@ -170,6 +170,15 @@ class BackboneSource:
         """Build options that change what a backbone computes (text backbones use them)."""
         return {}
 
+    def key_options(self, params: TrialParams | None, boundary: str) -> dict:
+        """The options that the frozen outputs at ``boundary`` depend on (part of the cache key)."""
+        return self.options(params)
+
+    def inputs(self, params: TrialParams | None):
+        """(train, validation) inputs of the backbone's model: the data itself for images, token
+        arrays for text."""
+        return self.data.x_train, self.data.x_val
+
     def build(self, name: str, params: TrialParams | None = None) -> Backbone:
         return build_backbone(self.entries[name], self.image_size, seed=self.seed,
                               base_dir=self.base_dir, options=self.options(params))
@@ -188,8 +197,9 @@ class BackboneSource:
         if fingerprint == "random":
             fingerprint = f"random:seed={self.seed}"
         return cache_key(backbone=name, weights=fingerprint, size=self.image_size,
-                         data=self.data.fingerprint, boundary=boundary, options=self.options(params),
-                         keras=keras.__version__, version=_FEATURE_VERSION)
+                         data=self.data.fingerprint, boundary=boundary,
+                         options=self.key_options(params, boundary), keras=keras.__version__,
+                         version=_FEATURE_VERSION)
 
     def frozen_outputs(self, name: str, n_unfrozen: int, params: TrialParams | None = None,
                        backbone: Backbone | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -204,7 +214,7 @@ class BackboneSource:
             model = bb.model if n_unfrozen == 0 else bb.split(n_unfrozen)[0]
             outs = tuple(
                 np.asarray(model.predict(x, batch_size=self.batch_size, verbose=0), dtype=np.float32)
-                for x in (self.data.x_train, self.data.x_val)
+                for x in self.inputs(params)
             )
             return outs
 
@@ -323,7 +333,7 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     head = Head(params.head_width, params.dropout, data.n_classes, schedule.seed)
     tracker = _Tracker(schedule.objective, schedule.maximize)
     history: list[EpochRecord] = []
-    use_cache = source.cache is not None and params.augmentation == 0 and data.modality == "image"
+    use_cache = source.cache is not None and params.augmentation == 0
     e1, e2 = schedule.stage1_epochs, schedule.stage2_epochs
     bs = schedule.batch_size
     augment = _augmenter(params.augmentation, schedule.seed) if params.augmentation > 0 else None
@@ -340,9 +350,9 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
                       batch_size=bs, epochs=epochs, initial_epoch=initial_epoch, shuffle=True,
                       callbacks=[hook], verbose=0)
 
-    def image_inputs():
+    def model_inputs():
         if augment is None:
-            return data.x_train, data.x_val
+            return source.inputs(params)
         return (_image_dataset(data.x_train, y_tr, bs, augment=augment, shuffle_seed=schedule.seed,
                                sample_weight=sw),
                 _image_dataset(data.x_val, y_va, bs))
@@ -360,7 +370,7 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
         backbone = source.build(params.backbone, params)
         backbone.freeze(0)
         model = assemble_model(backbone, head)
-        x_tr, x_va = image_inputs()
+        x_tr, x_va = model_inputs()
         fit(model, x_tr, x_va, stage=1, lr=params.lr_stage1, layers=head.layers, epochs=e1,
             initial_epoch=0)
 
@@ -390,7 +400,7 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
             cached2 = True
         else:
             model = assemble_model(backbone, head, training=bn_training)
-            x_tr, x_va = image_inputs()
+            x_tr, x_va = model_inputs()
             fit(model, x_tr, x_va, stage=2, lr=params.lr_stage2, layers=layers, epochs=e1 + e2,
                 initial_epoch=e1)
     else:

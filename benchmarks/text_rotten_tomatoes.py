@@ -1,0 +1,106 @@
+"""Benchmark (issue 3): a tlsearch study on Rotten Tomatoes vs two baselines, on held-out snippets.
+
+The split is the fixed one written by ``studies/data/make_rotten_tomatoes.py`` (1,500 training,
+500 validation, 1,000 held-out test). Three numbers, each test accuracy on the 1,000 held-out
+snippets:
+
+* the best trial of a study of at most 20 trials (``studies/rotten-tomatoes-minilm.yaml``,
+  selected on the validation snippets), rebuilt from its stored weights and run on raw strings;
+* MiniLM's frozen mean-pooled features + logistic regression (trained on the 1,500);
+* a from-scratch model with no pretraining: TF-IDF words and bigrams + logistic regression.
+
+Run from the repository root (about 15-25 minutes on 2 CPU cores)::
+
+    python benchmarks/text_rotten_tomatoes.py --n-trials 12
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import numpy as np
+import pandas as pd
+
+REPO = Path(__file__).resolve().parent.parent
+STUDY = REPO / "studies" / "rotten-tomatoes-minilm.yaml"
+DATA = REPO / "studies" / "data" / "rotten-tomatoes"
+
+
+def _frozen_baseline(source, train: pd.DataFrame, test: pd.DataFrame) -> float:
+    from sklearn.linear_model import LogisticRegression
+
+    from tlsearch.pipeline import TrialParams
+
+    bb = source.build("minilm_l6", TrialParams("minilm_l6", pooling="mean"))
+    feats = [bb.model.predict(source.tokenize("minilm_l6", d["text"].to_numpy(object), 128),
+                              batch_size=64, verbose=0) for d in (train, test)]
+    clf = LogisticRegression(max_iter=2000).fit(feats[0], train["label"])
+    return float(clf.score(feats[1], test["label"]))
+
+
+def _scratch_baseline(train: pd.DataFrame, test: pd.DataFrame) -> float:
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+
+    model = make_pipeline(TfidfVectorizer(ngram_range=(1, 2), min_df=1, sublinear_tf=True),
+                          LogisticRegression(C=10, max_iter=2000))
+    return float(model.fit(train["text"], train["label"]).score(test["text"], test["label"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--n-trials", type=int, default=12, help="at most 20 (the issue's budget)")
+    p.add_argument("--out", type=Path, help="write the numbers as JSON here")
+    args = p.parse_args(argv)
+    if not 1 <= args.n_trials <= 20:
+        p.error("--n-trials must lie in 1..20")
+
+    from tlsearch import study as st
+    from tlsearch.artifacts import fetch_weights
+    from tlsearch.config import load_config
+    from tlsearch.progress import Progress
+    from tlsearch.text_source import build_raw_text_model
+
+    train, test = (pd.read_csv(DATA / f"{n}.csv") for n in ("train", "test"))
+    results: dict = {"n_trials": args.n_trials, "test_snippets": len(test)}
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(STUDY).model_copy(update={
+            "storage": f"sqlite:///{tmp}/bench.db", "artifacts": Path(tmp) / "artifacts",
+            "n_trials": args.n_trials})
+        prep = st.prepare(cfg)
+        results["tfidf_logreg_from_scratch_test_accuracy"] = _scratch_baseline(train, test)
+        t1 = time.perf_counter()
+        results["frozen_minilm_logreg_test_accuracy"] = _frozen_baseline(prep.source, train, test)
+        results["baseline_seconds"] = round(time.perf_counter() - t1, 1)
+        print(json.dumps(results), flush=True)
+        from rich.console import Console
+
+        t0 = time.perf_counter()
+        st.run(prep, Progress(Console(stderr=True), objective=cfg.objective, maximize=True))
+        results["study_seconds"] = round(time.perf_counter() - t0, 1)
+        best = prep.study.best_trial
+        params = st.trial_params(best)
+        results["best_trial"] = {"number": best.number, "val_accuracy": best.value,
+                                 "params": best.user_attrs[st.ATTR["params"]]}
+        model = build_raw_text_model(params, fetch_weights(best, prep.store), prep.data.n_classes,
+                                     prep.source, seed=cfg.seed)
+        probs = model.predict(test["text"].to_numpy(object), batch_size=64, verbose=0)
+        pred = np.array(prep.data.class_names)[probs.argmax(1)]
+        results["best_trial_test_accuracy"] = float((pred == test["label"].to_numpy()).mean())
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.out:
+        args.out.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
