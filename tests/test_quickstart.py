@@ -6,7 +6,7 @@ import optuna
 import pytest
 import yaml
 
-from tests.conftest import REPO
+from conftest import REPO
 from tlsearch.cli import main
 
 

@@ -8,7 +8,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from tests.conftest import write_study
+from conftest import write_study
 from tlsearch.cli import main
 from tlsearch.config import load_config
 from tlsearch.errors import NonFiniteLoss

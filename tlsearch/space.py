@@ -117,8 +117,7 @@ def suggest(trial: optuna.Trial, cfg: StudyConfig, modality: str,
         values["backbone"] = trial.suggest_categorical("backbone", dists.pop("backbone").choices)
     cap = max_unfreeze(values["backbone"])
     for name, d in dists.items():
-        if name == "unfreeze_blocks":
-            assert isinstance(d, IntDistribution)
+        if name == "unfreeze_blocks" and isinstance(d, IntDistribution):
             high = min(d.high, cap)
             low = min(d.low, high)
             values[name] = trial.suggest_int(name, low, high, step=d.step, log=d.log)

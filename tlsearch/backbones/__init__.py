@@ -106,12 +106,15 @@ def build_backbone(entry, image_size: int, *, seed: int = 0, base_dir: Path | No
     req = BuildRequest(weights=weights, image_size=image_size, seed=seed, options=options or {})
     try:
         model = spec.builder(req)
+    except UserError:
+        raise
     except Exception as e:  # a download that fails offline, or a weights file of another network
-        if weights in (None,) or "sha256" in fingerprint:
-            raise
+        if weights is None:
+            raise  # no weights involved: a bug, keep the traceback
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"backbone {spec.name!r} could not load weights {weights!r}: {e}. Offline, copy the "
-            f"weights file in and give its path as `weights:`"
+            f"backbone {spec.name!r} could not load weights {weights!r}: {reason}. Offline, copy "
+            f"the weights in and give their path as `weights:`"
         ) from None
     layer_names = [l.name for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
     if spec.strict_blocks:
