@@ -94,6 +94,11 @@ class ImageModality(Modality):
     """Raw RGB pixels in 0..255 at the study's image size; the backbone's scaling is inside."""
 
     name = "image"
+    endpoint_notes = {
+        "serve_image_bytes": "encoded JPEG/PNG/GIF/BMP bytes, decoded and resized inside the model "
+                             "(TensorFlow's bilinear resize: pixels may differ by 1 from the "
+                             "training images' PIL resize; exact for images already at image_size)",
+    }
 
     def build_model(self, cfg, params, weights, n_classes):
         import keras
@@ -137,8 +142,10 @@ class ImageModality(Modality):
 
         def decode_one(data):
             img = tf.io.decode_image(data, channels=3, expand_animations=False)
-            img = tf.cast(img, tf.float32)
-            return tf.image.resize(img, (s, s), method="bilinear", antialias=True)
+            img = tf.image.resize(tf.cast(img, tf.float32), (s, s), method="bilinear",
+                                  antialias=True)
+            # rounded back to 0..255 integers, as the training images were (PIL, uint8)
+            return tf.clip_by_value(tf.round(img), 0.0, 255.0)
 
         def serve_image_bytes(image_bytes):
             images = tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.float32)
@@ -284,6 +291,7 @@ def _write_saved_model(model, modality, cfg, path: Path, probe) -> dict:
     loaded = tf.saved_model.load(str(path))
     probes = modality.endpoint_probes(cfg, probe)
     preds, signatures = {}, {}
+    endpoints_notes = getattr(modality, "endpoint_notes", {})
     for i, (name, (_, sig)) in enumerate(endpoints.items()):
         if name in probes:
             x = probes[name]
@@ -291,6 +299,7 @@ def _write_saved_model(model, modality, cfg, path: Path, probe) -> dict:
             preds[name] = getattr(loaded, name)(t)["probabilities"].numpy()
         signatures["serving_default" if i == 0 else name] = {
             "endpoint": name,
+            **({"note": endpoints_notes[name]} if name in endpoints_notes else {}),
             "inputs": {s.name: {"shape": list(s.shape), "dtype": s.dtype.name} for s in sig},
             "outputs": {"probabilities": {"shape": [None, int(model.outputs[0].shape[-1])],
                                           "dtype": "float32"}},

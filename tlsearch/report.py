@@ -314,7 +314,7 @@ def _evaluation_section(study, cfg, url) -> Section:
     fig.update_xaxes(title_text="predicted class", side="bottom")
     size = min(760, 260 + 38 * k)
     s.figure = _style(fig, size)
-    s.figure.update_layout(width=size + 140)
+    s.figure.update_layout(width=size + 90)
     rows = [(html.escape(c), f"{p[i]:.3f}", f"{r[i]:.3f}", f"{f[i]:.3f}", str(int(n[i])))
             for i, c in enumerate(classes)]
     mp, mr, mf, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
