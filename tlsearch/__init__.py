@@ -11,6 +11,7 @@ __version__ = "0.1.0"
 from tlsearch.config import StudyConfig, load_config, parse_config
 from tlsearch.errors import ConfigError, DataError, StorageError, TrialFailure, UserError
 from tlsearch.pipeline import Schedule, TrialParams, run_trial
+from tlsearch.predict import Predictor, load
 
 __all__ = [
     "__version__",
@@ -20,6 +21,8 @@ __all__ = [
     "TrialParams",
     "Schedule",
     "run_trial",
+    "load",
+    "Predictor",
     "UserError",
     "ConfigError",
     "DataError",

@@ -18,7 +18,7 @@ from tlsearch.errors import TooManyFailures, UserError
 __all__ = ["main"]
 
 #: subcommand modules under tlsearch.commands; each has ``add_parser(sub)`` and ``run(args) -> int``
-COMMANDS = ("run", "validate", "backbones", "cache")
+COMMANDS = ("run", "validate", "backbones", "cache", "export", "predict", "dashboard", "report")
 
 
 def _parser() -> argparse.ArgumentParser:
