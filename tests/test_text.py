@@ -274,6 +274,24 @@ def test_tiny_text_study_end_to_end(tmp_path, text_csv):
     assert s.user_attrs["tlsearch.classes"] == ["neg", "pos"]
     assert {"pooling", "max_length"} <= set(s.trials[0].user_attrs["tlsearch.params"])
 
+    # from study to production: the exported model takes raw strings
+    import numpy as np
+
+    import tlsearch
+
+    out = tmp_path / "export"
+    assert main(["export", str(study), "--out", str(out), "--formats", ""]) == 0
+    predictor = tlsearch.load(out)
+    texts = ["a great fun film", "dull and awful acting"]
+    rows = predictor.predict(texts)
+    assert [r["label"] for r in rows] == [r["label"] for r in rows] and len(rows) == 2
+    assert all(r["label"] in ("neg", "pos") for r in rows)
+    probs = predictor.predict_proba(texts)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert main(["report", str(study), "--out", str(tmp_path / "report.html")]) == 0
+    html = (tmp_path / "report.html").read_text()
+    assert "Best model on the validation data" in html and "Not available" not in html
+
 
 @pytest.mark.parametrize("name", ["text-bert-base.yaml", "rotten-tomatoes-minilm.yaml"])
 def test_shipped_text_studies_validate(name, capsys):

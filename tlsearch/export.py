@@ -172,7 +172,7 @@ class ImageModality(Modality):
 class TextModality(Modality):
     """Raw strings in; the tokenizer is inside the model.
 
-    The model itself comes from ``tlsearch.text_source.build_string_model(params, weights,
+    The model itself comes from ``tlsearch.text_source.build_raw_text_model(params, weights,
     n_classes, source, seed)``, which returns a Keras model from a batch of strings (shape
     ``(None,)``, dtype string) to class probabilities.
     """
@@ -184,10 +184,10 @@ class TextModality(Modality):
             from tlsearch import text_source
         except ImportError:
             raise UserError("this tlsearch cannot export text models yet") from None
-        builder = getattr(text_source, "build_string_model", None)
+        builder = getattr(text_source, "build_raw_text_model", None)
         if builder is None:
             raise UserError("this tlsearch cannot export text models yet "
-                            "(tlsearch.text_source has no build_string_model)")
+                            "(tlsearch.text_source has no build_raw_text_model)")
         source = text_source.TextBackboneSource(
             {e.name: e for e in cfg.backbone_entries}, None, cfg.data.image_size, None,
             seed=cfg.seed, base_dir=cfg.base_dir)
@@ -278,6 +278,12 @@ def _predict_keras_file(path: Path, probe):
     return keras.saving.load_model(path, compile=False).predict(probe, verbose=0)
 
 
+def _n_outputs(model) -> int:
+    """Classes the model scores; a text model wraps its functional token model."""
+    inner = getattr(model, "token_model", model)
+    return int(inner.outputs[0].shape[-1])
+
+
 def _write_saved_model(model, modality, cfg, path: Path, probe) -> dict:
     import keras
     import tensorflow as tf
@@ -301,7 +307,7 @@ def _write_saved_model(model, modality, cfg, path: Path, probe) -> dict:
             "endpoint": name,
             **({"note": endpoints_notes[name]} if name in endpoints_notes else {}),
             "inputs": {s.name: {"shape": list(s.shape), "dtype": s.dtype.name} for s in sig},
-            "outputs": {"probabilities": {"shape": [None, int(model.outputs[0].shape[-1])],
+            "outputs": {"probabilities": {"shape": [None, _n_outputs(model)],
                                           "dtype": "float32"}},
         }
     return {"predictions": preds, "signatures": signatures}

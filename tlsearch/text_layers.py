@@ -56,6 +56,11 @@ class RawTextModel(keras.Model):
         self.token_model = token_model
         self._wanted = sorted(t.name for t in token_model.inputs)
 
+    @property
+    def input_dtype(self):
+        # what Keras uses for the SavedModel's default signature of a subclassed model
+        return "string"
+
     def call(self, texts):
         tokens = self.preprocessor(texts)
         return self.token_model({k: tokens[k] for k in self._wanted}, training=False)
