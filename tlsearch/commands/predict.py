@@ -24,6 +24,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from tlsearch._quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from tlsearch.predict import load
 
     out = Path(args.out) if args.out else None

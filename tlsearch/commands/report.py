@@ -16,6 +16,9 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from tlsearch._quiet import import_tensorflow_quietly
+
+    import_tensorflow_quietly()
     from tlsearch.commands.run import storage_override
     from tlsearch.report import write_report
 
