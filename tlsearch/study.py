@@ -513,7 +513,7 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
             progress.done = claims.finished
             try:
                 prep.study.optimize(objective, n_trials=1, catch=(TrialFailure,),
-                                    callbacks=[on_done, guard], gc_after_trial=True)
+                                    callbacks=[on_done, guard])  # clear_state collects
             finally:
                 claims.abandon()  # a no-op once the trial started
     finally:
