@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 from tlsearch import space
 from tlsearch.artifacts import AtomicFileSystemArtifactStore, upload_weights
-from tlsearch.backbones import describe_entry, resolve_weights
+from tlsearch.backbones import build_backbone, describe_entry, resolve_weights
 from tlsearch.cache import FeatureCache
 from tlsearch.config import StudyConfig
 from tlsearch.data import Dataset, load_dataset
@@ -88,7 +88,10 @@ def redact_url(url: str) -> str:
 
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return "<unparseable storage URL>"
+        import re
+
+        # not a URL SQLAlchemy reads, but it may still carry a password: mask user:password@
+        return re.sub(r"^([^:]*://[^:/@]*:).*@", r"\1***@", url)
 
 
 def storage_error(url: str, e: BaseException) -> StorageError:
@@ -257,6 +260,10 @@ def check_inputs(cfg: StudyConfig) -> tuple[str, Dataset]:
     modality = _modality(cfg)
     for entry in cfg.backbone_entries:
         resolve_weights(entry, cfg.base_dir)  # raises UserError for a missing file
+        if entry.path is not None:
+            # a user's Keras file is loaded (in safe mode) now: refused before the study exists,
+            # not in its first trial
+            build_backbone(entry, cfg.data.image_size, seed=cfg.seed, base_dir=cfg.base_dir)
     data = load_dataset(cfg.data, base_dir=cfg.base_dir, image_size=cfg.data.image_size,
                         seed=cfg.seed)
     if data.modality != modality:
