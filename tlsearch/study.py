@@ -81,12 +81,19 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+#: query parameters of a database URL that carry a password (libpq and drivers accept them)
+_SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "sslpassword", "passfile_password"}
+
+
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ***, for messages and logs."""
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        u = make_url(url)
+        secret = {k: "***" for k in u.query if k.lower() in _SECRET_QUERY_KEYS}
+        shown = u.update_query_dict(secret).render_as_string(hide_password=True)
+        return shown.replace("%2A%2A%2A", "***")
     except Exception:
         import re
 
