@@ -182,6 +182,7 @@ def test_worker_killed_mid_trial_is_failed_and_retried(tmp_path, small_images, p
     assert retries[0].params == victim.params
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage is supposed to be used")
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_heartbeat_fails_a_trial_whose_machine_went_silent(tmp_path, backend, request):
     """A worker on another machine cannot be asked whether it lives: its heartbeat stops, and
