@@ -16,6 +16,7 @@ __all__ = [
     "TrialFailure",
     "NonFiniteLoss",
     "TooManyFailures",
+    "WorkersFailed",
 ]
 
 
@@ -59,3 +60,7 @@ class TooManyFailures(Exception):
     """Several trials in a row failed: something is wrong beyond one unlucky configuration."""
 
     exit_code = 1
+
+
+class WorkersFailed(TooManyFailures):
+    """Worker processes stopped before the study reached its target."""

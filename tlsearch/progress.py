@@ -27,11 +27,12 @@ class Progress:
     """
 
     def __init__(self, console: Console | None = None, *, objective: str = "val_loss",
-                 maximize: bool = False, live: bool | None = None) -> None:
+                 maximize: bool = False, live: bool | None = None, label: str = "") -> None:
         self.console = console or Console(stderr=True)
         self.objective = objective
         self.maximize = maximize
         self.use_live = self.console.is_terminal if live is None else live
+        self.label = label  # which worker prints, when several share a terminal
         self._live: Live | None = None
         self.total: int | None = None
         self.done = 0
@@ -79,7 +80,7 @@ class Progress:
                 self.best = (number, value)
         secs = time.perf_counter() - self.current.get("t", time.perf_counter())
         p = self.current.get("params", {})
-        line = (f"trial {number:>3} {state:<8} {self.objective}={_fmt(value)}  "
+        line = (f"{self.label + ': ' if self.label else ''}trial {number:>3} {state:<8} {self.objective}={_fmt(value)}  "
                 f"{p.get('backbone', '')} unfreeze={p.get('unfreeze_blocks', '-')} "
                 f"width={p.get('head_width', '-')} ({secs:.1f}s)"
                 + (f"  {note}" if note else ""))

@@ -11,19 +11,19 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import optuna
 from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
-from optuna.study import MaxTrialsCallback
 from optuna.trial import TrialState
 
 from tlsearch import space
 from tlsearch.artifacts import AtomicFileSystemArtifactStore, upload_weights
-from tlsearch.backbones import describe_entry, resolve_weights
+from tlsearch.backbones import build_backbone, describe_entry, resolve_weights
 from tlsearch.cache import FeatureCache
 from tlsearch.config import StudyConfig
 from tlsearch.data import Dataset, load_dataset
@@ -46,6 +46,7 @@ from tlsearch.progress import Progress
 
 __all__ = [
     "PreparedStudy",
+    "storage_error",
     "prepare",
     "run",
     "open_storage",
@@ -80,14 +81,39 @@ warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
+#: query parameters of a database URL that carry a password (libpq and drivers accept them)
+_SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "sslpassword", "passfile_password"}
+
+
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ***, for messages and logs."""
     try:
         from sqlalchemy.engine import make_url
 
-        return make_url(url).render_as_string(hide_password=True)
+        u = make_url(url)
+        secret = {k: "***" for k in u.query if k.lower() in _SECRET_QUERY_KEYS}
+        shown = u.update_query_dict(secret).render_as_string(hide_password=True)
+        return shown.replace("%2A%2A%2A", "***")
     except Exception:
-        return "<unparseable storage URL>"
+        import re
+
+        # not a URL SQLAlchemy reads, but it may still carry a password: mask user:password@
+        return re.sub(r"^([^:]*://[^:/@]*:).*@", r"\1***@", url)
+
+
+def storage_error(url: str, e: BaseException) -> StorageError:
+    """A :class:`StorageError` for a failed connection, with any password scrubbed out."""
+    reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else (
+        type(e).__name__)
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:
+        password = None
+    if password:
+        reason = reason.replace(str(password), "***")
+    return StorageError(f"storage: cannot open {redact_url(url)}: {reason}")
 
 
 def _engine_kwargs(url: str) -> dict:
@@ -100,18 +126,25 @@ def _engine_kwargs(url: str) -> dict:
     return {}
 
 
-def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True) -> RDBStorage:
-    """Optuna's RDB storage with heartbeats: a trial whose worker died is failed and retried."""
+def _check_url(url: str) -> None:
+    """Refuse a malformed URL at once, before the data is read or anything is written."""
     from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+    from sqlalchemy.exc import ArgumentError
 
-    url = url or cfg.storage_url
-    shown = redact_url(url)
     try:
         make_url(url)
     except ArgumentError:
-        raise StorageError(f"storage: {shown!r} is not a database URL (expected for example "
-                           f"sqlite:///study.db or postgresql+psycopg://user@host/db)") from None
+        raise StorageError(f"storage: {redact_url(url)!r} is not a database URL (expected for "
+                           f"example sqlite:///study.db or postgresql+psycopg://user@host/db)"
+                           ) from None
+
+
+def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True) -> RDBStorage:
+    """Optuna's RDB storage with heartbeats: a trial whose worker died is failed and retried."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    url = url or cfg.storage_url
+    _check_url(url)
     hb: dict[str, Any] = {}
     if heartbeat:
         hb = dict(
@@ -123,8 +156,7 @@ def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = 
     try:
         return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **hb)
     except (SQLAlchemyError, ImportError, ValueError) as e:
-        reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
-        raise StorageError(f"storage: cannot open {shown}: {reason}") from None
+        raise storage_error(url, e) from None
 
 
 def _existing_sqlite_missing(url: str) -> bool:
@@ -134,12 +166,50 @@ def _existing_sqlite_missing(url: str) -> bool:
     return path not in ("", ":memory:") and not os.path.exists(path)
 
 
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler reseeded from ``(seed, trial number)`` before every trial.
+
+    One seeded sampler per process makes parallel workers propose the *same* parameters (each
+    starts from the same random state), while an unseeded one is not reproducible. Seeding by the
+    trial number gives both: trial numbers are unique across workers, and one worker run twice
+    proposes the same parameters for the same history.
+    """
+
+    def __init__(self, factory: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._factory = factory
+        self._seed = seed
+        self._inner = factory(seed)
+
+    def before_trial(self, study, trial) -> None:
+        import numpy as np
+
+        seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
+        self._inner = self._factory(seed)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
 def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
     seed = cfg.sampler.seed if cfg.sampler.seed is not None else cfg.seed
     if cfg.sampler.type == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.sampler.n_startup_trials,
-                                      multivariate=True, group=True)
+        return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+    return TrialSeededSampler(
+        lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=cfg.sampler.n_startup_trials,
+                                             multivariate=True, group=True), seed)
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
@@ -197,6 +267,10 @@ def check_inputs(cfg: StudyConfig) -> tuple[str, Dataset]:
     modality = _modality(cfg)
     for entry in cfg.backbone_entries:
         resolve_weights(entry, cfg.base_dir)  # raises UserError for a missing file
+        if entry.path is not None:
+            # a user's Keras file is loaded (in safe mode) now: refused before the study exists,
+            # not in its first trial
+            build_backbone(entry, cfg.data.image_size, seed=cfg.seed, base_dir=cfg.base_dir)
     data = load_dataset(cfg.data, base_dir=cfg.base_dir, image_size=cfg.data.image_size,
                         seed=cfg.seed)
     if data.modality != modality:
@@ -217,66 +291,91 @@ def load_study(cfg: StudyConfig, url: str | None = None) -> optuna.Study:
                         f"first") from None
 
 
-def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
-            create: bool = True) -> PreparedStudy:
-    """Check the inputs, compare with a stored study of the same name, then create or load it."""
-    url = storage_url or cfg.storage_url
-    modality, data = check_inputs(cfg)
-    sig = space.signature(cfg, modality)
-    existing = None
-    if not _existing_sqlite_missing(url):
-        storage = open_storage(cfg, url)
-        try:
-            existing = optuna.load_study(study_name=cfg.name, storage=storage)
-        except KeyError:
-            existing = None
-    if existing is not None:
-        stored = existing.user_attrs.get(ATTR["space"])
-        if stored is not None and stored != sig:
-            changes = "\n".join(f"  - {c}" for c in space.diff_signatures(stored, sig))
-            raise SpaceChangedError(
-                f"the search space of study {cfg.name!r} changed since it was created:\n{changes}\n"
-                f"Optuna cannot mix trials from different spaces in one study. Give the study a new "
-                f"`name` to start a new one, or undo the change to resume this one."
-            )
-        stored_classes = existing.user_attrs.get(ATTR["classes"])
-        if stored_classes is not None and stored_classes != data.class_names:
-            raise SpaceChangedError(
-                f"study {cfg.name!r} was created for classes {stored_classes}, but the data now has "
-                f"{data.class_names}. Give the study a new `name`."
-            )
-        if existing.user_attrs.get(ATTR["data"]) not in (None, data.fingerprint):
-            warn(f"note: the data changed since study {cfg.name!r} was created; earlier trials "
-                 f"were measured on other data")
-    if not create:
-        raise UserError("nothing to do")
-    storage = open_storage(cfg, url)
-    study = optuna.create_study(
-        study_name=cfg.name, storage=storage, direction=cfg.direction, load_if_exists=True,
-        sampler=make_sampler(cfg), pruner=make_pruner(cfg),
-    )
-    if existing is None:
-        study.set_user_attr(ATTR["space"], sig)
-        study.set_user_attr(ATTR["classes"], data.class_names)
-        study.set_user_attr(ATTR["modality"], modality)
-        study.set_user_attr(ATTR["config"], _config_snapshot(cfg))
-        study.set_user_attr(ATTR["data"], data.fingerprint)
-        if cfg.sampler.warm_start and not study.trials:
-            study.enqueue_trial(space.warm_start(cfg, modality), skip_if_exists=True)
-    cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), enabled=cfg.cache.enabled,
-                         warn=warn)
-    source = _make_source(cfg, data, cache, modality)
+def _check_stored(study: optuna.Study, cfg: StudyConfig, sig, data: Dataset, warn) -> None:
+    """Refuse a stored study whose search space or classes differ from the study file's."""
+    stored = study.user_attrs.get(ATTR["space"])
+    if stored is not None and stored != sig:
+        changes = "\n".join(f"  - {c}" for c in space.diff_signatures(stored, sig))
+        raise SpaceChangedError(
+            f"the search space of study {cfg.name!r} changed since it was created:\n{changes}\n"
+            f"Optuna cannot mix trials from different spaces in one study. Give the study a new "
+            f"`name` to start a new one, or undo the change to resume this one."
+        )
+    stored_classes = study.user_attrs.get(ATTR["classes"])
+    if stored_classes is not None and stored_classes != data.class_names:
+        raise SpaceChangedError(
+            f"study {cfg.name!r} was created for classes {stored_classes}, but the data now has "
+            f"{data.class_names}. Give the study a new `name`."
+        )
+    if study.user_attrs.get(ATTR["data"]) not in (None, data.fingerprint):
+        warn(f"note: the data changed since study {cfg.name!r} was created; earlier trials "
+             f"were measured on other data")
+
+
+def _class_weight_map(cfg: StudyConfig, data: Dataset) -> dict[int, float] | None:
     cw = cfg.training.class_weight
     if cw == "auto":
-        cw_map = class_weights(data.y_train, data.n_classes)
-    elif isinstance(cw, dict):
+        return class_weights(data.y_train, data.n_classes)
+    if isinstance(cw, dict):
         unknown = sorted(set(cw) - set(data.class_names))
         if unknown:
             raise UserError(f"`training.class_weight`: unknown classes {unknown}; the classes are "
                             f"{data.class_names}")
-        cw_map = {data.class_names.index(k): float(v) for k, v in cw.items()}
-    else:
-        cw_map = None
+        return {data.class_names.index(k): float(v) for k, v in cw.items()}
+    return None
+
+
+def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
+            create: bool = True) -> PreparedStudy:
+    """Check the inputs, compare with a stored study of the same name, then create or load it.
+
+    The storage is opened and the study created under a lock shared by every process using the
+    storage (see :mod:`tlsearch.workers`): workers started at the same moment on a fresh database
+    would otherwise all try to create Optuna's tables, and most would crash.
+    """
+    from tlsearch.workers import study_lock
+
+    url = storage_url or cfg.storage_url
+    _check_url(url)
+    modality, data = check_inputs(cfg)
+    sig = space.signature(cfg, modality)
+    cw_map = _class_weight_map(cfg, data)
+    if not create:
+        if not _existing_sqlite_missing(url):
+            try:
+                _check_stored(optuna.load_study(study_name=cfg.name, storage=open_storage(cfg, url)),
+                              cfg, sig, data, warn)
+            except KeyError:
+                pass
+        raise UserError("nothing to do")
+    lock = study_lock(url, "storage")
+    try:
+        with lock.held():
+            storage = open_storage(cfg, url)
+            try:
+                study = optuna.load_study(study_name=cfg.name, storage=storage,
+                                          sampler=make_sampler(cfg), pruner=make_pruner(cfg))
+            except KeyError:
+                study = None
+            if study is not None:
+                _check_stored(study, cfg, sig, data, warn)
+            else:
+                study = optuna.create_study(
+                    study_name=cfg.name, storage=storage, direction=cfg.direction,
+                    sampler=make_sampler(cfg), pruner=make_pruner(cfg),
+                )
+                study.set_user_attr(ATTR["space"], sig)
+                study.set_user_attr(ATTR["classes"], data.class_names)
+                study.set_user_attr(ATTR["modality"], modality)
+                study.set_user_attr(ATTR["config"], _config_snapshot(cfg))
+                study.set_user_attr(ATTR["data"], data.fingerprint)
+                if cfg.sampler.warm_start and not study.trials:
+                    study.enqueue_trial(space.warm_start(cfg, modality), skip_if_exists=True)
+    finally:
+        lock.close()
+    cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), enabled=cfg.cache.enabled,
+                         warn=warn)
+    source = _make_source(cfg, data, cache, modality)
     schedule = Schedule(
         stage1_epochs=cfg.training.stage1_epochs, stage2_epochs=cfg.training.stage2_epochs,
         batch_size=cfg.training.batch_size, objective=cfg.objective, class_weight=cw_map,
@@ -339,11 +438,16 @@ def _as_trial_failure(e: BaseException) -> TrialFailure | None:
     return None
 
 
-def make_objective(prep: PreparedStudy, progress: Progress):
+def make_objective(prep: PreparedStudy, progress: Progress,
+                   on_start: Callable[[optuna.Trial], None] | None = None):
+    """The objective around :func:`~tlsearch.pipeline.run_trial`. ``on_start`` is called first,
+    once the trial is RUNNING (a claim is released there: see :class:`tlsearch.workers.Claims`)."""
     cfg, schedule = prep.cfg, prep.schedule
     relevant = set(space.space_entries(cfg, prep.modality))
 
     def objective(trial: optuna.Trial) -> float:
+        if on_start is not None:
+            on_start(trial)
         params = space.suggest(trial, cfg, prep.modality, prep.source.max_unfreeze)
         shown = {k: v for k, v in asdict(params).items() if k in relevant}
         trial.set_user_attr(ATTR["params"], shown)
@@ -383,12 +487,19 @@ def make_objective(prep: PreparedStudy, progress: Progress):
     return objective
 
 
-def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None) -> dict:
-    """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes)."""
+def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
+        poll: float | None = None) -> dict:
+    """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes).
+
+    The count is the study's, across every worker: each trial is claimed before it starts (see
+    :class:`tlsearch.workers.Claims`), so N workers stop at exactly ``n_trials``. A worker whose
+    own work is done waits while the last trials run elsewhere, since one of them may die and
+    need a retry, and stops when they finish.
+    """
+    from tlsearch.workers import DONE, WAIT, Claims
+
     cfg = prep.cfg
     target = n_trials or cfg.n_trials
-    done = prep.finished
-    remaining = None if target is None else max(0, target - done)
     best = None
     try:
         bt = prep.study.best_trial
@@ -396,25 +507,34 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None)
     except ValueError:
         pass
     guard = _FailureGuard(cfg.training.max_consecutive_failures)
-    progress.start(target, done, best)
+    claims = Claims(prep.study, prep.storage_url, cfg.heartbeat.max_retry)
+    poll = poll if poll is not None else min(5.0, float(cfg.heartbeat.interval))
+    deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
 
     def on_done(study, frozen):
         note = frozen.user_attrs.get(ATTR["failure"], "") if frozen.state == TrialState.FAIL else ""
         progress.trial_end(frozen.number, frozen.state.name, frozen.value, note)
 
-    callbacks = [on_done, guard]
-    if target is not None:
-        callbacks.append(MaxTrialsCallback(target, states=FINISHED))
+    objective = make_objective(prep, progress, on_start=claims.started)
     try:
-        if remaining is None or remaining > 0:
-            # Failed trials do not count towards n_trials: MaxTrialsCallback stops the loop once
-            # enough trials have *finished*, however many failed on the way.
-            prep.study.optimize(
-                make_objective(prep, progress), n_trials=None, timeout=cfg.timeout,
-                catch=(TrialFailure,), callbacks=callbacks, gc_after_trial=True,
-            )
+        claims.sweep()
+        progress.start(target, prep.finished, best)
+        while not guard.tripped and (deadline is None or time.monotonic() < deadline):
+            decision = claims.next(target)
+            if decision == DONE:
+                break
+            if decision == WAIT:
+                time.sleep(poll)
+                continue
+            progress.done = claims.finished
+            try:
+                prep.study.optimize(objective, n_trials=1, catch=(TrialFailure,),
+                                    callbacks=[on_done, guard])  # clear_state collects
+            finally:
+                claims.abandon()  # a no-op once the trial started
     finally:
         progress.close()
+        claims.close()
     if guard.tripped:
         reasons = "\n".join(f"  - {r}" for r in guard.reasons[-guard.limit:])
         raise TooManyFailures(

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import math
+import os
 
 from rich.console import Console
 from rich.table import Table
 
 from tlsearch.config import load_config
 from tlsearch._quiet import import_tensorflow_quietly
+from tlsearch.errors import TooManyFailures, UserError, WorkersFailed
 from tlsearch.progress import Progress
 
 
@@ -17,24 +20,38 @@ def add_parser(sub):
     p.add_argument("study", help="the study file (YAML)")
     p.add_argument("--storage", help="database URL (overrides the study file and $TLSEARCH_STORAGE)")
     p.add_argument("--n-trials", type=int, help="finished trials to reach in total (overrides)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes on this machine, all on the one study (default 1)")
+    # set on the processes that --workers starts: run trials, leave the summary to the parent
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     return p
 
 
 def storage_override(args) -> str | None:
-    import os
-
     return getattr(args, "storage", None) or os.environ.get("TLSEARCH_STORAGE") or None
 
 
 def run(args) -> int:
     from tlsearch import study as st
 
+    if args.workers < 1:
+        raise UserError(f"`--workers`: expected at least 1, got {args.workers}")
+    if args.n_trials is not None and args.n_trials < 1:
+        raise UserError(f"`--n-trials`: expected at least 1, got {args.n_trials}")
     cfg = load_config(args.study)
     import_tensorflow_quietly()
     err = Console(stderr=True)
     out = Console()
-    err.print(f"[bold]tlsearch[/] study [bold]{cfg.name}[/]: checking the data ...")
-    prep = st.prepare(cfg, storage_url=storage_override(args), warn=err.print)
+    worker = args.worker_index
+    if worker is None:
+        err.print(f"[bold]tlsearch[/] study [bold]{cfg.name}[/]: checking the data ...")
+    prep = st.prepare(cfg, storage_url=storage_override(args),
+                      warn=err.print if worker is None else (lambda *a, **k: None))
+    if worker is not None:
+        progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize",
+                            live=False, label=f"worker {worker}")
+        st.run(prep, progress, n_trials=args.n_trials)
+        return 0
     err.print(f"  {prep.data.summary()}")
     if prep.data.skipped:
         from tlsearch.data import format_file_list
@@ -42,10 +59,63 @@ def run(args) -> int:
         err.print(f"  skipped {len(prep.data.skipped)} unreadable files (data.skip_bad_files):\n"
                   + format_file_list(prep.data.skipped), highlight=False)
     err.print(f"  storage {st.redact_url(prep.storage_url)}; {prep.finished} trials already finished")
+    if args.workers > 1:
+        return _run_workers(args, cfg, prep, err, out)
     progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize")
     summary = st.run(prep, progress, n_trials=args.n_trials)
     _print_summary(out, summary, cfg, prep)
     return 0
+
+
+def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
+    """The study exists now (created once, here); the workers only load it."""
+    from tlsearch import study as st
+    from tlsearch.workers import Claims, spawn_workers
+
+    url = prep.storage_url
+    if url.startswith("sqlite") and ":memory:" in url:
+        raise UserError("`storage`: an in-memory database cannot be shared by --workers; "
+                        "give a file (sqlite:///study.db) or a PostgreSQL URL")
+    claims = Claims(prep.study, url, cfg.heartbeat.max_retry)
+    try:
+        swept = claims.sweep()
+    finally:
+        claims.close()
+    if swept:
+        err.print(f"  trials {swept} were left running by a worker that died; failed and retried")
+    err.print(f"  starting {args.workers} workers")
+    argv = ["run", args.study]
+    if args.n_trials is not None:
+        argv += ["--n-trials", str(args.n_trials)]
+    codes = spawn_workers(argv, args.workers, storage_url=url)
+    summary = st.summarize(prep.study)
+    target = args.n_trials or cfg.n_trials
+    finished = summary["states"].get("COMPLETE", 0) + summary["states"].get("PRUNED", 0)
+    _print_summary(out, summary, cfg, prep)
+    bad = {i + 1: c for i, c in enumerate(codes) if c != 0}
+    if not bad:
+        return 0
+    shown = ", ".join(f"worker {i} exited with {_describe_exit(c)}" for i, c in bad.items())
+    if target is not None and finished >= target:
+        err.print(f"note: {shown}; the others finished the study")
+        return 0
+    if 130 in bad.values() or -2 in bad.values():
+        raise KeyboardInterrupt
+    if all(c == TooManyFailures.exit_code for c in bad.values()):
+        raise TooManyFailures(f"{shown}: trials kept failing (see each worker's reasons above). "
+                              f"Fix the cause and run the same command again: the study resumes.")
+    raise WorkersFailed(f"{shown}. Run the same command again: the study resumes.")
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        import signal
+
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"
 
 
 def _print_summary(out: Console, summary: dict, cfg, prep) -> None:

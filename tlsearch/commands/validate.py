@@ -24,14 +24,14 @@ def run(args) -> int:
     cfg = load_config(args.study)
     modality = {describe_entry(e)["modality"] for e in cfg.backbone_entries}
     modality_name = modality.pop() if len(modality) == 1 else "image"
+    from tlsearch.study import redact_url
+
     if args.json:
         resolved = json.loads(cfg.model_dump_json(exclude={"base_dir"}))
-        resolved["storage"] = cfg.storage_url
+        resolved["storage"] = redact_url(cfg.storage_url)
         print(json.dumps(resolved, indent=2))
         return 0
     out = Console()
-    from tlsearch.study import redact_url
-
     out.print(f"[bold]{args.study}[/]: valid study [bold]{cfg.name}[/] ({modality_name})")
     out.print(f"  storage    {redact_url(cfg.storage_url)}")
     out.print(f"  artifacts  {cfg.artifact_dir}")

@@ -1,0 +1,341 @@
+"""Many workers on one study: who may start the next trial, who died, and the worker processes.
+
+Optuna's storages are the distributed engine: every worker, on this machine or another, runs the
+same loop against one database. Three things Optuna leaves to its users are done here.
+
+* **Exactly ``n_trials``.** ``MaxTrialsCallback`` is checked after a trial ends, so N workers
+  overshoot by up to N-1. Here a worker *claims* a trial: under a lock held by the whole study
+  (a PostgreSQL advisory lock, or a lock file beside a SQLite database) it counts finished and
+  running trials and asks for a new one only if they fall short of the target. The lock is held
+  until the new trial is RUNNING, so the next claimant counts it.
+* **Dead workers.** A trial whose worker was killed stays RUNNING. On an RDB storage its heartbeat
+  stops and Optuna fails it after the grace period; on this machine a dead worker is also noticed
+  at once, from the host, process id and start time each trial records. Either way the trial is
+  marked FAIL and retried (``heartbeat.max_retry`` times) by a WAITING copy, which the next claim
+  picks up first.
+* **Creating the storage once.** Several processes creating a fresh storage at the same moment
+  collide on Optuna's schema tables (``UNIQUE constraint failed: alembic_version``). Creation
+  runs under the same kind of lock, so whoever comes second finds the study made.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Callable, Iterator
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+
+from tlsearch.errors import StorageError, UserError
+
+__all__ = [
+    "WORKER_ATTR",
+    "worker_id",
+    "is_dead_here",
+    "StudyLock",
+    "study_lock",
+    "Claims",
+    "sweep_dead_workers",
+    "spawn_workers",
+]
+
+#: the user attribute naming the process that runs a trial: ``host:pid:start``
+WORKER_ATTR = "tlsearch.worker"
+
+RUN, WAIT, DONE = "run", "wait", "done"
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is told apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def is_dead_here(ident: str | None) -> bool:
+    """True only when ``ident`` names a process on this host that no longer runs."""
+    if not ident:
+        return False
+    try:
+        host, pid_s, start = ident.rsplit(":", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False  # another machine's worker: its heartbeat tells
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return start != "?" and _start_ticks(pid) not in ("?", start)
+
+
+# ------------------------------------------------------------------------------------------------
+# Locks held across processes and machines
+
+
+def _lock_key(name: str) -> int:
+    """A signed 64-bit advisory-lock key for ``name``."""
+    return int.from_bytes(hashlib.sha256(f"tlsearch:{name}".encode()).digest()[:8], "big",
+                          signed=True)
+
+
+class StudyLock:
+    """A re-acquirable lock shared by every worker of a storage. Release is idempotent."""
+
+    def acquire(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def release(self) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.release()
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        self.acquire()
+        try:
+            yield
+        finally:
+            self.release()
+
+
+class _NoLock(StudyLock):
+    """For storages without a shared lock (MySQL): counting may overshoot by up to N-1."""
+
+    def acquire(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+class _FileLock(StudyLock):
+    """``flock`` on a file beside the SQLite database: one machine, released when a process dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._held = False
+
+    def acquire(self) -> None:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self._held = True
+
+    def release(self) -> None:
+        if self._fd is not None and self._held:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            self._held = False
+
+    def close(self) -> None:
+        self.release()
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+
+class _PgAdvisoryLock(StudyLock):
+    """A PostgreSQL session advisory lock: shared by all machines, released when a worker's
+    connection drops, and it blocks nothing but other tlsearch claimants."""
+
+    def __init__(self, url: str, key: int) -> None:
+        self.url, self.key = url, key
+        self._conn = None
+        self._held = False
+
+    def acquire(self) -> None:
+        from sqlalchemy import create_engine, text
+
+        if self._conn is None:
+            from tlsearch.study import _engine_kwargs, storage_error
+
+            try:
+                engine = create_engine(self.url, isolation_level="AUTOCOMMIT",
+                                       **_engine_kwargs(self.url))
+                self._conn = engine.connect()
+            except Exception as e:
+                raise storage_error(self.url, e) from None
+        self._conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
+        self._held = True
+
+    def release(self) -> None:
+        if self._conn is not None and self._held:
+            from sqlalchemy import text
+
+            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
+            self._held = False
+
+    def close(self) -> None:
+        self.release()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn.engine.dispose()
+            self._conn = None
+
+
+def study_lock(url: str, name: str) -> StudyLock:
+    """The lock for ``name`` (a study, or the storage itself) on the storage at ``url``."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+    except Exception:
+        raise StorageError("storage: not a database URL") from None
+    if u.get_backend_name() == "sqlite":
+        db = u.database or ""
+        if db in ("", ":memory:"):
+            return _NoLock()
+        return _FileLock(Path(db + ".tlsearch.lock"))
+    if u.get_backend_name() == "postgresql":
+        return _PgAdvisoryLock(url, _lock_key(name))
+    return _NoLock()
+
+
+# ------------------------------------------------------------------------------------------------
+# Dead workers and claims
+
+
+def sweep_dead_workers(study: optuna.Study, retry: Callable | None) -> list[int]:
+    """Fail the RUNNING trials whose worker is known dead (heartbeat stale, or a dead process on
+    this host) and queue their retries. Returns the numbers of the trials failed here by pid."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    failed = []
+    storage = study._storage
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if not is_dead_here(t.user_attrs.get(WORKER_ATTR)):
+            continue
+        try:
+            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker got there first
+        failed.append(t.number)
+        if retry is not None:
+            retry(study, storage.get_trial(t._trial_id))
+    return failed
+
+
+class Claims:
+    """Decides, for one worker, whether to start a trial, wait for running ones, or stop."""
+
+    def __init__(self, study: optuna.Study, url: str, max_retry: int) -> None:
+        self.study = study
+        self.lock = study_lock(url, f"study:{study.study_name}")
+        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+        self.me = worker_id()
+        self.finished = 0
+
+    def counts(self) -> dict[str, int]:
+        out = {s.name: 0 for s in TrialState}
+        for t in self.study.get_trials(deepcopy=False):
+            out[t.state.name] += 1
+        return out
+
+    def sweep(self) -> list[int]:
+        with self.lock.held():
+            return sweep_dead_workers(self.study, self.retry)
+
+    def next(self, target: int | None) -> str:
+        """RUN (the lock stays held until :meth:`started` or :meth:`abandon`), WAIT or DONE."""
+        self.lock.acquire()
+        try:
+            decision = self._decide(target)
+        except BaseException:
+            self.lock.release()
+            raise
+        if decision != RUN:
+            self.lock.release()
+        return decision
+
+    def _decide(self, target: int | None) -> str:
+        sweep_dead_workers(self.study, self.retry)
+        c = self.counts()
+        self.finished = c["COMPLETE"] + c["PRUNED"]
+        if target is None:
+            return RUN
+        if self.finished >= target:
+            return DONE
+        if self.finished + c["RUNNING"] < target:
+            return RUN
+        return WAIT  # the last trials are running elsewhere; one may die and need a retry
+
+    def started(self, trial: optuna.Trial) -> None:
+        """The claimed trial is RUNNING and marked with this worker: others may claim now."""
+        trial.set_user_attr(WORKER_ATTR, self.me)
+        self.lock.release()
+
+    def abandon(self) -> None:
+        """The claim ended without a trial starting (the storage failed): let others claim."""
+        self.lock.release()
+
+    def close(self) -> None:
+        self.lock.close()
+
+
+# ------------------------------------------------------------------------------------------------
+# Worker processes on one machine
+
+
+def _thread_env(n_workers: int) -> dict[str, str]:
+    """Split the cores between the workers: N processes with a thread per core each oversubscribe
+    the CPU and run slower than N processes with cores/N threads."""
+    per = str(max(1, (os.cpu_count() or 1) // n_workers))
+    return {"TF_NUM_INTRAOP_THREADS": per, "OMP_NUM_THREADS": per}
+
+
+def spawn_workers(argv: list[str], n: int, *, storage_url: str) -> list[int]:
+    """Run ``python -m tlsearch.cli <argv>`` in ``n`` processes; return their exit codes.
+
+    The storage URL goes to the workers in ``$TLSEARCH_STORAGE``, not on their command line, where
+    any user of the machine could read a password with ``ps``. The workers run in their own process
+    group: Ctrl-C or SIGTERM reaches the parent, which passes it on once.
+    """
+    env = dict(os.environ)
+    for k, v in _thread_env(n).items():
+        env.setdefault(k, v)
+    env["TLSEARCH_STORAGE"] = storage_url
+    # the workers import the same tlsearch as this process, installed or not
+    here = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
+    procs: list[subprocess.Popen] = []
+
+    def forward(signum, frame):
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for i in range(n):
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "tlsearch.cli", *argv, "--worker-index", str(i + 1)],
+                env=env, process_group=0,
+            ))
+        return [p.wait() for p in procs]
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
