@@ -188,9 +188,50 @@ def data_file_of_unknown_format(d):
     return [], "cannot tell the format of"
 
 
-# Text data (CSV, Parquet, JSON Lines): tlsearch/data/text.py registers no reader in this tree yet.
-# When it does, add here: a CSV without the `text` column, an empty CSV, a label column with one
-# class, a row with an empty text, and a CSV that is not UTF-8.
+# --- text data ----------------------------------------------------------------------------------
+
+def _text_study(d: Path, name: str, content: bytes) -> None:
+    (d / name).write_bytes(content)
+    _edit(d / "study.yaml", data__path=name, backbones=["tiny_bert"])
+
+
+_ROWS = b"".join(b"a good film,pos\n" if i % 2 else b"a bad film,neg\n" for i in range(12))
+
+
+def csv_without_text_column(d):
+    _text_study(d, "reviews.csv", b"review,label\n" + _ROWS)
+    return [], "no column 'text' (`data.text_column`); the file has columns"
+
+
+def empty_csv(d):
+    _text_study(d, "reviews.csv", b"")
+    return [], "the file is empty"
+
+
+def csv_with_an_empty_text(d):
+    _text_study(d, "reviews.csv", b"text,label\n" + _ROWS + b",pos\n")
+    return [], "row 13"
+
+
+def csv_not_utf8(d):
+    _text_study(d, "reviews.csv", b"text,label\n" + _ROWS + "caf\xe9 cr\xe8me,pos\n".encode("latin-1"))
+    return [], "not UTF-8 text"
+
+
+def csv_single_class(d):
+    _text_study(d, "reviews.csv", b"text,label\n" + b"a good film,pos\n" * 12)
+    return [], "found a single class ['pos']"
+
+
+def jsonl_bad_line(d):
+    _text_study(d, "reviews.jsonl", b'{"text": "fine", "label": "pos"}\n{"text": oops}\n')
+    return [], "line 2: not valid JSON"
+
+
+def text_data_with_image_backbone(d):
+    (d / "reviews.csv").write_bytes(b"text,label\n" + _ROWS)
+    _edit(d / "study.yaml", data__path="reviews.csv")
+    return [], "the data is text but the backbones take image"
 
 
 # --- the storage --------------------------------------------------------------------------------
@@ -234,6 +275,8 @@ CASES = [
     corrupt_image, truncated_image, empty_image, unsupported_format, empty_class_folder,
     single_class, too_few_images, npz_with_wrong_keys, npz_labels_do_not_match, not_an_npz,
     data_file_of_unknown_format,
+    csv_without_text_column, empty_csv, csv_with_an_empty_text, csv_not_utf8, csv_single_class,
+    jsonl_bad_line, text_data_with_image_backbone,
     malformed_url, unreachable_postgres, changed_search_space, changed_classes,
 ]
 
