@@ -63,7 +63,7 @@ def run(args) -> int:
         return _run_workers(args, cfg, prep, err, out)
     progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize")
     summary = st.run(prep, progress, n_trials=args.n_trials)
-    _print_summary(out, summary, cfg, prep)
+    _print_summary(out, summary, cfg, prep, args.study)
     return 0
 
 
@@ -91,7 +91,7 @@ def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
     summary = st.summarize(prep.study)
     target = args.n_trials or cfg.n_trials
     finished = summary["states"].get("COMPLETE", 0) + summary["states"].get("PRUNED", 0)
-    _print_summary(out, summary, cfg, prep)
+    _print_summary(out, summary, cfg, prep, args.study)
     bad = {i + 1: c for i, c in enumerate(codes) if c != 0}
     if not bad:
         return 0
@@ -118,7 +118,7 @@ def _describe_exit(code: int) -> str:
     return f"code {code}"
 
 
-def _print_summary(out: Console, summary: dict, cfg, prep) -> None:
+def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> None:
     from tlsearch.study import best_accuracy, redact_url
 
     out.print()
@@ -142,4 +142,8 @@ def _print_summary(out: Console, summary: dict, cfg, prep) -> None:
     url = prep.storage_url
     out.print(f"storage:   {redact_url(url)}")
     out.print(f"artifacts: {cfg.artifact_dir}")
-    out.print(f"dashboard: optuna-dashboard '{redact_url(url)}' --artifact-dir '{cfg.artifact_dir}'")
+    out.print(f"dashboard: tlsearch dashboard {args_study}", soft_wrap=True)
+    out.print(f"       or: optuna-dashboard '{redact_url(url)}' --artifact-dir '{cfg.artifact_dir}'",
+              soft_wrap=True)
+    out.print(f"next:      tlsearch export {args_study} --out best-model   |   "
+              f"tlsearch report {args_study} --out report.html", soft_wrap=True)
