@@ -60,6 +60,23 @@ def test_cached_training_equals_training_through_the_frozen_network(data, tmp_pa
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+def test_a_pooled_head_reused_across_trials_trains_as_a_fresh_one(data, tmp_path):
+    src = source(data, tmp_path)
+    a = TrialParams("tiny_cnn", head_width=16, dropout=0.3, lr_stage1=1e-2)
+    b = TrialParams("tiny_cnn", head_width=16, dropout=0.0, lr_stage1=3e-3)
+    first = run_trial(a, Schedule(3, 0, 8), data, src)
+    run_trial(b, Schedule(3, 0, 8), data, src)
+    again = run_trial(a, Schedule(3, 0, 8), data, src)
+    fresh = run_trial(a, Schedule(3, 0, 8), data, source(data, cache=False))
+    assert len(src.heads) == 1
+    for other in (again, fresh):
+        np.testing.assert_allclose([h.val_loss for h in first.history],
+                                   [h.val_loss for h in other.history], rtol=1e-4, atol=1e-5)
+        for layer in first.weights:
+            for x, y in zip(first.weights[layer], other.weights[layer]):
+                np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
+
+
 def test_stage1_leaves_the_backbone_unchanged(data):
     """Un-cached stage 1 trains through the whole network: only the head may change."""
     src = source(data, cache=False)

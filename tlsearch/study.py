@@ -406,10 +406,11 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None)
     try:
         if remaining is None or remaining > 0:
             # Failed trials do not count towards n_trials: MaxTrialsCallback stops the loop once
-            # enough trials have *finished*, however many failed on the way.
+            # enough trials have *finished*, however many failed on the way. The objective frees
+            # each trial's state itself (clear_state), only when the trial left some behind.
             prep.study.optimize(
                 make_objective(prep, progress), n_trials=None, timeout=cfg.timeout,
-                catch=(TrialFailure,), callbacks=callbacks, gc_after_trial=True,
+                catch=(TrialFailure,), callbacks=callbacks, gc_after_trial=False,
             )
     finally:
         progress.close()
