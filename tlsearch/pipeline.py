@@ -375,7 +375,8 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
         fit(model, f_tr, f_va, stage=1, lr=None, layers=pooled.layers, epochs=e1,
             initial_epoch=0)
         # stage 2 draws its dropout masks where stage 1 left off, as one model trained through would
-        head.dropout.seed_generator.state.assign(pooled.dropout.seed_generator.state.value)
+        if hasattr(head.dropout, "seed_generator"):  # Dropout(0) has none
+            head.dropout.seed_generator.state.assign(pooled.dropout.seed_generator.state.value)
     else:
         backbone = source.build(params.backbone, params)
         backbone.freeze(0)
