@@ -70,12 +70,12 @@ def _trial_record(number, params, t_start, t0, clock: _EpochClock, state: str) -
 # ---------------------------------------------------------------------------------------------
 
 
-def run_plain_optuna(s: Settings, data: dict, budget: float) -> dict:
+def run_plain_optuna(s: Settings, data: dict, budget: float, max_trials: int | None = None) -> dict:
     import keras
     import optuna
     from optuna_integration import KerasPruningCallback
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     trials: list[dict] = []
     t0 = time.perf_counter()
     deadline = t0 + budget
@@ -112,7 +112,7 @@ def run_plain_optuna(s: Settings, data: dict, budget: float) -> dict:
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=s.seed),
                                 pruner=optuna.pruners.MedianPruner())
     try:
-        study.optimize(objective, timeout=budget)
+        study.optimize(objective, timeout=budget, n_trials=max_trials)
     except BudgetSpent:
         pass
     return {"trials": trials, "wall": time.perf_counter() - t0}
@@ -121,7 +121,7 @@ def run_plain_optuna(s: Settings, data: dict, budget: float) -> dict:
 # ---------------------------------------------------------------------------------------------
 
 
-def run_keras_tuner(s: Settings, data: dict, budget: float) -> dict:
+def run_keras_tuner(s: Settings, data: dict, budget: float, max_trials: int | None = None) -> dict:
     import keras
     import keras_tuner as kt
 
@@ -182,6 +182,8 @@ def run_keras_tuner(s: Settings, data: dict, budget: float) -> dict:
             rec = _trial_record(len(trials), params, self._t_start, t0, self.clock, "COMPLETE")
             rec["hyperband_epochs"] = trial.hyperparameters.values.get("tuner/epochs")
             trials.append(rec)
+            if max_trials is not None and len(trials) >= max_trials:
+                raise KTBudgetSpent()
 
     with tempfile.TemporaryDirectory() as tmp:
         tuner = Tuner(TwoStage(), objective="val_accuracy",
@@ -273,7 +275,7 @@ def forward_seconds(s: Settings, data: dict, batch_size: int = 64) -> float:
     return time.perf_counter() - t
 
 
-def run_tlsearch(s: Settings, data: dict, budget: float) -> dict:
+def run_tlsearch(s: Settings, data: dict, budget: float, max_trials: int | None = None) -> dict:
     import contextlib
     import io
 
@@ -281,7 +283,7 @@ def run_tlsearch(s: Settings, data: dict, budget: float) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        path = tlsearch_study_file(s, data, folder, budget=budget)
+        path = tlsearch_study_file(s, data, folder, budget=budget, n_trials=max_trials)
         log = io.StringIO()
         t0, t0_wall = time.perf_counter(), time.time()
         with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
@@ -296,19 +298,25 @@ def run_tlsearch(s: Settings, data: dict, budget: float) -> dict:
 RUNNERS = {"plain_optuna": run_plain_optuna, "keras_tuner": run_keras_tuner, "tlsearch": run_tlsearch}
 
 
+def run_peer(peer: str, s: Settings, budget: float, max_trials: int | None = None) -> dict:
+    data = common.load_data(s)
+    rss0 = common.rss_mb()
+    result = RUNNERS[peer](s, data, budget, max_trials)
+    result.update(peer=peer, budget_seconds=budget, max_trials=max_trials, settings=s.to_dict(),
+                  data_source=data["source"], rss_start_mb=rss0, rss_end_mb=common.rss_mb())
+    return result
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description="Run one peer of the benchmark; writes one JSON record.")
     ap.add_argument("peer", choices=PEERS)
     ap.add_argument("--budget-seconds", type=float, required=True)
+    ap.add_argument("--max-trials", type=int, default=None)
     ap.add_argument("--settings", default="{}", help="JSON overrides of common.Settings")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
     s = common.settings_from(json.loads(a.settings))
-    data = common.load_data(s)
-    rss0 = common.rss_mb()
-    result = RUNNERS[a.peer](s, data, a.budget_seconds)
-    result.update(peer=a.peer, budget_seconds=a.budget_seconds, settings=s.to_dict(),
-                  data_source=data["source"], rss_start_mb=rss0, rss_end_mb=common.rss_mb())
+    result = run_peer(a.peer, s, a.budget_seconds, a.max_trials)
     a.out.write_text(json.dumps(result, indent=1, default=float))
     return 0
 
