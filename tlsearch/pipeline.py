@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 _FEATURE_VERSION = 1  # bump when the way frozen outputs are computed changes
+_PREFETCH_BYTES = 1 << 30  # boundaries computed ahead of need, at most this much in all
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ class BackboneSource:
     """Builds the study's backbones and serves their frozen outputs from the feature cache."""
 
     def __init__(self, entries: dict, data: Dataset, image_size: int, cache: FeatureCache,
-                 *, seed: int = 0, base_dir: Path | None = None, batch_size: int = 64) -> None:
+                 *, seed: int = 0, base_dir: Path | None = None, batch_size: int = 64,
+                 prefetch_unfrozen: int = 0) -> None:
         self.entries = entries
         self.data = data
         self.image_size = image_size
@@ -164,6 +166,9 @@ class BackboneSource:
         self.seed = seed
         self.base_dir = base_dir
         self.batch_size = batch_size
+        #: boundaries (1..this many unfrozen blocks) computed in the same forward pass as the first
+        #: frozen output a backbone needs: one pass per image instead of one per boundary
+        self.prefetch_unfrozen = prefetch_unfrozen
         self._max_unfreeze: dict[str, int] = {}
         #: traced head-on-features models, reset for each cached stage-1 trial instead of rebuilt
         self.heads = HeadPool(_compile_pooled)
@@ -199,19 +204,44 @@ class BackboneSource:
 
         ``n_unfrozen == 0``: the pooled features. Otherwise the activations at the freeze boundary.
         """
-        boundary = "pooled" if n_unfrozen == 0 else f"below-top-{n_unfrozen}"
-
         def compute():
-            bb = backbone or self.build(name, params)
-            model = bb.model if n_unfrozen == 0 else bb.split(n_unfrozen)[0]
-            outs = tuple(
-                np.asarray(model.predict(x, batch_size=self.batch_size, verbose=0), dtype=np.float32)
-                for x in (self.data.x_train, self.data.x_val)
-            )
-            return outs
+            import keras
 
-        key = self._key(name, boundary, params)
-        return self.cache.get_or_compute(key, compute, describe=f"{name} {boundary}")
+            bb = backbone or self.build(name, params)
+
+            def output(k):
+                return bb.model.output if k == 0 else bb.split(k)[0].output
+
+            n_images = len(self.data.x_train) + len(self.data.x_val)
+            wanted, extra_bytes = [n_unfrozen], 0
+            for k in range(self.prefetch_unfrozen + 1):
+                if k == n_unfrozen or k > bb.max_unfreeze or (k > 0 and not bb.can_cut(k)):
+                    continue
+                if self.cache.contains(self._key(name, _boundary(k), params)):
+                    continue
+                size = 4 * n_images * math.prod(int(d) for d in output(k).shape[1:])
+                if extra_bytes + size > _PREFETCH_BYTES:
+                    break
+                wanted.append(k)
+                extra_bytes += size
+            outputs = [output(k) for k in wanted]
+            model = keras.Model(bb.model.inputs, outputs)
+            per_split = []
+            for x in (self.data.x_train, self.data.x_val):
+                got = model.predict(x, batch_size=self.batch_size, verbose=0)
+                got = got if len(wanted) > 1 else [got]
+                per_split.append([np.asarray(a, dtype=np.float32) for a in got])
+            for i, k in enumerate(wanted[1:], start=1):
+                self.cache.put(self._key(name, _boundary(k), params),
+                               (per_split[0][i], per_split[1][i]), describe=f"{name} {_boundary(k)}")
+            return per_split[0][0], per_split[1][0]
+
+        key = self._key(name, _boundary(n_unfrozen), params)
+        return self.cache.get_or_compute(key, compute, describe=f"{name} {_boundary(n_unfrozen)}")
+
+
+def _boundary(n_unfrozen: int) -> str:
+    return "pooled" if n_unfrozen == 0 else f"below-top-{n_unfrozen}"
 
 
 class _Tracker:

@@ -22,7 +22,8 @@ from optuna.distributions import (
 from tlsearch.config import Range, StudyConfig
 from tlsearch.pipeline import TrialParams
 
-__all__ = ["space_entries", "distributions", "fixed_values", "signature", "suggest", "diff_signatures"]
+__all__ = ["space_entries", "distributions", "fixed_values", "signature", "suggest", "diff_signatures",
+           "max_unfreeze_searched"]
 
 _IMAGE = ("unfreeze_blocks", "head_width", "dropout", "lr_stage1", "lr_stage2", "augmentation")
 _TEXT = ("unfreeze_blocks", "head_width", "dropout", "lr_stage1", "lr_stage2", "pooling", "max_length")
@@ -131,3 +132,13 @@ def suggest(trial: optuna.Trial, cfg: StudyConfig, modality: str,
     for name in _INTS & values.keys():
         values[name] = int(values[name])
     return TrialParams(**values)
+
+
+def max_unfreeze_searched(cfg: StudyConfig) -> int:
+    """The most blocks any trial of this study may unfreeze (0 when only heads are trained)."""
+    spec = cfg.search.unfreeze_blocks
+    if isinstance(spec, Range):
+        return int(spec.high)
+    if isinstance(spec, list):
+        return int(max(spec)) if spec else 0
+    return int(spec)
