@@ -12,6 +12,7 @@ test split for validation. The tiny CI settings fall back on the committed 600-i
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import shutil
 import subprocess
@@ -22,6 +23,7 @@ import numpy as np
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes: expected, many models
 
 REPO = Path(__file__).resolve().parent.parent
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")

@@ -80,6 +80,9 @@ def run_all(s: common.Settings, budget: float, seeds: list[int], *, max_trials: 
                     args += ["--max-trials", str(max_trials)]
                 runs[peer].append(_subprocess("peers.py", args, work / f"{peer}-{seed}.json"))
             timings[f"{peer}-{seed}"] = time.perf_counter() - t
+            # what is done so far survives an interrupted run
+            (work / "partial.json").write_text(json.dumps({"runs": runs, "timings": timings},
+                                                          default=float))
     costs = {}
     for what, extra in (("rss", ["--trials", str(rss_trials)]),
                         ("sweep", ["--trials", str(sweep_trials),
@@ -298,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
                   sweep_trials=a.sweep_trials, in_process=False)
     started = datetime.datetime.now(datetime.timezone.utc)
     with tempfile.TemporaryDirectory() as work:
-        raw = run_all(s, a.budget_seconds, seeds, peers=a.peers.split(","), work=Path(work), **kw)
+        kw["work"] = Path(work) if a.tiny else a.out
+        raw = run_all(s, a.budget_seconds, seeds, peers=a.peers.split(","), **kw)
     figures = summarize(raw, s, a.budget_seconds)
     figures["machine"] = {"cpus": os.cpu_count(), "platform": platform.platform(),
                           "python": platform.python_version(),
