@@ -23,9 +23,10 @@ def data() -> Dataset:
     return Dataset("image", x[:36], y[:36], x[36:], y[36:], ["a", "b", "c"], fingerprint="t")
 
 
-def source(data, tmp_path=None, cache=True):
+def source(data, tmp_path=None, cache=True, prefetch=0):
     c = FeatureCache(tmp_path, 1 << 30) if cache else None
-    return BackboneSource({"tiny_cnn": BackboneEntry(name="tiny_cnn")}, data, 32, c)
+    return BackboneSource({"tiny_cnn": BackboneEntry(name="tiny_cnn")}, data, 32, c,
+                          prefetch_unfrozen=prefetch)
 
 
 def test_steps_run_across_both_stages(data, tmp_path):
@@ -58,6 +59,36 @@ def test_cached_training_equals_training_through_the_frozen_network(data, tmp_pa
     for layer in plain.weights:
         for a, b in zip(cached.weights[layer], plain.weights[layer]):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_boundaries_computed_in_one_pass_equal_one_pass_each(data, tmp_path):
+    one_pass = source(data, tmp_path / "a", prefetch=3)
+    f_tr, f_va = one_pass.frozen_outputs("tiny_cnn", 0)
+    assert one_pass.cache.misses == 1
+    each = source(data, tmp_path / "b")
+    for n in (0, 1, 2, 3):
+        got = one_pass.frozen_outputs("tiny_cnn", n)
+        want = each.frozen_outputs("tiny_cnn", n)
+        for a, b in zip(got, want):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert one_pass.cache.misses == 1 and each.cache.misses == 4
+
+
+def test_a_pooled_head_reused_across_trials_trains_as_a_fresh_one(data, tmp_path):
+    src = source(data, tmp_path)
+    a = TrialParams("tiny_cnn", head_width=16, dropout=0.3, lr_stage1=1e-2)
+    b = TrialParams("tiny_cnn", head_width=16, dropout=0.0, lr_stage1=3e-3)
+    first = run_trial(a, Schedule(3, 0, 8), data, src)
+    run_trial(b, Schedule(3, 0, 8), data, src)
+    again = run_trial(a, Schedule(3, 0, 8), data, src)
+    fresh = run_trial(a, Schedule(3, 0, 8), data, source(data, cache=False))
+    assert len(src.heads) == 1
+    for other in (again, fresh):
+        np.testing.assert_allclose([h.val_loss for h in first.history],
+                                   [h.val_loss for h in other.history], rtol=1e-4, atol=1e-5)
+        for layer in first.weights:
+            for x, y in zip(first.weights[layer], other.weights[layer]):
+                np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-5)
 
 
 def test_stage1_leaves_the_backbone_unchanged(data):

@@ -91,6 +91,18 @@ class FeatureCache:
         self._remember(key, arrays)
         return arrays
 
+    def contains(self, key: str) -> bool:
+        """Whether ``key`` is held, in memory or on disk (without reading it)."""
+        if key in self._memory:
+            return True
+        return self.enabled and self.root is not None and (self.root / key / "meta.json").is_file()
+
+    def put(self, key: str, arrays: tuple[np.ndarray, np.ndarray], describe: str = "") -> None:
+        """Keep arrays computed alongside another entry (several boundaries in one forward pass)."""
+        if self.enabled:
+            self._write(key, arrays, describe)
+        self._remember(key, arrays)
+
     def _remember(self, key: str, arrays: tuple[np.ndarray, np.ndarray]) -> None:
         self._memory[key] = arrays
         while len(self._memory) > 1 and sum(a.nbytes + b.nbytes for a, b in self._memory.values()) > _MEMORY_LIMIT:

@@ -13,7 +13,6 @@ best epoch's, and the weights kept are that epoch's.
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,6 +25,7 @@ from tlsearch.backbones import Backbone, build_backbone, resolve_weights
 from tlsearch.cache import FeatureCache, cache_key
 from tlsearch.data import Dataset
 from tlsearch.errors import NonFiniteLoss
+from tlsearch.headpool import HeadPool
 
 __all__ = [
     "TrialParams",
@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 _FEATURE_VERSION = 1  # bump when the way frozen outputs are computed changes
+_PREFETCH_BYTES = 1 << 30  # boundaries computed ahead of need, at most this much in all
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,8 @@ class BackboneSource:
     """Builds the study's backbones and serves their frozen outputs from the feature cache."""
 
     def __init__(self, entries: dict, data: Dataset, image_size: int, cache: FeatureCache,
-                 *, seed: int = 0, base_dir: Path | None = None, batch_size: int = 64) -> None:
+                 *, seed: int = 0, base_dir: Path | None = None, batch_size: int = 64,
+                 prefetch_unfrozen: int = 0) -> None:
         self.entries = entries
         self.data = data
         self.image_size = image_size
@@ -164,7 +166,12 @@ class BackboneSource:
         self.seed = seed
         self.base_dir = base_dir
         self.batch_size = batch_size
+        #: boundaries (1..this many unfrozen blocks) computed in the same forward pass as the first
+        #: frozen output a backbone needs: one pass per image instead of one per boundary
+        self.prefetch_unfrozen = prefetch_unfrozen
         self._max_unfreeze: dict[str, int] = {}
+        #: traced head-on-features models, reset for each cached stage-1 trial instead of rebuilt
+        self.heads = HeadPool(_compile_pooled)
 
     def options(self, params: TrialParams | None) -> dict:
         """Build options that change what a backbone computes (text backbones use them)."""
@@ -207,19 +214,44 @@ class BackboneSource:
 
         ``n_unfrozen == 0``: the pooled features. Otherwise the activations at the freeze boundary.
         """
-        boundary = "pooled" if n_unfrozen == 0 else f"below-top-{n_unfrozen}"
-
         def compute():
-            bb = backbone or self.build(name, params)
-            model = bb.model if n_unfrozen == 0 else bb.split(n_unfrozen)[0]
-            outs = tuple(
-                np.asarray(model.predict(x, batch_size=self.batch_size, verbose=0), dtype=np.float32)
-                for x in self.inputs(params)
-            )
-            return outs
+            import keras
 
-        key = self._key(name, boundary, params)
-        return self.cache.get_or_compute(key, compute, describe=f"{name} {boundary}")
+            bb = backbone or self.build(name, params)
+
+            def output(k):
+                return bb.model.output if k == 0 else bb.split(k)[0].output
+
+            n_images = len(self.data.x_train) + len(self.data.x_val)
+            wanted, extra_bytes = [n_unfrozen], 0
+            for k in range(self.prefetch_unfrozen + 1):
+                if k == n_unfrozen or k > bb.max_unfreeze or (k > 0 and not bb.can_cut(k)):
+                    continue
+                if self.cache.contains(self._key(name, _boundary(k), params)):
+                    continue
+                size = 4 * n_images * math.prod(int(d) for d in output(k).shape[1:])
+                if extra_bytes + size > _PREFETCH_BYTES:
+                    break
+                wanted.append(k)
+                extra_bytes += size
+            outputs = [output(k) for k in wanted]
+            model = keras.Model(bb.model.input, outputs)  # a dict of token arrays for text
+            per_split = []
+            for x in self.inputs(params):
+                got = model.predict(x, batch_size=self.batch_size, verbose=0)
+                got = got if len(wanted) > 1 else [got]
+                per_split.append([np.asarray(a, dtype=np.float32) for a in got])
+            for i, k in enumerate(wanted[1:], start=1):
+                self.cache.put(self._key(name, _boundary(k), params),
+                               (per_split[0][i], per_split[1][i]), describe=f"{name} {_boundary(k)}")
+            return per_split[0][0], per_split[1][0]
+
+        key = self._key(name, _boundary(n_unfrozen), params)
+        return self.cache.get_or_compute(key, compute, describe=f"{name} {_boundary(n_unfrozen)}")
+
+
+def _boundary(n_unfrozen: int) -> str:
+    return "pooled" if n_unfrozen == 0 else f"below-top-{n_unfrozen}"
 
 
 class _Tracker:
@@ -273,15 +305,29 @@ def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, histo
     return _Hook()
 
 
-def _compile(model, lr: float) -> None:
+def _compile(model, lr: float, steps_per_execution: int = 1) -> None:
     import keras
 
+    global _built_since_clear
+    _built_since_clear += 1
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=lr),
         loss=keras.losses.CategoricalCrossentropy(),
         metrics=[keras.metrics.CategoricalAccuracy(name="accuracy"), keras.metrics.AUC(name="auc")],
         jit_compile=False,  # XLA made head training several times slower on CPU
+        steps_per_execution=steps_per_execution,
     )
+
+
+def _compile_pooled(model, lr: float) -> None:
+    """A head on features takes microseconds per step: run 16 steps per call into TensorFlow.
+    Same batches in the same order, so the same numbers; only Python's per-step cost goes."""
+    _compile(model, lr, steps_per_execution=16)
+
+
+#: Keras models compiled since the last :func:`clear_state`; a trial that only reused pooled heads
+#: leaves nothing to clear
+_built_since_clear = 0
 
 
 def _augmenter(strength: float, seed: int):
@@ -340,7 +386,8 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     backbone: Backbone | None = None
 
     def fit(model, x_train, x_val, *, stage, lr, layers, epochs, initial_epoch):
-        _compile(model, lr)
+        if lr is not None:  # a pooled head comes compiled, at its trial's rate
+            _compile(model, lr)
         hook = _epoch_callback(stage, tracker, layers, on_epoch, history)
         if hasattr(x_train, "element_spec"):  # a tf.data pipeline carries its own labels
             model.fit(x_train, validation_data=x_val, epochs=epochs, initial_epoch=initial_epoch,
@@ -362,10 +409,14 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
         on_stage(1)
     if use_cache:
         f_tr, f_va = source.frozen_outputs(params.backbone, 0, params)
-        inp = keras.Input((f_tr.shape[-1],), name="features")
-        model = keras.Model(inp, head(inp), name="head_on_features")
-        fit(model, f_tr, f_va, stage=1, lr=params.lr_stage1, layers=head.layers, epochs=e1,
+        pooled = source.heads.get(f_tr.shape[-1], params.head_width, data.n_classes,
+                                  schedule.seed, params.dropout, params.lr_stage1)
+        model = pooled.model
+        fit(model, f_tr, f_va, stage=1, lr=None, layers=pooled.layers, epochs=e1,
             initial_epoch=0)
+        # stage 2 draws its dropout masks where stage 1 left off, as one model trained through would
+        if hasattr(head.dropout, "seed_generator"):  # Dropout(0) has none
+            head.dropout.seed_generator.state.assign(pooled.dropout.seed_generator.state.value)
     else:
         backbone = source.build(params.backbone, params)
         backbone.freeze(0)
@@ -380,10 +431,6 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     if n > 0 and e2 > 0:
         if on_stage:
             on_stage(2)
-        # go on from the best stage-1 head, not the last epoch's
-        for layer in head.layers:
-            if layer.name in tracker.weights:
-                layer.set_weights(tracker.weights[layer.name])
         if backbone is None:
             backbone = source.build(params.backbone, params)
         n = min(n, backbone.max_unfreeze)
@@ -395,11 +442,13 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
             _, top = backbone.split(n)
             inp = keras.Input(b_tr.shape[1:], name="boundary")
             model = keras.Model(inp, head(top(inp, training=bn_training)), name="top_on_boundary")
+            _restore(head, tracker)
             fit(model, b_tr, b_va, stage=2, lr=params.lr_stage2, layers=layers, epochs=e1 + e2,
                 initial_epoch=e1)
             cached2 = True
         else:
             model = assemble_model(backbone, head, training=bn_training)
+            _restore(head, tracker)
             x_tr, x_va = model_inputs()
             fit(model, x_tr, x_va, stage=2, lr=params.lr_stage2, layers=layers, epochs=e1 + e2,
                 initial_epoch=e1)
@@ -416,6 +465,13 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     )
     del model, backbone
     return result
+
+
+def _restore(head: Head, tracker: _Tracker) -> None:
+    """Stage 2 goes on from the best stage-1 head, not the last epoch's (the head is built by now)."""
+    for layer in head.layers:
+        if layer.name in tracker.weights:
+            layer.set_weights(tracker.weights[layer.name])
 
 
 def build_trained_model(params: TrialParams, weights: dict[str, list[np.ndarray]], n_classes: int,
@@ -438,8 +494,15 @@ def build_trained_model(params: TrialParams, weights: dict[str, list[np.ndarray]
 
 
 def clear_state() -> None:
-    """Free what one trial left behind: Keras' global graph state and unreachable objects."""
+    """Free what one trial left behind: Keras' global graph state and unreachable objects.
+
+    Skipped when the trial compiled no new model (it reused a pooled head): then there is nothing
+    of it to free, and a full collection costs more than such a trial's training (0.3 s a pass).
+    """
     import keras
 
+    global _built_since_clear
+    if _built_since_clear == 0:
+        return
+    _built_since_clear = 0
     keras.backend.clear_session(free_memory=True)
-    gc.collect()

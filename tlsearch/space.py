@@ -24,7 +24,7 @@ from tlsearch.config import Range, StudyConfig
 from tlsearch.pipeline import TrialParams
 
 __all__ = ["space_entries", "distributions", "fixed_values", "signature", "suggest",
-           "diff_signatures", "warm_start"]
+           "diff_signatures", "warm_start", "max_unfreeze_searched"]
 
 _IMAGE = ("unfreeze_blocks", "head_width", "dropout", "lr_stage1", "lr_stage2", "augmentation")
 _TEXT = ("unfreeze_blocks", "head_width", "dropout", "lr_stage1", "lr_stage2", "pooling", "max_length")
@@ -151,3 +151,13 @@ def warm_start(cfg: StudyConfig, modality: str) -> dict[str, Any]:
             v = (d.low + d.high) / 2
             out[name] = int(round(v)) if isinstance(d, IntDistribution) else v
     return out
+
+
+def max_unfreeze_searched(cfg: StudyConfig) -> int:
+    """The most blocks any trial of this study may unfreeze (0 when only heads are trained)."""
+    spec = cfg.search.unfreeze_blocks
+    if isinstance(spec, Range):
+        return int(spec.high)
+    if isinstance(spec, list):
+        return int(max(spec)) if spec else 0
+    return int(spec)

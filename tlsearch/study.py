@@ -393,7 +393,8 @@ def _make_source(cfg: StudyConfig, data: Dataset, cache: FeatureCache, modality:
         return TextBackboneSource(entries, data, cfg.data.image_size, cache, seed=cfg.seed,
                                   base_dir=cfg.base_dir)
     return BackboneSource(entries, data, cfg.data.image_size, cache if cfg.cache.enabled else None,
-                          seed=cfg.seed, base_dir=cfg.base_dir)
+                          seed=cfg.seed, base_dir=cfg.base_dir,
+                          prefetch_unfrozen=space.max_unfreeze_searched(cfg))
 
 
 def trial_params(frozen: optuna.trial.FrozenTrial) -> TrialParams:

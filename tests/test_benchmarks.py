@@ -1,0 +1,44 @@
+"""The benchmark scripts keep working: their tiny version runs and reports every figure.
+
+This checks the scripts, not the speed: the numbers of a tiny run mean nothing (see BENCHMARKS.md
+for the real runs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+PEER_FIGURES = {"best_val_accuracy_mean", "trials_finished_mean", "seconds_per_stage1_trial"}
+TLSEARCH_FIGURES = {"study_seconds", "forward_seconds", "pure_training_seconds", "floor_seconds",
+                    "study_over_floor", "overhead_per_trial_mean", "overhead_per_trial_median"}
+TARGETS = {"stage1_trial_speedup_vs_plain_optuna", "best_val_accuracy_above_peers",
+           "study_time_over_floor", "rss_growth_mb"}
+
+
+@pytest.mark.timeout(600)
+def test_tiny_benchmark_reports_every_figure(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_benchmark.py"), "--tiny",
+                        "--out", str(tmp_path)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    f = json.loads((tmp_path / "results.json").read_text())["figures"]
+    assert set(f["peers"]) == {"plain_optuna", "keras_tuner", "tlsearch"}
+    for peer, figures in f["peers"].items():
+        assert PEER_FIGURES <= set(figures), peer
+        assert figures["trials_finished_mean"] == 2, peer
+        assert figures["best_val_accuracy_mean"] is not None and figures["seconds_per_stage1_trial"] > 0
+    assert f["tlsearch"] and TLSEARCH_FIGURES <= set(f["tlsearch"][0])
+    assert all(f["tlsearch"][0][k] is not None for k in TLSEARCH_FIGURES)
+    assert f["rss"]["trials"] == 2 and f["rss"]["rss_growth_mb"] is not None
+    assert f["trial_scaling"]["seconds_per_added_trial"] > 0
+    kinds = {row["kind"] for row in f["sweep"]["rows"]}
+    assert kinds == {"data", "backbones"}
+    assert TARGETS <= set(f["targets"]) and all("met" in t for t in f["targets"].values())
+    assert "| peer |" in (tmp_path / "results.md").read_text()

@@ -1,0 +1,109 @@
+"""Compiled head-on-features models, reused by every cached stage-1 trial of one process.
+
+A cached stage-1 trial trains a few thousand parameters on in-memory features: an epoch takes a
+fraction of a second, while building, compiling and tracing a new Keras model, and clearing it
+afterwards, took several times longer (measured on 2 CPU cores). So the head trained on cached
+features is built and traced once per (feature size, width, classes, seed) and *reset* between
+trials: weights to the values a fresh :class:`~tlsearch.pipeline.Head` with the same seed starts
+from, the optimizer's slots to zero, the dropout rate and learning rate to the trial's. The result
+is the same trial, number for number (tested against a fresh model); only the tracing is skipped.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["HeadPool", "RateDropout"]
+
+
+def _rate_dropout_class():
+    import keras
+    import tensorflow as tf
+
+    class RateDropout(keras.layers.Layer):
+        """Dropout whose rate is a variable, so one traced training step serves every rate.
+
+        It draws the masks ``keras.layers.Dropout(rate, seed=seed)`` draws (same seed generator,
+        same stateless op); a rate of 0 leaves the inputs unchanged, as Dropout does.
+        """
+
+        def __init__(self, seed: int, **kwargs) -> None:
+            super().__init__(**kwargs)
+            self.seed_generator = keras.random.SeedGenerator(seed)
+            # a plain tf.Variable: not one of the layer's weights, so it is never stored or exported
+            self.rate = tf.Variable(0.0, trainable=False, dtype="float32")
+
+        def call(self, inputs, training=False):
+            if not training:
+                return inputs
+            seed = self.seed_generator.next()
+            seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
+            return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed)
+
+    return RateDropout
+
+
+_RateDropout = None
+
+
+def RateDropout(seed: int, **kwargs):  # noqa: N802 - a class made on first use (defers TF import)
+    global _RateDropout
+    if _RateDropout is None:
+        _RateDropout = _rate_dropout_class()
+    return _RateDropout(seed, **kwargs)
+
+
+class _PooledHead:
+    def __init__(self, dim: int, width: int, n_classes: int, seed: int, compile_fn) -> None:
+        import keras
+
+        self.seed = seed
+        self.init = keras.initializers.GlorotUniform(seed=seed)
+        self.dense = keras.layers.Dense(width, activation="relu", kernel_initializer=self.init,
+                                        name="clf_dense")
+        self.dropout = RateDropout(seed, name="clf_dropout")
+        self.out = keras.layers.Dense(n_classes, activation="softmax", kernel_initializer=self.init,
+                                      name="clf_out")
+        inp = keras.Input((dim,), name="features")
+        self.model = keras.Model(inp, self.out(self.dropout(self.dense(inp))),
+                                 name="head_on_features")
+        compile_fn(self.model, 1e-3)
+        self.model.optimizer.build(self.model.trainable_variables)
+        self._seed_state = np.array(self.dropout.seed_generator.state.numpy())
+        self._opt_start = [np.array(v.numpy()) for v in self.model.optimizer.variables]
+
+    @property
+    def layers(self) -> list:
+        """The layers whose weights a trial keeps (the dropout rate is no weight)."""
+        return [self.dense, self.out]
+
+    def reset(self, dropout: float, lr: float) -> None:
+        for layer in (self.dense, self.out):
+            layer.kernel.assign(self.init(layer.kernel.shape))
+            layer.bias.assign(np.zeros(layer.bias.shape, dtype="float32"))
+        self.dropout.rate.assign(float(dropout))
+        self.dropout.seed_generator.state.assign(self._seed_state)
+        opt = self.model.optimizer
+        for v, start in zip(opt.variables, self._opt_start):
+            v.assign(start)
+        opt.learning_rate.assign(float(lr))
+
+
+class HeadPool:
+    """One traced head model per shape, reset for each trial instead of rebuilt."""
+
+    def __init__(self, compile_fn) -> None:
+        self.compile_fn = compile_fn
+        self._heads: dict[tuple, _PooledHead] = {}
+
+    def get(self, dim: int, width: int, n_classes: int, seed: int, dropout: float,
+            lr: float) -> _PooledHead:
+        key = (int(dim), int(width), int(n_classes), int(seed))
+        head = self._heads.get(key)
+        if head is None:
+            head = self._heads[key] = _PooledHead(*key, self.compile_fn)
+        head.reset(dropout, lr)
+        return head
+
+    def __len__(self) -> int:
+        return len(self._heads)
