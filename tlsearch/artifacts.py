@@ -12,7 +12,6 @@ where a whole ResNet50 per trial would be 100 MB.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import os
@@ -24,6 +23,7 @@ from typing import BinaryIO
 import numpy as np
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
+from tlsearch._hashing import sha256_file
 from tlsearch.errors import UserError
 
 __all__ = ["AtomicFileSystemArtifactStore", "save_weights", "load_weights", "upload_weights",
@@ -53,14 +53,6 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
             raise
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def save_weights(weights: dict[str, list[np.ndarray]], path: Path) -> None:
     """Layer name -> weight arrays, as one ``.npz`` (no pickle: loading runs no code)."""
     arrays = {}
@@ -87,7 +79,7 @@ def upload_weights(trial, store: AtomicFileSystemArtifactStore,
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / f"trial-{trial.number}-step-{step}.weights.npz"
         save_weights(weights, path)
-        info = {"size": path.stat().st_size, "sha256": _sha256(path), "file": path.name, "step": step}
+        info = {"size": path.stat().st_size, "sha256": sha256_file(path), "file": path.name, "step": step}
         info["id"] = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
     trial.set_user_attr(ARTIFACT_ATTR, info)
     return info
@@ -105,7 +97,7 @@ def fetch_weights(frozen_trial, store: AtomicFileSystemArtifactStore) -> dict[st
         except Exception as e:
             raise UserError(f"trial {frozen_trial.number}: its weights artifact {info['id']} cannot "
                             f"be read ({e})") from None
-        size, digest = path.stat().st_size, _sha256(path)
+        size, digest = path.stat().st_size, sha256_file(path)
         if size != info["size"] or digest != info["sha256"]:
             raise UserError(
                 f"trial {frozen_trial.number}: the stored weights are damaged (size {size} bytes, "

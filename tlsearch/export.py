@@ -16,7 +16,6 @@ the serving signatures) lives in one :class:`Modality` class per modality in :da
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import io
 import json
 import math
@@ -30,6 +29,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from tlsearch._hashing import sha256_file
 
 from tlsearch.errors import UserError
 
@@ -50,14 +51,6 @@ TOLERANCE = 1e-4
 #: optional formats, in the order they are written
 FORMATS = ("onnx", "litert")
 METADATA_VERSION = 1
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------

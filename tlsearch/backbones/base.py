@@ -8,12 +8,13 @@ and impossible on a nested model treated as one layer.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+
+from tlsearch._hashing import sha256_file
 
 __all__ = ["Backbone", "group_blocks", "file_sha256"]
 
@@ -53,11 +54,7 @@ def group_blocks(layer_names: list[str], pattern: str) -> list[list[str]]:
 
 @lru_cache(maxsize=64)
 def _sha256_cached(path: str, size: int, mtime: float) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def file_sha256(path: str | Path) -> str:
