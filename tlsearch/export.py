@@ -31,7 +31,6 @@ from typing import Any, Callable
 import numpy as np
 
 from tlsearch._hashing import sha256_file
-
 from tlsearch.errors import UserError
 
 __all__ = [
