@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 
-.PHONY: setup quickstart test test-fast clean
+.PHONY: setup quickstart test test-fast bench bench-tiny clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,13 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -m 'not slow'
+
+# The side-by-side benchmark of BENCHMARKS.md (about 30 minutes on 2 CPU cores); bench-tiny checks the scripts
+bench: setup
+	$(PY) benchmarks/run_benchmark.py --budget-seconds 240 --seeds 0,1 --out benchmarks/results/latest
+
+bench-tiny: setup
+	$(PY) benchmarks/run_benchmark.py --tiny --out benchmarks/results/tiny
 
 clean:
 	rm -rf studies/*.db studies/*-artifacts .pytest_cache

@@ -197,8 +197,9 @@ def load_data(s: Settings) -> dict:
     }
 
 
-def write_npz(data: dict, path: Path) -> Path:
-    """The same images as one tlsearch ``npz`` file (train and validation in separate files)."""
+def write_npz(data: dict, path: Path) -> tuple[Path, Path]:
+    """The same images as tlsearch ``npz`` data: ``<stem>-train.npz`` and ``<stem>-val.npz``, so that
+    tlsearch validates on exactly the images the other peers validate on (``data.validation``)."""
     path = Path(path)
     np.savez(path.with_name(path.stem + "-train.npz"), x=data["x_train"], y=data["y_train"],
              class_names=np.array(data["class_names"]))

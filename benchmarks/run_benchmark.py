@@ -169,7 +169,9 @@ def tlsearch_figures(run: dict) -> dict:
         "overhead_per_trial_mean": (wall - floor) / len(trials) if trials else None,
         "overhead_per_trial_median": _median(overhead),
         "overhead_per_stage1_trial_median": _median(stage1),
-        "cached_trials": sum(bool(t.get("cached")) for t in trials),
+        "completed": sum(t["state"] == "COMPLETE" for t in trials),
+        # tlsearch records this on completed trials only (a pruned trial stops before)
+        "completed_cached": sum(bool(t.get("cached")) for t in trials if t["state"] == "COMPLETE"),
     }
 
 
@@ -251,14 +253,15 @@ def markdown(f: dict) -> str:
             f"{_f(a['trials_finished_mean'], '{:.1f}')} | {_f(a['best_val_accuracy_mean'], '{:.4f}')}; "
             f"{_f(a['best_val_accuracy_min'], '{:.4f}')}-{_f(a['best_val_accuracy_max'], '{:.4f}')} |")
     lines += ["", "| tlsearch (per seed) | study s | forward s | pure training s | floor s | study / floor "
-              "| overhead s/trial (mean; median; stage-1 median) | trials (cached) |",
+              "| overhead s/trial (mean; median; stage-1 median) | trials (completed; of those cached) |",
               "|---|---|---|---|---|---|---|---|"]
     for row, x in zip(f["per_seed"].get("tlsearch", []), f["tlsearch"]):
         lines.append(
             f"| seed {row['seed']} | {_f(x['study_seconds'])} | {_f(x['forward_seconds'])} | "
             f"{_f(x['pure_training_seconds'])} | {_f(x['floor_seconds'])} | {_f(x['study_over_floor'])} | "
             f"{_f(x['overhead_per_trial_mean'])}; {_f(x['overhead_per_trial_median'])}; "
-            f"{_f(x['overhead_per_stage1_trial_median'])} | {x['trials']} ({x['cached_trials']}) |")
+            f"{_f(x['overhead_per_stage1_trial_median'])} | {x['trials']} ({x['completed']}; "
+            f"{x['completed_cached']}) |")
     r = f["rss"]
     lines += ["", f"RSS over {r['trials']} stage-1-only trials in one process: {_f(r['rss_before_mb'], '{:.0f}')} MB "
               f"before, {_f(r['rss_after_first_mb'], '{:.0f}')} MB after the first trial, "
@@ -289,7 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sweep-sizes", default="500,1000,2000")
     ap.add_argument("--sweep-trials", type=int, default=10)
     ap.add_argument("--out", type=Path, required=True, help="folder for results.json and results.md")
+    ap.add_argument("--resummarize", action="store_true",
+                    help="recompute the figures and table from --out/results.json; run nothing")
     a = ap.parse_args(argv)
+    if a.resummarize:
+        saved = json.loads((a.out / "results.json").read_text())
+        old = saved["figures"]
+        s = common.settings_from(old["settings"])
+        figures = summarize(saved["raw"], s, old["budget_seconds_per_peer"])
+        figures.update({k: old[k] for k in ("machine", "started_utc", "command")})
+        return _write(a.out, figures, saved["raw"])
     s = common.TINY if a.tiny else common.FULL
     seeds = [int(v) for v in a.seeds.split(",")]
     a.out.mkdir(parents=True, exist_ok=True)
@@ -309,10 +321,14 @@ def main(argv: list[str] | None = None) -> int:
                           "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None}
     figures["started_utc"] = started.isoformat(timespec="seconds")
     figures["command"] = " ".join(["python", "benchmarks/run_benchmark.py", *(argv or sys.argv[1:])])
-    (a.out / "results.json").write_text(json.dumps({"figures": figures, "raw": raw}, indent=1,
-                                                   default=float))
+    return _write(a.out, figures, raw)
+
+
+def _write(out: Path, figures: dict, raw: dict) -> int:
+    (out / "results.json").write_text(json.dumps({"figures": figures, "raw": raw}, indent=1,
+                                                 default=float))
     md = markdown(figures)
-    (a.out / "results.md").write_text(md)
+    (out / "results.md").write_text(md)
     print(md)
     return 0
 

@@ -7,57 +7,47 @@ features is built and traced once per (feature size, width, classes, seed) and *
 trials: weights to the values a fresh :class:`~tlsearch.pipeline.Head` with the same seed starts
 from, the optimizer's slots to zero, the dropout rate and learning rate to the trial's. The result
 is the same trial, number for number (tested against a fresh model); only the tracing is skipped.
+
+Training only: the exported model is always built from the plain :class:`~tlsearch.pipeline.Head`.
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
+import keras
 import numpy as np
+import tensorflow as tf
 
-__all__ = ["HeadPool", "RateDropout"]
-
-
-def _rate_dropout_class():
-    import keras
-    import tensorflow as tf
-
-    class RateDropout(keras.layers.Layer):
-        """Dropout whose rate is a variable, so one traced training step serves every rate.
-
-        It draws the masks ``keras.layers.Dropout(rate, seed=seed)`` draws (same seed generator,
-        same stateless op); a rate of 0 leaves the inputs unchanged, as Dropout does.
-        """
-
-        def __init__(self, seed: int, **kwargs) -> None:
-            super().__init__(**kwargs)
-            self.seed_generator = keras.random.SeedGenerator(seed)
-            # a plain tf.Variable: not one of the layer's weights, so it is never stored or exported
-            self.rate = tf.Variable(0.0, trainable=False, dtype="float32")
-
-        def call(self, inputs, training=False):
-            if not training:
-                return inputs
-            seed = self.seed_generator.next()
-            seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")
-            return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed)
-
-    return RateDropout
+__all__ = ["HeadPool", "PooledHead", "RateDropout"]
 
 
-_RateDropout = None
+class RateDropout(keras.layers.Layer):
+    """Dropout whose rate is a variable, so one traced training step serves every rate.
+
+    It draws the masks ``keras.layers.Dropout(rate, seed=seed)`` draws (same seed generator, same
+    stateless op), and a rate of 0 leaves the inputs unchanged, as Dropout does.
+    """
+
+    def __init__(self, seed: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        # a plain tf.Variable is none of the layer's weights: never stored with a trial's weights
+        self.rate = tf.Variable(0.0, trainable=False, dtype="float32")
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        seed = self.seed_generator.next()
+        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), "int32")  # as keras.random does
+        return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed)
 
 
-def RateDropout(seed: int, **kwargs):  # noqa: N802 - a class made on first use (defers TF import)
-    global _RateDropout
-    if _RateDropout is None:
-        _RateDropout = _rate_dropout_class()
-    return _RateDropout(seed, **kwargs)
+class PooledHead:
+    """dense(width, relu), dropout, dense(classes, softmax) on features, compiled once."""
 
-
-class _PooledHead:
-    def __init__(self, dim: int, width: int, n_classes: int, seed: int, compile_fn) -> None:
-        import keras
-
-        self.seed = seed
+    def __init__(self, dim: int, width: int, n_classes: int, seed: int,
+                 compile_fn: Callable) -> None:
         self.init = keras.initializers.GlorotUniform(seed=seed)
         self.dense = keras.layers.Dense(width, activation="relu", kernel_initializer=self.init,
                                         name="clf_dense")
@@ -78,8 +68,9 @@ class _PooledHead:
         return [self.dense, self.out]
 
     def reset(self, dropout: float, lr: float) -> None:
+        """Back to the state of a freshly built and compiled head with the same seed."""
         for layer in (self.dense, self.out):
-            layer.kernel.assign(self.init(layer.kernel.shape))
+            layer.kernel.assign(self.init(layer.kernel.shape))  # a seeded initializer repeats itself
             layer.bias.assign(np.zeros(layer.bias.shape, dtype="float32"))
         self.dropout.rate.assign(float(dropout))
         self.dropout.seed_generator.state.assign(self._seed_state)
@@ -92,16 +83,16 @@ class _PooledHead:
 class HeadPool:
     """One traced head model per shape, reset for each trial instead of rebuilt."""
 
-    def __init__(self, compile_fn) -> None:
+    def __init__(self, compile_fn: Callable) -> None:
         self.compile_fn = compile_fn
-        self._heads: dict[tuple, _PooledHead] = {}
+        self._heads: dict[tuple, PooledHead] = {}
 
     def get(self, dim: int, width: int, n_classes: int, seed: int, dropout: float,
-            lr: float) -> _PooledHead:
+            lr: float) -> PooledHead:
         key = (int(dim), int(width), int(n_classes), int(seed))
         head = self._heads.get(key)
         if head is None:
-            head = self._heads[key] = _PooledHead(*key, self.compile_fn)
+            head = self._heads[key] = PooledHead(*key, self.compile_fn)
         head.reset(dropout, lr)
         return head
 

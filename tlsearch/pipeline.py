@@ -25,7 +25,6 @@ from tlsearch.backbones import Backbone, build_backbone, resolve_weights
 from tlsearch.cache import FeatureCache, cache_key
 from tlsearch.data import Dataset
 from tlsearch.errors import NonFiniteLoss
-from tlsearch.headpool import HeadPool
 
 __all__ = [
     "TrialParams",
@@ -170,8 +169,16 @@ class BackboneSource:
         #: frozen output a backbone needs: one pass per image instead of one per boundary
         self.prefetch_unfrozen = prefetch_unfrozen
         self._max_unfreeze: dict[str, int] = {}
-        #: traced head-on-features models, reset for each cached stage-1 trial instead of rebuilt
-        self.heads = HeadPool(_compile_pooled)
+        self._heads = None
+
+    @property
+    def heads(self):
+        """Traced head-on-features models, reset for each cached stage-1 trial instead of rebuilt."""
+        if self._heads is None:
+            from tlsearch.headpool import HeadPool
+
+            self._heads = HeadPool(_compile_pooled)
+        return self._heads
 
     def options(self, params: TrialParams | None) -> dict:
         """Build options that change what a backbone computes (text backbones use them)."""
@@ -220,7 +227,7 @@ class BackboneSource:
             bb = backbone or self.build(name, params)
 
             def output(k):
-                return bb.model.output if k == 0 else bb.split(k)[0].output
+                return bb.model.output if k == 0 else bb.model.get_layer(bb.boundary_layer(k)).output
 
             n_images = len(self.data.x_train) + len(self.data.x_val)
             wanted, extra_bytes = [n_unfrozen], 0
