@@ -227,7 +227,7 @@ class BackboneSource:
             bb = backbone or self.build(name, params)
 
             def output(k):
-                return bb.model.output if k == 0 else bb.model.get_layer(bb.boundary_layer(k)).output
+                return bb.model.output if k == 0 else bb.boundary_output(k)
 
             n_images = len(self.data.x_train) + len(self.data.x_val)
             wanted, extra_bytes = [n_unfrozen], 0

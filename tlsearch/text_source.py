@@ -50,6 +50,15 @@ class TextBackbone(Backbone):
         hidden, mask = self._cut_tensors(n_unfrozen)
         return keras.Model([hidden, mask], self.model.output, name=f"{self.name}_top_layers")
 
+    def boundary_output(self, n_unfrozen: int):
+        """The hidden states into the lowest unfrozen layer, the padding mask as one more channel."""
+        import keras
+        from keras import ops
+
+        hidden, mask = self._cut_tensors(n_unfrozen)
+        return keras.layers.Concatenate(axis=-1, name="pack_mask")(
+            [hidden, ops.expand_dims(ops.cast(mask, hidden.dtype), -1)])
+
     def split(self, n_unfrozen: int):
         """(bottom, top) with the mask packed as the last channel of the boundary tensor."""
         import keras
@@ -57,10 +66,9 @@ class TextBackbone(Backbone):
 
         if not self.can_cut(n_unfrozen):
             raise ValueError(f"{self.name} cannot be cut below its top {n_unfrozen} blocks")
-        hidden, mask = self._cut_tensors(n_unfrozen)
-        packed = keras.layers.Concatenate(axis=-1, name="pack_mask")(
-            [hidden, ops.expand_dims(ops.cast(mask, hidden.dtype), -1)])
-        bottom = keras.Model(self.model.input, packed, name=f"{self.name}_bottom")
+        hidden, _ = self._cut_tensors(n_unfrozen)
+        bottom = keras.Model(self.model.input, self.boundary_output(n_unfrozen),
+                             name=f"{self.name}_bottom")
         inner = self._inner_top(n_unfrozen)
         dim = int(hidden.shape[-1])
         inp = keras.Input((None, dim + 1), name="boundary")

@@ -131,13 +131,17 @@ class Backbone:
                         return False
         return True
 
+    def boundary_output(self, n_unfrozen: int):
+        """The tensor that is cached at the freeze boundary of the top ``n_unfrozen`` blocks."""
+        return self.model.get_layer(self.boundary_layer(n_unfrozen)).output
+
     def split(self, n_unfrozen: int):
         """(bottom, top): bottom maps inputs to the boundary, top maps the boundary to features."""
         import keras
 
         if not self.can_cut(n_unfrozen):
             raise ValueError(f"{self.name} cannot be cut below its top {n_unfrozen} blocks")
-        boundary = self.model.get_layer(self.boundary_layer(n_unfrozen)).output
+        boundary = self.boundary_output(n_unfrozen)
         bottom = keras.Model(self.model.inputs, boundary, name=f"{self.name}_bottom")
         top = keras.Model(boundary, self.model.output, name=f"{self.name}_top")
         return bottom, top
