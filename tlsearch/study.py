@@ -9,12 +9,10 @@ as it was. Only then is the study created, once, and trials run.
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 import warnings
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import optuna

@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 from typing import Callable, Iterator
@@ -37,7 +36,7 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from tlsearch.errors import StorageError, UserError
+from tlsearch.errors import StorageError
 
 __all__ = [
     "WORKER_ATTR",
