@@ -2,16 +2,21 @@
 
 A study file names the data, the candidate backbones and the search space; each trial trains a new
 head on a frozen pretrained backbone, then unfreezes its top blocks at a lower learning rate.
+
+The public surface is listed in ``__all__``. Names that need TensorFlow (``run_trial``, ``load``,
+``Predictor``) are imported on first use, so ``tlsearch validate`` and ``tlsearch backbones`` start
+without it.
 """
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from typing import Any
 
 from tlsearch.config import StudyConfig, load_config, parse_config
 from tlsearch.errors import ConfigError, DataError, StorageError, TrialFailure, UserError
-from tlsearch.pipeline import Schedule, TrialParams, run_trial
-from tlsearch.predict import Predictor, load
+from tlsearch.params import TrialParams
+
+__version__ = "0.1.0"
 
 __all__ = [
     "__version__",
@@ -29,3 +34,18 @@ __all__ = [
     "StorageError",
     "TrialFailure",
 ]
+
+_LAZY = {
+    "Schedule": "tlsearch.train.pipeline",
+    "run_trial": "tlsearch.train.pipeline",
+    "load": "tlsearch.export.predict",
+    "Predictor": "tlsearch.export.predict",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'tlsearch' has no attribute {name!r}")

@@ -39,8 +39,21 @@ def _quiet_tensorflow() -> None:
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+def _quiet_optuna() -> None:
+    """tlsearch prints its own progress; Optuna's per-trial INFO lines and its experimental-feature
+    notes (meant for library authors) would drown it. Done here, for the command only: importing
+    tlsearch as a library changes no logging or warning settings."""
+    import warnings
+
+    import optuna
+
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     _quiet_tensorflow()
+    _quiet_optuna()
     parser = _parser()
     try:
         args = parser.parse_args(argv)

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+                      model_validator)
 
 from tlsearch.errors import ConfigError
+from tlsearch.params import OBJECTIVES, PARAMS
 
 __all__ = [
     "Range",
@@ -38,15 +40,7 @@ __all__ = [
     "StudyConfig",
     "load_config",
     "parse_config",
-    "OBJECTIVES",
 ]
-
-#: objective name -> Optuna direction
-OBJECTIVES: dict[str, str] = {
-    "val_loss": "minimize",
-    "val_accuracy": "maximize",
-    "val_auc": "maximize",
-}
 
 
 class _Section(BaseModel):
@@ -160,17 +154,17 @@ class TrainingConfig(_Section):
         "the unfrozen blocks' BatchNorm statistics (needed when training from scratch)")
 
 
-class SearchConfig(_Section):
-    """The search space. Each entry is fixed, a list of choices, or a range."""
+def _default_spec(value: Any) -> Any:
+    return Range(**value) if isinstance(value, dict) else value
 
-    unfreeze_blocks: ParamSpec = Range(low=0, high=3)
-    head_width: ParamSpec = [64, 128, 256]
-    dropout: ParamSpec = Range(low=0.0, high=0.5)
-    lr_stage1: ParamSpec = Range(low=1e-4, high=1e-2, log=True)
-    lr_stage2: ParamSpec = Range(low=1e-6, high=1e-4, log=True)
-    augmentation: ParamSpec = 0.0
-    pooling: ParamSpec = "cls"
-    max_length: ParamSpec = 128
+
+#: The search space, one field per catalogue entry (:data:`tlsearch.params.PARAMS`). Each entry is
+#: fixed, a list of choices, or a range.
+SearchConfig: type[_Section] = create_model(  # type: ignore[call-overload]
+    "SearchConfig", __base__=_Section, __doc__="The search space: one field per parameter.",
+    **{p.name: (ParamSpec, Field(_default_spec(p.default), description=p.help))
+       for p in PARAMS.values()},
+)
 
 
 class CacheConfig(_Section):
@@ -187,7 +181,7 @@ class StudyConfig(_Section):
     name: str = Field(min_length=1)
     storage: str | None = Field(None, description="database URL; default: <name>.db beside the file")
     artifacts: Path | None = Field(None, description="artifact folder; default: <name>-artifacts")
-    objective: Literal["val_loss", "val_accuracy", "val_auc"] = "val_loss"
+    objective: str = Field("val_loss", description="what trials are judged by (see params.OBJECTIVES)")
     n_trials: int | None = Field(None, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds")
     seed: int = 0
@@ -197,7 +191,7 @@ class StudyConfig(_Section):
     data: DataConfig
     backbones: list[Union[str, BackboneEntry]] = Field(min_length=1)
     training: TrainingConfig = TrainingConfig()
-    search: SearchConfig = SearchConfig()
+    search: SearchConfig = Field(default_factory=SearchConfig)  # type: ignore[valid-type]
     cache: CacheConfig = CacheConfig()
     #: Folder of the study file; relative paths in the file are resolved against it.
     base_dir: Path = Field(Path("."), exclude=True)
@@ -213,6 +207,15 @@ class StudyConfig(_Section):
             seen.add(e.name)
         return entries
 
+    @field_validator("objective")
+    @classmethod
+    def _known_objective(cls, v: str) -> str:
+        if v not in OBJECTIVES:
+            hint = difflib.get_close_matches(v, list(OBJECTIVES), n=1, cutoff=0.5)
+            tip = f"; did you mean {hint[0]!r}?" if hint else ""
+            raise ValueError(f"expected one of {', '.join(map(repr, OBJECTIVES))}{tip}")
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
         if self.n_trials is None and self.timeout is None:
@@ -221,7 +224,7 @@ class StudyConfig(_Section):
 
     @property
     def direction(self) -> str:
-        return OBJECTIVES[self.objective]
+        return OBJECTIVES[self.objective].direction
 
     @property
     def backbone_entries(self) -> list[BackboneEntry]:
@@ -361,35 +364,41 @@ def _semantic_problems(cfg: StudyConfig) -> list[str]:
             return float(spec), float(spec)
         return None
 
-    numeric = {
-        "unfreeze_blocks": (0, math.inf, True),
-        "head_width": (1, 65536, True),
-        "dropout": (0.0, 0.95, False),
-        "lr_stage1": (1e-9, 10.0, False),
-        "lr_stage2": (1e-9, 10.0, False),
-        "augmentation": (0.0, 1.0, False),
-        "max_length": (8, 4096, True),
-    }
-    for name, (lo, hi, integral) in numeric.items():
-        spec = getattr(s, name)
+    for p in PARAMS.values():
+        spec = getattr(s, p.name)
         if isinstance(spec, list) and not spec:
-            problems.append(f"`search.{name}`: an empty list of choices")
+            problems.append(f"`search.{p.name}`: an empty list of choices")
+            continue
+        if p.kind == "choice":
+            values = spec if isinstance(spec, list) else [spec]
+            if isinstance(spec, Range):
+                problems.append(f"`search.{p.name}`: expected one of {list(p.choices)} or a list "
+                                f"of them, got a range")
+                continue
+            for v in values:
+                if v not in p.choices:
+                    problems.append(f"`search.{p.name}`: expected one of {list(p.choices)}, "
+                                    f"got {v!r}")
             continue
         b = bounds(spec)
         if b is None:
             problems.append(
-                f"`search.{name}`: expected a number, a list of numbers or {{low, high}}, "
+                f"`search.{p.name}`: expected a number, a list of numbers or {{low, high}}, "
                 f"got {spec!r}"
             )
             continue
+        lo = p.low if p.low is not None else -math.inf
+        hi = p.high if p.high is not None else math.inf
         if b[0] < lo or b[1] > hi:
-            problems.append(f"`search.{name}`: values must lie in [{lo}, {hi}], got {spec!r}")
-        if integral:
+            shown_hi = "inf" if p.high is not None and p.high >= 10**6 else f"{hi:g}"
+            problems.append(f"`search.{p.name}`: values must lie in [{lo:g}, {shown_hi}], "
+                            f"got {spec!r}")
+        if p.kind == "int":
             values = spec if isinstance(spec, list) else [spec] if not isinstance(spec, Range) else []
             if isinstance(spec, Range) and not spec.is_int:
-                problems.append(f"`search.{name}`: expected integer bounds, got {spec!r}")
+                problems.append(f"`search.{p.name}`: expected integer bounds, got {spec!r}")
             if any(not float(v).is_integer() for v in values):
-                problems.append(f"`search.{name}`: expected integers, got {spec!r}")
+                problems.append(f"`search.{p.name}`: expected integers, got {spec!r}")
     b1, b2 = bounds(s.lr_stage1), bounds(s.lr_stage2)
     if b1 and b2 and b2[1] > b1[0]:
         problems.append(
@@ -397,12 +406,6 @@ def _semantic_problems(cfg: StudyConfig) -> list[str]:
             f"(fine-tuning runs slower), but lr_stage2 reaches {b2[1]:g} while lr_stage1 starts "
             f"at {b1[0]:g}"
         )
-    pooling = s.pooling if isinstance(s.pooling, list) else [s.pooling]
-    for p in pooling:
-        if p not in ("cls", "mean"):
-            problems.append(f"`search.pooling`: expected 'cls' or 'mean', got {p!r}")
-    if isinstance(s.pooling, Range):
-        problems.append("`search.pooling`: expected 'cls', 'mean' or a list of them")
     return problems
 
 

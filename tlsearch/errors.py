@@ -17,6 +17,7 @@ __all__ = [
     "NonFiniteLoss",
     "TooManyFailures",
     "WorkersFailed",
+    "InputError",
 ]
 
 
@@ -64,3 +65,8 @@ class TooManyFailures(Exception):
 
 class WorkersFailed(TooManyFailures):
     """Worker processes stopped before the study reached its target."""
+
+
+class InputError(UserError):
+    """An input given to a trained model (``predict``, ``evaluate``) cannot be read; the message
+    names it."""

@@ -1,25 +1,20 @@
-"""Keras layers that travel inside saved models, so an exported model needs nothing but Keras."""
+"""Every Keras layer that travels inside a saved model: image preprocessing, text pooling, the
+raw-string text model. Importing :mod:`tlsearch` registers them, so an exported model loads with
+``keras.saving.load_model`` and nothing else but keras-hub for text."""
 
 from __future__ import annotations
 
 import keras
 from keras import ops
 
-__all__ = ["Preprocess", "PREPROCESSING_MODES"]
+from tlsearch.params import POOLING_MODES, PREPROCESSING_MODES
+
+__all__ = ["Preprocess", "PREPROCESSING_MODES", "TextPooling", "POOLING_MODES", "RawTextModel"]
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
 _TORCH_STD = (0.229, 0.224, 0.225)
 
-#: mode -> what it does to RGB pixels in [0, 255]
-PREPROCESSING_MODES = {
-    "none": "passed through as float32 (the network scales its own inputs)",
-    "unit": "x / 255",
-    "tf": "x / 127.5 - 1 (Inception, MobileNetV2, Xception)",
-    "caffe": "RGB to BGR, minus the ImageNet channel means (VGG, ResNet v1)",
-    "torch": "(x / 255 - ImageNet mean) / ImageNet std",
-    "lite": "(x - 127) / 128 (EfficientNet-Lite)",
-}
 
 
 @keras.saving.register_keras_serializable(package="tlsearch")
@@ -58,3 +53,78 @@ class Preprocess(keras.layers.Layer):
 
     def get_config(self):
         return {**super().get_config(), "mode": self.mode}
+
+
+
+
+@keras.saving.register_keras_serializable(package="tlsearch")
+class TextPooling(keras.layers.Layer):
+    """One vector per text from the encoder's hidden states ``(batch, length, dim)``.
+
+    Mean pooling divides by the number of real tokens (at least 1e-9, as sentence-transformers
+    does), so padding never dilutes short texts and the result does not depend on ``max_length``.
+    """
+
+    def __init__(self, mode: str = "cls", **kwargs):
+        super().__init__(**kwargs)
+        if mode not in POOLING_MODES:
+            raise ValueError(f"unknown pooling {mode!r}; expected one of {list(POOLING_MODES)}")
+        self.mode = mode
+
+    def call(self, hidden, padding_mask):
+        if self.mode == "cls":
+            return hidden[:, 0, :]
+        m = ops.expand_dims(ops.cast(padding_mask, hidden.dtype), -1)
+        return ops.sum(hidden * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1e-9)
+
+    def compute_output_shape(self, hidden_shape, padding_mask_shape=None):
+        return (hidden_shape[0], hidden_shape[-1])
+
+    def get_config(self):
+        return {**super().get_config(), "mode": self.mode}
+
+
+@keras.saving.register_keras_serializable(package="tlsearch")
+class RawTextModel(keras.Model):
+    """A trained model on token inputs with its tokenizer in front: it takes a batch of strings.
+
+    A subclassed model rather than a functional graph: a keras-hub tokenizer gets its vocabulary
+    from the saved assets only after the model is rebuilt, and a functional graph (or an eager
+    build) would call it before that while being reloaded.
+    """
+
+    def __init__(self, preprocessor, token_model, **kwargs):
+        super().__init__(**kwargs)
+        self.preprocessor = preprocessor
+        self.token_model = token_model
+        self._wanted = sorted(t.name for t in token_model.inputs)
+
+    @property
+    def input_dtype(self):
+        # what Keras uses for the SavedModel's default signature of a subclassed model
+        return "string"
+
+    def call(self, texts):
+        tokens = self.preprocessor(texts)
+        return self.token_model({k: tokens[k] for k in self._wanted}, training=False)
+
+    def get_config(self):
+        pre = keras.saving.serialize_keras_object(self.preprocessor)
+        pre.pop("build_config", None)  # built on first call, once its vocabulary is loaded
+        return {
+            **super().get_config(),
+            "preprocessor": pre,
+            "token_model": keras.saving.serialize_keras_object(self.token_model),
+        }
+
+    def build_from_config(self, config):
+        # The token model is built by its own config; calling the tokenizer now would run it
+        # before its vocabulary is read from the saved assets.
+        self.built = True
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        pre = keras.saving.deserialize_keras_object(config.pop("preprocessor"))
+        model = keras.saving.deserialize_keras_object(config.pop("token_model"))
+        return cls(pre, model, **config)

@@ -61,7 +61,7 @@ def _style(fig, height: int = 420):
 
 
 def _summary_html(study, cfg) -> str:
-    from tlsearch.study import ATTR
+    from tlsearch.search.attrs import ATTR
 
     trials = study.get_trials(deepcopy=False)
     states: dict[str, int] = {}
@@ -101,7 +101,7 @@ def _history_section(study, cfg) -> Section:
 def _curves_section(study, cfg) -> Section:
     from plotly.subplots import make_subplots
 
-    from tlsearch.study import ATTR
+    from tlsearch.search.attrs import ATTR
 
     obj = cfg.objective
     second = "val_accuracy" if obj != "val_accuracy" else "val_loss"
@@ -190,7 +190,7 @@ def _parallel_section(study, cfg) -> Section:
 def _backbones_section(study, cfg) -> Section:
     import plotly.graph_objects as go
 
-    from tlsearch.study import ATTR
+    from tlsearch.search.attrs import ATTR
 
     s = Section("Backbones compared",
                 f"The objective of every complete trial, by backbone; the line in each box is the "
@@ -221,7 +221,7 @@ def stage2_gains(study, cfg) -> list[dict]:
 
     ``gain`` is positive when stage 2 improved on stage 1, whichever the direction.
     """
-    from tlsearch.study import ATTR
+    from tlsearch.search.attrs import ATTR
 
     sign = _better_sign(cfg.direction)
     out = []
@@ -274,9 +274,10 @@ def _evaluation_section(study, cfg, url) -> Section:
     import plotly.graph_objects as go
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from tlsearch.artifacts import AtomicFileSystemArtifactStore
-    from tlsearch.export import rebuild_model, select_trial
-    from tlsearch.study import ATTR, check_inputs
+    from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
+    from tlsearch.export.exporter import rebuild_model, select_trial
+    from tlsearch.search.attrs import ATTR
+    from tlsearch.search.study import check_inputs
 
     s = Section("Best model on the validation data")
     try:
@@ -375,7 +376,7 @@ def build_report(cfg, *, url: str | None = None, log: Callable[[str], None] = pr
     from plotly.offline import get_plotlyjs
 
     import tlsearch
-    from tlsearch.study import load_study
+    from tlsearch.search.study import load_study
 
     study = load_study(cfg, url)
     sections = []

@@ -21,22 +21,19 @@ from optuna.distributions import (
 )
 
 from tlsearch.config import Range, StudyConfig
-from tlsearch.pipeline import TrialParams
+from tlsearch.params import PARAMS, TrialParams, params_for
 
 __all__ = ["space_entries", "distributions", "fixed_values", "signature", "suggest",
            "diff_signatures", "warm_start", "max_unfreeze_searched"]
 
-_IMAGE = ("unfreeze_blocks", "head_width", "dropout", "lr_stage1", "lr_stage2", "augmentation")
-_TEXT = ("unfreeze_blocks", "head_width", "dropout", "lr_stage1", "lr_stage2", "pooling", "max_length")
-_INTS = {"unfreeze_blocks", "head_width", "max_length"}
+_INTS = {p.name for p in PARAMS.values() if p.kind == "int"}
 
 
 def space_entries(cfg: StudyConfig, modality: str) -> dict[str, Any]:
     """Every parameter of this study (searched or fixed) as written in the study file."""
-    names = _TEXT if modality == "text" else _IMAGE
     entries: dict[str, Any] = {"backbone": [b.name for b in cfg.backbone_entries]}
-    for n in names:
-        entries[n] = getattr(cfg.search, n)
+    for p in params_for(modality):
+        entries[p.name] = getattr(cfg.search, p.name)
     if len(entries["backbone"]) == 1:
         entries["backbone"] = entries["backbone"][0]
     return entries

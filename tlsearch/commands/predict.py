@@ -27,7 +27,7 @@ def run(args) -> int:
     from tlsearch._quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
-    from tlsearch.predict import load
+    from tlsearch.export.predict import load
 
     out = Path(args.out) if args.out else None
     if out is not None and out.suffix.lower() not in (".csv", ".json"):

@@ -12,7 +12,7 @@ from rich.table import Table
 from tlsearch.config import load_config
 from tlsearch._quiet import import_tensorflow_quietly
 from tlsearch.errors import TooManyFailures, UserError, WorkersFailed
-from tlsearch.progress import Progress
+from tlsearch.search.progress import Progress
 
 
 def add_parser(sub):
@@ -32,7 +32,8 @@ def storage_override(args) -> str | None:
 
 
 def run(args) -> int:
-    from tlsearch import study as st
+    from tlsearch.search import study as st
+    from tlsearch.search.storage import redact_url
 
     if args.workers < 1:
         raise UserError(f"`--workers`: expected at least 1, got {args.workers}")
@@ -58,7 +59,7 @@ def run(args) -> int:
 
         err.print(f"  skipped {len(prep.data.skipped)} unreadable files (data.skip_bad_files):\n"
                   + format_file_list(prep.data.skipped), highlight=False)
-    err.print(f"  storage {st.redact_url(prep.storage_url)}; {prep.finished} trials already finished")
+    err.print(f"  storage {redact_url(prep.storage_url)}; {prep.finished} trials already finished")
     if args.workers > 1:
         return _run_workers(args, cfg, prep, err, out)
     progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize")
@@ -69,8 +70,8 @@ def run(args) -> int:
 
 def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
     """The study exists now (created once, here); the workers only load it."""
-    from tlsearch import study as st
-    from tlsearch.workers import Claims, spawn_workers
+    from tlsearch.search import study as st
+    from tlsearch.search.workers import Claims, spawn_workers
 
     url = prep.storage_url
     if url.startswith("sqlite") and ":memory:" in url:
@@ -119,7 +120,8 @@ def _describe_exit(code: int) -> str:
 
 
 def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> None:
-    from tlsearch.study import best_accuracy, redact_url
+    from tlsearch.search.storage import redact_url
+    from tlsearch.search.study import best_accuracy
 
     out.print()
     states = ", ".join(f"{n} {k.lower()}" for k, n in sorted(summary["states"].items()))

@@ -24,7 +24,7 @@ def run(args) -> int:
     cfg = load_config(args.study)
     modality = {describe_entry(e)["modality"] for e in cfg.backbone_entries}
     modality_name = modality.pop() if len(modality) == 1 else "image"
-    from tlsearch.study import redact_url
+    from tlsearch.search.storage import redact_url
 
     if args.json:
         resolved = json.loads(cfg.model_dump_json(exclude={"base_dir"}))
@@ -52,7 +52,7 @@ def run(args) -> int:
         t.add_row(name, f"fixed: {v!r}")
     out.print(t)
     if args.data:
-        from tlsearch.study import check_inputs
+        from tlsearch.search.study import check_inputs
 
         _, data = check_inputs(cfg)
         out.print(f"  data       {data.summary()}; classes {data.class_names}")

@@ -1,4 +1,5 @@
-"""The study: storage, sampler, pruner, the objective around the pipeline, and resuming.
+"""The study: inputs checked, the study created or resumed, the objective around the pipeline,
+and the run loop.
 
 Order matters here. Everything that can be wrong with the user's input (the study file, the
 backbone weights, the data, the storage URL, a search space edited since the study was created) is
@@ -9,224 +10,39 @@ as it was. Only then is the study created, once, and trials run.
 from __future__ import annotations
 
 import json
-import os
 import time
-import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import optuna
-from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from tlsearch import space
-from tlsearch.artifacts import AtomicFileSystemArtifactStore, upload_weights
-from tlsearch.backbones import build_backbone, describe_entry, resolve_weights
-from tlsearch.cache import FeatureCache
+from tlsearch import modalities, space
+from tlsearch.backbones import build_backbone, resolve_weights
 from tlsearch.config import StudyConfig
 from tlsearch.data import Dataset, load_dataset
-from tlsearch.errors import (
-    SpaceChangedError,
-    StorageError,
-    TooManyFailures,
-    TrialFailure,
-    UserError,
-)
-from tlsearch.pipeline import (
-    BackboneSource,
-    Schedule,
-    TrialParams,
-    class_weights,
-    clear_state,
-    run_trial,
-)
-from tlsearch.progress import Progress
+from tlsearch.errors import SpaceChangedError, TooManyFailures, TrialFailure, UserError
+from tlsearch.modalities import Modality
+from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
+from tlsearch.search.attrs import ATTR, FINISHED
+from tlsearch.search.progress import Progress
+from tlsearch.search.samplers import make_pruner, make_sampler
+from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing, study_lock
+from tlsearch.search.workers import DONE, WAIT, Claims
+from tlsearch.train.cache import FeatureCache
+from tlsearch.train.features import BackboneSource
+from tlsearch.train.pipeline import Schedule, class_weights, clear_state, run_trial
 
 __all__ = [
     "PreparedStudy",
-    "storage_error",
+    "check_inputs",
     "prepare",
+    "make_objective",
     "run",
-    "open_storage",
     "load_study",
-    "redact_url",
-    "make_sampler",
-    "make_pruner",
-    "trial_params",
-    "ATTR",
+    "summarize",
+    "best_accuracy",
 ]
-
-#: names of the user attributes tlsearch stores on studies and trials
-ATTR = {
-    "space": "tlsearch.space",
-    "classes": "tlsearch.classes",
-    "modality": "tlsearch.modality",
-    "config": "tlsearch.config",
-    "data": "tlsearch.data",
-    "params": "tlsearch.params",
-    "history": "tlsearch.history",
-    "best_step": "tlsearch.best_step",
-    "best_stage": "tlsearch.best_stage",
-    "failure": "tlsearch.failure",
-    "seconds": "tlsearch.seconds",
-    "cached": "tlsearch.cached",
-}
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-# tlsearch prints its own progress; Optuna's experimental-feature notes are for library authors
-warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-
-#: query parameters of a database URL that carry a password (libpq and drivers accept them)
-_SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "sslpassword", "passfile_password"}
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for messages and logs."""
-    try:
-        from sqlalchemy.engine import make_url
-
-        u = make_url(url)
-        secret = {k: "***" for k in u.query if k.lower() in _SECRET_QUERY_KEYS}
-        shown = u.update_query_dict(secret).render_as_string(hide_password=True)
-        return shown.replace("%2A%2A%2A", "***")
-    except Exception:
-        import re
-
-        # not a URL SQLAlchemy reads, but it may still carry a password: mask user:password@
-        return re.sub(r"^([^:]*://[^:/@]*:).*@", r"\1***@", url)
-
-
-def storage_error(url: str, e: BaseException) -> StorageError:
-    """A :class:`StorageError` for a failed connection, with any password scrubbed out."""
-    reason = str(getattr(e, "orig", None) or e).strip().splitlines()[0] if str(e).strip() else (
-        type(e).__name__)
-    try:
-        from sqlalchemy.engine import make_url
-
-        password = make_url(url).password
-    except Exception:
-        password = None
-    if password:
-        reason = reason.replace(str(password), "***")
-    return StorageError(f"storage: cannot open {redact_url(url)}: {reason}")
-
-
-def _engine_kwargs(url: str) -> dict:
-    if url.startswith("sqlite"):
-        return {"connect_args": {"timeout": 60}}
-    if url.startswith("postgresql"):
-        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    if url.startswith("mysql"):
-        return {"connect_args": {"connect_timeout": 10}, "pool_pre_ping": True}
-    return {}
-
-
-def _check_url(url: str) -> None:
-    """Refuse a malformed URL at once, before the data is read or anything is written."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    try:
-        make_url(url)
-    except ArgumentError:
-        raise StorageError(f"storage: {redact_url(url)!r} is not a database URL (expected for "
-                           f"example sqlite:///study.db or postgresql+psycopg://user@host/db)"
-                           ) from None
-
-
-def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True) -> RDBStorage:
-    """Optuna's RDB storage with heartbeats: a trial whose worker died is failed and retried."""
-    from sqlalchemy.exc import SQLAlchemyError
-
-    url = url or cfg.storage_url
-    _check_url(url)
-    hb: dict[str, Any] = {}
-    if heartbeat:
-        hb = dict(
-            heartbeat_interval=cfg.heartbeat.interval,
-            grace_period=cfg.heartbeat.grace_period,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(
-                max_retry=cfg.heartbeat.max_retry),
-        )
-    try:
-        return RDBStorage(url, engine_kwargs=_engine_kwargs(url), **hb)
-    except (SQLAlchemyError, ImportError, ValueError) as e:
-        raise storage_error(url, e) from None
-
-
-def _existing_sqlite_missing(url: str) -> bool:
-    if not url.startswith("sqlite:///"):
-        return False
-    path = url[len("sqlite:///"):]
-    return path not in ("", ":memory:") and not os.path.exists(path)
-
-
-class TrialSeededSampler(optuna.samplers.BaseSampler):
-    """A sampler reseeded from ``(seed, trial number)`` before every trial.
-
-    One seeded sampler per process makes parallel workers propose the *same* parameters (each
-    starts from the same random state), while an unseeded one is not reproducible. Seeding by the
-    trial number gives both: trial numbers are unique across workers, and one worker run twice
-    proposes the same parameters for the same history.
-    """
-
-    def __init__(self, factory: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
-        self._factory = factory
-        self._seed = seed
-        self._inner = factory(seed)
-
-    def before_trial(self, study, trial) -> None:
-        import numpy as np
-
-        seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
-        self._inner = self._factory(seed)
-        self._inner.before_trial(study, trial)
-
-    def infer_relative_search_space(self, study, trial):
-        return self._inner.infer_relative_search_space(study, trial)
-
-    def sample_relative(self, study, trial, search_space):
-        return self._inner.sample_relative(study, trial, search_space)
-
-    def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._inner.sample_independent(study, trial, param_name, param_distribution)
-
-    def after_trial(self, study, trial, state, values) -> None:
-        self._inner.after_trial(study, trial, state, values)
-
-    def reseed_rng(self) -> None:
-        self._inner.reseed_rng()
-
-
-def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
-    seed = cfg.sampler.seed if cfg.sampler.seed is not None else cfg.seed
-    if cfg.sampler.type == "random":
-        return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
-    return TrialSeededSampler(
-        lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=cfg.sampler.n_startup_trials,
-                                             multivariate=True, group=True), seed)
-
-
-def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
-    p = cfg.pruner
-    max_resource = cfg.training.stage1_epochs + cfg.training.stage2_epochs
-    if p.type == "none":
-        return optuna.pruners.NopPruner()
-    if p.type == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
-                                           n_warmup_steps=p.n_warmup_steps)
-    if p.type == "percentile":
-        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.n_startup_trials,
-                                               n_warmup_steps=p.n_warmup_steps)
-    if p.type == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=max_resource,
-                                              reduction_factor=p.reduction_factor)
-    return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
-                                                  reduction_factor=p.reduction_factor)
-
 
 @dataclass
 class PreparedStudy:
@@ -240,18 +56,11 @@ class PreparedStudy:
     store: AtomicFileSystemArtifactStore
     modality: str
     storage_url: str
+    kind: Modality | None = None
 
     @property
     def finished(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=FINISHED))
-
-
-def _modality(cfg: StudyConfig) -> str:
-    kinds = {describe_entry(e)["modality"] for e in cfg.backbone_entries}
-    if len(kinds) > 1:
-        raise UserError("`backbones`: image and text backbones cannot share one study "
-                        f"({', '.join(e.name for e in cfg.backbone_entries)})")
-    return kinds.pop()
 
 
 def _config_snapshot(cfg: StudyConfig) -> dict:
@@ -262,7 +71,7 @@ def _config_snapshot(cfg: StudyConfig) -> dict:
 
 def check_inputs(cfg: StudyConfig) -> tuple[str, Dataset]:
     """Everything about the user's input that can be checked without a database."""
-    modality = _modality(cfg)
+    modality = modalities.modality_of(cfg.backbone_entries).name
     for entry in cfg.backbone_entries:
         resolve_weights(entry, cfg.base_dir)  # raises UserError for a missing file
         if entry.path is not None:
@@ -279,7 +88,7 @@ def check_inputs(cfg: StudyConfig) -> tuple[str, Dataset]:
 def load_study(cfg: StudyConfig, url: str | None = None) -> optuna.Study:
     """The stored study, for reading (export, report, dashboard). Fails clearly if absent."""
     url = url or cfg.storage_url
-    if _existing_sqlite_missing(url):
+    if sqlite_missing(url):
         raise UserError(f"no study database at {redact_url(url)}: run `tlsearch run` first")
     storage = open_storage(cfg, url, heartbeat=False)
     try:
@@ -328,18 +137,16 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     """Check the inputs, compare with a stored study of the same name, then create or load it.
 
     The storage is opened and the study created under a lock shared by every process using the
-    storage (see :mod:`tlsearch.workers`): workers started at the same moment on a fresh database
+    storage (see :mod:`tlsearch.search.workers`): workers started at the same moment on a fresh database
     would otherwise all try to create Optuna's tables, and most would crash.
     """
-    from tlsearch.workers import study_lock
-
     url = storage_url or cfg.storage_url
-    _check_url(url)
+    check_url(url)
     modality, data = check_inputs(cfg)
     sig = space.signature(cfg, modality)
     cw_map = _class_weight_map(cfg, data)
     if not create:
-        if not _existing_sqlite_missing(url):
+        if not sqlite_missing(url):
             try:
                 _check_stored(optuna.load_study(study_name=cfg.name, storage=open_storage(cfg, url)),
                               cfg, sig, data, warn)
@@ -371,33 +178,17 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
                     study.enqueue_trial(space.warm_start(cfg, modality), skip_if_exists=True)
     finally:
         lock.close()
-    cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), enabled=cfg.cache.enabled,
-                         warn=warn)
-    source = _make_source(cfg, data, cache, modality)
+    cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), warn=warn) \
+        if cfg.cache.enabled else None
+    kind = modalities.get(modality)
+    source = kind.make_source(cfg, data, cache, prefetch_unfrozen=space.max_unfreeze_searched(cfg))
     schedule = Schedule(
         stage1_epochs=cfg.training.stage1_epochs, stage2_epochs=cfg.training.stage2_epochs,
         batch_size=cfg.training.batch_size, objective=cfg.objective, class_weight=cw_map,
         keep_bn_frozen=cfg.training.keep_bn_frozen, seed=cfg.seed,
     )
     store = AtomicFileSystemArtifactStore(cfg.artifact_dir)
-    return PreparedStudy(cfg, study, data, source, schedule, store, modality, url)
-
-
-def _make_source(cfg: StudyConfig, data: Dataset, cache: FeatureCache, modality: str):
-    entries = {e.name: e for e in cfg.backbone_entries}
-    if modality == "text":
-        from tlsearch.text_source import TextBackboneSource
-
-        return TextBackboneSource(entries, data, cfg.data.image_size, cache, seed=cfg.seed,
-                                  base_dir=cfg.base_dir)
-    return BackboneSource(entries, data, cfg.data.image_size, cache if cfg.cache.enabled else None,
-                          seed=cfg.seed, base_dir=cfg.base_dir,
-                          prefetch_unfrozen=space.max_unfreeze_searched(cfg))
-
-
-def trial_params(frozen: optuna.trial.FrozenTrial) -> TrialParams:
-    """The full parameters of a stored trial (searched and fixed)."""
-    return TrialParams(**frozen.user_attrs[ATTR["params"]])
+    return PreparedStudy(cfg, study, data, source, schedule, store, modality, url, kind)
 
 
 class _FailureGuard:
@@ -439,8 +230,8 @@ def _as_trial_failure(e: BaseException) -> TrialFailure | None:
 
 def make_objective(prep: PreparedStudy, progress: Progress,
                    on_start: Callable[[optuna.Trial], None] | None = None):
-    """The objective around :func:`~tlsearch.pipeline.run_trial`. ``on_start`` is called first,
-    once the trial is RUNNING (a claim is released there: see :class:`tlsearch.workers.Claims`)."""
+    """The objective around :func:`~tlsearch.train.pipeline.run_trial`. ``on_start`` is called first,
+    once the trial is RUNNING (a claim is released there: see :class:`tlsearch.search.workers.Claims`)."""
     cfg, schedule = prep.cfg, prep.schedule
     relevant = set(space.space_entries(cfg, prep.modality))
 
@@ -454,7 +245,7 @@ def make_objective(prep: PreparedStudy, progress: Progress,
         history: list[dict] = []
 
         def on_epoch(rec) -> None:
-            history.append(asdict(rec))
+            history.append(rec.to_dict())
             progress.epoch(rec)
             trial.report(rec.value(schedule.objective), rec.step)
             if trial.should_prune():
@@ -475,7 +266,7 @@ def make_objective(prep: PreparedStudy, progress: Progress,
             raise failure from e
         finally:
             trial.set_user_attr(ATTR["history"], history)
-            clear_state()
+            clear_state(prep.source)
         trial.set_user_attr(ATTR["best_step"], result.best_step)
         trial.set_user_attr(ATTR["best_stage"], result.best_stage)
         trial.set_user_attr(ATTR["seconds"], round(result.seconds, 3))
@@ -491,12 +282,10 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
     """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes).
 
     The count is the study's, across every worker: each trial is claimed before it starts (see
-    :class:`tlsearch.workers.Claims`), so N workers stop at exactly ``n_trials``. A worker whose
+    :class:`tlsearch.search.workers.Claims`), so N workers stop at exactly ``n_trials``. A worker whose
     own work is done waits while the last trials run elsewhere, since one of them may die and
     need a retry, and stops when they finish.
     """
-    from tlsearch.workers import DONE, WAIT, Claims
-
     cfg = prep.cfg
     target = n_trials or cfg.n_trials
     best = None

@@ -5,7 +5,7 @@ same loop against one database. Three things Optuna leaves to its users are done
 
 * **Exactly ``n_trials``.** ``MaxTrialsCallback`` is checked after a trial ends, so N workers
   overshoot by up to N-1. Here a worker *claims* a trial: under a lock held by the whole study
-  (a PostgreSQL advisory lock, or a lock file beside a SQLite database) it counts finished and
+  (:func:`tlsearch.search.storage.study_lock`) it counts finished and
   running trials and asks for a new one only if they fall short of the target. The lock is held
   until the new trial is RUNNING, so the next claimant counts it.
 * **Dead workers.** A trial whose worker was killed stays RUNNING. On an RDB storage its heartbeat
@@ -20,9 +20,6 @@ same loop against one database. Three things Optuna leaves to its users are done
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
-import hashlib
 import os
 import signal
 import socket
@@ -30,27 +27,25 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
-from tlsearch.errors import StorageError
+from tlsearch.search.attrs import WORKER_ATTR
+from tlsearch.search.storage import study_lock
 
 __all__ = [
-    "WORKER_ATTR",
     "worker_id",
     "is_dead_here",
-    "StudyLock",
-    "study_lock",
     "Claims",
     "sweep_dead_workers",
     "spawn_workers",
+    "RUN",
+    "WAIT",
+    "DONE",
 ]
-
-#: the user attribute naming the process that runs a trial: ``host:pid:start``
-WORKER_ATTR = "tlsearch.worker"
 
 RUN, WAIT, DONE = "run", "wait", "done"
 
@@ -86,130 +81,6 @@ def is_dead_here(ident: str | None) -> bool:
     except PermissionError:
         pass
     return start != "?" and _start_ticks(pid) not in ("?", start)
-
-
-# ------------------------------------------------------------------------------------------------
-# Locks held across processes and machines
-
-
-def _lock_key(name: str) -> int:
-    """A signed 64-bit advisory-lock key for ``name``."""
-    return int.from_bytes(hashlib.sha256(f"tlsearch:{name}".encode()).digest()[:8], "big",
-                          signed=True)
-
-
-class StudyLock:
-    """A re-acquirable lock shared by every worker of a storage. Release is idempotent."""
-
-    def acquire(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def release(self) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def close(self) -> None:
-        self.release()
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        self.acquire()
-        try:
-            yield
-        finally:
-            self.release()
-
-
-class _NoLock(StudyLock):
-    """For storages without a shared lock (MySQL): counting may overshoot by up to N-1."""
-
-    def acquire(self) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
-
-
-class _FileLock(StudyLock):
-    """``flock`` on a file beside the SQLite database: one machine, released when a process dies."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._fd: int | None = None
-        self._held = False
-
-    def acquire(self) -> None:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX)
-        self._held = True
-
-    def release(self) -> None:
-        if self._fd is not None and self._held:
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            self._held = False
-
-    def close(self) -> None:
-        self.release()
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-
-class _PgAdvisoryLock(StudyLock):
-    """A PostgreSQL session advisory lock: shared by all machines, released when a worker's
-    connection drops, and it blocks nothing but other tlsearch claimants."""
-
-    def __init__(self, url: str, key: int) -> None:
-        self.url, self.key = url, key
-        self._conn = None
-        self._held = False
-
-    def acquire(self) -> None:
-        from sqlalchemy import create_engine, text
-
-        if self._conn is None:
-            from tlsearch.study import _engine_kwargs, storage_error
-
-            try:
-                engine = create_engine(self.url, isolation_level="AUTOCOMMIT",
-                                       **_engine_kwargs(self.url))
-                self._conn = engine.connect()
-            except Exception as e:
-                raise storage_error(self.url, e) from None
-        self._conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": self.key})
-        self._held = True
-
-    def release(self) -> None:
-        if self._conn is not None and self._held:
-            from sqlalchemy import text
-
-            self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": self.key})
-            self._held = False
-
-    def close(self) -> None:
-        self.release()
-        if self._conn is not None:
-            self._conn.close()
-            self._conn.engine.dispose()
-            self._conn = None
-
-
-def study_lock(url: str, name: str) -> StudyLock:
-    """The lock for ``name`` (a study, or the storage itself) on the storage at ``url``."""
-    from sqlalchemy.engine import make_url
-
-    try:
-        u = make_url(url)
-    except Exception:
-        raise StorageError("storage: not a database URL") from None
-    if u.get_backend_name() == "sqlite":
-        db = u.database or ""
-        if db in ("", ":memory:"):
-            return _NoLock()
-        return _FileLock(Path(db + ".tlsearch.lock"))
-    if u.get_backend_name() == "postgresql":
-        return _PgAdvisoryLock(url, _lock_key(name))
-    return _NoLock()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -1,25 +1,29 @@
-"""Compiled head-on-features models, reused by every cached stage-1 trial of one process.
+"""The classification head, and the traced copies of it that cached stage-1 trials reuse.
+
+The head is dense(width, relu), dropout, dense(classes, softmax): :class:`Head` builds its layers,
+for the model that trains through the backbone and for the exported model alike.
 
 A cached stage-1 trial trains a few thousand parameters on in-memory features: an epoch takes a
 fraction of a second, while building, compiling and tracing a new Keras model, and clearing it
-afterwards, took several times longer (measured on 2 CPU cores). So the head trained on cached
-features is built and traced once per (feature size, width, classes, seed) and *reset* between
-trials: weights to the values a fresh :class:`~tlsearch.pipeline.Head` with the same seed starts
-from, the optimizer's slots to zero, the dropout rate and learning rate to the trial's. The result
-is the same trial, number for number (tested against a fresh model); only the tracing is skipped.
-
-Training only: the exported model is always built from the plain :class:`~tlsearch.pipeline.Head`.
+afterwards, took several times longer (measured on 2 CPU cores). So :class:`HeadPool` builds and
+traces the head on features once per (feature size, width, classes, seed) and *resets* it between
+trials: weights to the values a fresh :class:`Head` with the same seed starts from, the optimizer's
+slots to zero, the dropout rate and learning rate to the trial's. The result is the same trial,
+number for number (tested against a fresh model); only the tracing is skipped.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-__all__ = ["HeadPool", "PooledHead", "RateDropout"]
+__all__ = ["Head", "assemble_model", "HeadPool", "PooledHead", "RateDropout", "HEAD_LAYERS"]
+
+#: the names of the head's layers, as stored with a trial's weights
+HEAD_LAYERS = ("clf_dense", "clf_dropout", "clf_out")
 
 
 class RateDropout(keras.layers.Layer):
@@ -29,7 +33,7 @@ class RateDropout(keras.layers.Layer):
     stateless op), and a rate of 0 leaves the inputs unchanged, as Dropout does.
     """
 
-    def __init__(self, seed: int, **kwargs) -> None:
+    def __init__(self, seed: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.seed_generator = keras.random.SeedGenerator(seed)
         # a plain tf.Variable is none of the layer's weights: never stored with a trial's weights
@@ -43,20 +47,51 @@ class RateDropout(keras.layers.Layer):
         return tf.nn.experimental.stateless_dropout(inputs, rate=self.rate, seed=seed)
 
 
+class Head:
+    """The new classifier's layers. Shared between the cached-feature model and the full model,
+    so weights trained on one are the other's. ``dropout_layer`` replaces the plain Dropout (the
+    pooled head's :class:`RateDropout`)."""
+
+    def __init__(self, width: int, dropout: float, n_classes: int, seed: int,
+                 dropout_layer: keras.layers.Layer | None = None) -> None:
+        self.init = keras.initializers.GlorotUniform(seed=seed)
+        self.dense = keras.layers.Dense(width, activation="relu", kernel_initializer=self.init,
+                                        name=HEAD_LAYERS[0])
+        self.dropout = dropout_layer or keras.layers.Dropout(dropout, seed=seed, name=HEAD_LAYERS[1])
+        self.out = keras.layers.Dense(n_classes, activation="softmax", kernel_initializer=self.init,
+                                      name=HEAD_LAYERS[2])
+
+    def __call__(self, x):
+        return self.out(self.dropout(self.dense(x)))
+
+    @property
+    def layers(self) -> list:
+        return [self.dense, self.dropout, self.out]
+
+
+def assemble_model(backbone: Any, head: Head, name: str = "tlsearch_model", *,
+                   training: bool = False) -> keras.Model:
+    """Raw inputs -> backbone -> head: the model that is exported.
+
+    The backbone runs in inference mode unless ``training`` (fine-tuning with BatchNorm updating
+    its statistics, which training from scratch needs). Frozen BatchNorm layers stay in inference
+    mode either way: Keras 3 never uses batch statistics in a layer that is not trainable.
+    """
+    inputs = backbone.model.input  # one tensor for images, a dict of token arrays for text
+    feats = backbone.model(inputs, training=training)
+    return keras.Model(inputs, head(feats), name=name)
+
+
 class PooledHead:
-    """dense(width, relu), dropout, dense(classes, softmax) on features, compiled once."""
+    """A :class:`Head` on features, compiled once and reset for each trial."""
 
     def __init__(self, dim: int, width: int, n_classes: int, seed: int,
                  compile_fn: Callable) -> None:
-        self.init = keras.initializers.GlorotUniform(seed=seed)
-        self.dense = keras.layers.Dense(width, activation="relu", kernel_initializer=self.init,
-                                        name="clf_dense")
-        self.dropout = RateDropout(seed, name="clf_dropout")
-        self.out = keras.layers.Dense(n_classes, activation="softmax", kernel_initializer=self.init,
-                                      name="clf_out")
+        self.head = Head(width, 0.0, n_classes, seed,
+                         dropout_layer=RateDropout(seed, name=HEAD_LAYERS[1]))
+        self.dense, self.dropout, self.out = self.head.layers
         inp = keras.Input((dim,), name="features")
-        self.model = keras.Model(inp, self.out(self.dropout(self.dense(inp))),
-                                 name="head_on_features")
+        self.model = keras.Model(inp, self.head(inp), name="head_on_features")
         compile_fn(self.model, 1e-3)
         self.model.optimizer.build(self.model.trainable_variables)
         self._seed_state = np.array(self.dropout.seed_generator.state.numpy())
@@ -70,7 +105,7 @@ class PooledHead:
     def reset(self, dropout: float, lr: float) -> None:
         """Back to the state of a freshly built and compiled head with the same seed."""
         for layer in (self.dense, self.out):
-            layer.kernel.assign(self.init(layer.kernel.shape))  # a seeded initializer repeats itself
+            layer.kernel.assign(self.head.init(layer.kernel.shape))  # a seeded initializer repeats
             layer.bias.assign(np.zeros(layer.bias.shape, dtype="float32"))
         self.dropout.rate.assign(float(dropout))
         self.dropout.seed_generator.state.assign(self._seed_state)

@@ -1,0 +1,271 @@
+"""From a stored trial to production files: Keras, TF Serving SavedModel, ONNX, LiteRT, metadata.
+
+The stored weights are checked (size and SHA-256) before anything is written, and the export is
+assembled in a hidden sibling folder that is renamed into place only when every file is written, so
+an export either exists whole or not at all.
+
+Every format written is checked against the Keras model on probe inputs; a format whose predictions
+differ by more than :data:`TOLERANCE` is dropped with the reason recorded, rather than shipped. ONNX
+and LiteRT are optional: where their converter is missing or fails, the reason is recorded in
+``metadata.json`` and the other formats are still written.
+
+What differs between modalities (how the model is rebuilt, what it takes as input, the probe inputs,
+the serving signatures) comes from :mod:`tlsearch.modalities`; the formats from
+:mod:`tlsearch.export.formats`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from tlsearch import modalities
+from tlsearch._hashing import sha256_file
+from tlsearch.errors import UserError
+from tlsearch.export.formats import FORMATS as _WRITERS
+from tlsearch.export.formats import OPTIONAL
+from tlsearch.modalities import Modality
+from tlsearch.search.artifacts import ARTIFACT_ATTR, AtomicFileSystemArtifactStore, fetch_weights
+from tlsearch.search.attrs import ATTR, trial_params
+from tlsearch.search.study import load_study
+
+__all__ = [
+    "ExportResult",
+    "TOLERANCE",
+    "FORMATS",
+    "select_trial",
+    "rebuild_model",
+    "export_study",
+]
+
+#: the largest difference from the Keras model's probabilities an exported format may show
+TOLERANCE = 1e-4
+#: optional formats, in the order they are written
+FORMATS = OPTIONAL
+METADATA_VERSION = 1
+
+
+# ---------------------------------------------------------------------------------------------
+# choosing and rebuilding a trial
+
+
+def select_trial(study, number: int | None = None):
+    """The best trial, or trial ``number``; only COMPLETE trials have weights to export."""
+    from optuna.trial import TrialState
+
+    if number is None:
+        try:
+            return study.best_trial
+        except ValueError:
+            raise UserError(f"study {study.study_name!r} has no complete trial yet: run "
+                            f"`tlsearch run` until one completes") from None
+    trials = study.get_trials(deepcopy=False)
+    found = next((t for t in trials if t.number == number), None)
+    if found is None:
+        raise UserError(f"`--trial {number}`: study {study.study_name!r} has trials "
+                        f"0..{len(trials) - 1}" if trials else
+                        f"`--trial {number}`: study {study.study_name!r} has no trials")
+    if found.state != TrialState.COMPLETE:
+        complete = [t.number for t in trials if t.state == TrialState.COMPLETE]
+        raise UserError(f"`--trial {number}`: the trial is {found.state.name}, and only complete "
+                        f"trials keep their weights; complete trials: {complete}")
+    return found
+
+
+def rebuild_model(cfg, study, frozen, store):
+    """(model, modality) for a stored trial at its best epoch; the weights are verified first."""
+    weights = fetch_weights(frozen, store)  # raises UserError on a damaged artifact
+    modality = modalities.get(study.user_attrs.get(ATTR["modality"], "image"))
+    classes = study.user_attrs[ATTR["classes"]]
+    try:
+        model = modality.build_model(cfg, trial_params(frozen), weights, len(classes))
+    except ValueError as e:
+        raise UserError(f"trial {frozen.number}: its weights do not fit the model the study file "
+                        f"describes now ({e}); was a backbone changed?") from None
+    return model, modality
+
+
+# ---------------------------------------------------------------------------------------------
+# the export
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    trial: int
+    best_step: int | None
+    best_stage: int | None
+    formats: dict[str, dict] = field(default_factory=dict)
+    metadata: dict = field(default_factory=dict)
+
+
+def _versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tlsearch", "keras", "tensorflow", "optuna", "numpy", *extra):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def _files_under(root: Path) -> dict[str, dict]:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != "metadata.json":
+            out[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
+    return out
+
+
+def _max_diff(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return math.inf
+    return float(np.max(np.abs(a - b))) if a.size else 0.0
+
+
+def _prepare_out(out: Path, force: bool) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {str(out)!r} is a file; give a folder")
+    if out.is_dir() and any(out.iterdir()):
+        if not force:
+            raise UserError(f"--out {str(out)!r} is not empty; choose a new folder, or pass "
+                            f"--force to replace it")
+        if not (out / "metadata.json").is_file():
+            raise UserError(f"--out {str(out)!r} is not empty and holds no earlier export "
+                            f"(no metadata.json); refusing to replace it even with --force")
+
+
+def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str | None = None,
+                 formats: tuple[str, ...] = FORMATS, force: bool = False,
+                 log: Callable[[str], None] = print) -> ExportResult:
+    """Export trial ``trial`` (default: the best) of the study described by ``cfg`` to ``out_dir``."""
+    out = Path(out_dir)
+    unknown = sorted(set(formats) - set(FORMATS))
+    if unknown:
+        raise UserError(f"unknown export formats {unknown}; expected some of {list(FORMATS)}")
+    _prepare_out(out, force)
+    study = load_study(cfg, url)
+    frozen = select_trial(study, trial)
+    best_step = frozen.user_attrs.get(ATTR["best_step"])
+    best_stage = frozen.user_attrs.get(ATTR["best_stage"])
+    which = "best trial" if trial is None else "trial"
+    log(f"exporting {which} #{frozen.number} of study {study.study_name!r} "
+        f"({cfg.objective}={frozen.value:.4g}) at its best epoch: step {best_step} "
+        f"(stage {best_stage})")
+    store = AtomicFileSystemArtifactStore(cfg.artifact_dir)
+    model, modality = rebuild_model(cfg, study, frozen, store)
+    classes = list(study.user_attrs[ATTR["classes"]])
+
+    probe = modality.probe(cfg)
+    reference = np.asarray(model.predict(probe, verbose=0))
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        report: dict[str, dict] = {}
+
+        def check(name: str, rel: str, result: dict) -> None:
+            if "skipped" in result:
+                report[name] = {"status": "skipped", "reason": result["skipped"]}
+                log(f"  {name:<12} skipped: {result['skipped']}")
+                return
+            entry: dict[str, Any] = {"status": "ok", "path": rel}
+            if "unverified" in result:
+                entry.update(status="unverified", reason=result["unverified"])
+            diffs = {k: _max_diff(v, reference) for k, v in result.get("predictions", {}).items()}
+            if diffs:
+                entry["max_abs_diff"] = {k: float(f"{d:.3g}") for k, d in diffs.items()}
+            for k in ("signatures", "input_name"):
+                if k in result:
+                    entry[k] = result[k]
+            worst = max(diffs.values(), default=0.0)
+            if worst > TOLERANCE:
+                target = work / rel
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+                report[name] = {"status": "dropped",
+                                "reason": f"its predictions differ from the Keras model's by "
+                                          f"{worst:.3g} (> {TOLERANCE:g})"}
+                log(f"  {name:<12} dropped: {report[name]['reason']}")
+                return
+            report[name] = entry
+            log(f"  {name:<12} {rel}  (max |diff| {worst:.1e})")
+
+        for fmt in _WRITERS.values():
+            if not fmt.required and fmt.name not in formats:
+                continue
+            target = work / fmt.path
+            if fmt.required:
+                check(fmt.name, fmt.path, fmt.write(model, modality, cfg, target, probe))
+                if report[fmt.name]["status"] != "ok":
+                    raise RuntimeError(f"the {fmt.name} export does not reproduce the model: "
+                                       f"{report[fmt.name]}")
+                continue
+            try:
+                result = fmt.write(model, modality, cfg, target, probe)
+            except Exception as e:  # a converter that cannot handle this model: record, go on
+                target.unlink(missing_ok=True)
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+                result = {"skipped": f"conversion failed: {type(e).__name__}: {first}"}
+            check(fmt.name, fmt.path, result)
+
+        metadata = _metadata(cfg, study, frozen, modality, classes, report, work,
+                             artifact=frozen.user_attrs.get(ARTIFACT_ATTR, {}))
+        (work / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        work.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is meant to be shared
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    log(f"wrote {out}")
+    return ExportResult(out, frozen.number, best_step, best_stage, report, metadata)
+
+
+def _metadata(cfg, study, frozen, modality: Modality, classes, report, root: Path,
+              artifact: dict) -> dict:
+    step = frozen.user_attrs.get(ATTR["best_step"])
+    history = frozen.user_attrs.get(ATTR["history"], [])
+    at_best = next((dict(r) for r in history if r.get("step") == step), {})
+    metrics = {k: at_best[k] for k in ("loss", "val_loss", "val_accuracy", "val_auc") if k in at_best}
+    extra = ()
+    if report.get("onnx", {}).get("status") in ("ok", "unverified"):
+        extra = ("tf2onnx", "onnx", "onnxruntime")
+    return {
+        "format_version": METADATA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "study": study.study_name,
+        "trial": frozen.number,
+        "objective": cfg.objective,
+        "direction": cfg.direction,
+        "value": frozen.value,
+        "best_step": step,
+        "best_stage": frozen.user_attrs.get(ATTR["best_stage"]),
+        "metrics": metrics,
+        "params": frozen.user_attrs.get(ATTR["params"], frozen.params),
+        "modality": modality.name,
+        "classes": classes,
+        "input": modality.input_spec(cfg),
+        "output": {"name": "probabilities", "shape": [None, len(classes)], "dtype": "float32",
+                   "meaning": "class probabilities, in the order of `classes`"},
+        "formats": report,
+        "tolerance": TOLERANCE,
+        "weights_artifact": {k: artifact[k] for k in ("id", "size", "sha256") if k in artifact},
+        "versions": _versions(extra),
+        "files": _files_under(root),
+    }

@@ -1,0 +1,187 @@
+"""Text: tokenized once per study, cached like images, and exported as a model on raw strings.
+
+:class:`TextBackboneSource` tokenizes the study's texts once per (backbone tokenizer,
+``max_length``) and serves the token arrays to every trial, and the frozen outputs through the same
+feature cache as images:
+
+* stage 1 trains the head on the pooled encoder output, cached per pooling and ``max_length``;
+* stage 2 trains the top N encoder layers on the hidden states below them, cached per
+  ``max_length`` (pooling comes after the cut). An encoder layer needs the padding mask as well as
+  the hidden states, so the cached boundary carries the mask as one extra channel: the pipeline's
+  single-tensor cut works unchanged (see :class:`tlsearch.backbones.text.TextBackbone`).
+
+:func:`raw_text_model` wraps a trained token model with its tokenizer, so an exported model takes
+raw strings.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tlsearch.backbones import spec_for
+from tlsearch.errors import InputError
+from tlsearch.modalities import InputItem, Modality, failing, register
+from tlsearch.params import TrialParams
+from tlsearch.train.features import BackboneSource
+from tlsearch.train.pipeline import build_trained_model
+
+__all__ = ["TextModality", "TextBackboneSource", "raw_text_model", "build_raw_text_model"]
+
+
+class TextBackboneSource(BackboneSource):
+    """Builds text backbones and serves token arrays and frozen outputs, each computed once."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._tokens: dict[tuple, tuple[dict, dict]] = {}
+        self._preprocessors: dict[tuple, object] = {}
+        self.tokenizations = 0  # how many times texts were tokenized (the tests count them)
+
+    def options(self, params: TrialParams | None) -> dict:
+        if params is None:
+            return {}
+        return {"pooling": params.pooling, "max_length": int(params.max_length)}
+
+    def key_options(self, params: TrialParams | None, boundary: str) -> dict:
+        opts = self.options(params)
+        if boundary != "pooled":
+            opts.pop("pooling", None)  # the cut is below the pooling
+        return opts
+
+    def preprocessor(self, name: str, max_length: int):
+        """The keras-hub layer from raw strings to this backbone's token inputs (one per study)."""
+        weights, fingerprint = self.weights(name)
+        key = (name, fingerprint, int(max_length))
+        if key not in self._preprocessors:
+            make = spec_for(self.entries[name]).preprocessor
+            self._preprocessors[key] = make(weights, int(max_length))
+        return self._preprocessors[key]
+
+    def tokenize(self, name: str, texts: np.ndarray, max_length: int) -> dict[str, np.ndarray]:
+        """Token arrays for ``texts``, computed fresh (no caching): ids, segments, padding mask."""
+        pre = self.preprocessor(name, max_length)
+        out: dict[str, list] = {}
+        for i in range(0, len(texts), 1024):
+            batch = pre(np.asarray(texts[i:i + 1024], dtype=object).astype(str))
+            for k, v in batch.items():
+                out.setdefault(k, []).append(np.asarray(v).astype(np.int32))
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def inputs(self, params: TrialParams | None):
+        """The tokenized train and validation texts, tokenized once per (tokenizer, max_length)."""
+        if params is None:
+            raise ValueError("text inputs depend on the trial's max_length")
+        _, fingerprint = self.weights(params.backbone)
+        key = (params.backbone, fingerprint, int(params.max_length))
+        if key not in self._tokens:
+            self.tokenizations += 1
+            self._tokens[key] = tuple(self.tokenize(params.backbone, x, params.max_length)
+                                      for x in (self.data.x_train, self.data.x_val))
+        return self._tokens[key]
+
+
+def raw_text_model(token_model, preprocessor, name: str = "tlsearch_text_model"):
+    """A Keras model that takes a batch of raw strings: the tokenizer runs inside the model.
+
+    ``token_model`` is a trained model on token inputs (what the pipeline trains), ``preprocessor``
+    the keras-hub layer that made its inputs (:meth:`TextBackboneSource.preprocessor`). The result
+    saves to ``.keras`` with the tokenizer's vocabulary and reloads with ``keras.models.load_model``
+    once ``tlsearch`` is imported (with keras-hub for the tokenizer).
+    """
+    from tlsearch.layers import RawTextModel
+
+    return RawTextModel(preprocessor, token_model, name=name)
+
+
+def build_raw_text_model(params: TrialParams, weights: dict, n_classes: int,
+                         source: TextBackboneSource, seed: int = 0):
+    """A trial's best model, taking raw strings: what ``export`` should save for a text study."""
+    model = build_trained_model(params, weights, n_classes, source, seed=seed)
+    return raw_text_model(model, source.preprocessor(params.backbone, params.max_length))
+
+
+
+class TextModality(Modality):
+    """Raw strings in; the tokenizer is inside the model (:func:`build_raw_text_model`)."""
+
+    name = "text"
+
+    def make_source(self, cfg, data, cache, prefetch_unfrozen=0):
+        return TextBackboneSource({e.name: e for e in cfg.backbone_entries}, data,
+                                  cfg.data.image_size, cache, seed=cfg.seed, base_dir=cfg.base_dir)
+
+    def build_model(self, cfg, params, weights, n_classes):
+        return build_raw_text_model(params, weights, n_classes, self.make_source(cfg, None, None),
+                                    seed=cfg.seed)
+
+    def input_spec(self, cfg):
+        return {"kind": "text", "name": "text", "shape": [None], "dtype": "string",
+                "text": "raw UTF-8 strings; tokenization is inside the model"}
+
+    def probe(self, cfg, n=4):
+        texts = ["a quiet, patient film that earns its ending",
+                 "dull and far too long", "", "Ünïcödé, punctuation!? and   spaces"]
+        return np.array((texts * n)[:n], dtype=object)
+
+    def serving_endpoints(self, model, cfg):
+        import tensorflow as tf
+
+        def serve(text):
+            return {"probabilities": model(text, training=False)}
+
+        return {"serve": (serve, [tf.TensorSpec((None,), tf.string, name="text")])}
+
+    def endpoint_probes(self, cfg, probe):
+        return {"serve": probe}
+
+    # ---- predicting
+    def load_dependencies(self) -> None:
+        super().load_dependencies()
+        try:
+            import keras_hub  # noqa: F401  (registers the tokenizer and backbone layers)
+        except ImportError:
+            pass
+
+    def expand(self, x, i, metadata):
+        if isinstance(x, Path):
+            return _text_file_items(x)
+        if isinstance(x, str):
+            return [InputItem(f"text[{i}]", lambda x=x: x)]
+        raise InputError(f"input {i}: a text model takes strings or files (pathlib.Path), "
+                         f"got {type(x).__name__}")
+
+    def run(self, model, batch):
+        import tensorflow as tf
+
+        return np.asarray(model(tf.constant(batch, dtype=tf.string), training=False))
+
+
+def _text_file_items(path: Path) -> list[InputItem]:
+    if not path.is_file():
+        return [failing(str(path), "no such file")]
+    if path.suffix.lower() in (".csv", ".tsv"):
+        import pandas as pd
+
+        try:
+            df = pd.read_csv(path, sep="\t" if path.suffix.lower() == ".tsv" else ",",
+                             dtype=str, keep_default_na=False)
+        except Exception as e:
+            return [failing(str(path), f"not a readable CSV file ({e})")]
+        if "text" in df.columns:
+            col = "text"
+        elif len(df.columns) == 1:
+            col = df.columns[0]
+        else:
+            return [failing(str(path), f"expected a `text` column or a single column, found "
+                                       f"{list(df.columns)}")]
+        return [InputItem(f"{path}:{i + 2}", lambda t=t: t) for i, t in enumerate(df[col].tolist())]
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        return [failing(str(path), f"cannot be read as UTF-8 text ({e})")]
+    return [InputItem(f"{path}:{i + 1}", lambda t=t: t) for i, t in enumerate(lines) if t.strip()]
+
+
+register(TextModality())

@@ -1,0 +1,146 @@
+"""The catalogue: every search parameter and every objective, described once.
+
+The study-file schema (:mod:`tlsearch.config`), its bounds checks, the Optuna distributions and the
+resume signature (:mod:`tlsearch.space`), a trial's :class:`TrialParams` and the report's labels are
+all derived from :data:`PARAMS` and :data:`OBJECTIVES`. Adding a parameter is one :class:`Param`
+here, its field on :class:`TrialParams`, and the code that uses it; adding an objective is one
+:class:`Objective` here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Callable, Literal
+
+__all__ = ["PREPROCESSING_MODES", "POOLING_MODES", "Param", "PARAMS", "Objective", "OBJECTIVES", "TrialParams", "params_for",
+           "objective", "MODALITIES"]
+
+#: the kinds of input a backbone takes; each has a :mod:`tlsearch.modalities` entry
+MODALITIES = ("image", "text")
+
+#: image preprocessing mode -> what it does to RGB pixels in [0, 255] (see ``layers.Preprocess``)
+PREPROCESSING_MODES = {
+    "none": "passed through as float32 (the network scales its own inputs)",
+    "unit": "x / 255",
+    "tf": "x / 127.5 - 1 (Inception, MobileNetV2, Xception)",
+    "caffe": "RGB to BGR, minus the ImageNet channel means (VGG, ResNet v1)",
+    "torch": "(x / 255 - ImageNet mean) / ImageNet std",
+    "lite": "(x - 127) / 128 (EfficientNet-Lite)",
+}
+
+#: text pooling mode -> what it does to the encoder's last hidden states (see ``layers.TextPooling``)
+POOLING_MODES = {
+    "cls": "the first token's vector ([CLS] for BERT, <s> for RoBERTa)",
+    "mean": "the mean over real tokens (padding masked out), as sentence-transformers pools",
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One searchable parameter of a trial.
+
+    ``low``/``high`` bound every value the study file may give (a fixed value, each choice, both
+    ends of a range); ``choices`` lists the allowed values of a categorical text parameter.
+    ``stage`` is the training stage that uses it (0: the whole trial), so a parameter of a stage
+    that does not run is not sampled.
+    """
+
+    name: str
+    default: Any
+    help: str
+    kind: Literal["int", "float", "choice"] = "float"
+    low: float | None = None
+    high: float | None = None
+    choices: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = MODALITIES
+    stage: int = 0
+    #: the parameter's range depends on the backbone (capped by its number of blocks)
+    per_backbone: bool = False
+
+
+PARAMS: dict[str, Param] = {p.name: p for p in (
+    Param("unfreeze_blocks", {"low": 0, "high": 3}, "top blocks of the backbone trained in stage 2 "
+          "(0: pure feature extraction)", kind="int", low=0, high=10**6, stage=2,
+          per_backbone=True),
+    Param("head_width", [64, 128, 256], "units of the head's hidden dense layer", kind="int",
+          low=1, high=65536, stage=0),
+    Param("dropout", {"low": 0.0, "high": 0.5}, "dropout rate before the head's output layer",
+          low=0.0, high=0.95, stage=0),
+    Param("lr_stage1", {"low": 1e-4, "high": 1e-2, "log": True}, "learning rate of stage 1 (head)",
+          low=1e-9, high=10.0, stage=1),
+    Param("lr_stage2", {"low": 1e-6, "high": 1e-4, "log": True}, "learning rate of stage 2 "
+          "(fine-tuning), below every stage-1 rate", low=1e-9, high=10.0, stage=2),
+    Param("augmentation", 0.0, "strength of random flips, rotation, zoom and translation in "
+          "[0, 1]; above 0 the trial runs un-cached", low=0.0, high=1.0, modalities=("image",)),
+    Param("pooling", "cls", "how the encoder's hidden states become one vector", kind="choice",
+          choices=tuple(POOLING_MODES), modalities=("text",)),
+    Param("max_length", 128, "tokens per text (longer texts are truncated)", kind="int", low=8,
+          high=4096, modalities=("text",)),
+)}
+
+
+def params_for(modality: str) -> list[Param]:
+    """The parameters a study of ``modality`` searches, in catalogue order."""
+    return [p for p in PARAMS.values() if modality in p.modalities]
+
+
+@dataclass(frozen=True)
+class Objective:
+    """What a trial is judged by: the Keras log key, its direction, and how it is computed."""
+
+    name: str
+    direction: Literal["minimize", "maximize"]
+    label: str
+    #: a Keras metric compiled into every model so that the log key exists (None: the loss)
+    metric: Callable[[], Any] | None = None
+
+
+def _accuracy() -> Any:
+    import keras
+
+    return keras.metrics.CategoricalAccuracy(name="accuracy")
+
+
+def _auc() -> Any:
+    import keras
+
+    return keras.metrics.AUC(name="auc")
+
+
+OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
+    Objective("val_loss", "minimize", "validation loss (cross-entropy)"),
+    Objective("val_accuracy", "maximize", "validation accuracy", _accuracy),
+    Objective("val_auc", "maximize", "validation ROC AUC (Keras, micro-averaged)", _auc),
+)}
+
+
+def objective(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except KeyError:
+        raise ValueError(f"unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}") from None
+
+
+@dataclass(frozen=True)
+class TrialParams:
+    """One point of the search space: plain values, whoever chose them (one field per
+    :data:`PARAMS` entry, plus the backbone)."""
+
+    backbone: str
+    unfreeze_blocks: int = 0
+    head_width: int = 128
+    dropout: float = 0.2
+    lr_stage1: float = 1e-3
+    lr_stage2: float = 1e-5
+    augmentation: float = 0.0
+    pooling: str = "cls"
+    max_length: int = 128
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrialParams:
+        """From stored values; names the catalogue no longer has are refused, missing ones default."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown trial parameters {unknown}")
+        return cls(**values)

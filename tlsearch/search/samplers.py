@@ -1,0 +1,76 @@
+"""Samplers and pruners, built from the study file's settings."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import optuna
+
+from tlsearch.config import StudyConfig
+
+__all__ = ["TrialSeededSampler", "make_sampler", "make_pruner"]
+
+
+class TrialSeededSampler(optuna.samplers.BaseSampler):
+    """A sampler reseeded from ``(seed, trial number)`` before every trial.
+
+    One seeded sampler per process makes parallel workers propose the *same* parameters (each
+    starts from the same random state), while an unseeded one is not reproducible. Seeding by the
+    trial number gives both: trial numbers are unique across workers, and one worker run twice
+    proposes the same parameters for the same history.
+    """
+
+    def __init__(self, factory: Callable[[int], optuna.samplers.BaseSampler], seed: int) -> None:
+        self._factory = factory
+        self._seed = seed
+        self._inner = factory(seed)
+
+    def before_trial(self, study, trial) -> None:
+        seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
+        self._inner = self._factory(seed)
+        self._inner.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._inner.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._inner.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._inner.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._inner.after_trial(study, trial, state, values)
+
+    def reseed_rng(self) -> None:
+        self._inner.reseed_rng()
+
+
+def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
+    seed = cfg.sampler.seed if cfg.sampler.seed is not None else cfg.seed
+    if cfg.sampler.type == "random":
+        return TrialSeededSampler(lambda s: optuna.samplers.RandomSampler(seed=s), seed)
+    return TrialSeededSampler(
+        lambda s: optuna.samplers.TPESampler(seed=s, n_startup_trials=cfg.sampler.n_startup_trials,
+                                             multivariate=True, group=True), seed)
+
+
+def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    p = cfg.pruner
+    max_resource = cfg.training.stage1_epochs + cfg.training.stage2_epochs
+    if p.type == "none":
+        return optuna.pruners.NopPruner()
+    if p.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=p.n_startup_trials,
+                                           n_warmup_steps=p.n_warmup_steps)
+    if p.type == "percentile":
+        return optuna.pruners.PercentilePruner(p.percentile, n_startup_trials=p.n_startup_trials,
+                                               n_warmup_steps=p.n_warmup_steps)
+    if p.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=p.min_resource, max_resource=max_resource,
+                                              reduction_factor=p.reduction_factor)
+    return optuna.pruners.SuccessiveHalvingPruner(min_resource=p.min_resource,
+                                                  reduction_factor=p.reduction_factor)
+
+

@@ -1,0 +1,295 @@
+"""The two-stage transfer pipeline, with no search engine inside.
+
+A trial is a list of :mod:`stages <tlsearch.train.stages>` run in order: a new head (dense,
+dropout, softmax) on the frozen backbone, then the top N blocks unfrozen, BatchNorm excepted, at a
+lower rate. The frozen part runs in inference mode (``training=False``), so BatchNorm keeps its
+ImageNet statistics and the frozen part computes the same numbers every epoch: that is what lets
+:mod:`tlsearch.train.cache` compute it once.
+
+Epochs are counted on one global step across all stages (each stage starts at ``initial_epoch`` =
+where the previous ended), so whoever listens to :class:`EpochRecord` sees one curve. The trial's
+value is its best epoch's, and the weights kept are that epoch's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from tlsearch.data import Dataset
+from tlsearch.errors import NonFiniteLoss
+from tlsearch.params import OBJECTIVES, TrialParams
+from tlsearch.train.features import BackboneSource
+from tlsearch.train.stages import Stage, TrialState, default_stages
+
+__all__ = [
+    "Schedule",
+    "EpochRecord",
+    "TrialResult",
+    "run_trial",
+    "class_weights",
+    "build_trained_model",
+    "clear_state",
+    "METRIC_KEYS",
+]
+
+#: the per-epoch numbers kept in a trial's history: the training loss and every objective's key
+METRIC_KEYS = ("loss", *OBJECTIVES)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """The fixed part of the schedule and how epochs are judged."""
+
+    stage1_epochs: int = 5
+    stage2_epochs: int = 5
+    batch_size: int = 32
+    objective: str = "val_loss"
+    class_weight: dict[int, float] | None = None
+    keep_bn_frozen: bool = True
+    seed: int = 0
+
+    @property
+    def maximize(self) -> bool:
+        return OBJECTIVES[self.objective].direction == "maximize"
+
+
+@dataclass
+class EpochRecord:
+    """One epoch of one stage, at its global step. ``metrics`` holds :data:`METRIC_KEYS`."""
+
+    step: int
+    stage: int
+    metrics: dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def value(self, objective: str) -> float:
+        return float(self.metrics.get(objective, math.nan))
+
+    def __getattr__(self, name: str) -> float:
+        # rec.val_loss, rec.val_accuracy, ...: the metrics read as attributes
+        metrics = self.__dict__.get("metrics", {})
+        if name in metrics:
+            return metrics[name]
+        raise AttributeError(name)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The flat form stored on a trial (``step``, ``stage``, each metric, ``seconds``)."""
+        return {"step": self.step, "stage": self.stage, **self.metrics, "seconds": self.seconds}
+
+
+@dataclass
+class TrialResult:
+    value: float
+    best_step: int
+    best_stage: int
+    history: list[EpochRecord]
+    #: weights that differ from the pretrained backbone at the best epoch: the head, and the
+    #: unfrozen blocks if the best epoch was in stage 2. Keyed by layer name.
+    weights: dict[str, list[np.ndarray]]
+    unfrozen_blocks: int
+    cached: bool
+    seconds: float = 0.0
+
+    def history_dicts(self) -> list[dict]:
+        return [r.to_dict() for r in self.history]
+
+
+def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced weights ``n / (k * count)``, as scikit-learn's ``class_weight='balanced'``."""
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    return {i: float(len(y) / (n_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
+
+
+class _Tracker:
+    """Keeps the best epoch's value and the weights of the layers that were training then."""
+
+    def __init__(self, objective: str, maximize: bool) -> None:
+        self.objective = objective
+        self.maximize = maximize
+        self.best: EpochRecord | None = None
+        self.weights: dict[str, list[np.ndarray]] = {}
+
+    def update(self, record: EpochRecord, layers: list) -> None:
+        v = record.value(self.objective)
+        if not math.isfinite(v):
+            return
+        if self.best is not None:
+            b = self.best.value(self.objective)
+            if (v <= b) if self.maximize else (v >= b):
+                return
+        self.best = record
+        self.weights = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in layers
+                        if layer.weights}
+
+    def restore(self, layers: list) -> None:
+        """Put the best epoch's weights back into ``layers`` (the next stage goes on from them)."""
+        for layer in layers:
+            if layer.name in self.weights:
+                layer.set_weights(self.weights[layer.name])
+
+
+def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, history: list):
+    import keras
+
+    class _Hook(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            self._t = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            logs = logs or {}
+            rec = EpochRecord(step=int(epoch), stage=stage,
+                              metrics={k: float(logs.get(k, math.nan)) for k in METRIC_KEYS},
+                              seconds=time.perf_counter() - self._t)
+            history.append(rec)
+            loss, val_loss = rec.metrics["loss"], rec.metrics["val_loss"]
+            if not (math.isfinite(loss) and math.isfinite(val_loss)):
+                raise NonFiniteLoss(
+                    f"the loss became {loss if not math.isfinite(loss) else val_loss} "
+                    f"at step {rec.step} (stage {stage}); try a lower learning rate"
+                )
+            tracker.update(rec, layers)
+            if on_epoch is not None:
+                on_epoch(rec)
+
+    return _Hook()
+
+
+def _augmenter(strength: float, seed: int):
+    import keras
+
+    L = keras.layers
+    return keras.Sequential([
+        L.RandomFlip("horizontal", seed=seed),
+        L.RandomRotation(0.1 * strength, seed=seed),
+        L.RandomZoom(0.2 * strength, seed=seed),
+        L.RandomTranslation(0.1 * strength, 0.1 * strength, seed=seed),
+    ], name="augment")
+
+
+def _image_dataset(x, y, batch_size: int, *, augment=None, shuffle_seed: int | None = None,
+                   sample_weight=None):
+    import tensorflow as tf
+
+    parts = (x, y) if sample_weight is None else (x, y, sample_weight)
+    ds = tf.data.Dataset.from_tensor_slices(parts)
+    if shuffle_seed is not None:
+        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    if augment is not None:
+        def aug(xb, *rest):
+            return (augment(tf.cast(xb, "float32"), training=True), *rest)
+
+        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: BackboneSource,
+              on_epoch: Callable[[EpochRecord], None] | None = None,
+              on_stage: Callable[[int], None] | None = None,
+              stages: list[Stage] | None = None) -> TrialResult:
+    """Train one configuration through its stages and return its best epoch.
+
+    ``on_epoch`` is called after every epoch and may raise to stop the trial (a pruner does).
+    Raises :class:`~tlsearch.errors.NonFiniteLoss` when the loss becomes NaN or infinite.
+    """
+    import keras
+
+    from tlsearch.train.heads import Head
+
+    t0 = time.perf_counter()
+    keras.utils.set_random_seed(schedule.seed)
+    y_tr = keras.utils.to_categorical(data.y_train, data.n_classes)
+    y_va = keras.utils.to_categorical(data.y_val, data.n_classes)
+    sw = None
+    if schedule.class_weight:
+        sw = np.array([schedule.class_weight.get(int(c), 1.0) for c in data.y_train], dtype=np.float32)
+    head = Head(params.head_width, params.dropout, data.n_classes, schedule.seed)
+    tracker = _Tracker(schedule.objective, schedule.maximize)
+    history: list[EpochRecord] = []
+    bs = schedule.batch_size
+    augment = _augmenter(params.augmentation, schedule.seed) if params.augmentation > 0 else None
+
+    def fit(model, x_train, x_val, *, stage: int, lr: float | None, layers: list,
+            epochs: int) -> None:
+        """Train ``epochs`` more epochs from the trial's global step, then move the step on."""
+        if lr is not None:  # a pooled head comes compiled, at its trial's rate
+            source.compiler(model, lr)
+        hook = _epoch_callback(stage, tracker, layers, on_epoch, history)
+        start = state.step
+        if hasattr(x_train, "element_spec"):  # a tf.data pipeline carries its own labels
+            model.fit(x_train, validation_data=x_val, epochs=start + epochs, initial_epoch=start,
+                      callbacks=[hook], verbose=0)
+        else:
+            model.fit(x_train, y_tr, sample_weight=sw, validation_data=(x_val, y_va),
+                      batch_size=bs, epochs=start + epochs, initial_epoch=start, shuffle=True,
+                      callbacks=[hook], verbose=0)
+        state.step = start + epochs
+
+    def model_inputs():
+        if augment is None:
+            return source.inputs(params)
+        return (_image_dataset(data.x_train, y_tr, bs, augment=augment, shuffle_seed=schedule.seed,
+                               sample_weight=sw),
+                _image_dataset(data.x_val, y_va, bs))
+
+    state = TrialState(params=params, schedule=schedule, data=data, source=source, head=head,
+                       fit=fit)
+    state.extra["inputs"] = model_inputs
+    state.extra["restore_head"] = lambda: tracker.restore(head.layers)
+    for stage in stages or default_stages():
+        if not stage.runs(state):
+            continue
+        if on_stage:
+            on_stage(stage.number)
+        stage.run(state)
+
+    best = tracker.best
+    if best is None:
+        raise NonFiniteLoss("no epoch produced a finite objective")
+    result = TrialResult(
+        value=best.value(schedule.objective), best_step=best.step, best_stage=best.stage,
+        history=history, weights=tracker.weights, unfrozen_blocks=state.unfrozen,
+        cached=state.use_cache and state.cached, seconds=time.perf_counter() - t0,
+    )
+    del state
+    return result
+
+
+def build_trained_model(params: TrialParams, weights: dict[str, list[np.ndarray]], n_classes: int,
+                        source: BackboneSource, seed: int = 0):
+    """The full model of a trial at its best epoch: the pretrained backbone plus the stored weights."""
+    from tlsearch.train.heads import HEAD_LAYERS, Head, assemble_model
+
+    backbone = source.build(params.backbone, params)
+    head = Head(params.head_width, params.dropout, n_classes, seed)
+    model = assemble_model(backbone, head)
+    names = {layer.name for layer in backbone.model.layers} | set(HEAD_LAYERS)
+    missing = set(weights) - names
+    if missing:
+        raise ValueError(f"stored weights name layers this model does not have: {sorted(missing)}")
+    for name, values in weights.items():
+        layer = next((l for l in head.layers if l.name == name), None)
+        if layer is None:
+            layer = backbone.model.get_layer(name)
+        layer.set_weights(values)
+    backbone.freeze(0)
+    return model
+
+
+def clear_state(source: BackboneSource) -> None:
+    """Free what one trial left behind: Keras' global graph state and unreachable objects.
+
+    Skipped when the trial compiled no new model (it reused a pooled head): then there is nothing
+    of it to free, and a full collection costs more than such a trial's training (0.3 s a pass).
+    """
+    import keras
+
+    if source.compiler.since_clear == 0:
+        return
+    source.compiler.since_clear = 0
+    keras.backend.clear_session(free_memory=True)
