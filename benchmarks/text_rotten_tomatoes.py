@@ -36,7 +36,7 @@ DATA = REPO / "studies" / "data" / "rotten-tomatoes"
 def _frozen_baseline(source, train: pd.DataFrame, test: pd.DataFrame) -> float:
     from sklearn.linear_model import LogisticRegression
 
-    from tlsearch.pipeline import TrialParams
+    from tlsearch.params import TrialParams
 
     bb = source.build("minilm_l6", TrialParams("minilm_l6", pooling="mean"))
     feats = [bb.model.predict(source.tokenize("minilm_l6", d["text"].to_numpy(object), 128),
@@ -63,11 +63,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.n_trials <= 20:
         p.error("--n-trials must lie in 1..20")
 
-    from tlsearch import study as st
-    from tlsearch.artifacts import fetch_weights
+    from tlsearch.search import study as st
+    from tlsearch.search.artifacts import fetch_weights
+    from tlsearch.search.attrs import ATTR, trial_params
     from tlsearch.config import load_config
-    from tlsearch.progress import Progress
-    from tlsearch.text_source import build_raw_text_model
+    from tlsearch.search.progress import Progress
+    from tlsearch.modalities.text import build_raw_text_model
 
     train, test = (pd.read_csv(DATA / f"{n}.csv") for n in ("train", "test"))
     results: dict = {"n_trials": args.n_trials, "test_snippets": len(test)}
@@ -87,9 +88,9 @@ def main(argv: list[str] | None = None) -> int:
         st.run(prep, Progress(Console(stderr=True), objective=cfg.objective, maximize=True))
         results["study_seconds"] = round(time.perf_counter() - t0, 1)
         best = prep.study.best_trial
-        params = st.trial_params(best)
+        params = trial_params(best)
         results["best_trial"] = {"number": best.number, "val_accuracy": best.value,
-                                 "params": best.user_attrs[st.ATTR["params"]]}
+                                 "params": best.user_attrs[ATTR["params"]]}
         model = build_raw_text_model(params, fetch_weights(best, prep.store), prep.data.n_classes,
                                      prep.source, seed=cfg.seed)
         probs = model.predict(test["text"].to_numpy(object), batch_size=64, verbose=0)

@@ -32,9 +32,9 @@ def _run_study(path: Path, on_trial_end=None) -> dict:
     """``tlsearch run`` in this process, quietly, calling ``on_trial_end(number)`` after each trial."""
     from rich.console import Console
 
-    from tlsearch import study as st
+    from tlsearch.search import study as st
     from tlsearch.config import load_config
-    from tlsearch.progress import Progress
+    from tlsearch.search.progress import Progress
 
     class _Recorder(Progress):
         def trial_end(self, number, state, value, note=""):

@@ -37,10 +37,10 @@ def exported(study, tmp_path_factory):
 
 
 def _in_study_model(study_path, number=None):
-    from tlsearch.artifacts import AtomicFileSystemArtifactStore
+    from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
     from tlsearch.config import load_config
-    from tlsearch.export import rebuild_model, select_trial
-    from tlsearch.study import load_study
+    from tlsearch.export.exporter import rebuild_model, select_trial
+    from tlsearch.search.study import load_study
 
     cfg = load_config(study_path)
     st = load_study(cfg)
@@ -77,7 +77,7 @@ def test_export_writes_every_format_and_metadata(exported, study, capsys):
     on_disk = {p.relative_to(exported).as_posix() for p in exported.rglob("*")
                if p.is_file() and p.name != "metadata.json"}
     assert set(meta["files"]) == on_disk
-    from tlsearch.export import sha256_file
+    from tlsearch._hashing import sha256_file
 
     for rel, info in meta["files"].items():
         assert sha256_file(exported / rel) == info["sha256"]
@@ -117,7 +117,7 @@ def test_exported_formats_match_the_in_study_model(exported, study):
         sess = ort.InferenceSession(str(exported / "model.onnx"))
         got["onnx"] = sess.run(None, {sess.get_inputs()[0].name: x})[0]
     if meta["formats"]["litert"]["status"] == "ok":
-        from tlsearch.export import _litert_interpreter, run_litert
+        from tlsearch.export.formats import litert_interpreter as _litert_interpreter, run_litert
 
         got["litert"] = run_litert(_litert_interpreter(exported / "model.tflite"), x)
     assert len(got) >= 4
@@ -127,7 +127,7 @@ def test_exported_formats_match_the_in_study_model(exported, study):
 
 def test_export_chosen_trial_and_announces_it(study, tmp_path, capsys):
     from tlsearch.config import load_config
-    from tlsearch.study import load_study
+    from tlsearch.search.study import load_study
 
     st = load_study(load_config(study))
     other = next(t.number for t in st.get_trials() if t.number != st.best_trial.number)
@@ -150,7 +150,7 @@ def test_refuses_to_overwrite_without_force(study, exported, capsys):
 @pytest.mark.parametrize("damage", ["truncate", "alter"])
 def test_damaged_artifact_is_refused_and_nothing_exported(study, tmp_path, capsys, damage):
     from tlsearch.config import load_config
-    from tlsearch.study import load_study
+    from tlsearch.search.study import load_study
 
     cfg = load_config(study)
     best = load_study(cfg).best_trial

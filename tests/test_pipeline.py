@@ -6,11 +6,13 @@ import numpy as np
 import pytest
 
 from tlsearch.backbones import build_backbone
-from tlsearch.cache import FeatureCache
+from tlsearch.train.cache import FeatureCache
 from tlsearch.config import BackboneEntry
 from tlsearch.data import Dataset
 from tlsearch.errors import NonFiniteLoss
-from tlsearch.pipeline import BackboneSource, Schedule, TrialParams, build_trained_model, run_trial
+from tlsearch.params import TrialParams
+from tlsearch.train.features import BackboneSource
+from tlsearch.train.pipeline import Schedule, build_trained_model, run_trial
 
 
 @pytest.fixture(scope="module")

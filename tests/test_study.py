@@ -59,7 +59,7 @@ class PruneAtStep:
 
 
 def test_a_trial_is_really_pruned_in_stage2(tmp_path, image_folder, monkeypatch):
-    monkeypatch.setattr("tlsearch.study.make_pruner", lambda cfg: PruneAtStep(2))
+    monkeypatch.setattr("tlsearch.search.study.make_pruner", lambda cfg: PruneAtStep(2))
     study_file = write_study(tmp_path / "s.yaml", n_trials=1, search={"unfreeze_blocks": 1})
     assert main(["run", str(study_file)]) == 0
     study, _ = stored(study_file)
@@ -93,7 +93,7 @@ def test_corrupt_image_is_named_before_any_storage(tmp_path, image_folder, capsy
 
 
 def test_failed_trial_does_not_stop_the_study(tmp_path, image_folder, monkeypatch):
-    from tlsearch import study as st
+    from tlsearch.search import study as st
 
     real = st.run_trial
     calls = {"n": 0}
@@ -117,7 +117,7 @@ def test_consecutive_failures_stop_the_study(tmp_path, image_folder, monkeypatch
     def always(*a, **k):
         raise NonFiniteLoss("the loss became nan at step 0")
 
-    monkeypatch.setattr("tlsearch.study.run_trial", always)
+    monkeypatch.setattr("tlsearch.search.study.run_trial", always)
     study_file = write_study(tmp_path / "s.yaml", n_trials=10,
                              training={"max_consecutive_failures": 3})
     assert main(["run", str(study_file)]) == 1

@@ -42,8 +42,8 @@ def _load(path: Path, **cfg):
 
 
 def _tiny_source(data, **kwargs):
-    from tlsearch.cache import FeatureCache
-    from tlsearch.text_source import TextBackboneSource
+    from tlsearch.train.cache import FeatureCache
+    from tlsearch.modalities.text import TextBackboneSource
 
     return TextBackboneSource({"tiny_bert": BackboneEntry(name="tiny_bert")}, data, 32,
                               FeatureCache(None, 1 << 30), seed=0, **kwargs)
@@ -157,7 +157,7 @@ def test_text_weights_resolve(tmp_path):
 
 @pytest.mark.parametrize("n", [0, 1, 3])
 def test_exactly_n_encoder_layers_trainable(n):
-    from tlsearch.pipeline import TrialParams
+    from tlsearch.params import TrialParams
 
     bb = _tiny_source(_tiny_data()).build("tiny_bert", TrialParams("tiny_bert"))
     assert bb.max_unfreeze == 3
@@ -170,7 +170,7 @@ def test_exactly_n_encoder_layers_trainable(n):
 
 @pytest.mark.parametrize("n", [1, 3])
 def test_cut_between_encoder_layers_is_exact(n):
-    from tlsearch.pipeline import TrialParams
+    from tlsearch.params import TrialParams
 
     src = _tiny_source(_tiny_data())
     p = TrialParams("tiny_bert", pooling="mean", max_length=16)
@@ -183,7 +183,7 @@ def test_cut_between_encoder_layers_is_exact(n):
 
 
 def test_mean_pooling_ignores_padding():
-    from tlsearch.pipeline import TrialParams
+    from tlsearch.params import TrialParams
 
     src = _tiny_source(_tiny_data())
     bb = src.build("tiny_bert", TrialParams("tiny_bert", pooling="mean"))
@@ -197,7 +197,8 @@ def test_mean_pooling_ignores_padding():
 
 
 def test_cached_tokenization_equals_fresh_and_runs_once():
-    from tlsearch.pipeline import Schedule, TrialParams, run_trial
+    from tlsearch.params import TrialParams
+    from tlsearch.train.pipeline import Schedule, run_trial
 
     data = _tiny_data()
     src = _tiny_source(data)
@@ -219,7 +220,8 @@ def test_cached_tokenization_equals_fresh_and_runs_once():
 
 
 def test_uncached_text_trial_trains_token_model():
-    from tlsearch.pipeline import Schedule, TrialParams, run_trial
+    from tlsearch.params import TrialParams
+    from tlsearch.train.pipeline import Schedule, run_trial
 
     data = _tiny_data()
     src = _tiny_source(data)
@@ -234,8 +236,9 @@ def test_uncached_text_trial_trains_token_model():
 def test_raw_text_model_takes_strings_and_reloads(tmp_path):
     import keras
 
-    from tlsearch.pipeline import Schedule, TrialParams, run_trial
-    from tlsearch.text_source import build_raw_text_model
+    from tlsearch.params import TrialParams
+    from tlsearch.train.pipeline import Schedule, run_trial
+    from tlsearch.modalities.text import build_raw_text_model
 
     data = _tiny_data()
     src = _tiny_source(data)
@@ -243,7 +246,7 @@ def test_raw_text_model_takes_strings_and_reloads(tmp_path):
     r = run_trial(p, Schedule(stage1_epochs=1, stage2_epochs=1, batch_size=12), data, src)
     model = build_raw_text_model(p, r.weights, 2, src)
     texts = np.array(list(data.x_val[:4]), dtype=object)
-    from tlsearch.pipeline import build_trained_model
+    from tlsearch.train.pipeline import build_trained_model
 
     tokens = {k: v[:4] for k, v in src.inputs(p)[1].items()}
     expected = build_trained_model(p, r.weights, 2, src).predict(tokens, verbose=0)
@@ -355,13 +358,13 @@ def test_minilm_sentence_embeddings_match_the_reference(minilm_folder):
     from transformers import AutoTokenizer
 
     from tlsearch.data import Dataset
-    from tlsearch.pipeline import TrialParams
-    from tlsearch.text_source import TextBackboneSource
+    from tlsearch.params import TrialParams
+    from tlsearch.modalities.text import TextBackboneSource
 
     sentences = np.array([*MINILM_PAIRS, "The new movie is awesome.", "Quantum physics is a hard subject."],
                          dtype=object)
     ds = Dataset("text", sentences, np.array([0, 1, 0, 1]), sentences, np.array([0, 1, 0, 1]), ["a", "b"])
-    from tlsearch.cache import FeatureCache
+    from tlsearch.train.cache import FeatureCache
 
     src = TextBackboneSource({"minilm_l6": BackboneEntry(name="minilm_l6")}, ds, 32,
                              FeatureCache(None, 1 << 30))

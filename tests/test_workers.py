@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from conftest import REPO, make_image_folder, write_study
 from tlsearch.cli import main
-from tlsearch.workers import WORKER_ATTR
+from tlsearch.search.attrs import WORKER_ATTR
 
 FAKE = Path(__file__).resolve().parent / "fake_trials"
 PG = os.environ.get("TLSEARCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
@@ -188,8 +188,8 @@ def test_heartbeat_fails_a_trial_whose_machine_went_silent(tmp_path, backend, re
     """A worker on another machine cannot be asked whether it lives: its heartbeat stops, and
     after the grace period the next claim fails its trial and queues the retry."""
     from tlsearch.config import parse_config
-    from tlsearch.study import open_storage
-    from tlsearch.workers import RUN, Claims
+    from tlsearch.search.storage import open_storage
+    from tlsearch.search.workers import RUN, Claims
 
     url = (request.getfixturevalue("pg_url") if backend == "postgres"
            else f"sqlite:///{tmp_path / 'hb.db'}")
@@ -224,7 +224,7 @@ def test_trial_of_a_dead_local_worker_is_swept_at_start(tmp_path, small_images):
     assert code == 0, out
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    from tlsearch.workers import _start_ticks
+    from tlsearch.search.workers import _start_ticks
 
     s = optuna.load_study(study_name="tiny", storage=url)
     done = s.get_trials()[0]
@@ -280,7 +280,7 @@ def test_real_workers_end_to_end(tmp_path, small_images):
 
 def _failing_pipeline(monkeypatch, fail_numbers: set[int] | None, error_for):
     """Wrap the real pipeline so the trials numbered in ``fail_numbers`` (all, if None) raise."""
-    import tlsearch.study as st
+    import tlsearch.search.study as st
 
     real = st.run_trial
     calls = {"n": 0}

@@ -17,12 +17,13 @@ import difflib
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
                       model_validator)
 
+from tlsearch._messages import format_errors, unknown_keys
 from tlsearch.errors import ConfigError
 from tlsearch.params import OBJECTIVES, PARAMS
 
@@ -45,10 +46,14 @@ __all__ = [
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
+    #: a section of the study file, whose unknown keys are reported with a "did you mean"
+    is_section: ClassVar[bool] = True
 
 
 class Range(_Section):
     """A searched numeric range. Integer when both ends are integers and ``log`` allows it."""
+
+    is_section: ClassVar[bool] = False  # a value of a parameter, not a section
 
     low: float | int
     high: float | int
@@ -256,75 +261,6 @@ class StudyConfig(_Section):
 # Validation with messages a user can act on
 
 
-def _unknown_keys(model: type[BaseModel], raw: Any, path: str) -> list[str]:
-    """Unknown keys anywhere in ``raw``, with a "did you mean" from the model's own fields."""
-    if not isinstance(raw, dict):
-        return []
-    problems = []
-    fields = {n: f for n, f in model.model_fields.items() if not f.exclude}
-    for key, value in raw.items():
-        where = f"{path}{key}"
-        if key not in fields:
-            hint = difflib.get_close_matches(str(key), list(fields), n=1, cutoff=0.6)
-            tip = f"; did you mean `{path}{hint[0]}`?" if hint else ""
-            allowed = ", ".join(sorted(fields))
-            problems.append(f"`{where}`: unknown key (expected one of: {allowed}){tip}")
-            continue
-        sub = _section_type(fields[key].annotation)
-        if sub is not None:
-            if isinstance(value, dict):
-                problems += _unknown_keys(sub, value, where + ".")
-            elif isinstance(value, list):
-                for i, item in enumerate(value):
-                    problems += _unknown_keys(sub, item, f"{where}[{i}].")
-    return problems
-
-
-def _section_type(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, _Section) and annotation is not Range:
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _section_type(arg)
-        if found is not None:
-            return found
-    return None
-
-
-def _format_loc(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in {"Range", "str", "int", "float", "bool", "list[union[bool,int,float,str]]",
-                      "BackboneEntry", "union[bool,int,float,str]"} or "[" in str(part) or (
-            str(part).startswith(("list", "literal", "function-after", "dict"))
-        ):
-            continue
-        else:
-            out += ("." if out else "") + str(part)
-    return out
-
-
-def _format_errors(err: ValidationError) -> list[str]:
-    by_field: dict[str, list[str]] = {}
-    for e in err.errors(include_url=False):
-        if e["type"] == "extra_forbidden":
-            continue
-        where = _format_loc(tuple(e["loc"])) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        given = e.get("input")
-        if e["type"] not in {"missing"} and not isinstance(given, dict):
-            msg += f" (got {given!r})"
-        by_field.setdefault(where, [])
-        if msg not in by_field[where]:
-            by_field[where].append(msg)
-    problems = []
-    for where, msgs in by_field.items():
-        # a union tries each form; show them all, as "expected one of"
-        problems.append(f"`{where}`: " + ("; or ".join(msgs) if len(msgs) > 1 else msgs[0]))
-    return problems
-
-
 def _semantic_problems(cfg: StudyConfig) -> list[str]:
     """Checks that need the registry or more than one field at once."""
     from tlsearch.backbones import registry
@@ -413,12 +349,12 @@ def parse_config(raw: Any, *, source: str = "<study>", base_dir: Path | None = N
     """Validate a study given as a mapping. Raises :class:`ConfigError` listing every problem."""
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"expected a mapping of settings at the top level, got {raw!r}"])
-    problems = _unknown_keys(StudyConfig, raw, "")
+    problems = unknown_keys(StudyConfig, raw, "")
     cfg = None
     try:
         cfg = StudyConfig.model_validate({**raw, "base_dir": base_dir or Path(".")})
     except ValidationError as e:
-        problems += _format_errors(e)
+        problems += format_errors(e)
     if cfg is not None and not problems:
         problems += _semantic_problems(cfg)
     if problems:

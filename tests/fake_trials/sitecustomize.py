@@ -15,20 +15,22 @@ if os.environ.get("TLSEARCH_TEST_FAKE_TRIAL"):
 
     import numpy as np
 
-    import tlsearch.study as _study
-    from tlsearch.pipeline import BackboneSource, EpochRecord, TrialResult
+    import tlsearch.search.study as _study
+    from tlsearch.train.features import BackboneSource
+    from tlsearch.train.pipeline import EpochRecord, TrialResult
 
     _SECONDS = float(os.environ["TLSEARCH_TEST_FAKE_TRIAL"])
 
-    def _fake_run_trial(params, schedule, data, source, on_epoch=None, on_stage=None):
+    def _fake_run_trial(params, schedule, data, source, on_epoch=None, on_stage=None,
+                        stages=None):
         steps = schedule.stage1_epochs + schedule.stage2_epochs
         value = abs(np.log10(params.lr_stage1) + 2.5) + params.dropout
         history = []
         for step in range(steps):
             time.sleep(_SECONDS / steps)
             rec = EpochRecord(step=step, stage=1 if step < schedule.stage1_epochs else 2,
-                              loss=value, val_loss=value + 1.0 / (step + 1), val_accuracy=0.5,
-                              val_auc=0.5)
+                              metrics=dict(loss=value, val_loss=value + 1.0 / (step + 1),
+                                           val_accuracy=0.5, val_auc=0.5))
             history.append(rec)
             if on_epoch is not None:
                 on_epoch(rec)
@@ -38,5 +40,5 @@ if os.environ.get("TLSEARCH_TEST_FAKE_TRIAL"):
                            unfrozen_blocks=0, cached=True, seconds=_SECONDS)
 
     _study.run_trial = _fake_run_trial
-    _study.clear_state = lambda: None
+    _study.clear_state = lambda source: None
     BackboneSource.max_unfreeze = lambda self, name: 3

@@ -213,6 +213,8 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     history: list[EpochRecord] = []
     bs = schedule.batch_size
     augment = _augmenter(params.augmentation, schedule.seed) if params.augmentation > 0 else None
+    state = TrialState(params=params, schedule=schedule, data=data, source=source, head=head,
+                       fit=lambda *a, **k: None)
 
     def fit(model, x_train, x_val, *, stage: int, lr: float | None, layers: list,
             epochs: int) -> None:
@@ -237,8 +239,7 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
                                sample_weight=sw),
                 _image_dataset(data.x_val, y_va, bs))
 
-    state = TrialState(params=params, schedule=schedule, data=data, source=source, head=head,
-                       fit=fit)
+    state.fit = fit
     state.extra["inputs"] = model_inputs
     state.extra["restore_head"] = lambda: tracker.restore(head.layers)
     for stage in stages or default_stages():
@@ -256,7 +257,6 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
         history=history, weights=tracker.weights, unfrozen_blocks=state.unfrozen,
         cached=state.use_cache and state.cached, seconds=time.perf_counter() - t0,
     )
-    del state
     return result
 
 

@@ -1,0 +1,74 @@
+"""The best model rebuilt from its stored weights and evaluated: confusion matrix, per-class table."""
+
+from __future__ import annotations
+
+import html
+
+import numpy as np
+
+from tlsearch import modalities
+from tlsearch.errors import UserError
+from tlsearch.export.exporter import rebuild_model, select_trial
+from tlsearch.report.parts import Section, style, table
+from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
+from tlsearch.search.attrs import ATTR
+from tlsearch.search.study import check_inputs
+
+__all__ = ["evaluation_section", "predict_all"]
+
+
+def evaluation_section(study, cfg, url) -> Section:
+    import plotly.graph_objects as go
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+
+    s = Section("Best model on the validation data")
+    try:
+        bt = select_trial(study)
+        model, modality = rebuild_model(cfg, study, bt, AtomicFileSystemArtifactStore(cfg.artifact_dir))
+        _, data = check_inputs(cfg)
+    except UserError as e:
+        s.note = f"Not available: {e}"
+        return s
+    classes = list(study.user_attrs.get(ATTR["classes"], data.class_names))
+    if classes != data.class_names:
+        s.note = (f"Not available: the data's classes {data.class_names} differ from the study's "
+                  f"{classes}.")
+        return s
+    probs = predict_all(model, data.x_val, modality)
+    pred = probs.argmax(axis=1)
+    y = data.y_val
+    k = len(classes)
+    cm = confusion_matrix(y, pred, labels=list(range(k)))
+    p, r, f, n = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
+    acc = float((pred == y).mean())
+    s.intro = (f"Trial #{bt.number} at its best epoch (step {bt.user_attrs.get(ATTR['best_step'])}),"
+               f" rebuilt from its stored weights, on the {len(y)} validation examples: accuracy "
+               f"{acc:.3f}. Rows are the true class, columns the predicted one.")
+    row_sum = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, row_sum, out=np.zeros_like(cm, dtype=float), where=row_sum > 0)
+    fig = go.Figure(go.Heatmap(
+        z=share, x=classes, y=classes, colorscale="Blues", zmin=0, zmax=1,
+        text=cm, texttemplate="%{text}", customdata=share,
+        hovertemplate="true %{y}<br>predicted %{x}<br>%{text} (%{customdata:.0%} of row)"
+                      "<extra></extra>",
+        colorbar=dict(title="share of row"),
+    ))
+    fig.update_yaxes(autorange="reversed", title_text="true class")
+    fig.update_xaxes(title_text="predicted class", side="bottom")
+    size = min(760, 260 + 38 * k)
+    s.figure = style(fig, size)
+    s.figure.update_layout(width=size + 90)
+    rows = [(html.escape(c), f"{p[i]:.3f}", f"{r[i]:.3f}", f"{f[i]:.3f}", str(int(n[i])))
+            for i, c in enumerate(classes)]
+    mp, mr, mf, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
+    rows.append(("<b>macro average</b>", f"{mp:.3f}", f"{mr:.3f}", f"{mf:.3f}", str(len(y))))
+    s.html = table(["class", "precision", "recall", "F1", "support"], rows, escape=False,
+                    numeric=True)
+    return s
+
+
+def predict_all(model, x, modality: modalities.Modality, batch: int = 64) -> np.ndarray:
+    """Class probabilities for every example of ``x``, in batches, as ``predict`` computes them."""
+    return np.concatenate([modality.run(model, list(x[i:i + batch]))
+                           for i in range(0, len(x), batch)])

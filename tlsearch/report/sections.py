@@ -1,0 +1,219 @@
+"""The study's sections: history, learning curves, importances, parallel coordinates, backbones,
+and what stage 2 added."""
+
+from __future__ import annotations
+
+import math
+
+
+from tlsearch.report.parts import PALETTE, Section, better_sign, complete, finished, style, table
+from tlsearch.search.attrs import ATTR
+
+__all__ = ["summary_html", "SECTIONS", "stage2_gains"]
+
+
+def summary_html(study, cfg) -> str:
+    trials = study.get_trials(deepcopy=False)
+    states: dict[str, int] = {}
+    for t in trials:
+        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    counts = ", ".join(f"{n} {s}" for s, n in sorted(states.items())) or "none"
+    rows = [("study", study.study_name), ("trials", f"{len(trials)} ({counts})"),
+            ("objective", f"{cfg.objective} ({cfg.direction})"),
+            ("classes", ", ".join(study.user_attrs.get(ATTR["classes"], [])))]
+    try:
+        bt = study.best_trial
+    except ValueError:
+        bt = None
+    if bt is not None:
+        rows.append(("best trial", f"#{bt.number}: {cfg.objective} = {bt.value:.4f} at step "
+                                   f"{bt.user_attrs.get(ATTR['best_step'])} (stage "
+                                   f"{bt.user_attrs.get(ATTR['best_stage'])})"))
+        params = bt.user_attrs.get(ATTR["params"], bt.params)
+        rows.append(("best parameters", ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())))
+    return table(None, rows)
+
+
+def _history_section(study, cfg) -> Section:
+    import optuna
+
+    s = Section("Optimisation history",
+                f"The objective ({cfg.objective}) of each complete trial, and the best so far.")
+    if not complete(study):
+        s.note = "No complete trial yet."
+        return s
+    s.figure = style(optuna.visualization.plot_optimization_history(study))
+    s.figure.update_layout(title=None)
+    return s
+
+
+def _curves_section(study, cfg) -> Section:
+    from plotly.subplots import make_subplots
+
+    obj = cfg.objective
+    second = "val_accuracy" if obj != "val_accuracy" else "val_loss"
+    s = Section("Learning curves",
+                f"{obj} and {second} per epoch of every finished trial, across both stages (one "
+                f"step count). Stage 2 (top blocks unfrozen, lower learning rate) starts at the "
+                f"dashed line; the best trial is drawn thick, pruned trials dotted.")
+    trials = [t for t in finished(study) if t.user_attrs.get(ATTR["history"])]
+    if not trials:
+        s.note = "No trial has recorded a learning curve yet."
+        return s
+    try:
+        best = study.best_trial.number
+    except ValueError:
+        best = None
+    fig = make_subplots(rows=1, cols=2, subplot_titles=(obj, second), horizontal_spacing=0.08)
+    for i, t in enumerate(trials):
+        hist = t.user_attrs[ATTR["history"]]
+        steps = [r["step"] for r in hist]
+        is_best = t.number == best
+        color = "#C44E52" if is_best else PALETTE[i % len(PALETTE)]
+        line = dict(width=3.5 if is_best else 1.3, color=color,
+                    dash="dot" if t.state.name == "PRUNED" else "solid")
+        for col, metric in ((1, obj), (2, second)):
+            fig.add_scatter(x=steps, y=[r.get(metric) for r in hist], mode="lines+markers",
+                            line=line, marker=dict(size=5 if is_best else 3), opacity=1 if is_best
+                            else 0.55, name=f"trial {t.number}" + (" (best)" if is_best else ""),
+                            legendgroup=str(t.number), showlegend=col == 1, row=1, col=col,
+                            hovertemplate=f"trial {t.number}<br>step %{{x}}<br>{metric} %{{y:.4f}}"
+                                          f"<extra></extra>")
+    boundary = cfg.training.stage1_epochs - 0.5
+    for col in (1, 2):
+        fig.add_vline(x=boundary, line=dict(dash="dash", color="#555", width=1.5), row=1, col=col)
+        fig.add_annotation(x=boundary, y=1.0, yref="y domain" if col == 1 else "y2 domain",
+                           xref="x" if col == 1 else "x2", text=" stage 2 →", showarrow=False,
+                           xanchor="left", yanchor="top", font=dict(color="#555", size=12))
+    fig.update_xaxes(title_text="step (epoch)", dtick=1)
+    s.figure = style(fig, 460)
+    return s
+
+
+def _importance_section(study, cfg) -> Section:
+    import optuna
+
+    s = Section("Parameter importances",
+                "How much of the objective's variation each searched parameter explains "
+                "(fANOVA over the complete trials).")
+    n = len(complete(study))
+    if n < 2:
+        s.note = f"Needs at least 2 complete trials; the study has {n}."
+        return s
+    try:
+        fig = optuna.visualization.plot_param_importances(study)
+    except (RuntimeError, ValueError, ZeroDivisionError) as e:
+        s.note = f"Cannot be computed for this study: {e}"
+        return s
+    if not fig.data:
+        s.note = "No searched parameter varied across the complete trials."
+        return s
+    s.figure = style(fig, 360)
+    s.figure.update_layout(title=None)
+    return s
+
+
+def _parallel_section(study, cfg) -> Section:
+    import optuna
+
+    s = Section("Parallel coordinates",
+                "Each line is a complete trial, through its parameter values to its objective.")
+    if not complete(study):
+        s.note = "No complete trial yet."
+        return s
+    try:
+        fig = optuna.visualization.plot_parallel_coordinate(study)
+    except (RuntimeError, ValueError) as e:
+        s.note = f"Cannot be drawn for this study: {e}"
+        return s
+    if not fig.data:
+        s.note = "No searched parameter to draw."
+        return s
+    s.figure = style(fig, 440)
+    s.figure.update_layout(title=None, margin=dict(l=80, r=80, t=60, b=40))
+    return s
+
+
+def _backbones_section(study, cfg) -> Section:
+    import plotly.graph_objects as go
+
+    s = Section("Backbones compared",
+                "The objective of every complete trial, by backbone; the line in each box is the "
+                "median, the points are trials.")
+    by: dict[str, list] = {}
+    for t in complete(study):
+        name = t.user_attrs.get(ATTR["params"], {}).get("backbone", t.params.get("backbone", "?"))
+        by.setdefault(name, []).append(t)
+    if not by:
+        s.note = "No complete trial yet."
+        return s
+    fig = go.Figure()
+    for i, (name, ts) in enumerate(sorted(by.items())):
+        fig.add_box(y=[t.value for t in ts], name=f"{name} ({len(ts)})", boxpoints="all",
+                    jitter=0.4, pointpos=0, marker=dict(color=PALETTE[i % len(PALETTE)], size=7),
+                    text=[f"trial {t.number}" for t in ts],
+                    hovertemplate="%{text}<br>%{y:.4f}<extra></extra>")
+    fig.update_yaxes(title_text=cfg.objective)
+    fig.update_layout(showlegend=False)
+    if len(by) == 1:
+        s.intro += " This study searched one backbone."
+    s.figure = style(fig, 380)
+    return s
+
+
+def stage2_gains(study, cfg) -> list[dict]:
+    """Per finished trial that reached stage 2: its best objective in each stage and the gain.
+
+    ``gain`` is positive when stage 2 improved on stage 1, whichever the direction.
+    """
+    sign = better_sign(cfg.direction)
+    out = []
+    for t in finished(study):
+        hist = t.user_attrs.get(ATTR["history"]) or []
+        vals = {1: [], 2: []}
+        for r in hist:
+            v = r.get(cfg.objective)
+            if v is not None and math.isfinite(v) and r.get("stage") in vals:
+                vals[r["stage"]].append(v)
+        if not vals[1] or not vals[2]:
+            continue
+        pick = max if sign > 0 else min
+        b1, b2 = pick(vals[1]), pick(vals[2])
+        params = t.user_attrs.get(ATTR["params"], {})
+        out.append({"trial": t.number, "stage1": b1, "stage2": b2, "gain": sign * (b2 - b1),
+                    "unfreeze_blocks": params.get("unfreeze_blocks"), "state": t.state.name})
+    return out
+
+
+def _gain_section(study, cfg) -> Section:
+    import plotly.graph_objects as go
+
+    s = Section("Gain of stage 2 over stage 1",
+                f"Per trial, the best {cfg.objective} in stage 2 against the best in stage 1, "
+                f"signed so that a bar above zero means unfreezing helped. Bars are labelled with "
+                f"the number of unfrozen blocks.")
+    gains = stage2_gains(study, cfg)
+    if not gains:
+        s.note = "No trial reached stage 2 (all chose unfreeze_blocks = 0, or were pruned before)."
+        return s
+    colors = ["#55A868" if g["gain"] > 0 else "#C44E52" for g in gains]
+    fig = go.Figure(go.Bar(
+        x=[f"#{g['trial']}" for g in gains], y=[g["gain"] for g in gains], marker_color=colors,
+        text=[f"{g['unfreeze_blocks']} blk" for g in gains], textposition="outside",
+        customdata=[[g["stage1"], g["stage2"], g["state"].lower()] for g in gains],
+        hovertemplate=("trial %{x} (%{customdata[2]})<br>stage 1 best %{customdata[0]:.4f}"
+                       "<br>stage 2 best %{customdata[1]:.4f}<br>gain %{y:.4f}<extra></extra>"),
+    ))
+    fig.add_hline(y=0, line=dict(color="#333", width=1))
+    fig.update_xaxes(title_text="trial", type="category")
+    fig.update_yaxes(title_text=f"improvement in {cfg.objective}")
+    helped = sum(g["gain"] > 0 for g in gains)
+    s.intro += f" Stage 2 helped in {helped} of {len(gains)} trials that reached it."
+    s.figure = style(fig, 380)
+    return s
+
+
+#: the sections drawn from the stored trials alone, in the report's order
+SECTIONS = (_history_section, _curves_section, _importance_section, _parallel_section,
+            _backbones_section, _gain_section)
