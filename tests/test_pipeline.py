@@ -145,3 +145,29 @@ def test_feature_cache_reused_across_trials_and_bounded(data, tmp_path):
     tiny = FeatureCache(tmp_path / "small", 100, warn=warnings.append)
     tiny.get_or_compute("k", lambda: (np.zeros(100), np.zeros(100)), "big")
     assert warnings and "cache limit" in warnings[0]
+
+
+def test_a_third_stage_plugs_in_and_continues_the_step_count(data, tmp_path):
+    """A stage is an object: a new one is a class added to the list, on the same global step."""
+    from tlsearch.train.stages import Stage, default_stages
+
+    class HeadAgain(Stage):
+        number, name = 3, "head again"
+
+        def epochs(self, state):
+            return 2
+
+        def run(self, state):
+            f_tr, f_va = state.source.frozen_outputs(state.params.backbone, 0, state.params)
+            pooled = state.source.heads.get(f_tr.shape[-1], state.params.head_width,
+                                            state.data.n_classes, 0, 0.0, 1e-3)
+            state.fit(pooled.model, f_tr, f_va, stage=self.number, lr=None,
+                      layers=pooled.layers, epochs=self.epochs(state))
+
+    seen = []
+    run_trial(TrialParams("tiny_cnn", unfreeze_blocks=1), Schedule(2, 2, 8), data,
+              source(data, tmp_path), on_epoch=seen.append,
+              stages=[*default_stages(), HeadAgain()])
+    assert [s.step for s in seen] == [0, 1, 2, 3, 4, 5]
+    assert [s.stage for s in seen] == [1, 1, 2, 2, 3, 3]
+

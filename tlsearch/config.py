@@ -17,7 +17,7 @@ import difflib
 import math
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
@@ -163,13 +163,19 @@ def _default_spec(value: Any) -> Any:
     return Range(**value) if isinstance(value, dict) else value
 
 
-#: The search space, one field per catalogue entry (:data:`tlsearch.params.PARAMS`). Each entry is
-#: fixed, a list of choices, or a range.
-SearchConfig: type[_Section] = create_model(  # type: ignore[call-overload]
-    "SearchConfig", __base__=_Section, __doc__="The search space: one field per parameter.",
-    **{p.name: (ParamSpec, Field(_default_spec(p.default), description=p.help))
-       for p in PARAMS.values()},
-)
+if TYPE_CHECKING:
+    class SearchConfig(_Section):
+        """The search space: one field per catalogue entry, each a ``ParamSpec``."""
+
+        def __getattr__(self, name: str) -> Any: ...
+else:
+    #: The search space, one field per catalogue entry (:data:`tlsearch.params.PARAMS`). Each
+    #: entry is fixed, a list of choices, or a range.
+    SearchConfig = create_model(
+        "SearchConfig", __base__=_Section, __doc__="The search space: one field per parameter.",
+        **{p.name: (ParamSpec, Field(_default_spec(p.default), description=p.help))
+           for p in PARAMS.values()},
+    )
 
 
 class CacheConfig(_Section):
@@ -196,7 +202,7 @@ class StudyConfig(_Section):
     data: DataConfig
     backbones: list[Union[str, BackboneEntry]] = Field(min_length=1)
     training: TrainingConfig = TrainingConfig()
-    search: SearchConfig = Field(default_factory=SearchConfig)  # type: ignore[valid-type]
+    search: SearchConfig = Field(default_factory=SearchConfig)
     cache: CacheConfig = CacheConfig()
     #: Folder of the study file; relative paths in the file are resolved against it.
     base_dir: Path = Field(Path("."), exclude=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from tlsearch.backbones.base import Backbone, file_sha256, group_blocks
 from tlsearch.backbones.registry import BackboneSpec, BuildRequest, get, names, register, specs
@@ -103,7 +104,7 @@ def build_backbone(entry, image_size: int, *, seed: int = 0, base_dir: Path | No
         opts[field] = getattr(entry, field)
     req = BuildRequest(weights=resolved, image_size=image_size, seed=seed, options=opts)
     try:
-        model = spec.builder(req)
+        model: Any = spec.builder(req)
     except UserError:
         raise
     except Exception as e:  # a download that fails offline, or a weights file of another network

@@ -8,11 +8,14 @@ and impossible on a nested model treated as one layer.
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import re
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from tlsearch._hashing import sha256_file
 
@@ -62,6 +65,29 @@ def file_sha256(path: str | Path) -> str:
     return _sha256_cached(str(path), st.st_size, st.st_mtime)
 
 
+def _inference_call(call: Any, *args: Any, **kwargs: Any) -> Any:
+    kwargs["training"] = False
+    return call(*args, **kwargs)
+
+
+def set_inference(layer: Any, frozen: bool) -> None:
+    """Make ``layer`` and every layer inside it run in inference mode whatever it is called with
+    (``frozen``), or undo that.
+
+    Keras 3 passes the outer model's ``training`` flag down to every layer of a nested functional
+    model at run time, even one called with ``training=False``: during ``fit`` a frozen backbone's
+    Dropout would be active (BatchNorm is safe only because it also checks ``trainable``). A frozen
+    layer computes what the feature cache computed only if it runs in inference mode, so its
+    ``call`` is wrapped to receive ``training=False``; unfreezing restores the class's own ``call``.
+    """
+    for sub in layer._flatten_layers(include_self=True, recursive=True):
+        if not frozen:
+            sub.__dict__.pop("call", None)
+        elif "call" not in sub.__dict__ and "training" in inspect.signature(sub.call).parameters:
+            # object.__setattr__: a plain attribute, not tracked or saved by Keras
+            object.__setattr__(sub, "call", functools.partial(_inference_call, sub.call))
+
+
 @dataclass
 class Backbone:
     """A backbone ready for the pipeline.
@@ -72,7 +98,7 @@ class Backbone:
     """
 
     name: str
-    model: object  # keras.Model
+    model: Any  # keras.Model
     blocks: list[list[str]]
     fingerprint: str
     modality: str = "image"
@@ -93,7 +119,9 @@ class Backbone:
         """Make exactly the top ``n_unfrozen`` blocks trainable, BatchNorm excepted. Returns their layers.
 
         Each layer's flag is set one by one: setting ``model.trainable`` alone would not re-enable
-        sublayers that were frozen individually.
+        sublayers that were frozen individually. Every layer left frozen runs in inference mode
+        (see :func:`set_inference`); the trainable ones follow the training flag (their dropout
+        on while fitting, BatchNorm per ``keep_bn_frozen``).
         """
         import keras
 
@@ -105,6 +133,7 @@ class Backbone:
             if on and keep_bn_frozen and isinstance(layer, keras.layers.BatchNormalization):
                 on = False
             layer.trainable = on
+            set_inference(layer, frozen=not on)
         return [layer.name for layer in self.model.layers if layer.name in top]
 
     def boundary_layer(self, n_unfrozen: int) -> str | None:

@@ -27,6 +27,7 @@ def _resolve(spec: BackboneSpec, weights: str, base_dir: Path | None) -> tuple[s
 
 
 def _build(req: BuildRequest):
+    assert req.weights is not None, "a .keras backbone is its file"
     return build_from_keras_file(req.weights, req.image_size,
                                  req.options.get("preprocessing") or "none")
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tlsearch.backbones.base import Backbone, file_sha256
 from tlsearch.backbones.registry import BackboneSpec, BuildRequest, register
@@ -206,10 +207,13 @@ def _match_hf_activation(model, hf_config: dict | None) -> None:
     from keras_hub.layers import TransformerEncoder
 
     act = (hf_config or {}).get("hidden_act") or (hf_config or {}).get("activation")
+    fn: Any
     if act == "gelu":
         fn = keras.activations.gelu  # exact (erf)
     elif act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        from keras_hub.src.utils.keras_utils import gelu_approximate as fn
+        from keras_hub.src.utils.keras_utils import gelu_approximate
+
+        fn = gelu_approximate
     else:
         return
     for layer in model.layers:

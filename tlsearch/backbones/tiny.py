@@ -26,6 +26,8 @@ def _build_tiny_cnn(req: BuildRequest):
         if x.shape[-1] == width:
             y = keras.layers.Add(name=f"block{i}_add")([x, y])
         x = keras.layers.ReLU(name=f"block{i}_relu")(y)
+        if i == 1:  # a dropout inside the backbone, as EfficientNet and BERT have
+            x = keras.layers.Dropout(0.25, seed=req.seed, name=f"block{i}_drop")(x)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     model = keras.Model(inp, pooled, name="tiny_cnn")
     if req.weights:
@@ -43,7 +45,7 @@ register(
         blocks=r"^(stem|block\d+)_",
         default_weights=None,
         family="test twin",
-        description="4 blocks, ~3k params, random weights: for tests",
+        description="4 blocks (one with dropout), ~3k params, random weights: for tests",
         tiny=True,
         weight_names=(),
     )

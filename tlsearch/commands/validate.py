@@ -8,8 +8,9 @@ from rich.console import Console
 from rich.table import Table
 
 from tlsearch import space
-from tlsearch.backbones import describe_entry
 from tlsearch.config import load_config
+from tlsearch.modalities import modality_of
+from tlsearch.search.storage import redact_url
 
 
 def add_parser(sub):
@@ -22,9 +23,7 @@ def add_parser(sub):
 
 def run(args) -> int:
     cfg = load_config(args.study)
-    modality = {describe_entry(e)["modality"] for e in cfg.backbone_entries}
-    modality_name = modality.pop() if len(modality) == 1 else "image"
-    from tlsearch.search.storage import redact_url
+    modality_name = modality_of(cfg.backbone_entries).name  # refuses image and text mixed
 
     if args.json:
         resolved = json.loads(cfg.model_dump_json(exclude={"base_dir"}))

@@ -243,7 +243,7 @@ def _metadata(cfg, study, frozen, modality: Modality, classes, report, root: Pat
     history = frozen.user_attrs.get(ATTR["history"], [])
     at_best = next((dict(r) for r in history if r.get("step") == step), {})
     metrics = {k: at_best[k] for k in ("loss", "val_loss", "val_accuracy", "val_auc") if k in at_best}
-    extra = ()
+    extra: tuple[str, ...] = ()
     if report.get("onnx", {}).get("status") in ("ok", "unverified"):
         extra = ("tf2onnx", "onnx", "onnxruntime")
     return {

@@ -103,7 +103,9 @@ class Predictor:
         items = self._items(inputs)
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            ready, names, results = [], [], []
+            ready: list = []
+            names: list[str] = []
+            results: list[dict | None] = []
             for item in chunk:
                 try:
                     ready.append(item.read())

@@ -3,6 +3,7 @@ the model. Features are computed by the plain :class:`~tlsearch.train.features.B
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from pathlib import Path
@@ -185,7 +186,7 @@ def _image_folder_items(folder: Path, read: Callable[[Path], np.ndarray]) -> lis
     if not files:
         return [failing(str(folder), f"no image files ({', '.join(IMAGE_SUFFIXES)}) in this "
                                      f"folder")]
-    return [InputItem(str(p), lambda p=p: read(p)) for p in files]
+    return [InputItem(str(p), functools.partial(read, p)) for p in files]
 
 
 register(ImageModality())

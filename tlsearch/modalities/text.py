@@ -35,7 +35,7 @@ class TextBackboneSource(BackboneSource):
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self._tokens: dict[tuple, tuple[dict, dict]] = {}
+        self._tokens: dict[tuple, tuple[dict, ...]] = {}
         self._preprocessors: dict[tuple, object] = {}
         self.tokenizations = 0  # how many times texts were tokenized (the tests count them)
 
@@ -56,6 +56,7 @@ class TextBackboneSource(BackboneSource):
         key = (name, fingerprint, int(max_length))
         if key not in self._preprocessors:
             make = spec_for(self.entries[name]).preprocessor
+            assert make is not None, f"{name} is no text backbone"
             self._preprocessors[key] = make(weights, int(max_length))
         return self._preprocessors[key]
 
@@ -78,7 +79,7 @@ class TextBackboneSource(BackboneSource):
         if key not in self._tokens:
             self.tokenizations += 1
             self._tokens[key] = tuple(self.tokenize(params.backbone, x, params.max_length)
-                                      for x in (self.data.x_train, self.data.x_val))
+                                      for x in (self.dataset.x_train, self.dataset.x_val))
         return self._tokens[key]
 
 
@@ -148,7 +149,7 @@ class TextModality(Modality):
         if isinstance(x, Path):
             return _text_file_items(x)
         if isinstance(x, str):
-            return [InputItem(f"text[{i}]", lambda x=x: x)]
+            return [_text_item(f"text[{i}]", x)]
         raise InputError(f"input {i}: a text model takes strings or files (pathlib.Path), "
                          f"got {type(x).__name__}")
 
@@ -156,6 +157,10 @@ class TextModality(Modality):
         import tensorflow as tf
 
         return np.asarray(model(tf.constant(batch, dtype=tf.string), training=False))
+
+
+def _text_item(name: str, text: str) -> InputItem:
+    return InputItem(name, lambda: text)
 
 
 def _text_file_items(path: Path) -> list[InputItem]:
@@ -176,12 +181,12 @@ def _text_file_items(path: Path) -> list[InputItem]:
         else:
             return [failing(str(path), f"expected a `text` column or a single column, found "
                                        f"{list(df.columns)}")]
-        return [InputItem(f"{path}:{i + 2}", lambda t=t: t) for i, t in enumerate(df[col].tolist())]
+        return [_text_item(f"{path}:{i + 2}", t) for i, t in enumerate(df[col].tolist())]
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as e:
         return [failing(str(path), f"cannot be read as UTF-8 text ({e})")]
-    return [InputItem(f"{path}:{i + 1}", lambda t=t: t) for i, t in enumerate(lines) if t.strip()]
+    return [_text_item(f"{path}:{i + 1}", t) for i, t in enumerate(lines) if t.strip()]
 
 
 register(TextModality())

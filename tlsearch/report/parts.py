@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = ["Section", "finished", "complete", "better_sign", "style", "table", "PALETTE"]
 
@@ -15,7 +16,7 @@ PALETTE = ["#4C72B0", "#DD8452", "#55A868", "#C44E52", "#8172B3", "#937860", "#D
 class Section:
     title: str
     intro: str = ""
-    figure: object | None = None  # a plotly Figure
+    figure: Any = None  # a plotly Figure
     html: str = ""  # extra HTML (tables)
     note: str = ""  # why the section has no plot
 

@@ -171,7 +171,7 @@ def stage2_gains(study, cfg) -> list[dict]:
     out = []
     for t in finished(study):
         hist = t.user_attrs.get(ATTR["history"]) or []
-        vals = {1: [], 2: []}
+        vals: dict[int, list[float]] = {1: [], 2: []}
         for r in hist:
             v = r.get(cfg.objective)
             if v is not None and math.isfinite(v) and r.get("stage") in vals:

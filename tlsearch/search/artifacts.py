@@ -63,7 +63,7 @@ def save_weights(weights: dict[str, list[np.ndarray]], path: Path) -> None:
             arrays[f"{layer}/{i}"] = np.asarray(v)
     arrays["__index__"] = np.frombuffer(json.dumps(index).encode(), dtype=np.uint8)
     with open(path, "wb") as f:
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]
 
 
 def load_weights(source: Path | bytes) -> dict[str, list[np.ndarray]]:

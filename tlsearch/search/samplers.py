@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import optuna
+from optuna.distributions import BaseDistribution
+from optuna.trial import FrozenTrial, TrialState
 
 from tlsearch.config import StudyConfig
 
@@ -26,21 +28,25 @@ class TrialSeededSampler(optuna.samplers.BaseSampler):
         self._seed = seed
         self._inner = factory(seed)
 
-    def before_trial(self, study, trial) -> None:
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         seed = int(np.random.SeedSequence([self._seed, trial.number]).generate_state(1)[0])
         self._inner = self._factory(seed)
         self._inner.before_trial(study, trial)
 
-    def infer_relative_search_space(self, study, trial):
+    def infer_relative_search_space(self, study: optuna.Study,
+                                    trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return self._inner.infer_relative_search_space(study, trial)
 
-    def sample_relative(self, study, trial, search_space):
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
         return self._inner.sample_relative(study, trial, search_space)
 
-    def sample_independent(self, study, trial, param_name, param_distribution):
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
         return self._inner.sample_independent(study, trial, param_name, param_distribution)
 
-    def after_trial(self, study, trial, state, values) -> None:
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
         self._inner.after_trial(study, trial, state, values)
 
     def reseed_rng(self) -> None:

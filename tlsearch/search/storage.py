@@ -175,7 +175,7 @@ class _PgAdvisoryLock(StudyLock):
 
     def __init__(self, url: str, key: int) -> None:
         self.url, self.key = url, key
-        self._conn = None
+        self._conn: Any = None
         self._held = False
 
     def acquire(self) -> None:

@@ -166,7 +166,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
                 _check_stored(study, cfg, sig, data, warn)
             else:
                 study = optuna.create_study(
-                    study_name=cfg.name, storage=storage, direction=cfg.direction,
+                    study_name=cfg.name, storage=storage, direction=cfg.direction,  # type: ignore[arg-type]
                     sampler=make_sampler(cfg), pruner=make_pruner(cfg),
                 )
                 study.set_user_attr(ATTR["space"], sig)
@@ -291,7 +291,7 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
     best = None
     try:
         bt = prep.study.best_trial
-        best = (bt.number, bt.value)
+        best = (bt.number, float(bt.value))  # type: ignore[arg-type]
     except ValueError:
         pass
     guard = _FailureGuard(cfg.training.max_consecutive_failures)

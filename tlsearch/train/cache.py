@@ -151,6 +151,7 @@ class FeatureCache:
                 raise
 
     def _make_room(self, incoming: int) -> None:
+        assert self.root is not None
         entries = [e for e in self.root.iterdir() if e.is_dir() and not e.name.startswith(".")]
         used = sum(_entry_bytes(e) for e in entries)
         if used + incoming <= self.max_bytes:

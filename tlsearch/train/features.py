@@ -105,7 +105,13 @@ class BackboneSource:
     def inputs(self, params: TrialParams | None):
         """(train, validation) inputs of the backbone's model: the data itself for images, token
         arrays for text."""
-        return self.data.x_train, self.data.x_val
+        return self.dataset.x_train, self.dataset.x_val
+
+    @property
+    def dataset(self) -> Dataset:
+        """The study's data (an export's source has none and never computes features)."""
+        assert self.data is not None, "this source serves no data"
+        return self.data
 
     def build(self, name: str, params: TrialParams | None = None) -> Backbone:
         return build_backbone(self.entries[name], self.image_size, seed=self.seed,
@@ -126,7 +132,7 @@ class BackboneSource:
         if fingerprint == "random":
             fingerprint = f"random:seed={self.seed}"
         return cache_key(backbone=name, weights=fingerprint, size=self.image_size,
-                         data=self.data.fingerprint, boundary=boundary,
+                         data=self.dataset.fingerprint, boundary=boundary,
                          options=self.key_options(params, boundary), keras=keras.__version__,
                          version=FEATURE_VERSION)
 
@@ -147,7 +153,7 @@ class BackboneSource:
             def output(k):
                 return bb.model.output if k == 0 else bb.boundary_output(k)
 
-            n_images = len(self.data.x_train) + len(self.data.x_val)
+            n_images = len(self.dataset.x_train) + len(self.dataset.x_val)
             wanted, extra_bytes = [n_unfrozen], 0
             for k in range(self.prefetch_unfrozen + 1):
                 if k == n_unfrozen or k > bb.max_unfreeze or (k > 0 and not bb.can_cut(k)):

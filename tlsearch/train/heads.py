@@ -69,16 +69,14 @@ class Head:
         return [self.dense, self.dropout, self.out]
 
 
-def assemble_model(backbone: Any, head: Head, name: str = "tlsearch_model", *,
-                   training: bool = False) -> keras.Model:
+def assemble_model(backbone: Any, head: Head, name: str = "tlsearch_model") -> keras.Model:
     """Raw inputs -> backbone -> head: the model that is exported.
 
-    The backbone runs in inference mode unless ``training`` (fine-tuning with BatchNorm updating
-    its statistics, which training from scratch needs). Frozen BatchNorm layers stay in inference
-    mode either way: Keras 3 never uses batch statistics in a layer that is not trainable.
+    The backbone follows the training flag: its frozen layers run in inference mode whatever the
+    flag (:meth:`~tlsearch.backbones.base.Backbone.freeze`), its unfrozen blocks train normally.
     """
     inputs = backbone.model.input  # one tensor for images, a dict of token arrays for text
-    feats = backbone.model(inputs, training=training)
+    feats = backbone.model(inputs)
     return keras.Model(inputs, head(feats), name=name)
 
 

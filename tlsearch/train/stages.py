@@ -129,20 +129,18 @@ class FineTuneStage(Stage):
         backbone = state.get_backbone()
         n = min(int(p.unfreeze_blocks), backbone.max_unfreeze)
         trainable = backbone.freeze(n, keep_bn_frozen=s.keep_bn_frozen)
-        bn_training = not s.keep_bn_frozen
         layers = state.head.layers + [backbone.model.get_layer(name) for name in trainable]
         state.unfrozen = n
         if state.use_cache and backbone.can_cut(n):
             b_tr, b_va = state.source.frozen_outputs(p.backbone, n, p, backbone=backbone)
             _, top = backbone.split(n)
             inp = keras.Input(b_tr.shape[1:], name="boundary")
-            model = keras.Model(inp, state.head(top(inp, training=bn_training)),
-                                name="top_on_boundary")
+            model = keras.Model(inp, state.head(top(inp)), name="top_on_boundary")
             state.extra["restore_head"]()
             state.fit(model, b_tr, b_va, stage=self.number, lr=p.lr_stage2, layers=layers,
                       epochs=self.epochs(state))
             return
-        model = assemble_model(backbone, state.head, training=bn_training)
+        model = assemble_model(backbone, state.head)
         state.extra["restore_head"]()
         x_tr, x_va = state.extra["inputs"]()
         state.fit(model, x_tr, x_va, stage=self.number, lr=p.lr_stage2, layers=layers,
