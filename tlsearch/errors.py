@@ -17,6 +17,7 @@ __all__ = [
     "NonFiniteLoss",
     "TooManyFailures",
     "WorkersFailed",
+    "ArtifactWriteError",
 ]
 
 
@@ -64,3 +65,14 @@ class TooManyFailures(Exception):
 
 class WorkersFailed(TooManyFailures):
     """Worker processes stopped before the study reached its target."""
+
+
+class ArtifactWriteError(Exception):
+    """A trial's weights could not be written to the artifact folder (full, read-only, gone).
+
+    Not a :class:`TrialFailure`: every later trial would fail the same way, so the study should
+    stop, with this one-line message, instead of burning trials. Not a :class:`UserError` either:
+    the study has started and holds trials.
+    """
+
+    exit_code = 1
