@@ -23,14 +23,13 @@ import pytest
 from PIL import Image
 
 from conftest import make_image_folder, write_study
-from tlsearch.artifacts import (AtomicFileSystemArtifactStore, probe_writable, save_weights,
-                                upload_weights)
+from tlsearch.artifacts import AtomicFileSystemArtifactStore, probe_writable, upload_weights
 from tlsearch.cache import FeatureCache
 from tlsearch.cli import main
 from tlsearch.config import DataConfig
 from tlsearch.data import load_dataset
 from tlsearch.data.images import decode_image, to_rgb8
-from tlsearch.errors import ArtifactWriteError, DataError, UserError
+from tlsearch.errors import ArtifactWriteError, UserError
 from tlsearch.predict import InputError, Predictor
 
 
@@ -231,6 +230,8 @@ def test_probe_writable_names_a_folder_that_cannot_be_created(tmp_path):
         probe_writable(tmp_path / "afile" / "arts")
     with pytest.raises(UserError, match="is not a folder"):
         probe_writable(tmp_path / "afile")
+    with pytest.raises(UserError, match="artifacts folder '.*afile/arts' cannot be created"):
+        AtomicFileSystemArtifactStore(tmp_path / "afile" / "arts")
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])

@@ -44,7 +44,12 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
     """A :class:`FileSystemArtifactStore` whose writes are all-or-nothing."""
 
     def __init__(self, base_path: str | Path) -> None:
-        Path(base_path).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(base_path).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"artifacts folder {str(base_path)!r} cannot be created "
+                            f"({e.strerror or e}); set `artifacts` in the study file to a folder "
+                            f"that can be") from None
         super().__init__(base_path)
         self.folder = Path(base_path)
 
@@ -63,8 +68,8 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
             _remove(tmp)
             raise ArtifactWriteError(
                 f"cannot write trial weights to the artifacts folder {str(self.folder)!r} "
-                f"({e.strerror or e}); the study stops here. Free space or fix the folder, then run "
-                f"the same command again: the study resumes"
+                f"({e.strerror or e}); the study stops here. Free space or fix the folder, then "
+                f"run the same command again: the study resumes"
             ) from e
         except BaseException:
             _remove(tmp)

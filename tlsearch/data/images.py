@@ -128,6 +128,8 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         raise ValueError("too large to decode: out of memory") from None
     except (OSError, SyntaxError) as e:
         raise ValueError(f"corrupt or truncated ({e})") from None
+    except Exception as e:  # a decoder's own bug on one odd file: still name the file
+        raise ValueError(f"cannot be decoded ({type(e).__name__}: {e})") from None
 
 
 def decode_images(files: list[Path], size: int) -> tuple[list[np.ndarray | None], list[str]]:
