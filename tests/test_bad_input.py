@@ -188,6 +188,71 @@ def data_file_of_unknown_format(d):
     return [], "cannot tell the format of"
 
 
+def _npz_study(d: Path, x: np.ndarray, y: np.ndarray, **data) -> None:
+    np.savez(d / "data.npz", x=x, y=y)
+    _edit(d / "study.yaml", data__path="data.npz", **{f"data__{k}": v for k, v in data.items()})
+
+
+def npz_floats_in_minus_one_to_one(d):
+    _npz_study(d, np.linspace(-1, 1, 12 * 8 * 8 * 3, dtype=np.float32).reshape(12, 8, 8, 3),
+               np.arange(12) % 2)
+    return [], "array `x` is float32 with values from -1 to 1"
+
+
+def npz_int16_beyond_255(d):
+    _npz_study(d, (np.arange(12 * 8 * 8 * 3).reshape(12, 8, 8, 3) % 256 * 100).astype(np.int16),
+               np.arange(12) % 2)
+    return [], "array `x` is int16 with values from 0 to 25500"
+
+
+def npz_values_outside_pixel_range(d):
+    _npz_study(d, np.full((12, 8, 8, 3), 2.0, np.float32), np.arange(12) % 2, pixel_range=[-1, 1])
+    return [], "values from 2 to 2, outside `data.pixel_range` [-1, 1]"
+
+
+def npz_pixel_range_reversed(d):
+    _npz_study(d, np.zeros((12, 8, 8, 3), np.float32), np.arange(12) % 2, pixel_range=[1, -1])
+    return [], "`data.pixel_range`: expected [low, high] with low < high, got [1, -1]"
+
+
+def pixel_range_for_an_image_folder(d):
+    _edit(d / "study.yaml", data__pixel_range=[0, 65535])
+    return [], "`data.pixel_range` applies to .npz arrays only"
+
+
+def npz_nan_label(d):
+    y = (np.arange(12) % 2).astype(np.float64)
+    y[3] = np.nan
+    _npz_study(d, np.zeros((12, 8, 8, 3), np.uint8), y)
+    return [], "1 of 12 labels are missing: index 3 (nan)"
+
+
+def npz_empty_string_label(d):
+    y = np.array(["a", "b"] * 5 + ["", "a"])
+    _npz_study(d, np.zeros((12, 8, 8, 3), np.uint8), y)
+    return [], "index 10 (empty)"
+
+
+def decompression_bomb(d):
+    # the test lowers PIL's limit: 100 x 100 pixels trip it here, as 196 megapixels do by default
+    Image.fromarray(np.zeros((100, 100, 3), np.uint8)).save(_first_image(d))
+    return [], "circle_000.png: too large to decode safely"
+
+
+def skip_bad_files_would_drop_a_class(d):
+    for f in (d / "images" / "circle").iterdir():
+        f.write_bytes(b"not an image")
+    _edit(d / "study.yaml", data__skip_bad_files=True)
+    return [], "class 'circle': none of its 6 files can be used"
+
+
+def validation_class_differs_in_compatibility_form(d):
+    (d / "images" / "stripes").rename(d / "images" / "fish")
+    make_image_folder(d / "val", classes=("circle", "square", "\ufb01sh"), per_class=2, size=8)
+    _edit(d / "study.yaml", data__validation="val")
+    return [], "'\ufb01sh' (U+FB01 U+0073 U+0068) looks like training class 'fish' (U+0066 U+0069"
+
+
 # --- text data ----------------------------------------------------------------------------------
 
 def _text_study(d: Path, name: str, content: bytes) -> None:
@@ -234,6 +299,37 @@ def text_data_with_image_backbone(d):
     return [], "the data is text but the backbones take image"
 
 
+def _missing_label(fmt: str, spelling):
+    """A text file whose 13th row's label is missing, written as ``spelling`` in format ``fmt``."""
+
+    def case(d):
+        rows = [{"text": "a good film", "label": "pos"} if i % 2 else
+                {"text": "a bad film", "label": "neg"} for i in range(12)]
+        rows.append({"text": "a fine film", "label": spelling})
+        if fmt == "csv":
+            body = "".join(f"{r['text']},{r['label']}\n" for r in rows)
+            _text_study(d, "reviews.csv", ("text,label\n" + body).encode())
+        elif fmt == "jsonl":
+            import json
+            body = "".join(json.dumps(r) + "\n" for r in rows)
+            _text_study(d, "reviews.jsonl", body.encode())
+        else:
+            import pandas as pd
+            pd.DataFrame(rows).to_parquet(d / "reviews.parquet")
+            _edit(d / "study.yaml", data__path="reviews.parquet", backbones=["tiny_bert"])
+        return [], "row 13: missing label"
+
+    shown = "python_None" if spelling is None else spelling.replace("/", "_") or "empty"
+    case.__name__ = f"{fmt}_label_{shown}"
+    return case
+
+
+MISSING_LABELS = [_missing_label("csv", s) for s in ("NA", "NaN", "", "None", "null", "N/A")] + [
+    _missing_label("jsonl", None), _missing_label("jsonl", "NaN"),
+    _missing_label("parquet", None), _missing_label("parquet", "null"),
+]
+
+
 # --- the storage --------------------------------------------------------------------------------
 
 def malformed_url(d):
@@ -275,8 +371,12 @@ CASES = [
     corrupt_image, truncated_image, empty_image, unsupported_format, empty_class_folder,
     single_class, too_few_images, npz_with_wrong_keys, npz_labels_do_not_match, not_an_npz,
     data_file_of_unknown_format,
+    npz_floats_in_minus_one_to_one, npz_int16_beyond_255, npz_values_outside_pixel_range,
+    npz_pixel_range_reversed, pixel_range_for_an_image_folder, npz_nan_label,
+    npz_empty_string_label, decompression_bomb, skip_bad_files_would_drop_a_class,
+    validation_class_differs_in_compatibility_form,
     csv_without_text_column, empty_csv, csv_with_an_empty_text, csv_not_utf8, csv_single_class,
-    jsonl_bad_line, text_data_with_image_backbone,
+    jsonl_bad_line, text_data_with_image_backbone, *MISSING_LABELS,
     malformed_url, unreachable_postgres, changed_search_space, changed_classes,
 ]
 
@@ -289,7 +389,10 @@ def _snapshot(db: Path):
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__ for c in CASES])
-def test_bad_input(tmp_path, case, capsys):
+def test_bad_input(tmp_path, case, capsys, monkeypatch):
+    # PIL refuses images above twice this many pixels as decompression bombs; lowered so that a
+    # 100 x 100 image is one (the fixture's images are 8 x 8)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 4000)
     make_image_folder(tmp_path / "images", per_class=6, size=8)
     write_study(tmp_path / "study.yaml", data={"path": "images", "validation_split": 0.34,
                                                "image_size": 8})

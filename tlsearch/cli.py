@@ -13,7 +13,7 @@ import os
 import sys
 
 from tlsearch import __version__
-from tlsearch.errors import TooManyFailures, UserError
+from tlsearch.errors import ArtifactWriteError, TooManyFailures, UserError
 
 __all__ = ["main"]
 
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
-    except TooManyFailures as e:
+    except (TooManyFailures, ArtifactWriteError) as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -132,6 +132,8 @@ class DataConfig(_Section):
     text_column: str = "text"
     label_column: str = "label"
     skip_bad_files: bool = Field(False, description="skip unreadable files instead of stopping")
+    pixel_range: tuple[float, float] | None = Field(
+        None, description=".npz only: the values that become 0 and 255, e.g. [-1, 1] or [0, 65535]")
 
 
 class BackboneEntry(_Section):

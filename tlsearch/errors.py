@@ -18,6 +18,7 @@ __all__ = [
     "TooManyFailures",
     "WorkersFailed",
     "InputError",
+    "ArtifactWriteError",
 ]
 
 
@@ -70,3 +71,14 @@ class WorkersFailed(TooManyFailures):
 class InputError(UserError):
     """An input given to a trained model (``predict``, ``evaluate``) cannot be read; the message
     names it."""
+
+
+class ArtifactWriteError(Exception):
+    """A trial's weights could not be written to the artifact folder (full, read-only, gone).
+
+    Not a :class:`TrialFailure`: every later trial would fail the same way, so the study should
+    stop, with this one-line message, instead of burning trials. Not a :class:`UserError` either:
+    the study has started and holds trials.
+    """
+
+    exit_code = 1

@@ -3,11 +3,18 @@
 A format is a function ``load(cfg, path, image_size) -> RawData`` registered under a name with the
 file suffixes it claims. Everything is read, checked and split *before* the first trial: a corrupt
 file is reported at start, naming it, never in the middle of a trial.
+
+Labels are text. They are normalised to Unicode NFC, so "café" typed on one system and "café"
+(e + combining accent) from a folder made on another are one class; a label that is missing,
+however it is spelled (see :data:`MISSING_LABELS`), is refused with its row, never made a class.
 """
 
 from __future__ import annotations
 
 import hashlib
+import math
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,7 +23,33 @@ import numpy as np
 
 from tlsearch.errors import DataError
 
-__all__ = ["Dataset", "RawData", "register_format", "formats", "load_dataset", "format_file_list"]
+__all__ = ["Dataset", "RawData", "register_format", "formats", "load_dataset", "format_file_list",
+           "MISSING_LABELS", "is_missing_label"]
+
+#: Label values that mean "no label", compared after stripping spaces and ignoring case: the
+#: spellings pandas reads as missing by default, as CSV, Parquet, JSON and NumPy files write them.
+#: They are refused rather than made a class, so a class really named "NA" or "None" needs another
+#: name: a silent class "nan" costs far more than a rename.
+MISSING_LABELS = frozenset({
+    "", "nan", "-nan", "na", "n/a", "#n/a", "#n/a n/a", "#na", "null", "none", "<na>", "nat",
+    "1.#ind", "-1.#ind", "1.#qnan", "-1.#qnan",
+})
+MISSING_LABEL_NOTE = "empty, NaN, NA, N/A, None, null and the like, in any case"
+
+
+def is_missing_label(v) -> bool:
+    """Whether a label value read from a file stands for a missing label (see MISSING_LABELS)."""
+    if v is None or type(v).__name__ in ("NAType", "NaTType"):  # pandas' missing markers
+        return True
+    if isinstance(v, (float, np.floating)):
+        return math.isnan(v)
+    if isinstance(v, (str, np.str_)):
+        return v.strip().casefold() in MISSING_LABELS
+    return False
+
+
+def nfc(label: str) -> str:
+    return unicodedata.normalize("NFC", label)
 
 
 @dataclass
@@ -45,6 +78,24 @@ class Dataset:
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
+
+    def classes_missing_from_validation(self) -> list[str]:
+        counts = np.bincount(self.y_val, minlength=self.n_classes)
+        return [c for c, n in zip(self.class_names, counts) if n == 0]
+
+    def objective_warnings(self, objective: str) -> list[str]:
+        """One-line warnings about measuring ``objective`` on this validation set.
+
+        A split made here always holds every class; an explicit ``data.validation`` may not, and
+        then ``val_auc`` is computed without a single positive example of those classes, which
+        says nothing about how well they are recognised.
+        """
+        missing = self.classes_missing_from_validation()
+        if objective != "val_auc" or not missing:
+            return []
+        return [f"warning: the validation data has no examples of classes {missing}, so "
+                f"`val_auc` cannot measure them; add some to `data.validation` or choose "
+                f"another `objective`"]
 
     def summary(self) -> str:
         counts = np.bincount(self.y_train, minlength=self.n_classes)
@@ -127,20 +178,24 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
     fmt = cfg.format or _infer_format(path)
     if fmt not in _FORMATS:
         raise DataError(f"`data.format`: unknown format {fmt!r}; expected one of {formats()}")
+    _check_pixel_range(getattr(cfg, "pixel_range", None), fmt)
     reader = _FORMATS[fmt].load
     train = reader(cfg, path, image_size)
+    train.labels = [nfc(c) for c in train.labels]
     skipped = list(train.skipped)
     if cfg.validation is not None:
         vpath = cfg.validation if Path(cfg.validation).is_absolute() else base_dir / cfg.validation
         if not vpath.exists():
             raise DataError(f"`data.validation`: {str(vpath)!r} does not exist")
         val = reader(cfg, vpath, image_size)
+        val.labels = [nfc(c) for c in val.labels]
         skipped += val.skipped
         class_names = sorted(set(train.labels), key=_label_key)
         unknown = sorted(set(val.labels) - set(class_names))
         if unknown:
             raise DataError(f"`data.validation`: labels {unknown} occur in the validation data "
-                            f"but not in the training data {class_names}")
+                            f"but not in the training data {class_names}"
+                            + _lookalikes(unknown, class_names))
         index = {c: i for i, c in enumerate(class_names)}
         x_tr, y_tr = train.x, np.array([index[c] for c in train.labels], dtype=np.int64)
         x_va, y_va = val.x, np.array([index[c] for c in val.labels], dtype=np.int64)
@@ -170,9 +225,50 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
     return ds
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+
+
 def _label_key(label: str):
-    """Integer labels sort as numbers (2 before 10), others as text."""
-    return (0, int(label), "") if label.lstrip("-").isdigit() else (1, 0, label)
+    """Integer labels sort as numbers (2 before 10), others as text.
+
+    Only ASCII digits make a number: ``str.isdigit`` also accepts "²", which ``int`` refuses.
+    """
+    return (0, int(label), "") if _INTEGER.fullmatch(label) else (1, 0, label)
+
+
+def _loose(label: str) -> str:
+    """A label with the differences people do not see removed: compatibility forms ("ﬁ" and
+    "fi"), case, invisible format characters and surrounding spaces."""
+    folded = unicodedata.normalize("NFKC", label).casefold()
+    return "".join(ch for ch in folded if unicodedata.category(ch) != "Cf").strip()
+
+
+def _code_points(label: str) -> str:
+    return " ".join(f"U+{ord(ch):04X}" for ch in label)
+
+
+def _lookalikes(unknown: list[str], class_names: list[str]) -> str:
+    """For validation labels that look like a training class but are other text: both spelled out,
+    code point by code point, since on screen they look the same."""
+    lines = []
+    for u in unknown:
+        for c in class_names:
+            if _loose(u) == _loose(c):
+                lines.append(f"\n  {u!r} ({_code_points(u)}) looks like training class {c!r} "
+                             f"({_code_points(c)}) but is other text; rename one of them")
+    return "".join(lines)
+
+
+def _check_pixel_range(pixel_range, fmt: str) -> None:
+    if pixel_range is None:
+        return
+    if fmt != "npz":
+        raise DataError(f"`data.pixel_range` applies to .npz arrays only, not to {fmt} data "
+                        f"(image files carry their own bit depth)")
+    low, high = (float(v) for v in pixel_range)
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise DataError(f"`data.pixel_range`: expected [low, high] with low < high, got "
+                        f"[{low:g}, {high:g}]")
 
 
 def _check_classes(class_names: list[str], y: np.ndarray, field_name: str) -> None:

@@ -2,6 +2,12 @@
 
 Every image is decoded once, converted to RGB and resized to ``data.image_size`` up front, so that a
 truncated JPEG or a stray text file is reported before the first trial, with its path.
+
+Pixels are 8-bit RGB everywhere. :func:`to_rgb8` is the one conversion of a decoded image, used for
+training and by ``tlsearch predict``: a 16-bit image keeps its high byte, as TensorFlow's PNG
+decoder in the exported SavedModel does, instead of clipping at 255 (which turns mid-grey white).
+Arrays from an ``.npz`` file are taken only when their scale is unambiguous (see
+:func:`pixels_to_uint8`); anything else is refused with its dtype and range, never clipped.
 """
 
 from __future__ import annotations
@@ -11,10 +17,87 @@ from pathlib import Path
 
 import numpy as np
 
-from tlsearch.data import RawData, format_file_list, register_format
+from tlsearch.data import (MISSING_LABEL_NOTE, RawData, format_file_list, is_missing_label,
+                           register_format)
 from tlsearch.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+#: what :func:`pixels_to_uint8` takes without being told the range
+ACCEPTED_PIXELS = "uint8, integers in 0..255, or floats in 0..1 or 0..255"
+
+
+def _g(v) -> str:
+    return f"{float(v):g}"
+
+
+def pixels_to_uint8(x: np.ndarray, pixel_range=None) -> np.ndarray:
+    """Pixel values as uint8, when their scale is certain; otherwise ValueError("is <dtype> ...").
+
+    Taken as they are: uint8, and integers of any width within 0..255. Floats are 0..1 when all of
+    them lie in 0..1, else 0..255 when all lie in 0..255 (rounded, not truncated). Anything else
+    (floats in -1..1, 16-bit values) could mean several things, and clipping it would train on
+    damaged images without a word; ``pixel_range`` (``data.pixel_range``) says which values map to
+    0 and 255.
+    """
+    integer = np.issubdtype(x.dtype, np.integer)
+    if not (integer or np.issubdtype(x.dtype, np.floating)):
+        raise ValueError(f"is {x.dtype}; expected {ACCEPTED_PIXELS}")
+    if x.dtype == np.uint8 and pixel_range is None:
+        return x
+    if x.size == 0:
+        return x.astype(np.uint8)
+    if not integer and not np.isfinite(x).all():
+        raise ValueError(f"is {x.dtype} and holds NaN or infinite values")
+    lo, hi = x.min(), x.max()
+    seen = f"is {x.dtype} with values from {_g(lo)} to {_g(hi)}"
+    if pixel_range is not None:
+        low, high = (float(v) for v in pixel_range)
+        if lo < low or hi > high:
+            raise ValueError(f"{seen}, outside `data.pixel_range` [{_g(low)}, {_g(high)}]")
+        scaled = (x.astype(np.float32) - low) * np.float32(255.0 / (high - low))
+        return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    if lo >= 0 and hi <= 255:
+        if integer:
+            return x.astype(np.uint8)
+        f = x.astype(np.float32)
+        return np.rint(f * 255 if hi <= 1 else f).astype(np.uint8)
+    raise ValueError(f"{seen}; expected {ACCEPTED_PIXELS}. Set `data.pixel_range: [low, high]` "
+                     f"to map another range to 0..255 (e.g. [-1, 1], or [0, 65535] for 16 bits)")
+
+
+def to_rgb8(im):
+    """A decoded PIL image as 8-bit RGB: the one conversion for training and for prediction.
+
+    ``convert("RGB")`` clips the 16- and 32-bit modes (I;16, I, F) at 255, so an image of 16-bit
+    mid-grey (32768) would become white. Integer modes are taken as 16-bit and keep their high
+    byte (32768 -> 128), which is what TensorFlow's PNG decoder in the exported SavedModel does and
+    what PIL itself does to 16-bit RGB PNGs. Float images follow the rule of
+    :func:`pixels_to_uint8`. Raises ValueError for values it cannot place.
+    """
+    from PIL import Image
+
+    mode = im.mode
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        a = np.asarray(im)
+        if a.size and mode == "F":
+            lo, hi = float(np.nanmin(a)), float(np.nanmax(a))
+            if not np.isfinite(a).all() or lo < 0 or hi > 255:
+                raise ValueError(f"F pixels from {lo:g} to {hi:g}"
+                                 + ("" if np.isfinite(a).all() else ", and NaN or infinite ones")
+                                 + ": expected floats in 0..1 or 0..255")
+            a8 = pixels_to_uint8(a)
+        elif a.size:
+            lo, hi = int(a.min()), int(a.max())
+            if lo < 0 or hi > 65535:
+                raise ValueError(f"{mode} pixels from {lo} to {hi}: expected 16-bit values, "
+                                 f"0..65535")
+            a8 = (a.astype(np.uint32) >> 8).astype(np.uint8)
+        else:
+            a8 = a.astype(np.uint8)
+        im = Image.fromarray(a8)
+    return im.convert("RGB")
 
 
 def decode_image(path: Path, size: int) -> np.ndarray:
@@ -29,14 +112,24 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            im = im.convert("RGB")
+            im = to_rgb8(im)
             if im.size != (size, size):
                 im = im.resize((size, size), Image.Resampling.BILINEAR)
             return np.asarray(im, dtype=np.uint8)
+    except ValueError:
+        raise
     except UnidentifiedImageError:
         raise ValueError("not an image PIL can read") from None
+    except Image.DecompressionBombError as e:
+        # PIL's guard against a small file that expands to gigabytes (over twice
+        # Image.MAX_IMAGE_PIXELS, about 179 megapixels by default)
+        raise ValueError(f"too large to decode safely ({e})") from None
+    except MemoryError:
+        raise ValueError("too large to decode: out of memory") from None
     except (OSError, SyntaxError) as e:
         raise ValueError(f"corrupt or truncated ({e})") from None
+    except Exception as e:  # a decoder's own bug on one odd file: still name the file
+        raise ValueError(f"cannot be decoded ({type(e).__name__}: {e})") from None
 
 
 def decode_images(files: list[Path], size: int) -> tuple[list[np.ndarray | None], list[str]]:
@@ -68,6 +161,8 @@ def load_image_folder(cfg, path: Path, image_size: int) -> RawData:
         files += found
         labels += [d.name] * len(found)
     arrays, bad = decode_images(files, image_size)
+    if bad and cfg.skip_bad_files:
+        _refuse_dropped_classes(path, class_dirs, labels, arrays, bad)
     if problems:
         raise DataError(f"{str(path)!r}: class folders without images:\n" + format_file_list(problems))
     if bad and not cfg.skip_bad_files:
@@ -83,19 +178,31 @@ def load_image_folder(cfg, path: Path, image_size: int) -> RawData:
     return RawData(x, [labels[i] for i in keep], "image", skipped=bad)
 
 
+def _refuse_dropped_classes(path: Path, class_dirs, labels, arrays, bad) -> None:
+    """Skipping files is for a few bad ones: a class that loses all of them is refused, by name.
+
+    Otherwise the study would quietly run with one class fewer than the folder shows. ``bad`` holds
+    one reason per file whose array is None, in the same order.
+    """
+    reasons = iter(bad)
+    per_class: dict[str, list] = {}
+    for label, a in zip(labels, arrays):
+        per_class.setdefault(label, []).append(next(reasons) if a is None else None)
+    lost = [d.name for d in class_dirs if per_class.get(d.name) and all(per_class[d.name])]
+    if lost:
+        shown = "; ".join(f"class {c!r}: none of its {len(per_class[c])} files can be used"
+                          for c in lost)
+        raise DataError(
+            f"{str(path)!r}: {shown}, and `data.skip_bad_files` would drop the whole class:\n"
+            + format_file_list([r for c in lost for r in per_class[c]])
+            + "\n  Fix those files, or remove the class folder if the class is not wanted."
+        )
+
+
 def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images (N, H, W, 1 or 3) as (N, size, size, 3)."""
     from PIL import Image
 
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise DataError(f"images must be (N, H, W), (N, H, W, 1) or (N, H, W, 3); got {x.shape}")
-    if x.dtype != np.uint8:
-        if np.issubdtype(x.dtype, np.floating) and x.size and float(np.nanmax(x)) <= 1.0:
-            x = x * 255.0
-        if not np.isfinite(x).all():
-            raise DataError("the image array holds NaN or infinite values")
-        x = np.clip(x, 0, 255).astype(np.uint8)
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
     if x.shape[1:3] == (size, size):
@@ -130,5 +237,28 @@ def load_npz(cfg, path: Path, image_size: int) -> RawData:
             raise DataError(f"{str(path)!r}: labels outside 0..{len(names) - 1} for class_names")
         labels = [names[i] for i in y]
     else:
-        labels = [str(v) for v in y.tolist()]
+        values = y.tolist()
+        missing = [i for i, v in enumerate(values) if is_missing_label(v)]
+        if missing:
+            shown = ", ".join(f"{i} ({_shown_missing(values[i])})" for i in missing[:10])
+            more = f" and {len(missing) - 10} more" if len(missing) > 10 else ""
+            raise DataError(
+                f"{str(path)!r}: {len(missing)} of {len(values)} labels are missing: index "
+                f"{shown}{more}. Remove those examples from `{xk}` and `{yk}`, or label them "
+                f"(labels read as missing: {MISSING_LABEL_NOTE})"
+            )
+        labels = [str(v) for v in values]
+    if x.ndim == 3:
+        x = x[..., None]
+    if x.ndim != 4 or x.shape[-1] not in (1, 3):
+        raise DataError(f"{str(path)!r}: images must be (N, H, W), (N, H, W, 1) or (N, H, W, 3); "
+                        f"got {x.shape}")
+    try:
+        x = pixels_to_uint8(x, getattr(cfg, "pixel_range", None))
+    except ValueError as e:
+        raise DataError(f"{str(path)!r}: array `{xk}` {e}") from None
     return RawData(_resize_batch(x, image_size), labels, "image")
+
+
+def _shown_missing(v) -> str:
+    return "empty" if isinstance(v, str) and not v.strip() else str(v)

@@ -4,6 +4,12 @@ The column names come from ``data.text_column`` and ``data.label_column``. Every
 make a trial fail later (a missing column, a file that is not UTF-8, empty texts, missing labels)
 is reported here, before the first trial, naming the file and the column. Labels may be strings or
 integers; they are kept as strings, and integer labels sort as numbers.
+
+A missing label is refused with its row, whatever its spelling: empty, JSON ``null``, a Parquet
+null, or one of the words in :data:`tlsearch.data.MISSING_LABELS` ("NaN", "NA", "None", "null",
+...). CSV cells are read as written (pandas' own guessing is off) and this one rule decides, so a
+CSV, a Parquet and a JSON Lines file of the same data give the same answer. A class literally named
+"NA" is therefore refused too; rare, and a rename is cheap next to a silent class "nan".
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlsearch.data import RawData, format_file_list, register_format
+from tlsearch.data import (MISSING_LABEL_NOTE, RawData, format_file_list, is_missing_label,
+                           register_format)
 from tlsearch.errors import DataError
 
 __all__ = ["load_csv", "load_parquet", "load_jsonl"]
@@ -71,7 +78,10 @@ def _read_jsonl(path: Path):
 
 
 def _is_missing(v) -> bool:
-    return v is None or (isinstance(v, float) and np.isnan(v))
+    """A missing cell (None, NaN, pandas' NA), as opposed to text that says "NA"."""
+    if v is None or type(v).__name__ in ("NAType", "NaTType"):
+        return True
+    return isinstance(v, (float, np.floating)) and bool(np.isnan(v))
 
 
 def _label_text(v) -> str:
@@ -102,15 +112,18 @@ def frame_to_raw(df, cfg, path: Path) -> RawData:
                                  f"{type(t).__name__} {t!r}, not text")
             continue
         label = "" if _is_missing(y) else _label_text(y)
-        if not label:
-            problems.append(f"{where}: empty label in column {cfg.label_column!r}")
+        if is_missing_label(y) or is_missing_label(label):
+            shown = label or ("empty" if isinstance(y, str) else "NaN" if isinstance(y, float)
+                              else "null")
+            problems.append(f"{where}: missing label ({shown}) in column {cfg.label_column!r}")
             continue
         texts.append(t)
         labels.append(label)
     if problems:
         raise DataError(f"{len(problems)} of {len(df)} rows of {str(path)!r} cannot be used:\n"
                         + format_file_list(problems)
-                        + "\n  Remove or fill those rows.")
+                        + f"\n  Remove or fill those rows (labels read as missing: "
+                          f"{MISSING_LABEL_NOTE}).")
     x = np.empty(len(texts), dtype=object)
     x[:] = texts
     return RawData(x, labels, "text")

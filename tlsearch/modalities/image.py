@@ -160,8 +160,13 @@ def image_file(path: Path, size: int) -> np.ndarray:
 def image_array(x: Any, size: int) -> np.ndarray:
     from PIL import Image
 
+    from tlsearch.data.images import to_rgb8
+
     if isinstance(x, Image.Image):
-        x = np.asarray(x.convert("RGB"))
+        try:
+            x = np.asarray(to_rgb8(x))  # as training decoded its images: 16 bits scaled
+        except ValueError as e:
+            raise InputError(f"a PIL image of mode {x.mode}: {e}") from None
     a = np.asarray(x)
     if a.ndim == 2:
         a = np.repeat(a[..., None], 3, axis=-1)

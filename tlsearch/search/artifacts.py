@@ -8,13 +8,21 @@ on the trial, so export can refuse a file that does not match.
 The weights file is an ``.npz`` of the layers that differ from the pretrained backbone at the
 trial's best epoch (the head, plus the unfrozen blocks when stage 2 won): kilobytes to a few MB,
 where a whole ResNet50 per trial would be 100 MB.
+
+Files are created with the permissions the umask gives any new file (0644 under the usual 022),
+as the rest of a study's outputs are, not the 0600 of :func:`tempfile.mkstemp`: colleagues reading
+a shared study folder must be able to export from it. A folder that cannot take the weights is
+found by :func:`probe_writable` before the first trial, and a write that fails later raises
+:class:`~tlsearch.errors.ArtifactWriteError`, which stops the study with one line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import secrets
 import shutil
 import tempfile
 from pathlib import Path
@@ -24,10 +32,10 @@ import numpy as np
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
 
 from tlsearch._hashing import sha256_file
-from tlsearch.errors import UserError
+from tlsearch.errors import ArtifactWriteError, UserError
 
 __all__ = ["AtomicFileSystemArtifactStore", "save_weights", "load_weights", "upload_weights",
-           "fetch_weights", "ARTIFACT_ATTR"]
+           "fetch_weights", "probe_writable", "ARTIFACT_ATTR"]
 
 ARTIFACT_ATTR = "tlsearch.artifact"
 
@@ -36,21 +44,100 @@ class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
     """A :class:`FileSystemArtifactStore` whose writes are all-or-nothing."""
 
     def __init__(self, base_path: str | Path) -> None:
-        Path(base_path).mkdir(parents=True, exist_ok=True)
+        try:
+            Path(base_path).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise UserError(f"artifacts folder {str(base_path)!r} cannot be created "
+                            f"({e.strerror or e}); set `artifacts` in the study file to a folder "
+                            f"that can be") from None
         super().__init__(base_path)
+        self.folder = Path(base_path)
 
     def write(self, artifact_id: str, content_body: BinaryIO) -> None:
+        """Write all of an artifact or nothing; ArtifactWriteError names the folder on failure."""
         final = self._get_filepath(artifact_id)
-        fd, tmp = tempfile.mkstemp(prefix=".partial-", dir=final.parent)
+        tmp = None
         try:
+            fd, tmp = _create_new(final.parent, ".partial-")
             with os.fdopen(fd, "wb") as f:
                 shutil.copyfileobj(content_body, f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, final)
+        except OSError as e:
+            _remove(tmp)
+            raise ArtifactWriteError(
+                f"cannot write trial weights to the artifacts folder {str(self.folder)!r} "
+                f"({e.strerror or e}); the study stops here. Free space or fix the folder, then "
+                f"run the same command again: the study resumes"
+            ) from e
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            _remove(tmp)
             raise
+
+
+def _create_new(folder: Path, prefix: str) -> tuple[int, Path]:
+    """A new file in ``folder``, opened for writing, with the mode the umask gives new files.
+
+    :func:`tempfile.mkstemp` would do, but it always creates files 0600.
+    """
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        path = Path(folder) / f"{prefix}{secrets.token_hex(8)}"
+        try:
+            return os.open(path, flags, 0o666), path
+        except FileExistsError:
+            continue
+
+
+def _remove(path: Path | None) -> None:
+    if path is not None:
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)
+
+
+def probe_writable(path: str | Path) -> None:
+    """Check, before the first trial, that the artifacts folder can take files; UserError if not.
+
+    Without this a read-only, full or impossible folder (a path under a file) would surface only
+    when the first trial finishes, after its training time was spent. The probe writes and syncs
+    64 KiB, so a full disk shows too, then removes the file and any folder it had to create: the
+    file system is left as it was.
+    """
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"artifacts folder {str(folder)!r} is not a folder; set `artifacts` in the "
+                        f"study file to a folder")
+    missing = []
+    p = folder
+    while not p.exists() and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    created: list[Path] = []
+    try:
+        for d in reversed(missing):
+            try:
+                d.mkdir()
+                created.append(d)
+            except FileExistsError:
+                pass
+        fd, tmp = _create_new(folder, ".probe-")
+        try:
+            data = memoryview(b"\0" * 65536)
+            while data:
+                data = data[os.write(fd, data):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            _remove(tmp)
+    except OSError as e:
+        raise UserError(f"artifacts folder {str(folder)!r} cannot be written ({e.strerror or e}): "
+                        f"each trial's weights are kept there. Free space or fix its permissions, "
+                        f"or set `artifacts` in the study file to another folder") from None
+    finally:
+        for d in reversed(created):
+            with contextlib.suppress(OSError):
+                d.rmdir()
 
 
 def save_weights(weights: dict[str, list[np.ndarray]], path: Path) -> None:

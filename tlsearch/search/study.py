@@ -21,9 +21,10 @@ from tlsearch import modalities, space
 from tlsearch.backbones import build_backbone, resolve_weights
 from tlsearch.config import StudyConfig
 from tlsearch.data import Dataset, load_dataset
-from tlsearch.errors import SpaceChangedError, TooManyFailures, TrialFailure, UserError
+from tlsearch.errors import (ArtifactWriteError, SpaceChangedError, TooManyFailures, TrialFailure,
+                             UserError)
 from tlsearch.modalities import Modality
-from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
+from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, probe_writable, upload_weights
 from tlsearch.search.attrs import ATTR, FINISHED
 from tlsearch.search.progress import Progress
 from tlsearch.search.samplers import make_pruner, make_sampler
@@ -85,6 +86,12 @@ def check_inputs(cfg: StudyConfig) -> tuple[str, Dataset]:
     return modality, data
 
 
+def check_writable(cfg: StudyConfig) -> None:
+    """The artifact folder takes a file (a probe written and removed): trained weights that
+    cannot be kept would waste every trial."""
+    probe_writable(cfg.artifact_dir)
+
+
 def load_study(cfg: StudyConfig, url: str | None = None) -> optuna.Study:
     """The stored study, for reading (export, report, dashboard). Fails clearly if absent."""
     url = url or cfg.storage_url
@@ -143,6 +150,8 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     url = storage_url or cfg.storage_url
     check_url(url)
     modality, data = check_inputs(cfg)
+    for line in data.objective_warnings(cfg.objective):
+        warn(line)
     sig = space.signature(cfg, modality)
     cw_map = _class_weight_map(cfg, data)
     if not create:
@@ -153,6 +162,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
             except KeyError:
                 pass
         raise UserError("nothing to do")
+    check_writable(cfg)
     lock = study_lock(url, "storage")
     try:
         with lock.held():
@@ -271,7 +281,11 @@ def make_objective(prep: PreparedStudy, progress: Progress,
         trial.set_user_attr(ATTR["best_stage"], result.best_stage)
         trial.set_user_attr(ATTR["seconds"], round(result.seconds, 3))
         trial.set_user_attr(ATTR["cached"], result.cached)
-        upload_weights(trial, prep.store, result.weights, step=result.best_step)
+        try:
+            upload_weights(trial, prep.store, result.weights, step=result.best_step)
+        except ArtifactWriteError as e:  # every later trial would lose its weights too: stop
+            trial.set_user_attr(ATTR["failure"], str(e))
+            raise
         return result.value
 
     return objective

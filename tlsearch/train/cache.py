@@ -123,8 +123,12 @@ class FeatureCache:
         os.utime(d / "meta.json")  # mark as recently used
         return train, val
 
+    #: set by the first failed write: the cache is an optimisation, so a folder that is read-only,
+    #: full or impossible costs one warning and the run goes on uncached (reads still work)
+    _write_failed = False
+
     def _write(self, key: str, arrays: tuple[np.ndarray, np.ndarray], describe: str) -> None:
-        if self.root is None:
+        if self.root is None or self._write_failed:
             return
         size = sum(a.nbytes for a in arrays)
         if size > self.max_bytes:
@@ -134,10 +138,11 @@ class FeatureCache:
                 f"`cache.max_gb` to keep it on disk."
             )
             return
-        self.root.mkdir(parents=True, exist_ok=True)
-        self._make_room(size)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        tmp = None
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            self._make_room(size)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
             np.save(tmp / "train.npy", arrays[0])
             np.save(tmp / "val.npy", arrays[1])
             (tmp / "meta.json").write_text(json.dumps({
@@ -145,10 +150,16 @@ class FeatureCache:
                 "train_shape": list(arrays[0].shape), "val_shape": list(arrays[1].shape),
             }))
             os.replace(tmp, self.root / key)  # atomic: a reader sees all of an entry or none
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not (self.root / key).is_dir():
-                raise
+        except OSError as e:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if (self.root / key).is_dir():
+                return  # another process stored the same entry first
+            self._write_failed = True
+            self.warn(f"feature cache: cannot write to {str(self.root.parent)!r} "
+                      f"({e.strerror or e}); carrying on without the disk cache, so frozen "
+                      f"features are computed again by each run. Free space, or set `cache.dir` "
+                      f"to a writable folder.")
 
     def _make_room(self, incoming: int) -> None:
         assert self.root is not None
