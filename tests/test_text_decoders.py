@@ -67,7 +67,7 @@ def test_pooling_modes_per_backbone():
     assert pooling_modes("tiny_gpt2") == pooling_modes("gpt2") == ("last", "mean")
     assert pooling_modes("tiny_bert") == ("cls", "mean")
     assert default_pooling("gpt2") == "last" and default_pooling("bert_base_uncased") == "cls"
-    assert is_decoder("qwen3_0_6b") and not is_decoder("minilm_l6")
+    assert is_decoder("gpt2") and is_decoder("tiny_gpt2") and not is_decoder("minilm_l6")
 
 
 # ---------------------------------------------------------------------------- the twin
@@ -76,7 +76,7 @@ def test_pooling_modes_per_backbone():
 def test_decoders_are_registered():
     from tlsearch.backbones import get, names, resolve_weights
 
-    for n in ("gpt2", "gpt2_medium", "qwen2_5_0_5b", "qwen3_0_6b", "llama3_2_1b", "tiny_gpt2"):
+    for n in ("gpt2", "gpt2_medium", "tiny_gpt2"):
         assert n in names() and get(n).modality == "text"
     assert get("gpt2").default_weights == "gpt2_base_en"
     assert resolve_weights(BackboneEntry(name="gpt2", weights="hf://openai-community/gpt2"))[0] \
@@ -98,27 +98,53 @@ def test_cls_pooling_is_refused_for_a_decoder():
         _source(_data()).build("tiny_gpt2", _params(pooling="cls"))
 
 
+def _reference_bpe(vocab, merges):
+    """GPT-2's tokenization as Hugging Face's ``tokenizers`` does it (its tokenizer.json)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    ref = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges]))
+    ref.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    return ref
+
+
+def _check_against_reference(pre, ref, eot, texts, length):
+    tokens = pre(np.array(texts, dtype=object))
+    for row, (ids, mask) in enumerate(zip(tokens["token_ids"], tokens["padding_mask"])):
+        expected = [eot, *ref.encode(texts[row]).ids][:length]  # start token, no end token
+        n = int(mask.sum())
+        assert list(ids[:n]) == expected and not mask[n:].any()  # right-padded
+    return tokens
+
+
 def test_twin_tokenizer_equals_the_reference_bpe_and_the_graph_path():
     import tensorflow as tf
-    from tokenizers import Tokenizer, models, pre_tokenizers
 
     from tlsearch.text_decoders import TINY_GPT2_WORDS, byte_level_bpe
 
     vocab, merges = byte_level_bpe(TINY_GPT2_WORDS)
-    ref = Tokenizer(models.BPE(vocab=vocab, merges=[tuple(m.split(" ")) for m in merges]))
-    ref.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)  # GPT-2's own
-    eot = vocab["<|endoftext|>"]
-
     pre = _source(_data()).preprocessor("tiny_gpt2", 24)
-    tokens = pre(np.array(TRICKY, dtype=object))
-    for row, (ids, mask) in enumerate(zip(tokens["token_ids"], tokens["padding_mask"])):
-        expected = [eot, *ref.encode(TRICKY[row]).ids][:24]  # start token, no end token
-        n = int(mask.sum())
-        assert list(ids[:n]) == expected and not mask[n:].any()  # right-padded
+    tokens = _check_against_reference(pre, _reference_bpe(vocab, merges), vocab["<|endoftext|>"],
+                                      TRICKY, 24)
     assert tokens["token_ids"][0, 1:3].tolist() == [vocab["good"], vocab["Ġfilm"]]  # whole words
     graph = tf.function(lambda t: pre(t))(tf.constant(TRICKY))  # what `predict` runs
     for k in tokens:
         np.testing.assert_array_equal(np.asarray(graph[k]), tokens[k])
+
+
+def test_words_are_split_as_gpt2_splits_them():
+    """Merges that cross GPT-2's word boundaries (``'M``, ``(h``, ``\\n\\n``) must never apply:
+    a tokenizer that split words another way would produce ids the checkpoint never saw."""
+    import keras_hub
+
+    from tlsearch.text_decoders import DecoderTextPreprocessor, byte_level_bpe
+
+    vocab, merges = byte_level_bpe(["'M", "(hello", "don't", "a\n\nb", "two  spaces", "1234567",
+                                    "hello", "!!"])
+    pre = DecoderTextPreprocessor(keras_hub.tokenizers.GPT2Tokenizer(vocabulary=vocab,
+                                                                     merges=merges), 32)
+    texts = ["I'M HERE", "(hello)", "don't", "a\n\nb", "  two  spaces", "x 1234567",
+             "wow!! (hello", "it'S 12"]
+    _check_against_reference(pre, _reference_bpe(vocab, merges), vocab["<|endoftext|>"], texts, 32)
 
 
 def test_right_padding_makes_features_independent_of_max_length():

@@ -13,8 +13,8 @@ Decoders need three choices that encoders make in their own preprocessors:
 * **Pad id.** GPT-2 has no pad token; keras-hub pads with id 0 and returns a padding mask. Since
   padding sits after every real token and the mask removes it from pooling, the pad id never
   reaches a pooled vector; using the end-of-text id instead would change nothing.
-* **Start and end tokens.** The start token (GPT-2's ``<|endoftext|>``, Llama 3's
-  ``<|begin_of_text|>``; Qwen has none) is prepended: in pretraining every document follows one.
+* **Start and end tokens.** The start token (GPT-2's ``<|endoftext|>``) is prepended: in
+  pretraining every document follows one.
   No end token is appended, so the last real token is the text's own last token, as
   ``transformers``' ``GPT2ForSequenceClassification`` pools; a truncated text ends on its last
   kept token.
@@ -22,8 +22,12 @@ Decoders need three choices that encoders make in their own preprocessors:
 :class:`DecoderTextPreprocessor` is a keras-hub ``Preprocessor``: a Keras layer with the tokenizer
 inside, so a model that takes raw strings (:class:`tlsearch.text_layers.RawTextModel`) saves it with
 its vocabulary and merges. It always tokenizes on keras-hub's TensorFlow path, eagerly as well as
-inside ``predict``: keras-hub has a second, pure-Python path for eager calls, and the ids a study
-caches must be the ids the exported model computes.
+inside ``predict``. keras-hub 0.32 runs eager calls on a second, pure-Python path that splits words
+differently (``don't``, ``(hello`` and ``a\n\nb`` stay one piece, where GPT-2 splits them), while
+the TensorFlow path, the only one a saved model can run, splits exactly as GPT-2's own tokenizer
+does (the tests check it against Hugging Face's ``tokenizers``). The ids a study caches must be the
+ids the exported model computes, so both come from the TensorFlow path; it costs a few seconds of
+tracing per ``max_length``.
 """
 
 from __future__ import annotations
@@ -46,19 +50,21 @@ def byte_level_bpe(words, specials=("<|endoftext|>",)) -> tuple[dict[str, int], 
 
     The vocabulary holds the 256 byte symbols GPT-2 maps bytes to (so any string tokenizes:
     keras-hub maps a symbol missing from the vocabulary to -1, which no embedding accepts), then
-    each word of ``words`` merged left to right, with and without the leading space symbol
-    ``Ġ``, then ``specials`` at the end. The same vocabulary and merges in Hugging Face's
+    each word of ``words`` (as its UTF-8 byte symbols) merged left to right, with and without a
+    leading space (the symbol ``Ġ``), then ``specials`` at the end. The same vocabulary and merges in Hugging Face's
     ``tokenizers`` give the same ids, which the tests check.
     """
     from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
-    _, symbols = bytes_to_unicode()
+    byte_values, symbols = bytes_to_unicode()
+    symbol_of = {b[0]: s for b, s in zip(byte_values, symbols)}  # byte value -> symbol
     vocab: dict[str, int] = {}
     for s in symbols:
         vocab.setdefault(s, len(vocab))
     merges: list[str] = []
     for word in words:
-        for pieces in (["Ġ", *word], list(word)):
+        for text in (" " + word, word):
+            pieces = [symbol_of[b] for b in text.encode("utf-8")]
             current = pieces[0]
             for piece in pieces[1:]:
                 rule = f"{current} {piece}"
@@ -81,9 +87,10 @@ def tiny_gpt2_tokenizer():
 class DecoderTextPreprocessor(keras_hub.models.Preprocessor):
     """Raw strings to a decoder's inputs ``{"token_ids", "padding_mask"}``, right-padded.
 
-    Works with any keras-hub byte-pair tokenizer that names its special tokens (GPT-2, Qwen,
-    Qwen3, Llama 3): the start token is prepended when the tokenizer has one and
-    ``add_start_token``; no end token by default (see the module docstring for why). Texts are
+    Written for GPT-2's tokenizer; it runs any keras-hub byte-pair tokenizer that names its
+    special tokens, but keras-hub's graph path splits words with GPT-2's rule for all of them. The
+    start token is prepended when the tokenizer has one and ``add_start_token``; no end token by
+    default (see the module docstring for why). Texts are
     truncated or padded to exactly ``sequence_length`` tokens, so every batch has one shape.
     """
 

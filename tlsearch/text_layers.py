@@ -11,7 +11,7 @@ __all__ = ["TextPooling", "RawTextModel", "POOLING_MODES"]
 POOLING_MODES = {
     "cls": "the first token's vector ([CLS] for BERT, <s> for RoBERTa)",
     "mean": "the mean over real tokens (padding masked out), as sentence-transformers pools",
-    "last": "the last real token's vector: a decoder (GPT-2, Qwen, Llama) sees only the left "
+    "last": "the last real token's vector: a decoder (GPT-2) sees only the left "
             "context, so its last token is the one that has read the whole text",
 }
 

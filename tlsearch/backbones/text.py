@@ -15,17 +15,22 @@ Tokenization uses keras-hub's preprocessors, not ``transformers.AutoTokenizer``:
 layers, so the tokenizer can travel inside an exported model that takes raw strings (the ids are
 identical for WordPiece checkpoints, which the tests check against ``transformers``).
 
-Decoders (``gpt2``, ``gpt2_medium``, ``qwen2_5_0_5b``, ``qwen3_0_6b``, ``llama3_2_1b``) take the
-same ``weights`` values and cut the same way, with three differences (details in
-:mod:`tlsearch.text_decoders`):
+Decoders (``gpt2``, ``gpt2_medium``, the ``tiny_gpt2`` twin) take the same ``weights`` values and
+cut the same way, with three differences (details in :mod:`tlsearch.text_decoders`):
 
 * pooling is ``last`` (the default) or ``mean``, never ``cls``: a decoder's first token has read
   nothing of the text (see :func:`pooling_modes`);
 * their inputs are ``token_ids`` and ``padding_mask`` only (no ``segment_ids``), right-padded, made
   by :class:`~tlsearch.text_decoders.DecoderTextPreprocessor`;
-* the final normalization after the last decoder layer (pre-norm architectures) is in no block and
-  stays frozen: it is an affine map (a scale for RMSNorm) that the head's first dense layer absorbs
-  exactly, since both ``last`` and ``mean`` pooling are linear.
+* the final layer normalization after the last decoder layer (GPT-2 is pre-norm) is in no block
+  and stays frozen: it is an affine map that the head's first dense layer absorbs exactly, since
+  both ``last`` and ``mean`` pooling are linear.
+
+keras-hub 0.32 also converts Qwen, Qwen3 and Llama 3 checkpoints, and their backbones have the same
+layout, but they are not registered: keras-hub's graph tokenizer splits words with GPT-2's rule for
+every byte-pair tokenizer, while those checkpoints were trained with another one (digits one or
+three at a time, punctuation joined to words), so a model that takes raw strings would not see the
+ids its checkpoint expects.
 
 Loading a real GPT-2: ``backbones: [gpt2]`` downloads keras-hub's ``gpt2_base_en`` preset (needs
 network once); ``{name: gpt2, weights: "hf://openai-community/gpt2"}`` converts the Hugging Face
@@ -98,23 +103,11 @@ _FAMILIES = {
         r"^(disentangled_attention_encoder_layer_\d+)$",
         ("deberta_v3_extra_small_en", "deberta_v3_small_en", "deberta_v3_base_en",
          "deberta_v3_large_en"), from_hf=False),
-    # decoders: pre-norm stacks of `transformer_layer_<i>`, then a final norm outside the blocks
+    # a decoder: a pre-norm stack of `transformer_layer_<i>`, then a final norm outside the blocks
     "gpt2": TextFamily(
         "GPT2Backbone", "", r"^(transformer_layer_\d+)$",
         ("gpt2_base_en", "gpt2_medium_en", "gpt2_large_en", "gpt2_extra_large_en"),
         decoder=True, tokenizer="GPT2Tokenizer"),
-    "qwen": TextFamily(
-        "QwenBackbone", "", r"^(transformer_layer_\d+)$",
-        ("qwen2.5_0.5b_en", "qwen2.5_instruct_0.5b_en", "qwen2.5_3b_en"),
-        decoder=True, tokenizer="QwenTokenizer"),
-    "qwen3": TextFamily(
-        "Qwen3Backbone", "", r"^(transformer_layer_\d+)$",
-        ("qwen3_0.6b_en", "qwen3_1.7b_en", "qwen3_4b_en"),
-        decoder=True, tokenizer="Qwen3Tokenizer"),
-    "llama3": TextFamily(
-        "Llama3Backbone", "", r"^(transformer_layer_\d+)$",
-        ("llama3.2_1b", "llama3.2_instruct_1b", "llama3.2_3b", "llama3.2_instruct_3b"),
-        decoder=True, tokenizer="Llama3Tokenizer"),
 }
 
 _SPEC_FAMILY: dict[str, str] = {}
@@ -380,10 +373,6 @@ _add("deberta_v3_base", "deberta_v3", "deberta_v3_base_en", "DeBERTa-v3 base, 18
 
 _add("gpt2", "gpt2", "gpt2_base_en", "GPT-2 small decoder, 124M params, 12 layers")
 _add("gpt2_medium", "gpt2", "gpt2_medium_en", "GPT-2 medium decoder, 355M params, 24 layers")
-_add("qwen2_5_0_5b", "qwen", "qwen2.5_0.5b_en", "Qwen2.5 0.5B decoder, 494M params, 24 layers")
-_add("qwen3_0_6b", "qwen3", "qwen3_0.6b_en", "Qwen3 0.6B decoder, 596M params, 28 layers")
-_add("llama3_2_1b", "llama3", "llama3.2_1b",
-     "Llama 3.2 1B decoder, 1.24B params, 16 layers (Hugging Face checkpoint is gated)")
 
 _SPEC_FAMILY["tiny_bert"] = "bert"
 register(BackboneSpec(
