@@ -51,8 +51,8 @@ def byte_level_bpe(words, specials=("<|endoftext|>",)) -> tuple[dict[str, int], 
     The vocabulary holds the 256 byte symbols GPT-2 maps bytes to (so any string tokenizes:
     keras-hub maps a symbol missing from the vocabulary to -1, which no embedding accepts), then
     each word of ``words`` (as its UTF-8 byte symbols) merged left to right, with and without a
-    leading space (the symbol ``Ġ``), then ``specials`` at the end. The same vocabulary and merges in Hugging Face's
-    ``tokenizers`` give the same ids, which the tests check.
+    leading space (the symbol ``Ġ``), then ``specials`` at the end. The same vocabulary and
+    merges in Hugging Face's ``tokenizers`` give the same ids, which the tests check.
     """
     from keras_hub.src.tokenizers.byte_pair_tokenizer import bytes_to_unicode
 
