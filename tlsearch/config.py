@@ -25,7 +25,7 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_mode
 
 from tlsearch._messages import format_errors, unknown_keys
 from tlsearch.errors import ConfigError
-from tlsearch.params import OBJECTIVES, PARAMS
+from tlsearch.params import OBJECTIVES, PARAMS, objective_params
 
 __all__ = [
     "Range",
@@ -195,6 +195,8 @@ class StudyConfig(_Section):
     storage: str | None = Field(None, description="database URL; default: <name>.db beside the file")
     artifacts: Path | None = Field(None, description="artifact folder; default: <name>-artifacts")
     objective: str = Field("val_loss", description="what trials are judged by (see params.OBJECTIVES)")
+    objective_params: dict[str, Any] | None = Field(
+        None, description="the objective's parameters, e.g. {specificity: 0.95} for val_sens_at_spec")
     n_trials: int | None = Field(None, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds")
     seed: int = 0
@@ -228,6 +230,15 @@ class StudyConfig(_Section):
             tip = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ValueError(f"expected one of {', '.join(map(repr, OBJECTIVES))}{tip}")
         return v
+
+    @model_validator(mode="after")
+    def _check_objective_params(self) -> StudyConfig:
+        if self.objective in OBJECTIVES:
+            try:
+                objective_params(OBJECTIVES[self.objective], self.objective_params)
+            except ValueError as e:
+                raise ValueError(f"`objective_params`: {e}") from None
+        return self
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:

@@ -63,6 +63,9 @@ class TextPooling(keras.layers.Layer):
 
     Mean pooling divides by the number of real tokens (at least 1e-9, as sentence-transformers
     does), so padding never dilutes short texts and the result does not depend on ``max_length``.
+    ``last`` takes the vector at the highest position the mask marks real (so it serves right or
+    left padding alike; position 0 if a row has no real token); a gather, not a masked sum, so the
+    result is that vector exactly.
     """
 
     def __init__(self, mode: str = "cls", **kwargs):
@@ -74,6 +77,13 @@ class TextPooling(keras.layers.Layer):
     def call(self, hidden, padding_mask):
         if self.mode == "cls":
             return hidden[:, 0, :]
+        if self.mode == "last":
+            mask = ops.cast(padding_mask, "int32")
+            positions = ops.arange(1, ops.shape(mask)[1] + 1, dtype="int32")
+            last = ops.maximum(ops.max(mask * positions[None, :], axis=1) - 1, 0)
+            index = ops.broadcast_to(ops.reshape(last, (-1, 1, 1)),
+                                     (ops.shape(hidden)[0], 1, ops.shape(hidden)[2]))
+            return ops.take_along_axis(hidden, index, axis=1)[:, 0, :]
         m = ops.expand_dims(ops.cast(padding_mask, hidden.dtype), -1)
         return ops.sum(hidden * m, axis=1) / ops.maximum(ops.sum(m, axis=1), 1e-9)
 
@@ -125,6 +135,8 @@ class RawTextModel(keras.Model):
     @classmethod
     def from_config(cls, config):
         config = dict(config)
+        if "DecoderTextPreprocessor" in str(config.get("preprocessor", {}).get("class_name")):
+            import tlsearch.backbones.decoders  # noqa: F401  (registers the decoders' preprocessor)
         pre = keras.saving.deserialize_keras_object(config.pop("preprocessor"))
         model = keras.saving.deserialize_keras_object(config.pop("token_model"))
         return cls(pre, model, **config)

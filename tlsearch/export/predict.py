@@ -121,8 +121,16 @@ class Predictor:
             for r in results:
                 yield r if r is not None else self._row(next(names_it), next(probs))
 
+    def _label_index(self, p: np.ndarray) -> int:
+        rule = self.metadata.get("decision") or {"rule": "argmax"}
+        if rule.get("rule") == "threshold":
+            from tlsearch.metrics import apply_threshold
+
+            return int(apply_threshold(p[None, :], rule["threshold"], rule["positive"])[0])
+        return int(np.argmax(p))
+
     def _row(self, name: str, p: np.ndarray) -> dict:
-        k = int(np.argmax(p))
+        k = self._label_index(p)
         return {"input": name, "label": self.classes[k], "probability": float(p[k]),
                 "probabilities": {c: float(v) for c, v in zip(self.classes, p)}}
 

@@ -194,7 +194,8 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     source = kind.make_source(cfg, data, cache, prefetch_unfrozen=space.max_unfreeze_searched(cfg))
     schedule = Schedule(
         stage1_epochs=cfg.training.stage1_epochs, stage2_epochs=cfg.training.stage2_epochs,
-        batch_size=cfg.training.batch_size, objective=cfg.objective, class_weight=cw_map,
+        batch_size=cfg.training.batch_size, objective=cfg.objective,
+        objective_params=cfg.objective_params, class_weight=cw_map,
         keep_bn_frozen=cfg.training.keep_bn_frozen, seed=cfg.seed,
     )
     store = AtomicFileSystemArtifactStore(cfg.artifact_dir)

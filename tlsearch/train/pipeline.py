@@ -37,8 +37,9 @@ __all__ = [
     "METRIC_KEYS",
 ]
 
-#: the per-epoch numbers kept in a trial's history: the training loss and every objective's key
-METRIC_KEYS = ("loss", *OBJECTIVES)
+#: the per-epoch numbers every trial's history keeps: the training loss and the Keras-computed
+#: objectives (a study's own callback objective, and its threshold, are added to them)
+METRIC_KEYS = ("loss", *(n for n, o in OBJECTIVES.items() if not o.needs_callback))
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,8 @@ class Schedule:
     stage2_epochs: int = 5
     batch_size: int = 32
     objective: str = "val_loss"
+    #: the objective's parameters (``specificity`` for ``val_sens_at_spec`` ...), defaults omitted
+    objective_params: dict | None = None
     class_weight: dict[int, float] | None = None
     keep_bn_frozen: bool = True
     seed: int = 0
@@ -56,6 +59,15 @@ class Schedule:
     @property
     def maximize(self) -> bool:
         return OBJECTIVES[self.objective].direction == "maximize"
+
+    @property
+    def metric_keys(self) -> tuple[str, ...]:
+        """What each epoch records: :data:`METRIC_KEYS`, plus the objective computed by the
+        validation callback (and the threshold it chose) when Keras does not compute it."""
+        o = OBJECTIVES[self.objective]
+        if not o.needs_callback:
+            return METRIC_KEYS
+        return (*METRIC_KEYS, o.name, *([f"{o.name}_threshold"] if o.threshold else []))
 
 
 @dataclass
@@ -133,7 +145,8 @@ class _Tracker:
                 layer.set_weights(self.weights[layer.name])
 
 
-def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, history: list):
+def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, history: list,
+                    keys: tuple[str, ...] = METRIC_KEYS):
     import keras
 
     class _Hook(keras.callbacks.Callback):
@@ -143,7 +156,7 @@ def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, histo
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
             rec = EpochRecord(step=int(epoch), stage=stage,
-                              metrics={k: float(logs.get(k, math.nan)) for k in METRIC_KEYS},
+                              metrics={k: float(logs.get(k, math.nan)) for k in keys},
                               seconds=time.perf_counter() - self._t)
             history.append(rec)
             loss, val_loss = rec.metrics["loss"], rec.metrics["val_loss"]
@@ -221,15 +234,23 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
         """Train ``epochs`` more epochs from the trial's global step, then move the step on."""
         if lr is not None:  # a pooled head comes compiled, at its trial's rate
             source.compiler(model, lr)
-        hook = _epoch_callback(stage, tracker, layers, on_epoch, history)
+        callbacks = [_epoch_callback(stage, tracker, layers, on_epoch, history,
+                                     schedule.metric_keys)]
+        if OBJECTIVES[schedule.objective].needs_callback:
+            from tlsearch.train.validation import ValidationMetrics
+
+            # first: the epoch hook (best epoch, pruning) reads what it writes into the logs
+            callbacks.insert(0, ValidationMetrics(
+                x_val, None if hasattr(x_val, "element_spec") else y_va, [schedule.objective],
+                {schedule.objective: schedule.objective_params or {}}))
         start = state.step
         if hasattr(x_train, "element_spec"):  # a tf.data pipeline carries its own labels
             model.fit(x_train, validation_data=x_val, epochs=start + epochs, initial_epoch=start,
-                      callbacks=[hook], verbose=0)
+                      callbacks=callbacks, verbose=0)
         else:
             model.fit(x_train, y_tr, sample_weight=sw, validation_data=(x_val, y_va),
                       batch_size=bs, epochs=start + epochs, initial_epoch=start, shuffle=True,
-                      callbacks=[hook], verbose=0)
+                      callbacks=callbacks, verbose=0)
         state.step = start + epochs
 
     def model_inputs():

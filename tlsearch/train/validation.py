@@ -1,0 +1,101 @@
+"""The objectives that Keras does not compute (macro F1, balanced accuracy, macro AUC, sensitivity
+at a required specificity ...), computed after every epoch from the validation predictions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import keras
+import numpy as np
+
+from tlsearch.params import OBJECTIVES, compute, objective, objective_params
+
+__all__ = ["ValidationMetrics"]
+
+
+class ValidationMetrics(keras.callbacks.Callback):
+    """After each epoch, predicts the validation data and writes the chosen objectives into ``logs``.
+
+    Keras hands the same ``logs`` dict to every callback in the order of ``callbacks=[...]``, so
+    this callback must be FIRST in that list: a pruning callback (Optuna's ``KerasPruningCallback``
+    with ``monitor="val_macro_f1"``), ``EarlyStopping``, or the pipeline's best-epoch tracker only
+    see the keys if they come after it. Keras' own History and progress bar run after user
+    callbacks, so ``fit(...).history`` records the keys too.
+
+    Args:
+        validation_data: the inputs the model is being fitted on, for the validation examples:
+            an array or a dict of arrays (then ``y_val`` is required), or a ``tf.data.Dataset``
+            of ``(x, y)`` batches (``y_val`` may then be omitted; the dataset is read batch by
+            batch with its labels, so a shuffling dataset stays aligned). In the two-stage
+            pipeline, pass the cached validation features of the stage being fitted: predicting
+            them with the small head costs little next to an epoch.
+        y_val: integer labels ``(n,)`` or one-hot ``(n, k)``.
+        metrics: names of callback objectives from :data:`tlsearch.params.OBJECTIVES`
+            (``val_macro_f1``, ``val_balanced_accuracy``, ``val_macro_auc``,
+            ``val_sens_at_spec``, ``val_spec_at_sens``, ``val_weighted_loss``).
+        params: per objective, parameters overriding the catalogue's defaults, e.g.
+            ``{"val_sens_at_spec": {"specificity": 0.95, "positive": 1}}``.
+        batch_size: for predicting arrays.
+
+    Objectives that choose a threshold also log it as ``<name>_threshold`` (so the epoch that is
+    kept brings its threshold along), and the latest scores are in :attr:`scores`.
+    """
+
+    def __init__(self, validation_data, y_val=None, metrics: Iterable[str] = ("val_macro_f1",),
+                 params: Mapping[str, Mapping] | None = None, batch_size: int = 256) -> None:
+        super().__init__()
+        self.metrics = list(metrics)
+        if not self.metrics:
+            raise ValueError("ValidationMetrics: no metrics asked for")
+        for name in self.metrics:
+            if not objective(name).needs_callback:
+                raise ValueError(f"{name!r} is computed by Keras' compiled metrics, not by "
+                                 f"ValidationMetrics")
+        params = dict(params or {})
+        unknown = set(params) - set(self.metrics)
+        if unknown:
+            raise ValueError(f"parameters for objectives not asked for: {sorted(unknown)}")
+        self.params_by_metric = {n: objective_params(OBJECTIVES[n], params.get(n)) for n in self.metrics}
+        self._is_dataset = _is_dataset(validation_data)
+        if not self._is_dataset and y_val is None:
+            raise ValueError("ValidationMetrics: y_val is required unless validation_data is a "
+                             "tf.data.Dataset of (x, y)")
+        self.validation_data = validation_data
+        self.y_val = None if y_val is None else np.asarray(y_val)
+        self.batch_size = int(batch_size)
+        self.scores: dict = {}
+
+    def _predict(self) -> tuple[np.ndarray, np.ndarray]:
+        if not self._is_dataset:
+            return np.asarray(self.model.predict(self.validation_data, batch_size=self.batch_size,
+                                                 verbose=0)), self.y_val
+        ps, ys = [], []
+        for batch in self.validation_data:
+            if isinstance(batch, tuple) and len(batch) >= 2:
+                x, y = batch[0], batch[1]
+                ys.append(np.asarray(y))
+            else:
+                x = batch[0] if isinstance(batch, tuple) else batch
+            ps.append(np.asarray(self.model.predict_on_batch(x)))
+        p = np.concatenate(ps)
+        y = np.concatenate(ys) if self.y_val is None else self.y_val
+        return p, y
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:  # called outside fit: nothing to share, keep the scores
+            logs = {}
+        p, y = self._predict()
+        for name in self.metrics:
+            score = compute(name, p, y, self.params_by_metric[name])
+            self.scores[name] = score
+            logs[name] = score.value
+            if OBJECTIVES[name].threshold:
+                logs[f"{name}_threshold"] = score.threshold
+
+
+def _is_dataset(x) -> bool:
+    try:
+        import tensorflow as tf
+    except ImportError:  # pragma: no cover - the package depends on TensorFlow
+        return False
+    return isinstance(x, tf.data.Dataset)
