@@ -32,6 +32,7 @@ from tlsearch.data.images import decode_image, to_rgb8
 from tlsearch.errors import ArtifactWriteError, UserError
 from tlsearch.errors import InputError
 from tlsearch.export.predict import Predictor
+from tlsearch.modalities.image import image_array, image_file
 
 
 def _load(tmp_path: Path, path: str, **data):
@@ -56,8 +57,12 @@ def _png16(path: Path, values: np.ndarray, colour: bool) -> Path:
 
 def _predictor(image_size: int) -> Predictor:
     """A predictor without a model: enough to exercise how it reads inputs."""
+    from tlsearch import modalities
+
     p = Predictor.__new__(Predictor)
     p.image_size, p.modality, p.classes = image_size, "image", ["a", "b"]
+    p.metadata = {"input": {"image_size": image_size}}
+    p._kind = modalities.get("image")
     p.model = SimpleNamespace(predict_on_batch=lambda x: np.tile([0.25, 0.75], (len(x), 1)))
     return p
 
@@ -81,9 +86,9 @@ def test_mid_grey_16_bit_png_is_128_in_training_and_in_predict(tmp_path, colour)
 
     png = tmp_path / "images" / "light" / "0.png"
     p = _predictor(8)
-    assert (p._image_file(png) == 128).all()
+    assert (image_file(png, 8) == 128).all()
     with Image.open(png) as im:
-        assert (p._image_array(im) == 128).all()  # a PIL image given to predict
+        assert (image_array(im, 8) == 128).all()  # a PIL image given to predict
 
 
 def test_16_bit_scaling_matches_the_exported_models_png_decoder(tmp_path):
@@ -180,7 +185,7 @@ def test_decompression_bomb_is_skipped_when_asked_and_named(tmp_path, monkeypatc
 
     p = _predictor(8)
     with pytest.raises(InputError, match="huge.png"):
-        p._image_file(bomb)
+        image_file(bomb, 8)
     rows = p.predict([bomb, tmp_path / "images" / "circle" / "circle_000.png"], skip_errors=True)
     assert "huge.png" in rows[0]["input"] and "too large" in rows[0]["error"]
     assert rows[1]["label"] == "b"

@@ -46,7 +46,6 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from tlsearch.backbones.base import file_sha256
 from tlsearch.backbones.hf_checkpoints import hf_config as _hf_config

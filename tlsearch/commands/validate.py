@@ -51,7 +51,7 @@ def run(args) -> int:
         t.add_row(name, f"fixed: {v!r}")
     out.print(t)
     if args.data:
-        from tlsearch.search.study import check_inputs
+        from tlsearch.search.inputs import check_inputs
 
         _, data = check_inputs(cfg)
         out.print(f"  data       {data.summary()}; classes {data.class_names}")

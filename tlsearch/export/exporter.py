@@ -38,6 +38,8 @@ from tlsearch.modalities import Modality
 from tlsearch.params import OBJECTIVES, objective_params
 from tlsearch.search.artifacts import ARTIFACT_ATTR, AtomicFileSystemArtifactStore, fetch_weights
 from tlsearch.search.attrs import ATTR, trial_params
+from tlsearch.search.inputs import study_weights
+from tlsearch.search.resume import check_export, meaning
 from tlsearch.search.study import load_study
 
 __all__ = [
@@ -85,8 +87,10 @@ def select_trial(study, number: int | None = None):
 
 def rebuild_model(cfg, study, frozen, store):
     """(model, modality) for a stored trial at its best epoch; the weights are verified first."""
-    weights = fetch_weights(frozen, store)  # raises UserError on a damaged artifact
     modality = modalities.get(study.user_attrs.get(ATTR["modality"], "image"))
+    # the backbone rebuilt from today's study file must be the one the trial was trained with
+    check_export(study, cfg, meaning(cfg, study_weights(cfg, modality.make_source(cfg, None, None))))
+    weights = fetch_weights(frozen, store)  # raises UserError on a damaged artifact
     classes = study.user_attrs[ATTR["classes"]]
     try:
         model = modality.build_model(cfg, trial_params(frozen), weights, len(classes))

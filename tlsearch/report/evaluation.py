@@ -12,7 +12,7 @@ from tlsearch.export.exporter import rebuild_model, select_trial
 from tlsearch.report.parts import Section, style, table
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
 from tlsearch.search.attrs import ATTR
-from tlsearch.search.study import check_inputs
+from tlsearch.search.inputs import check_inputs
 
 __all__ = ["evaluation_section", "predict_all"]
 

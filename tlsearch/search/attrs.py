@@ -27,6 +27,10 @@ ATTR = {
     "failure": "tlsearch.failure",
     "seconds": "tlsearch.seconds",
     "cached": "tlsearch.cached",
+    "meaning": "tlsearch.meaning",
+    "caps": "tlsearch.caps",
+    "test": "tlsearch.test",
+    "fences": "tlsearch.fences",
 }
 
 #: the user attribute naming the process that runs a trial: ``host:pid:start``

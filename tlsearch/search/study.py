@@ -9,30 +9,32 @@ as it was. Only then is the study created, once, and trials run.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import optuna
 from optuna.trial import TrialState
 
 from tlsearch import modalities, space
-from tlsearch.backbones import build_backbone, resolve_weights
 from tlsearch.config import StudyConfig
-from tlsearch.data import Dataset, load_dataset
-from tlsearch.errors import (ArtifactWriteError, SpaceChangedError, TooManyFailures, TrialFailure,
+from tlsearch.data import Dataset
+from tlsearch.errors import (ArtifactWriteError, TooManyFailures, TrialFailure,
                              UserError)
 from tlsearch.modalities import Modality
-from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, probe_writable, upload_weights
+from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
 from tlsearch.search.attrs import ATTR, FINISHED
+from tlsearch.search.inputs import caps as study_caps
+from tlsearch.search.inputs import (check_inputs, check_objective, check_writable,
+                                    class_weight_map, config_snapshot, study_weights)
 from tlsearch.search.progress import Progress
+from tlsearch.search.resume import check_resume, meaning
 from tlsearch.search.samplers import make_pruner, make_sampler
 from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing, study_lock
 from tlsearch.search.workers import DONE, WAIT, Claims
 from tlsearch.train.cache import FeatureCache
 from tlsearch.train.features import BackboneSource
-from tlsearch.train.pipeline import Schedule, class_weights, clear_state, run_trial
+from tlsearch.train.pipeline import Schedule, clear_state, run_trial
 
 __all__ = [
     "PreparedStudy",
@@ -58,38 +60,12 @@ class PreparedStudy:
     modality: str
     storage_url: str
     kind: Modality | None = None
+    #: each backbone's number of blocks (what its ``unfreeze_blocks`` may reach)
+    caps: dict[str, int] = field(default_factory=dict)
 
     @property
     def finished(self) -> int:
         return len(self.study.get_trials(deepcopy=False, states=FINISHED))
-
-
-def _config_snapshot(cfg: StudyConfig) -> dict:
-    snap = json.loads(cfg.model_dump_json(exclude={"base_dir"}))
-    snap.pop("storage", None)  # may carry credentials
-    return snap
-
-
-def check_inputs(cfg: StudyConfig) -> tuple[str, Dataset]:
-    """Everything about the user's input that can be checked without a database."""
-    modality = modalities.modality_of(cfg.backbone_entries).name
-    for entry in cfg.backbone_entries:
-        resolve_weights(entry, cfg.base_dir)  # raises UserError for a missing file
-        if entry.path is not None:
-            # a user's Keras file is loaded (in safe mode) now: refused before the study exists,
-            # not in its first trial
-            build_backbone(entry, cfg.data.image_size, seed=cfg.seed, base_dir=cfg.base_dir)
-    data = load_dataset(cfg.data, base_dir=cfg.base_dir, image_size=cfg.data.image_size,
-                        seed=cfg.seed)
-    if data.modality != modality:
-        raise UserError(f"`data`: the data is {data.modality} but the backbones take {modality}")
-    return modality, data
-
-
-def check_writable(cfg: StudyConfig) -> None:
-    """The artifact folder takes a file (a probe written and removed): trained weights that
-    cannot be kept would waste every trial."""
-    probe_writable(cfg.artifact_dir)
 
 
 def load_study(cfg: StudyConfig, url: str | None = None) -> optuna.Study:
@@ -105,60 +81,37 @@ def load_study(cfg: StudyConfig, url: str | None = None) -> optuna.Study:
                         f"first") from None
 
 
-def _check_stored(study: optuna.Study, cfg: StudyConfig, sig, data: Dataset, warn) -> None:
-    """Refuse a stored study whose search space or classes differ from the study file's."""
-    stored = study.user_attrs.get(ATTR["space"])
-    if stored is not None and stored != sig:
-        changes = "\n".join(f"  - {c}" for c in space.diff_signatures(stored, sig))
-        raise SpaceChangedError(
-            f"the search space of study {cfg.name!r} changed since it was created:\n{changes}\n"
-            f"Optuna cannot mix trials from different spaces in one study. Give the study a new "
-            f"`name` to start a new one, or undo the change to resume this one."
-        )
-    stored_classes = study.user_attrs.get(ATTR["classes"])
-    if stored_classes is not None and stored_classes != data.class_names:
-        raise SpaceChangedError(
-            f"study {cfg.name!r} was created for classes {stored_classes}, but the data now has "
-            f"{data.class_names}. Give the study a new `name`."
-        )
-    if study.user_attrs.get(ATTR["data"]) not in (None, data.fingerprint):
-        warn(f"note: the data changed since study {cfg.name!r} was created; earlier trials "
-             f"were measured on other data")
-
-
-def _class_weight_map(cfg: StudyConfig, data: Dataset) -> dict[int, float] | None:
-    cw = cfg.training.class_weight
-    if cw == "auto":
-        return class_weights(data.y_train, data.n_classes)
-    if isinstance(cw, dict):
-        unknown = sorted(set(cw) - set(data.class_names))
-        if unknown:
-            raise UserError(f"`training.class_weight`: unknown classes {unknown}; the classes are "
-                            f"{data.class_names}")
-        return {data.class_names.index(k): float(v) for k, v in cw.items()}
-    return None
-
-
 def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
             create: bool = True) -> PreparedStudy:
     """Check the inputs, compare with a stored study of the same name, then create or load it.
 
-    The storage is opened and the study created under a lock shared by every process using the
-    storage (see :mod:`tlsearch.search.workers`): workers started at the same moment on a fresh database
-    would otherwise all try to create Optuna's tables, and most would crash.
+    Nothing is written before every input is checked: the data, the backbones (each is built
+    once, for its block count), the artifact folder, and a stored study's search space and
+    meaning (:mod:`tlsearch.search.resume`). The storage is opened and the study created under a
+    lock shared by every process using the storage (see :mod:`tlsearch.search.workers`): workers
+    started at the same moment on a fresh database would otherwise all try to create Optuna's
+    tables, and most would crash.
     """
     url = storage_url or cfg.storage_url
     check_url(url)
     modality, data = check_inputs(cfg)
     for line in data.objective_warnings(cfg.objective):
         warn(line)
-    sig = space.signature(cfg, modality)
-    cw_map = _class_weight_map(cfg, data)
+    cw_map = class_weight_map(cfg, data)
+    check_objective(cfg, data)
+    cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), warn=warn) \
+        if cfg.cache.enabled else None
+    kind = modalities.get(modality)
+    source = kind.make_source(cfg, data, cache, prefetch_unfrozen=space.max_unfreeze_searched(cfg))
+    caps = study_caps(cfg, source)
+    space.check_caps(cfg, modality, caps)
+    sig = space.signature(cfg, modality, caps)
+    now = meaning(cfg, study_weights(cfg, source), data=data.fingerprint, classes=data.class_names)
     if not create:
         if not sqlite_missing(url):
             try:
-                _check_stored(optuna.load_study(study_name=cfg.name, storage=open_storage(cfg, url)),
-                              cfg, sig, data, warn)
+                check_resume(optuna.load_study(study_name=cfg.name, storage=open_storage(cfg, url)),
+                             cfg, sig, now)
             except KeyError:
                 pass
         raise UserError("nothing to do")
@@ -173,25 +126,21 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
             except KeyError:
                 study = None
             if study is not None:
-                _check_stored(study, cfg, sig, data, warn)
+                check_resume(study, cfg, sig, now)
             else:
                 study = optuna.create_study(
                     study_name=cfg.name, storage=storage, direction=cfg.direction,  # type: ignore[arg-type]
                     sampler=make_sampler(cfg), pruner=make_pruner(cfg),
                 )
-                study.set_user_attr(ATTR["space"], sig)
-                study.set_user_attr(ATTR["classes"], data.class_names)
-                study.set_user_attr(ATTR["modality"], modality)
-                study.set_user_attr(ATTR["config"], _config_snapshot(cfg))
-                study.set_user_attr(ATTR["data"], data.fingerprint)
+                for key, value in (("space", sig), ("classes", data.class_names),
+                                   ("modality", modality), ("config", config_snapshot(cfg)),
+                                   ("data", data.fingerprint), ("meaning", now), ("caps", caps)):
+                    study.set_user_attr(ATTR[key], value)
                 if cfg.sampler.warm_start and not study.trials:
-                    study.enqueue_trial(space.warm_start(cfg, modality), skip_if_exists=True)
+                    study.enqueue_trial(space.warm_start(cfg, modality, caps),
+                                        skip_if_exists=True)
     finally:
         lock.close()
-    cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), warn=warn) \
-        if cfg.cache.enabled else None
-    kind = modalities.get(modality)
-    source = kind.make_source(cfg, data, cache, prefetch_unfrozen=space.max_unfreeze_searched(cfg))
     schedule = Schedule(
         stage1_epochs=cfg.training.stage1_epochs, stage2_epochs=cfg.training.stage2_epochs,
         batch_size=cfg.training.batch_size, objective=cfg.objective,
@@ -199,7 +148,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
         keep_bn_frozen=cfg.training.keep_bn_frozen, seed=cfg.seed,
     )
     store = AtomicFileSystemArtifactStore(cfg.artifact_dir)
-    return PreparedStudy(cfg, study, data, source, schedule, store, modality, url, kind)
+    return PreparedStudy(cfg, study, data, source, schedule, store, modality, url, kind, caps)
 
 
 class _FailureGuard:
@@ -244,13 +193,12 @@ def make_objective(prep: PreparedStudy, progress: Progress,
     """The objective around :func:`~tlsearch.train.pipeline.run_trial`. ``on_start`` is called first,
     once the trial is RUNNING (a claim is released there: see :class:`tlsearch.search.workers.Claims`)."""
     cfg, schedule = prep.cfg, prep.schedule
-    relevant = set(space.space_entries(cfg, prep.modality))
 
     def objective(trial: optuna.Trial) -> float:
         if on_start is not None:
             on_start(trial)
-        params = space.suggest(trial, cfg, prep.modality, prep.source.max_unfreeze)
-        shown = {k: v for k, v in asdict(params).items() if k in relevant}
+        params = space.suggest(trial, cfg, prep.modality, prep.caps)
+        shown = space.used(params, cfg, prep.modality)
         trial.set_user_attr(ATTR["params"], shown)
         progress.trial_start(trial.number, shown)
         history: list[dict] = []

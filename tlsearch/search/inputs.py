@@ -1,0 +1,92 @@
+"""Everything about a study's input that is checked before anything is written, and what a trial
+needs assembled from it: the data, the backbones' weights and block counts, the objective's
+parameters, the class weights, a writable artifact folder."""
+
+from __future__ import annotations
+
+import json
+
+from tlsearch import modalities, space
+from tlsearch.backbones import build_backbone, resolve_weights
+from tlsearch.config import StudyConfig
+from tlsearch.data import Dataset, load_dataset
+from tlsearch.errors import UserError
+from tlsearch.params import OBJECTIVES, objective_params
+from tlsearch.search.artifacts import probe_writable
+from tlsearch.train.features import BackboneSource
+from tlsearch.train.pipeline import class_weights
+
+__all__ = ["config_snapshot", "check_inputs", "check_writable", "study_weights", "caps",
+           "check_objective", "class_weight_map"]
+
+
+def config_snapshot(cfg: StudyConfig) -> dict:
+    snap = json.loads(cfg.model_dump_json(exclude={"base_dir"}))
+    snap.pop("storage", None)  # may carry credentials
+    return snap
+
+
+def check_inputs(cfg: StudyConfig) -> tuple[str, Dataset]:
+    """Everything about the user's input that can be checked without a database."""
+    modality = modalities.modality_of(cfg.backbone_entries).name
+    for entry in cfg.backbone_entries:
+        resolve_weights(entry, cfg.base_dir)  # raises UserError for a missing file
+        if entry.path is not None:
+            # a user's Keras file is loaded (in safe mode) now: refused before the study exists,
+            # not in its first trial
+            build_backbone(entry, cfg.data.image_size, seed=cfg.seed, base_dir=cfg.base_dir)
+    data = load_dataset(cfg.data, base_dir=cfg.base_dir, image_size=cfg.data.image_size,
+                        seed=cfg.seed)
+    if data.modality != modality:
+        raise UserError(f"`data`: the data is {data.modality} but the backbones take {modality}")
+    return modality, data
+
+
+def check_writable(cfg: StudyConfig) -> None:
+    """The artifact folder takes a file (a probe written and removed): trained weights that
+    cannot be kept would waste every trial."""
+    probe_writable(cfg.artifact_dir)
+
+
+def study_weights(cfg: StudyConfig, source: BackboneSource) -> dict[str, str]:
+    """Each backbone's weights fingerprint, as the study's meaning records it."""
+    out = {}
+    for e in cfg.backbone_entries:
+        fp = source.weights(e.name)[1]
+        out[e.name] = f"random:seed={cfg.seed}" if fp == "random" else fp
+    return out
+
+
+def caps(cfg: StudyConfig, source: BackboneSource) -> dict[str, int]:
+    """Each backbone's block count, when the study unfreezes any (building each backbone once)."""
+    if space.max_unfreeze_searched(cfg) == 0:
+        return {}
+    return {e.name: source.max_unfreeze(e.name) for e in cfg.backbone_entries}
+
+
+def check_objective(cfg: StudyConfig, data: Dataset) -> None:
+    """A screening objective needs a positive class that exists."""
+    obj = OBJECTIVES[cfg.objective]
+    if not obj.binary:
+        return
+    positive = objective_params(obj, cfg.objective_params)["positive"]
+    if not isinstance(positive, int) or not 0 <= positive < data.n_classes:
+        raise UserError(f"`objective_params.positive`: expected a class index in "
+                        f"0..{data.n_classes - 1} (classes {data.class_names}), got {positive!r}")
+    if data.n_classes > 2 and "positive" not in (cfg.objective_params or {}):
+        raise UserError(f"`objective`: {cfg.objective} judges one positive class against the "
+                        f"rest; with {data.n_classes} classes, name it: objective_params: "
+                        f"{{positive: <index in {data.class_names}>}}")
+
+
+def class_weight_map(cfg: StudyConfig, data: Dataset) -> dict[int, float] | None:
+    cw = cfg.training.class_weight
+    if cw == "auto":
+        return class_weights(data.y_train, data.n_classes)
+    if isinstance(cw, dict):
+        unknown = sorted(set(cw) - set(data.class_names))
+        if unknown:
+            raise UserError(f"`training.class_weight`: unknown classes {unknown}; the classes are "
+                            f"{data.class_names}")
+        return {data.class_names.index(k): float(v) for k, v in cw.items()}
+    return None

@@ -1,0 +1,114 @@
+"""What a stored trial means, and refusing to resume or export when the study file changed it.
+
+A study's trials are comparable only if every one of them computed the same thing: the same
+objective and direction, schedule, input size, BatchNorm policy, class weights, backbone weights,
+preprocessing, cut points and data. All of that is stored with the study when it is created
+(:func:`meaning`) next to the search space's signature, and a run or an export whose study file
+says otherwise is refused, naming each changed field with its old and new value. What only
+changes how the search proceeds (``n_trials``, ``timeout``, sampler, pruner, workers, caches)
+may change freely.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Mapping
+
+import optuna
+
+from tlsearch import space
+from tlsearch.config import StudyConfig
+from tlsearch.errors import SpaceChangedError
+from tlsearch.search.attrs import ATTR
+
+__all__ = ["meaning", "check_resume", "check_export", "NEW_STUDY"]
+
+NEW_STUDY = ("Give the study a new `name` (or another `storage`) to start a new study, or undo "
+             "the change to resume this one.")
+
+#: the parts of a study's meaning that need its data to be known (not checked by export)
+_DATA_FIELDS = ("data", "classes")
+
+
+def meaning(cfg: StudyConfig, weights: Mapping[str, str], *, data: str | None = None,
+            classes: list[str] | None = None) -> dict[str, Any]:
+    """Everything that changes what a trial computes, as plain JSON values.
+
+    ``weights`` maps each backbone to its weights fingerprint (a content hash for files, the name
+    for hub presets); ``data`` is the data's fingerprint.
+    """
+    t = cfg.training
+    out: dict[str, Any] = {
+        "objective": cfg.objective,
+        "direction": cfg.direction,
+        "objective_params": cfg.objective_params or {},
+        "training.stage1_epochs": t.stage1_epochs,
+        "training.stage2_epochs": t.stage2_epochs,
+        "training.batch_size": t.batch_size,
+        "training.keep_bn_frozen": t.keep_bn_frozen,
+        "training.class_weight": t.class_weight,
+        "data.image_size": cfg.data.image_size,
+    }
+    for e in cfg.backbone_entries:
+        out[f"backbones.{e.name}.weights"] = weights.get(e.name)
+        if e.path is not None:
+            out[f"backbones.{e.name}.preprocessing"] = e.preprocessing
+            out[f"backbones.{e.name}.block_ends"] = e.block_ends
+    if data is not None:
+        out["data"] = data
+    if classes is not None:
+        out["classes"] = classes
+    return json.loads(json.dumps(out, default=str))
+
+
+def _changes(stored: Mapping[str, Any], now: Mapping[str, Any], keys: set[str]) -> list[str]:
+    lines = []
+    for k in sorted(keys):
+        if stored.get(k) != now.get(k):
+            lines.append(f"{k}: was {_show(stored.get(k))}, now {_show(now.get(k))}")
+    return lines
+
+
+def _show(v: Any) -> str:
+    text = json.dumps(v)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_resume(study: optuna.Study, cfg: StudyConfig, signature: dict[str, str],
+                 now: dict[str, Any]) -> None:
+    """Refuse to add trials to a stored study whose search space or meaning differ from the
+    study file's. A study stored before meanings were kept gets today's."""
+    lines: list[str] = []
+    stored_sig = study.user_attrs.get(ATTR["space"])
+    if stored_sig is not None and stored_sig != signature:
+        lines += space.diff_signatures(stored_sig, signature)
+    stored = study.user_attrs.get(ATTR["meaning"])
+    if stored is None:
+        legacy = {"classes": study.user_attrs.get(ATTR["classes"]),
+                  "data": study.user_attrs.get(ATTR["data"])}
+        lines += _changes(legacy, now, {k for k, v in legacy.items() if v is not None})
+        if not lines:
+            study.set_user_attr(ATTR["meaning"], now)
+    else:
+        lines += _changes(stored, now, set(stored) | set(now))
+    if lines:
+        shown = "\n".join(f"  - {line}" for line in lines)
+        raise SpaceChangedError(
+            f"study {cfg.name!r} was created from a different study file, so its trials would not "
+            f"be comparable with new ones:\n{shown}\n{NEW_STUDY}")
+
+
+def check_export(study: optuna.Study, cfg: StudyConfig, now: dict[str, Any]) -> None:
+    """Refuse to rebuild a stored trial from a study file that changed what it computed (another
+    image size, preprocessing, or backbone weights than the trial was trained with)."""
+    stored = study.user_attrs.get(ATTR["meaning"])
+    if stored is None:
+        return  # stored before meanings were kept: the weights' shapes are still checked
+    keys = (set(stored) | set(now)) - set(_DATA_FIELDS)
+    lines = _changes(stored, now, keys)
+    if lines:
+        shown = "\n".join(f"  - {line}" for line in lines)
+        raise SpaceChangedError(
+            f"the study file no longer describes how study {cfg.name!r} was trained, so its "
+            f"trials cannot be rebuilt from it:\n{shown}\nUndo the change (or use the study "
+            f"file the study was run with).")
