@@ -18,7 +18,8 @@ from tlsearch.errors import ArtifactWriteError, TooManyFailures, UserError
 __all__ = ["main"]
 
 #: subcommand modules under tlsearch.commands; each has ``add_parser(sub)`` and ``run(args) -> int``
-COMMANDS = ("run", "validate", "backbones", "cache", "export", "predict", "dashboard", "report")
+COMMANDS = ("run", "validate", "backbones", "cache", "export", "predict", "evaluate", "dashboard",
+            "report")
 
 
 def _parser() -> argparse.ArgumentParser:

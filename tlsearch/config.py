@@ -127,6 +127,8 @@ class DataConfig(_Section):
     format: str | None = Field(None, description="image_folder, npz, csv, parquet, jsonl; inferred")
     path: Path
     validation: Path | None = Field(None, description="explicit validation data, same format")
+    test: Path | None = Field(None, description="held-out test data, same format: never used to "
+                              "choose a trial; the chosen one is evaluated on it once")
     validation_split: float = Field(0.2, gt=0, lt=1)
     image_size: int = Field(224, ge=8, le=1024, description="images are resized to this square")
     text_column: str = "text"

@@ -124,7 +124,9 @@ def check_caps(cfg: StudyConfig, modality: str, caps: Mapping[str, int]) -> None
             continue
         spec = getattr(cfg.search, p.name)
         for bb in _backbones(cfg):
-            cap = caps[bb]
+            cap = caps.get(bb)
+            if cap is None:
+                continue  # nothing is unfrozen in this study
             if isinstance(spec, Range):
                 bad = spec.low > cap
             elif isinstance(spec, list):

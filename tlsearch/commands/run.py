@@ -65,6 +65,7 @@ def run(args) -> int:
     progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize")
     summary = st.run(prep, progress, n_trials=args.n_trials)
     _print_summary(out, summary, cfg, prep, args.study)
+    _after_study(out, cfg, prep)
     return 0
 
 
@@ -93,6 +94,7 @@ def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
     target = args.n_trials or cfg.n_trials
     finished = summary["states"].get("COMPLETE", 0) + summary["states"].get("PRUNED", 0)
     _print_summary(out, summary, cfg, prep, args.study)
+    _after_study(out, cfg, prep)
     bad = {i + 1: c for i, c in enumerate(codes) if c != 0}
     if not bad:
         return 0
@@ -106,6 +108,29 @@ def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
         raise TooManyFailures(f"{shown}: trials kept failing (see each worker's reasons above). "
                               f"Fix the cause and run the same command again: the study resumes.")
     raise WorkersFailed(f"{shown}. Run the same command again: the study resumes.")
+
+
+def _after_study(out: Console, cfg, prep) -> None:
+    """What the best trial says beyond its validation score: where it sits against the fences of
+    the search space, and its accuracy on the held-out test set (``data.test``)."""
+    from tlsearch import space
+    from tlsearch.search.attrs import ATTR
+
+    try:
+        best = prep.study.best_trial
+    except ValueError:
+        return
+    lines = space.fences(best.user_attrs.get(ATTR["params"], {}), cfg, prep.modality, prep.caps)
+    prep.study.set_user_attr(ATTR["fences"], lines)
+    for line in lines:
+        out.print(f"[yellow]fence:[/] {line}", highlight=False)
+    if prep.data.x_test is not None:
+        from tlsearch.export.evaluate import evaluate_best_on_test, format_evaluation
+
+        result = evaluate_best_on_test(cfg, prep.study, prep.data)
+        if result is not None:
+            out.print(format_evaluation(result, f"held-out test set (data.test), trial "
+                                                f"#{result['trial']}"), highlight=False)
 
 
 def _describe_exit(code: int) -> str:

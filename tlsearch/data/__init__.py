@@ -23,7 +23,7 @@ import numpy as np
 
 from tlsearch.errors import DataError
 
-__all__ = ["Dataset", "RawData", "register_format", "formats", "load_dataset", "format_file_list",
+__all__ = ["Dataset", "RawData", "register_format", "formats", "load_dataset", "load_labelled", "format_file_list",
            "MISSING_LABELS", "is_missing_label"]
 
 #: Label values that mean "no label", compared after stripping spaces and ignoring case: the
@@ -74,6 +74,9 @@ class Dataset:
     class_names: list[str]
     skipped: list[str] = field(default_factory=list)
     fingerprint: str = ""
+    #: the held-out test examples (``data.test``): never used for selection, not in the fingerprint
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
 
     @property
     def n_classes(self) -> int:
@@ -222,7 +225,34 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
         x_tr, y_tr, x_va, y_va = train.x[tr], y[tr], train.x[va], y[va]
     ds = Dataset(train.modality, x_tr, y_tr, x_va, y_va, class_names, skipped)
     ds.fingerprint = _fingerprint(x_tr, y_tr, x_va, y_va, names=class_names)
+    if getattr(cfg, "test", None) is not None:
+        ds.x_test, ds.y_test, test_skipped = load_labelled(
+            cfg, cfg.test, class_names, base_dir=base_dir, image_size=image_size, field="data.test")
+        ds.skipped += test_skipped
     return ds
+
+
+def load_labelled(cfg, path: Path | str, class_names: list[str], *, base_dir: Path | None,
+                  image_size: int, field: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Labelled examples in any registered format, labels mapped onto known ``class_names``
+    (a held-out test set, or the data given to ``tlsearch evaluate``). Returns (x, y, skipped)."""
+    _load_all()
+    path = Path(path)
+    if not path.is_absolute() and base_dir is not None:
+        path = base_dir / path
+    if not path.exists():
+        raise DataError(f"`{field}`: {str(path)!r} does not exist")
+    fmt = getattr(cfg, "format", None) or _infer_format(path)
+    raw = _FORMATS[fmt].load(cfg, path, image_size)
+    labels = [nfc(c) for c in raw.labels]
+    unknown = sorted(set(labels) - set(class_names))
+    if unknown:
+        raise DataError(f"`{field}`: labels {unknown} are not among the model's classes "
+                        f"{class_names}" + _lookalikes(unknown, class_names))
+    if not labels:
+        raise DataError(f"`{field}`: no examples found in {str(path)!r}")
+    index = {c: i for i, c in enumerate(class_names)}
+    return raw.x, np.array([index[c] for c in labels], dtype=np.int64), list(raw.skipped)
 
 
 _INTEGER = re.compile(r"-?[0-9]+")

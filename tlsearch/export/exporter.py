@@ -228,6 +228,8 @@ def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str
 
         metadata = _metadata(cfg, study, frozen, modality, classes, report, work,
                              artifact=frozen.user_attrs.get(ARTIFACT_ATTR, {}))
+        if cfg.data.test is not None:
+            metadata["test"] = _evaluate_on_test(cfg, model, modality, classes, metadata, log)
         (work / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         umask = os.umask(0)
         os.umask(umask)
@@ -240,6 +242,25 @@ def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str
         raise
     log(f"wrote {out}")
     return ExportResult(out, frozen.number, best_step, best_stage, report, metadata)
+
+
+def _evaluate_on_test(cfg, model, modality: Modality, classes: list[str], metadata: dict,
+                      log: Callable[[str], None]) -> dict:
+    """The exported trial on the held-out test set (``data.test``): what production can expect."""
+    from tlsearch.data import load_labelled
+    from tlsearch.metrics import apply_threshold, evaluate_probabilities
+
+    x, y, _ = load_labelled(cfg.data, cfg.data.test, classes, base_dir=cfg.base_dir,
+                            image_size=cfg.data.image_size, field="data.test")
+    probs = modality.predict_all(model, x)
+    rule = metadata["decision"]
+    labels = (apply_threshold(probs, rule["threshold"], rule["positive"])
+              if rule["rule"] == "threshold" else None)
+    result = evaluate_probabilities(probs, y, classes, objective=cfg.objective,
+                                    objective_params=cfg.objective_params, labels=labels)
+    log(f"  held-out test set: {result['n']} examples, accuracy {result['accuracy']:.4f}, "
+        f"loss {result['loss']:.4f}")
+    return result
 
 
 def decision_rule(cfg, classes: list[str], at_best: dict) -> dict:

@@ -121,7 +121,8 @@ class Predictor:
             for r in results:
                 yield r if r is not None else self._row(next(names_it), next(probs))
 
-    def _label_index(self, p: np.ndarray) -> int:
+    def label_index(self, p: np.ndarray) -> int:
+        """The predicted class of one row of probabilities, by the export's decision rule."""
         rule = self.metadata.get("decision") or {"rule": "argmax"}
         if rule.get("rule") == "threshold":
             from tlsearch.metrics import apply_threshold
@@ -130,7 +131,7 @@ class Predictor:
         return int(np.argmax(p))
 
     def _row(self, name: str, p: np.ndarray) -> dict:
-        k = self._label_index(p)
+        k = self.label_index(p)
         return {"input": name, "label": self.classes[k], "probability": float(p[k]),
                 "probabilities": {c: float(v) for c, v in zip(self.classes, p)}}
 

@@ -89,6 +89,12 @@ class Modality:
         """Class probabilities for a batch of read inputs."""
         raise NotImplementedError
 
+    def predict_all(self, model: Any, x: Any, batch: int = 64) -> np.ndarray:
+        """Class probabilities for every example of a dataset's inputs, in batches, computed as
+        ``predict`` computes them."""
+        return np.concatenate([self.run(model, list(x[i:i + batch]))
+                               for i in range(0, len(x), batch)])
+
 
 _REGISTRY: dict[str, Modality] = {}
 

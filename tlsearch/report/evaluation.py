@@ -6,7 +6,6 @@ import html
 
 import numpy as np
 
-from tlsearch import modalities
 from tlsearch.errors import UserError
 from tlsearch.export.exporter import rebuild_model, select_trial
 from tlsearch.report.parts import Section, style, table
@@ -14,7 +13,7 @@ from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
 from tlsearch.search.attrs import ATTR
 from tlsearch.search.inputs import check_inputs
 
-__all__ = ["evaluation_section", "predict_all"]
+__all__ = ["evaluation_section"]
 
 
 def evaluation_section(study, cfg, url) -> Section:
@@ -22,7 +21,7 @@ def evaluation_section(study, cfg, url) -> Section:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 
-    s = Section("Best model on the validation data")
+    s = Section("Best model")
     try:
         bt = select_trial(study)
         model, modality = rebuild_model(cfg, study, bt, AtomicFileSystemArtifactStore(cfg.artifact_dir))
@@ -35,15 +34,22 @@ def evaluation_section(study, cfg, url) -> Section:
         s.note = (f"Not available: the data's classes {data.class_names} differ from the study's "
                   f"{classes}.")
         return s
-    probs = predict_all(model, data.x_val, modality)
+    if data.x_test is not None:
+        s.title = "Best model on the held-out test set"
+        x, y, where = data.x_test, data.y_test, "held-out test examples (data.test, never used to choose)"
+    else:
+        s.title = "Best model on the validation data (optimistic: it chose the trial)"
+        x, y, where = data.x_val, data.y_val, (
+            "validation examples. Optimistic: the same examples chose this trial among all the "
+            "others; give `data.test` for an honest number")
+    probs = modality.predict_all(model, x)
     pred = probs.argmax(axis=1)
-    y = data.y_val
     k = len(classes)
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     p, r, f, n = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
     acc = float((pred == y).mean())
     s.intro = (f"Trial #{bt.number} at its best epoch (step {bt.user_attrs.get(ATTR['best_step'])}),"
-               f" rebuilt from its stored weights, on the {len(y)} validation examples: accuracy "
+               f" rebuilt from its stored weights, on the {len(y)} {where}: accuracy "
                f"{acc:.3f}. Rows are the true class, columns the predicted one.")
     row_sum = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, row_sum, out=np.zeros_like(cm, dtype=float), where=row_sum > 0)
@@ -66,9 +72,3 @@ def evaluation_section(study, cfg, url) -> Section:
     s.html = table(["class", "precision", "recall", "F1", "support"], rows, escape=False,
                     numeric=True)
     return s
-
-
-def predict_all(model, x, modality: modalities.Modality, batch: int = 64) -> np.ndarray:
-    """Class probabilities for every example of ``x``, in batches, as ``predict`` computes them."""
-    return np.concatenate([modality.run(model, list(x[i:i + batch]))
-                           for i in range(0, len(x), batch)])

@@ -32,6 +32,15 @@ def summary_html(study, cfg) -> str:
         params = bt.user_attrs.get(ATTR["params"], bt.params)
         rows.append(("best parameters", ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())))
+    test = study.user_attrs.get(ATTR["test"])
+    if test:
+        rows.append(("held-out test", f"trial #{test['trial']}: accuracy {test['accuracy']:.4f}, "
+                                      f"loss {test['loss']:.4f} on {test['n']} examples"))
+    else:
+        rows.append(("held-out test", "none (no `data.test`): every number here is on the "
+                                      "validation data that chose the trial, so optimistic"))
+    for line in study.user_attrs.get(ATTR["fences"], []):
+        rows.append(("fence", line))
     return table(None, rows)
 
 
