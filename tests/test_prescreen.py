@@ -55,6 +55,16 @@ def test_score_is_the_evidence_at_the_converged_alpha_and_beta(n, d):
     assert logme_score(f, y) == r.score
 
 
+def test_weak_features_with_fewer_examples_than_dimensions_converge():
+    """The fixed point can take hundreds of steps here (the reference stops at 11, unconverged)."""
+    f, y = _features(60, 1280, 10, signal=0.05, seed=0)
+    r = logme(f, y)
+    assert r.converged.all() and r.iterations.max() > 100 and r.rank == 60
+    target = (y == r.classes[0]).astype(float)
+    assert r.evidences[0] == pytest.approx(_evidence_marginal(f, target, r.alphas[0], r.betas[0]),
+                                           rel=1e-8)
+
+
 def test_the_fixed_point_maximises_the_evidence():
     """Moving alpha or beta away from where the iteration stopped lowers the evidence."""
     f, y = _features(120, 10, 4, signal=0.7, seed=1)
