@@ -18,7 +18,7 @@ Then Kendall's tau between the LogME ranking and each accuracy ranking, over all
 the pretrained ones only, and within each image size.
 
     python benchmarks/logme_ranking.py --out benchmarks/results/logme-ranking
-    python benchmarks/logme_ranking.py --tiny --out /tmp/x     # seconds: checks the script only
+    python benchmarks/logme_ranking.py --tiny --out tiny-run   # a minute: checks the script only
 """
 
 from __future__ import annotations

@@ -3,26 +3,28 @@
 Why: a study that searches several backbones spends most of its trials learning which backbone
 to use. The frozen pooled features of every candidate are computed anyway (stage 1 trains on them,
 and the feature cache keeps them), and LogME (You et al., ICML 2021, "LogME: Practical Assessment
-of Pre-trained Models for Transfer Learning") turns them into a score in a fraction of the time one
-head takes to train. Keeping only the best-scoring backbones leaves the trials to the choices that
-matter (blocks to unfreeze, learning rates, head).
+of Pre-trained Models for Transfer Learning") turns them into a score in seconds, about what one
+stage-1 head costs and far less than the trials a search spends on each backbone. Keeping only the
+best-scoring backbones leaves the trials to the other choices (blocks to unfreeze, learning rates,
+head).
 
 What LogME computes: for each class, the one-hot target ``y`` is modelled as a linear function of
 the features with a Gaussian prior on the weights (precision ``alpha``) and Gaussian noise
 (precision ``beta``); ``alpha`` and ``beta`` are set by maximising the marginal likelihood (the
-evidence) with MacKay's fixed-point updates, which after one SVD of the features cost O(rank) per
-step. The score is the maximised log evidence averaged over classes and divided by the number of
+evidence) with MacKay's fixed-point updates, which after one decomposition of the features cost
+O(rank) per step. The score is the maximised log evidence averaged over classes and divided by the number of
 examples. It is a property of the features alone: no learning rate, no epochs, no randomness.
 
 This follows the authors' reference implementation (the fixed-point version, with its start
 ``alpha = beta = 1``, its ``1e-5`` guards and its stopping rule ``|dt| / t <= 1e-3`` on
-``t = alpha / beta``), with two differences that only show on degenerate inputs:
+``t = alpha / beta``); with more examples than feature dimensions and a converging iteration its
+scores agree with the reference's. It differs in two ways:
 
 * the log-determinant counts every one of the D feature dimensions: a direction the features do
   not span contributes ``log(alpha)``, as the evidence formula says. With fewer examples than
   dimensions the reference's fixed-point version sums over the N singular values only and drops
   the other D - N terms, which inflates its score (its earlier ICML version, which decomposes the
-  D x D matrix, does not). With more examples than dimensions the two agree.
+  D x D matrix, does not).
 * classes are the label values present (any hashable values), so a missing class id does not add a
   class with no positive examples; the evidence is evaluated at the final ``alpha`` and ``beta``,
   and the iteration runs to convergence (up to ``max_iter`` steps, not 11; see :func:`logme`).
