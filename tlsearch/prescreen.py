@@ -12,8 +12,9 @@ What LogME computes: for each class, the one-hot target ``y`` is modelled as a l
 the features with a Gaussian prior on the weights (precision ``alpha``) and Gaussian noise
 (precision ``beta``); ``alpha`` and ``beta`` are set by maximising the marginal likelihood (the
 evidence) with MacKay's fixed-point updates, which after one decomposition of the features cost
-O(rank) per step. The score is the maximised log evidence averaged over classes and divided by the number of
-examples. It is a property of the features alone: no learning rate, no epochs, no randomness.
+O(rank) per step. The score is the maximised log evidence averaged over classes and divided by the
+number of examples. It is a property of the features alone: no learning rate, no epochs, no
+randomness.
 
 This follows the authors' reference implementation (the fixed-point version, with its start
 ``alpha = beta = 1``, its ``1e-5`` guards and its stopping rule ``|dt| / t <= 1e-3`` on
