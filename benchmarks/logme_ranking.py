@@ -8,8 +8,8 @@ and Lite0 with random weights as a control) this computes, on Fashion-MNIST:
 * LogME of the *training* features (``tlsearch.prescreen.logme``), timed;
 * the test accuracy of tlsearch's stage 1 (a head trained on the frozen features), and of stage 1
   followed by a short fine-tune of the top blocks, both through ``run_trial``, timed, averaged over
-  ``--seeds`` (heads) and ``--finetune-seeds`` (fine-tunes) initialisations. The accuracy is that of the last epoch: no epoch is chosen on
-  the test images;
+  ``--seeds`` (heads) and ``--finetune-seeds`` (fine-tunes) initialisations. The accuracy is that
+  of the last epoch: no epoch is chosen on the test images;
 * the test accuracy of a linear probe (scikit-learn's logistic regression on standardised
   features): what LogME estimates is how well a linear model fits the features, whatever their
   scale, while tlsearch's head sees the features as the backbone gives them.
@@ -175,7 +175,8 @@ def markdown(result: dict) -> str:
         h, f, p = t["head_accuracy"], t["finetune_accuracy"], t["probe_accuracy"]
         if h is None:
             continue
-        lines.append(f"| {g} | {h['n']} | {cell(h)} | {top(h)} | {cell(f)} | {top(f)} | {cell(p)} | {top(p)} |")
+        lines.append(f"| {g} | {h['n']} | {cell(h)} | {top(h)} | {cell(f)} | {top(f)} | "
+                     f"{cell(p)} | {top(p)} |")
     sec = result["summary"]["seconds"]
     lines += ["", f"Seconds, summed over candidates: LogME {sec['logme_seconds']:.1f}; one head each "
                   f"{sec['head_seconds']:.1f}; one fine-tune each {sec['finetune_seconds']:.1f}; linear "
