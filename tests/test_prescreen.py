@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tlsearch.prescreen import PrescreenSpec, logme, logme_score, rank_backbones
+from tlsearch.prescreen import logme, logme_score, rank_backbones
 
 
 def _features(n: int, d: int, n_classes: int, signal: float, seed: int = 0):
@@ -137,10 +137,35 @@ def test_rank_backbones_keeps_the_best_and_puts_useless_features_last():
 
 
 def test_prescreen_section_is_parsed_strictly():
-    assert PrescreenSpec.parse({"method": "logme", "keep": 2}) == PrescreenSpec("logme", 2)
-    assert PrescreenSpec.parse({"keep": 3}).method == "logme"
-    for bad, msg in [({"method": "logme"}, "required"), ({"keep": 2, "kep": 1}, "unknown keys"),
-                     ({"keep": 0}, "at least 1"), ({"keep": 1.5}, "whole number"),
-                     ({"keep": True}, "whole number"), ("logme", "mapping")]:
-        with pytest.raises(ValueError, match=msg):
-            PrescreenSpec.parse(bad)
+    from tlsearch.config import parse_config
+    from tlsearch.errors import ConfigError
+
+    base = {"name": "t", "n_trials": 1, "data": {"path": "x"}, "backbones": ["tiny_cnn"]}
+    cfg = parse_config({**base, "prescreen": {"keep": 3}})
+    assert cfg.prescreen.method == "logme" and cfg.prescreen.keep == 3
+    for bad, msg in [({"method": "logme"}, "prescreen.keep"), ({"keep": 2, "kep": 1}, "prescreen.kep"),
+                     ({"keep": 0}, "greater than or equal to 1"), ({"keep": 1.5}, "prescreen.keep"),
+                     ({"keep": 1, "method": "leep"}, "prescreen.method")]:
+        with pytest.raises(ConfigError, match=msg):
+            parse_config({**base, "prescreen": bad})
+
+
+def test_a_study_searches_only_the_kept_backbones(tmp_path, image_folder):
+    import optuna
+
+    from conftest import write_study
+    from tlsearch.cli import main
+    from tlsearch.config import load_config
+
+    study = write_study(tmp_path / "s.yaml", n_trials=2,
+                        backbones=["tiny_cnn", "efficientnet_lite0"],
+                        prescreen={"method": "logme", "keep": 1},
+                        search={"unfreeze_blocks": 0, "head_width": 8})
+    assert main(["run", str(study)]) == 0
+    cfg = load_config(study)
+    s = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    ranking = s.user_attrs["tlsearch.prescreen"]
+    assert [n for n, _ in ranking] and len(ranking) == 2
+    kept = ranking[0][0]
+    assert {t.user_attrs["tlsearch.params"]["backbone"] for t in s.trials} == {kept}
+    assert "backbone" not in s.trials[0].params  # one backbone left: not a searched parameter

@@ -182,6 +182,14 @@ else:
     )
 
 
+class PrescreenConfig(_Section):
+    """Rank the candidate backbones on their frozen features before any training, and search only
+    the best ``keep`` (LogME, You et al., ICML 2021: seconds per backbone on cached features)."""
+
+    method: Literal["logme"] = "logme"
+    keep: int = Field(ge=1, description="how many of the best-ranked backbones the search keeps")
+
+
 class CacheConfig(_Section):
     """The frozen-feature cache shared by every trial of a study, and by later runs."""
 
@@ -210,6 +218,7 @@ class StudyConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig = Field(default_factory=SearchConfig)
     cache: CacheConfig = CacheConfig()
+    prescreen: PrescreenConfig | None = None
     #: Folder of the study file; relative paths in the file are resolved against it.
     base_dir: Path = Field(Path("."), exclude=True)
 

@@ -52,7 +52,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-__all__ = ["LogMEResult", "METHODS", "PrescreenSpec", "logme", "logme_score", "rank_backbones"]
+__all__ = ["LogMEResult", "METHODS", "logme", "logme_score", "rank_backbones"]
 
 _EPS = 1e-5  # the reference implementation's guard on the denominators of the updates
 _TOL = 1e-3  # stop when t = alpha / beta moves by less than this, relatively
@@ -198,34 +198,6 @@ def logme_score(features: np.ndarray, labels: np.ndarray) -> float:
 METHODS: dict[str, Callable[[np.ndarray, np.ndarray], float]] = {"logme": logme_score}
 
 
-@dataclass(frozen=True)
-class PrescreenSpec:
-    """The ``prescreen:`` section of a study file: which score, and how many backbones survive."""
-
-    method: str = "logme"
-    keep: int = 1
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"prescreen.method: unknown method {self.method!r}; "
-                             f"expected one of {sorted(METHODS)}")
-        if isinstance(self.keep, bool) or not isinstance(self.keep, int) or self.keep < 1:
-            raise ValueError(f"prescreen.keep: must be a whole number of at least 1, not {self.keep!r}")
-
-    @classmethod
-    def parse(cls, value: Mapping) -> "PrescreenSpec":
-        """From the study file's mapping; unknown keys are refused (a typo would silently keep all)."""
-        if not isinstance(value, Mapping):
-            raise ValueError(f"prescreen: expected a mapping like {{method: logme, keep: 2}}, "
-                             f"not {value!r}")
-        unknown = set(value) - {"method", "keep"}
-        if unknown:
-            raise ValueError(f"prescreen: unknown keys {sorted(unknown)}; expected method, keep")
-        if "keep" not in value:
-            raise ValueError("prescreen.keep: required (how many backbones the search keeps)")
-        return cls(**dict(value))
-
-
 def rank_backbones(features_by_backbone: Mapping[str, tuple[np.ndarray, np.ndarray]], keep: int,
                    *, method: str = "logme") -> list[tuple[str, float]]:
     """The ``keep`` best backbones as ``(name, score)``, best first.
@@ -236,7 +208,10 @@ def rank_backbones(features_by_backbone: Mapping[str, tuple[np.ndarray, np.ndarr
     not finite ranks last; ties keep the mapping's order. ``keep=len(features_by_backbone)`` gives
     the whole ranking (worth storing with the study, to show why a backbone was dropped).
     """
-    PrescreenSpec(method=method, keep=keep)  # validates both
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; expected one of {sorted(METHODS)}")
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be a whole number of at least 1, not {keep!r}")
     if not features_by_backbone:
         raise ValueError("no backbones to rank")
     score = METHODS[method]

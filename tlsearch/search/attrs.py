@@ -31,6 +31,7 @@ ATTR = {
     "caps": "tlsearch.caps",
     "test": "tlsearch.test",
     "fences": "tlsearch.fences",
+    "prescreen": "tlsearch.prescreen",
 }
 
 #: the user attribute naming the process that runs a trial: ``host:pid:start``

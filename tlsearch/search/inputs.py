@@ -16,8 +16,37 @@ from tlsearch.search.artifacts import probe_writable
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.pipeline import class_weights
 
-__all__ = ["config_snapshot", "check_inputs", "check_writable", "study_weights", "caps",
+__all__ = ["prescreen", "config_snapshot", "check_inputs", "check_writable", "study_weights", "caps",
            "check_objective", "class_weight_map"]
+
+
+def prescreen(cfg: StudyConfig, source: BackboneSource, data: Dataset,
+              warn=print) -> tuple[StudyConfig, list[tuple[str, float]]]:
+    """The study file with only the ``prescreen.keep`` best-ranked backbones, and the whole
+    ranking (best first). Scored on the training examples' frozen pooled features only (never the
+    validation labels), which the cached stage-1 trials reuse: the ranking costs the forward pass
+    the study needs anyway, plus seconds. Deterministic, so every worker keeps the same ones."""
+    from tlsearch.prescreen import rank_backbones
+    from tlsearch.train.cache import FeatureCache
+
+    p = cfg.prescreen
+    names = [e.name for e in cfg.backbone_entries]
+    if p is None or len(names) <= p.keep:
+        return cfg, []
+    if source.cache is None:  # cache.enabled: false: features for the ranking only, in memory
+        source.cache = FeatureCache(None, 1 << 62)
+        try:
+            feats = {n: (source.frozen_outputs(n, 0)[0], data.y_train) for n in names}
+        finally:
+            source.cache = None
+    else:
+        feats = {n: (source.frozen_outputs(n, 0)[0], data.y_train) for n in names}
+    ranking = rank_backbones(feats, len(names), method=p.method)
+    kept = {n for n, _ in ranking[:p.keep]}
+    warn(f"  prescreen ({p.method}): " + ", ".join(
+        f"{n} {s:.4f}{'' if n in kept else ' (dropped)'}" for n, s in ranking))
+    entries = [e for e in cfg.backbone_entries if e.name in kept]
+    return cfg.model_copy(update={"backbones": entries}), ranking
 
 
 def config_snapshot(cfg: StudyConfig) -> dict:

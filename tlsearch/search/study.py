@@ -26,7 +26,7 @@ from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weig
 from tlsearch.search.attrs import ATTR, FINISHED
 from tlsearch.search.inputs import caps as study_caps
 from tlsearch.search.inputs import (check_inputs, check_objective, check_writable,
-                                    class_weight_map, config_snapshot, study_weights)
+                                    class_weight_map, config_snapshot, prescreen, study_weights)
 from tlsearch.search.progress import Progress
 from tlsearch.search.resume import check_resume, meaning
 from tlsearch.search.samplers import make_pruner, make_sampler
@@ -103,6 +103,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
         if cfg.cache.enabled else None
     kind = modalities.get(modality)
     source = kind.make_source(cfg, data, cache, prefetch_unfrozen=space.max_unfreeze_searched(cfg))
+    cfg, ranking = prescreen(cfg, source, data, warn)
     caps = study_caps(cfg, source)
     space.check_caps(cfg, modality, caps)
     sig = space.signature(cfg, modality, caps)
@@ -134,7 +135,8 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
                 )
                 for key, value in (("space", sig), ("classes", data.class_names),
                                    ("modality", modality), ("config", config_snapshot(cfg)),
-                                   ("data", data.fingerprint), ("meaning", now), ("caps", caps)):
+                                   ("data", data.fingerprint), ("meaning", now), ("caps", caps),
+                                   ("prescreen", ranking)):
                     study.set_user_attr(ATTR[key], value)
                 if cfg.sampler.warm_start and not study.trials:
                     study.enqueue_trial(space.warm_start(cfg, modality, caps),
