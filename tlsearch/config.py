@@ -4,17 +4,13 @@ A study file is YAML. Everything is checked here, before any storage is opened, 
 message and never a half-created study. Each problem names the dotted path of the field, the value
 that was given and what was expected, with a "did you mean" for unknown keys.
 
-Every search-space entry is written in one of three forms::
-
-    dropout: 0.2                                 # fixed
-    head_width: [64, 128, 256]                   # categorical choice
-    lr_stage1: {low: 1.0e-4, high: 1.0e-2, log: true}   # a range (int if both ends are ints)
+The ``search`` section's entries (fixed, choices or a range) and their checks against the
+catalogue live in :mod:`tlsearch.entries`.
 """
 
 from __future__ import annotations
 
 import difflib
-import math
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union
@@ -24,11 +20,12 @@ from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_mode
                       model_validator)
 
 from tlsearch._messages import format_errors, unknown_keys
+from tlsearch.entries import ParamSpec, Range, search_problems
 from tlsearch.errors import ConfigError
 from tlsearch.params import OBJECTIVES, PARAMS, objective_params
 
 __all__ = [
-    "Range",
+    "Range",  # re-exported from tlsearch.entries
     "ParamSpec",
     "SamplerConfig",
     "PrunerConfig",
@@ -48,40 +45,6 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
     #: a section of the study file, whose unknown keys are reported with a "did you mean"
     is_section: ClassVar[bool] = True
-
-
-class Range(_Section):
-    """A searched numeric range. Integer when both ends are integers and ``log`` allows it."""
-
-    is_section: ClassVar[bool] = False  # a value of a parameter, not a section
-
-    low: float | int
-    high: float | int
-    log: bool = False
-    step: float | int | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> Range:
-        if not self.low <= self.high:
-            raise ValueError(f"`low <= high` must hold, but got low={self.low!r}, high={self.high!r}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs `low > 0`, but got low={self.low!r}")
-        if self.log and self.step is not None:
-            raise ValueError("`step` and `log: true` cannot be used together")
-        if self.step is not None and self.step <= 0:
-            raise ValueError(f"`step` must be positive, but got {self.step!r}")
-        return self
-
-    @property
-    def is_int(self) -> bool:
-        return isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(
-            self.low, bool
-        ) and (self.step is None or isinstance(self.step, int))
-
-
-Scalar = Union[bool, int, float, str]
-#: A search-space entry: fixed value, list of choices, or a range.
-ParamSpec = Union[Range, list[Scalar], Scalar]
 
 
 class SamplerConfig(_Section):
@@ -315,63 +278,7 @@ def _semantic_problems(cfg: StudyConfig) -> list[str]:
                 f"`backbones[{i}].name`: unknown backbone {entry.name!r} "
                 f"(run `tlsearch backbones` for the list){tip}"
             )
-    s = cfg.search
-
-    def bounds(spec: Any) -> tuple[float, float] | None:
-        if isinstance(spec, Range):
-            return float(spec.low), float(spec.high)
-        if isinstance(spec, list):
-            if not spec:
-                return None
-            if all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec):
-                return float(min(spec)), float(max(spec))
-            return None
-        if isinstance(spec, (int, float)) and not isinstance(spec, bool):
-            return float(spec), float(spec)
-        return None
-
-    for p in PARAMS.values():
-        spec = getattr(s, p.name)
-        if isinstance(spec, list) and not spec:
-            problems.append(f"`search.{p.name}`: an empty list of choices")
-            continue
-        if p.kind == "choice":
-            values = spec if isinstance(spec, list) else [spec]
-            if isinstance(spec, Range):
-                problems.append(f"`search.{p.name}`: expected one of {list(p.choices)} or a list "
-                                f"of them, got a range")
-                continue
-            for v in values:
-                if v not in p.choices:
-                    problems.append(f"`search.{p.name}`: expected one of {list(p.choices)}, "
-                                    f"got {v!r}")
-            continue
-        b = bounds(spec)
-        if b is None:
-            problems.append(
-                f"`search.{p.name}`: expected a number, a list of numbers or {{low, high}}, "
-                f"got {spec!r}"
-            )
-            continue
-        lo = p.low if p.low is not None else -math.inf
-        hi = p.high if p.high is not None else math.inf
-        if b[0] < lo or b[1] > hi:
-            shown_hi = "inf" if p.high is not None and p.high >= 10**6 else f"{hi:g}"
-            problems.append(f"`search.{p.name}`: values must lie in [{lo:g}, {shown_hi}], "
-                            f"got {spec!r}")
-        if p.kind == "int":
-            values = spec if isinstance(spec, list) else [spec] if not isinstance(spec, Range) else []
-            if isinstance(spec, Range) and not spec.is_int:
-                problems.append(f"`search.{p.name}`: expected integer bounds, got {spec!r}")
-            if any(not float(v).is_integer() for v in values):
-                problems.append(f"`search.{p.name}`: expected integers, got {spec!r}")
-    b1, b2 = bounds(s.lr_stage1), bounds(s.lr_stage2)
-    if b1 and b2 and b2[1] > b1[0]:
-        problems.append(
-            "`search.lr_stage2`: every stage-2 learning rate must be at most every stage-1 rate "
-            f"(fine-tuning runs slower), but lr_stage2 reaches {b2[1]:g} while lr_stage1 starts "
-            f"at {b1[0]:g}"
-        )
+    problems += search_problems(cfg.search)
     return problems
 
 

@@ -17,10 +17,15 @@ from tlsearch import metrics as M
 from tlsearch.metrics import Score
 
 __all__ = ["PREPROCESSING_MODES", "POOLING_MODES", "Param", "PARAMS", "Objective", "OBJECTIVES",
-           "TrialParams", "params_for", "objective", "objective_params", "compute", "MODALITIES"]
+           "TrialParams", "UNFREEZE_ALL", "params_for", "objective", "objective_params", "compute",
+           "MODALITIES"]
 
 #: the kinds of input a backbone takes; each has a :mod:`tlsearch.modalities` entry
 MODALITIES = ("image", "text")
+
+#: ``unfreeze_blocks: all``: every block of the backbone, and the layers in none (a text model's
+#: embeddings), whatever its block count
+UNFREEZE_ALL = "all"
 
 #: image preprocessing mode -> what it does to RGB pixels in [0, 255] (see ``layers.Preprocess``)
 PREPROCESSING_MODES = {
@@ -62,12 +67,21 @@ class Param:
     stage: int = 0
     #: the parameter's range depends on the backbone (capped by its number of blocks)
     per_backbone: bool = False
+    #: words a numeric parameter also takes, fixed or among its choices (``unfreeze_blocks: all``)
+    words: tuple[str, ...] = ()
+    #: ``low`` itself is excluded (``lr_decay`` in (0, 1])
+    low_open: bool = False
+    #: the value at which the parameter changes nothing (None: every value matters). A trial
+    #: whose study file leaves it there does not show it, and a study stored before the
+    #: parameter existed reads as having it there.
+    off: Any = None
 
 
 PARAMS: dict[str, Param] = {p.name: p for p in (
     Param("unfreeze_blocks", {"low": 0, "high": 3}, "top blocks of the backbone trained in stage 2 "
-          "(0: pure feature extraction)", kind="int", low=0, high=10**6, stage=2,
-          per_backbone=True),
+          "(0: pure feature extraction; `all`: every block and the embeddings or stem, each "
+          "backbone its own count)", kind="int", low=0, high=10**6, stage=2, per_backbone=True,
+          words=(UNFREEZE_ALL,)),
     Param("head_width", [64, 128, 256], "units of the head's hidden dense layer", kind="int",
           low=1, high=65536, stage=0),
     Param("dropout", {"low": 0.0, "high": 0.5}, "dropout rate before the head's output layer",
@@ -76,8 +90,29 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
           low=1e-9, high=10.0, stage=1),
     Param("lr_stage2", {"low": 1e-6, "high": 1e-4, "log": True}, "learning rate of stage 2 "
           "(fine-tuning), below every stage-1 rate", low=1e-9, high=10.0, stage=2),
-    Param("augmentation", 0.0, "strength of random flips, rotation, zoom and translation in "
-          "[0, 1]; above 0 the trial runs un-cached", low=0.0, high=1.0, modalities=("image",)),
+    Param("lr_decay", 1.0, "layer-wise learning-rate decay in (0, 1]: the top block trains at "
+          "lr_stage2, each block below at lr_decay times the one above (the head at lr_stage2)",
+          low=0.0, high=1.0, low_open=True, stage=2, off=1.0),
+    Param("unfreeze_every", 0, "gradual unfreezing: stage 2 starts with the top block and unfreezes "
+          "one more every this many epochs (0: all at once)", kind="int", low=0, high=10**6,
+          stage=2, off=0),
+    Param("augmentation", 0.0, "shorthand in [0, 1] for flip: horizontal, rotation 0.1x, zoom "
+          "0.2x, translation 0.1x; cannot be given with those", low=0.0, high=1.0,
+          modalities=("image",), off=0.0),
+    Param("flip", "none", "random flips: none (digits, text in images), horizontal, or both "
+          "(horizontal and vertical: microscopy, satellite images)", kind="choice",
+          choices=("none", "horizontal", "both"), modalities=("image",), off="none"),
+    Param("rotation", 0.0, "largest random rotation, a fraction of a full turn (0.05 = 18 "
+          "degrees)", low=0.0, high=0.5, modalities=("image",), off=0.0),
+    Param("zoom", 0.0, "largest random zoom in or out, a fraction of the size", low=0.0, high=0.9,
+          modalities=("image",), off=0.0),
+    Param("translation", 0.0, "largest random shift, a fraction of the size", low=0.0, high=0.5,
+          modalities=("image",), off=0.0),
+    Param("contrast", 0.0, "random contrast: each image's contrast scaled by a factor in "
+          "[1 - c, 1 + c]", low=0.0, high=1.0, modalities=("image",), off=0.0),
+    Param("mixup", 0.0, "mixup's alpha: each batch blended with a shuffled copy of itself, images "
+          "and labels, by a Beta(alpha, alpha) weight (0: off)", low=0.0, high=10.0,
+          modalities=("image",), off=0.0),
     Param("pooling", "cls", "how the encoder's hidden states become one vector", kind="choice",
           choices=tuple(POOLING_MODES), modalities=("text",)),
     Param("max_length", 128, "tokens per text (longer texts are truncated)", kind="int", low=8,
@@ -201,12 +236,20 @@ class TrialParams:
     :data:`PARAMS` entry, plus the backbone)."""
 
     backbone: str
-    unfreeze_blocks: int = 0
+    unfreeze_blocks: int | str = 0  # or UNFREEZE_ALL
     head_width: int = 128
     dropout: float = 0.2
     lr_stage1: float = 1e-3
     lr_stage2: float = 1e-5
+    lr_decay: float = 1.0
+    unfreeze_every: int = 0
     augmentation: float = 0.0
+    flip: str = "none"
+    rotation: float = 0.0
+    zoom: float = 0.0
+    translation: float = 0.0
+    contrast: float = 0.0
+    mixup: float = 0.0
     pooling: str = "cls"
     max_length: int = 128
 

@@ -11,7 +11,11 @@ Everything here is derived from the catalogue (:mod:`tlsearch.params`) and the s
   value capped after sampling teaches the sampler a value that never ran. With one backbone the
   name stays ``unfreeze_blocks``.
 * Parameters of a stage that does not run are not sampled: none of stage 2's when
-  ``stage2_epochs`` is 0, and no ``lr_stage2`` for a trial that unfreezes nothing.
+  ``stage2_epochs`` is 0, and none of ``lr_stage2``, ``lr_decay``, ``unfreeze_every`` for a trial
+  that unfreezes nothing.
+* A parameter fixed at its ``off`` value (:class:`~tlsearch.params.Param`) is not shown on trials,
+  and a study stored before a parameter existed compares as having it there: adding a parameter
+  to the catalogue does not lock old studies out.
 """
 
 from __future__ import annotations
@@ -39,7 +43,13 @@ __all__ = ["space_entries", "distributions", "fixed_values", "signature", "sugge
 
 _INTS = {p.name for p in PARAMS.values() if p.kind == "int"}
 #: a parameter sampled only when this other parameter's value is truthy (stage 2 runs)
-_REQUIRES = {"lr_stage2": "unfreeze_blocks"}
+_REQUIRES = {"lr_stage2": "unfreeze_blocks", "lr_decay": "unfreeze_blocks",
+             "unfreeze_every": "unfreeze_blocks"}
+
+
+def _numbers(values: list) -> list:
+    """The numbers among a list of choices (``all`` and other words left out)."""
+    return [v for v in values if not isinstance(v, str)]
 
 
 def space_entries(cfg: StudyConfig, modality: str) -> dict[str, Any]:
@@ -130,9 +140,9 @@ def check_caps(cfg: StudyConfig, modality: str, caps: Mapping[str, int]) -> None
             if isinstance(spec, Range):
                 bad = spec.low > cap
             elif isinstance(spec, list):
-                bad = max(spec) > cap
+                bad = max(_numbers(spec), default=0) > cap
             else:
-                bad = spec > cap
+                bad = not isinstance(spec, str) and spec > cap  # `all` runs on any backbone
             if bad:
                 raise UserError(
                     f"`search.{p.name}`: {spec!r} cannot run on backbone {bb!r}, which has "
@@ -161,11 +171,18 @@ def _show(s: str | None) -> str:
     return f"[{attrs.get('low')}, {attrs.get('high')}{log}]"
 
 
+def _off(name: str) -> str | None:
+    """The signature entry of a parameter fixed at its ``off`` value (what a study stored before
+    the parameter existed did)."""
+    p = PARAMS.get(name)
+    return None if p is None or p.off is None else json.dumps({"fixed": p.off})
+
+
 def diff_signatures(stored: dict[str, str], current: dict[str, str]) -> list[str]:
     """Human-readable lines for what changed between two signatures."""
     lines = []
     for name in sorted(set(stored) | set(current)):
-        a, b = stored.get(name), current.get(name)
+        a, b = stored.get(name, _off(name)), current.get(name, _off(name))
         if a == b:
             continue
         if a is None:
@@ -205,17 +222,23 @@ def suggest(trial: optuna.Trial, cfg: StudyConfig, modality: str,
             continue
         values[p.name] = _suggest(trial, name, dists[name])
     for name in _INTS & values.keys():
-        values[name] = int(values[name])
-    if not values.get("unfreeze_blocks", 0):
-        values.pop("lr_stage2", None)
+        if not isinstance(values[name], str):  # `unfreeze_blocks: all` stays a word
+            values[name] = int(values[name])
+    for name, needs in _REQUIRES.items():
+        if not values.get(needs, 0):
+            values.pop(name, None)
     return TrialParams(**values)
 
 
 def used(params: TrialParams, cfg: StudyConfig, modality: str) -> dict[str, Any]:
     """The parameters a trial really used (what is stored on it and shown to the user)."""
-    names = {"backbone", *(p.name for p in _active(cfg, modality))}
-    if not params.unfreeze_blocks:
-        names.discard("lr_stage2")
+    searched = {n.split("[", 1)[0] for n in distributions(cfg, modality)}
+    names = {"backbone", *(p.name for p in _active(cfg, modality)
+                           if p.name in searched or p.off is None
+                           or getattr(params, p.name) != p.off)}
+    for name, needs in _REQUIRES.items():
+        if not getattr(params, needs):
+            names.discard(name)
     return {k: v for k, v in vars(params).items() if k in names}
 
 
@@ -240,20 +263,24 @@ def warm_start(cfg: StudyConfig, modality: str, caps: Mapping[str, int] | None =
             v = math.sqrt(d.low * d.high) if d.log else (d.low + d.high) / 2
             out[name] = int(round(v)) if isinstance(d, IntDistribution) else v
     if out.get(param_name(cfg, "unfreeze_blocks", backbone)) == 0:
-        out.pop("lr_stage2", None)  # the warm start trains no block: stage 2 does not run
+        for name in _REQUIRES:  # the warm start trains no block: stage 2 does not run
+            out.pop(name, None)
     return out
 
 
 def max_unfreeze_searched(cfg: StudyConfig) -> int:
-    """The most blocks any trial of this study may unfreeze (0 when only heads are trained)."""
+    """The most blocks any trial of this study may unfreeze as a number (0 when only heads are
+    trained). ``all`` is left out: it trains the embeddings or stem too, so it never runs on
+    cached activations."""
     if cfg.training.stage2_epochs == 0:
         return 0
     spec = cfg.search.unfreeze_blocks
     if isinstance(spec, Range):
         return int(spec.high)
     if isinstance(spec, list):
-        return int(max(spec)) if spec else 0
-    return int(spec)
+        return int(max(_numbers(spec), default=0))
+    return 0 if isinstance(spec, str) else int(spec)
+
 
 
 def fences(params: Mapping[str, Any], cfg: StudyConfig, modality: str,

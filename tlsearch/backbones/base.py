@@ -115,10 +115,21 @@ class Backbone:
         if not 0 <= n <= self.max_unfreeze:
             raise ValueError(f"{self.name} has {self.max_unfreeze} blocks; cannot unfreeze {n}")
 
-    def freeze(self, n_unfrozen: int = 0, *, keep_bn_frozen: bool = True) -> list[str]:
+    @property
+    def stem(self) -> list[str]:
+        """Layers with weights that are in no block: a text model's embeddings (and a decoder's
+        final norm). Image backbones have none: their stem is part of the first block. They train
+        only when everything does (``unfreeze_blocks: all``)."""
+        in_blocks = {n for block in self.blocks for n in block}
+        return [layer.name for layer in self.model.layers
+                if layer.name not in in_blocks and layer.weights]
+
+    def freeze(self, n_unfrozen: int = 0, *, keep_bn_frozen: bool = True,
+               stem: bool = False) -> list[str]:
         """Make exactly the top ``n_unfrozen`` blocks trainable, BatchNorm excepted. Returns their layers.
 
-        Each layer's flag is set one by one: setting ``model.trainable`` alone would not re-enable
+        ``stem``: the layers in no block train too (with every block: full fine-tuning). Each
+        layer's flag is set one by one: setting ``model.trainable`` alone would not re-enable
         sublayers that were frozen individually. Every layer left frozen runs in inference mode
         (see :func:`set_inference`); the trainable ones follow the training flag (their dropout
         on while fitting, BatchNorm per ``keep_bn_frozen``).
@@ -126,7 +137,12 @@ class Backbone:
         import keras
 
         self._check_n(n_unfrozen)
+        if stem and n_unfrozen != self.max_unfreeze:
+            raise ValueError(f"{self.name}: the stem trains only with all {self.max_unfreeze} "
+                             f"blocks, not {n_unfrozen}")
         top = {n for block in self.blocks[len(self.blocks) - n_unfrozen :] for n in block}
+        if stem:
+            top |= set(self.stem)
         self.model.trainable = True
         for layer in self.model.layers:
             on = layer.name in top
@@ -135,6 +151,19 @@ class Backbone:
             layer.trainable = on
             set_inference(layer, frozen=not on)
         return [layer.name for layer in self.model.layers if layer.name in top]
+
+    def depths(self) -> dict[str, int]:
+        """How far below the top each layer sits, in blocks: 0 for the top block, 1 for the one
+        under it, ...; the stem below the first block is one further than it, a layer in no block
+        above the last (a decoder's final norm) counts as the top. Layer-wise learning rates
+        (``lr_decay``) scale by ``decay ** depth``."""
+        n = len(self.blocks)
+        out = {name: n - 1 - i for i, block in enumerate(self.blocks) for name in block}
+        names = [layer.name for layer in self.model.layers]
+        first = min((names.index(b[0]) for b in self.blocks if b and b[0] in names), default=0)
+        for name in self.stem:
+            out[name] = n if names.index(name) < first else 0
+        return out
 
     def boundary_layer(self, n_unfrozen: int) -> str | None:
         """The layer whose output feeds the lowest unfrozen block (None: the model's input)."""

@@ -32,13 +32,25 @@ class Compiler:
 
     def __init__(self) -> None:
         self.since_clear = 0
+        #: the optimizer class every model trains with (None: Adam)
+        self.optimizer: type | None = None
 
-    def __call__(self, model: Any, lr: float, steps_per_execution: int = 1) -> None:
+    def __call__(self, model: Any, lr: float, steps_per_execution: int = 1,
+                 rates: dict[int, float] | None = None) -> None:
+        """``rates``: ``id(variable) -> multiple of lr`` (layer-wise rates,
+        :mod:`tlsearch.train.rates`); None trains every variable at ``lr``."""
         import keras
 
         self.since_clear += 1
+        cls = self.optimizer or keras.optimizers.Adam
+        if rates:
+            from tlsearch.train.rates import layerwise
+
+            optimizer = layerwise(cls)(learning_rate=lr, scales=rates)
+        else:
+            optimizer = cls(learning_rate=lr)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=lr),
+            optimizer=optimizer,
             loss=keras.losses.CategoricalCrossentropy(),
             metrics=[o.metric() for o in OBJECTIVES.values() if o.metric is not None],
             jit_compile=False,  # XLA made head training several times slower on CPU

@@ -23,6 +23,7 @@ import numpy as np
 from tlsearch.data import Dataset
 from tlsearch.errors import NonFiniteLoss
 from tlsearch.params import OBJECTIVES, TrialParams
+from tlsearch.train.augment import dataset_augmenter
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.stages import Stage, TrialState, default_stages
 
@@ -172,18 +173,6 @@ def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, histo
     return _Hook()
 
 
-def _augmenter(strength: float, seed: int):
-    import keras
-
-    L = keras.layers
-    return keras.Sequential([
-        L.RandomFlip("horizontal", seed=seed),
-        L.RandomRotation(0.1 * strength, seed=seed),
-        L.RandomZoom(0.2 * strength, seed=seed),
-        L.RandomTranslation(0.1 * strength, 0.1 * strength, seed=seed),
-    ], name="augment")
-
-
 def _image_dataset(x, y, batch_size: int, *, augment=None, shuffle_seed: int | None = None,
                    sample_weight=None):
     import tensorflow as tf
@@ -193,11 +182,8 @@ def _image_dataset(x, y, batch_size: int, *, augment=None, shuffle_seed: int | N
     if shuffle_seed is not None:
         ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size)
-    if augment is not None:
-        def aug(xb, *rest):
-            return (augment(tf.cast(xb, "float32"), training=True), *rest)
-
-        ds = ds.map(aug, num_parallel_calls=tf.data.AUTOTUNE)
+    if augment is not None:  # train.augment.dataset_augmenter: batches -> augmented batches
+        ds = augment(ds)
     return ds.prefetch(tf.data.AUTOTUNE)
 
 
@@ -225,15 +211,16 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     tracker = _Tracker(schedule.objective, schedule.maximize)
     history: list[EpochRecord] = []
     bs = schedule.batch_size
-    augment = _augmenter(params.augmentation, schedule.seed) if params.augmentation > 0 else None
+    augment = dataset_augmenter(params, schedule.seed)
     state = TrialState(params=params, schedule=schedule, data=data, source=source, head=head,
                        fit=lambda *a, **k: None)
 
     def fit(model, x_train, x_val, *, stage: int, lr: float | None, layers: list,
-            epochs: int) -> None:
-        """Train ``epochs`` more epochs from the trial's global step, then move the step on."""
+            epochs: int, rates: dict[int, float] | None = None) -> None:
+        """Train ``epochs`` more epochs from the trial's global step, then move the step on.
+        ``rates``: per-variable multiples of ``lr`` (:mod:`tlsearch.train.rates`)."""
         if lr is not None:  # a pooled head comes compiled, at its trial's rate
-            source.compiler(model, lr)
+            source.compiler(model, lr, rates=rates)
         callbacks = [_epoch_callback(stage, tracker, layers, on_epoch, history,
                                      schedule.metric_keys)]
         if OBJECTIVES[schedule.objective].needs_callback:

@@ -5,7 +5,8 @@ whether it can run on cached features.
 :class:`TrialState`; each stage trains through :meth:`TrialState.fit`, which counts one global
 step across all stages (a stage starts at the step the previous one ended), so a pruner sees one
 curve. A new stage (domain adaptation, gradual unfreezing) is a new :class:`Stage` subclass added
-to the list, not a new branch in ``run_trial``.
+to the list, not a new branch in ``run_trial``: :class:`GradualFineTuneStage` (ULMFiT's gradual
+unfreezing) is one.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from typing import Any, Callable
 
 from tlsearch.backbones import Backbone
 from tlsearch.data import Dataset
-from tlsearch.params import TrialParams
+from tlsearch.params import UNFREEZE_ALL, TrialParams
+from tlsearch.train.augment import augments
 
-__all__ = ["Stage", "HeadStage", "FineTuneStage", "TrialState", "default_stages"]
+__all__ = ["Stage", "HeadStage", "FineTuneStage", "GradualFineTuneStage", "TrialState",
+           "default_stages", "unfreeze_target", "unfreeze_phases", "stage2_rates"]
 
 
 @dataclass
@@ -42,7 +45,7 @@ class TrialState:
     @property
     def use_cache(self) -> bool:
         """Cached features serve this trial (a cache exists and no augmentation changes pixels)."""
-        return self.source.cache is not None and self.params.augmentation == 0
+        return self.source.cache is not None and not augments(self.params)
 
     def get_backbone(self) -> Backbone:
         if self.backbone is None:
@@ -104,12 +107,48 @@ class HeadStage(Stage):
         state.cached = False
 
 
+def unfreeze_target(params: TrialParams, backbone: Backbone) -> tuple[int, bool]:
+    """(blocks, stem) that stage 2 trains: ``unfreeze_blocks`` capped at the backbone's block count;
+    ``all`` is every block plus the layers in none (a text model's embeddings)."""
+    if params.unfreeze_blocks == UNFREEZE_ALL:
+        return backbone.max_unfreeze, bool(backbone.stem)
+    return min(int(params.unfreeze_blocks), backbone.max_unfreeze), False
+
+
+def unfreeze_phases(units: int, every: int, epochs: int) -> list[tuple[int, int]]:
+    """Gradual unfreezing as ``(units trainable, epochs)`` phases: the top unit first, one more
+    every ``every`` epochs, the last phase running to the end; ``every`` 0: all at once. Phases
+    stop when the epochs do, so a short stage 2 may never reach the lowest units."""
+    if every <= 0 or units <= 1:
+        return [(units, epochs)]
+    out: list[tuple[int, int]] = []
+    done = 0
+    while done < epochs:
+        k = len(out) + 1
+        e = epochs - done if k == units else min(every, epochs - done)
+        out.append((k, e))
+        done += e
+    return out
+
+
+def stage2_rates(backbone: Backbone, layers: list, decay: float) -> dict[int, float] | None:
+    """Per-variable multiples of ``lr_stage2`` for layer-wise decay: ``decay ** depth`` for each
+    block (the top one at 1, see :meth:`Backbone.depths`), 1 for the head; None when ``decay`` is 1."""
+    if float(decay) == 1.0:
+        return None
+    from tlsearch.train.rates import variable_scales
+
+    return variable_scales(layers, backbone.depths(), decay)
+
+
 class FineTuneStage(Stage):
     """Stage 2: the top ``unfreeze_blocks`` blocks trainable (BatchNorm kept frozen unless the
-    schedule says otherwise), at ``lr_stage2``, going on from the best stage-1 head.
+    schedule says otherwise), at ``lr_stage2`` (each block below the top at ``lr_decay`` times the
+    one above), going on from the best stage-1 head.
 
     With a cache it trains only the top on the activations at the freeze boundary, which the
-    frozen bottom computes the same way every epoch.
+    frozen bottom computes the same way every epoch. ``unfreeze_blocks: all`` also trains the
+    embeddings (text) and so always runs through the whole network.
     """
 
     number, name = 2, "fine-tune"
@@ -118,36 +157,73 @@ class FineTuneStage(Stage):
         return int(state.schedule.stage2_epochs)
 
     def runs(self, state: TrialState) -> bool:
-        return self.epochs(state) > 0 and int(state.params.unfreeze_blocks) > 0
+        u = state.params.unfreeze_blocks
+        return self.epochs(state) > 0 and (u == UNFREEZE_ALL or int(u) > 0)
 
     def run(self, state: TrialState) -> None:
+        backbone = state.get_backbone()
+        n, stem = unfreeze_target(state.params, backbone)
+        model, x_tr, x_va = self.model_for(state, backbone, n, stem)
+        state.extra["restore_head"]()
+        self.train(state, backbone, model, (x_tr, x_va), n, stem, self.epochs(state))
+
+    def model_for(self, state: TrialState, backbone: Backbone, n: int, stem: bool):
+        """(model, train inputs, validation inputs) for training the top ``n`` blocks (and the
+        stem): the top on cached boundary activations where it can, else the whole network."""
         import keras
 
         from tlsearch.train.heads import assemble_model
 
-        p, s = state.params, state.schedule
-        backbone = state.get_backbone()
-        n = min(int(p.unfreeze_blocks), backbone.max_unfreeze)
-        trainable = backbone.freeze(n, keep_bn_frozen=s.keep_bn_frozen)
-        layers = state.head.layers + [backbone.model.get_layer(name) for name in trainable]
-        state.unfrozen = n
-        if state.use_cache and backbone.can_cut(n):
+        p = state.params
+        if state.use_cache and not stem and backbone.can_cut(n):
             b_tr, b_va = state.source.frozen_outputs(p.backbone, n, p, backbone=backbone)
             _, top = backbone.split(n)
             inp = keras.Input(b_tr.shape[1:], name="boundary")
-            model = keras.Model(inp, state.head(top(inp)), name="top_on_boundary")
-            state.extra["restore_head"]()
-            state.fit(model, b_tr, b_va, stage=self.number, lr=p.lr_stage2, layers=layers,
-                      epochs=self.epochs(state))
-            return
+            return keras.Model(inp, state.head(top(inp)), name="top_on_boundary"), b_tr, b_va
         model = assemble_model(backbone, state.head)
-        state.extra["restore_head"]()
         x_tr, x_va = state.extra["inputs"]()
-        state.fit(model, x_tr, x_va, stage=self.number, lr=p.lr_stage2, layers=layers,
-                  epochs=self.epochs(state))
         state.cached = False
+        return model, x_tr, x_va
+
+    def train(self, state: TrialState, backbone: Backbone, model: Any, inputs: tuple, n: int,
+              stem: bool, epochs: int) -> None:
+        """Make the top ``n`` blocks (and the stem) trainable, compile at ``lr_stage2`` with the
+        layer-wise rates, and train ``epochs`` epochs from the trial's global step."""
+        p, s = state.params, state.schedule
+        trainable = backbone.freeze(n, keep_bn_frozen=s.keep_bn_frozen, stem=stem)
+        layers = state.head.layers + [backbone.model.get_layer(name) for name in trainable]
+        state.unfrozen = n
+        state.fit(model, *inputs, stage=self.number, lr=p.lr_stage2, layers=layers, epochs=epochs,
+                  rates=stage2_rates(backbone, layers, p.lr_decay))
+
+
+class GradualFineTuneStage(FineTuneStage):
+    """Stage 2 with gradual unfreezing (ULMFiT, Howard & Ruder 2018): the top block alone first,
+    one more block every ``unfreeze_every`` epochs (with ``all``, the embeddings last), on the
+    one global step count. Lower blocks start moving only once the head and the blocks above have
+    settled, so their pretrained features are not wrecked by the new head's first large gradients.
+
+    Each phase recompiles (a new trainable set needs a new training step, and a fresh optimizer).
+    The model is built once, for the last phase: on cached activations at that phase's boundary,
+    the blocks still frozen run there in inference mode, as in the full network.
+    ``unfreeze_every: 0`` is :class:`FineTuneStage`.
+    """
+
+    def run(self, state: TrialState) -> None:
+        every = int(state.params.unfreeze_every)
+        if every <= 0:
+            return super().run(state)
+        backbone = state.get_backbone()
+        n, stem = unfreeze_target(state.params, backbone)
+        phases = unfreeze_phases(n + int(stem), every, self.epochs(state))
+        last = phases[-1][0]
+        model, x_tr, x_va = self.model_for(state, backbone, min(last, n), last > n)
+        state.extra["restore_head"]()
+        for units, epochs in phases:
+            self.train(state, backbone, model, (x_tr, x_va), min(units, n), units > n, epochs)
 
 
 def default_stages() -> list[Stage]:
-    """The recipe: a head on the frozen backbone, then the top blocks fine-tuned."""
-    return [HeadStage(), FineTuneStage()]
+    """The recipe: a head on the frozen backbone, then the top blocks fine-tuned (gradually when
+    ``unfreeze_every`` says so)."""
+    return [HeadStage(), GradualFineTuneStage()]
