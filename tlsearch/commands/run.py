@@ -145,6 +145,7 @@ def _describe_exit(code: int) -> str:
 
 
 def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> None:
+    from tlsearch.report.sections import verdict_lines
     from tlsearch.search.storage import redact_url
     from tlsearch.search.study import best_accuracy
 
@@ -164,6 +165,8 @@ def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> N
         for k, v in best["params"].items():
             t.add_row(k, f"{v:.3g}" if isinstance(v, float) else str(v))
         out.print(t)
+        for line in verdict_lines(prep.study, cfg):  # feature extraction or fine-tuning?
+            out.print(f"verdict:   {line}", highlight=False, soft_wrap=True)
     else:
         out.print("no trial has completed yet")
     url = prep.storage_url

@@ -1,15 +1,17 @@
 """The study's sections: history, learning curves, importances, parallel coordinates, backbones,
-and what stage 2 added."""
+what stage 2 added, and whether fine-tuning paid for itself against feature extraction."""
 
 from __future__ import annotations
 
+import html
 import math
-
+import statistics
 
 from tlsearch.report.parts import PALETTE, Section, better_sign, complete, finished, style, table
+from tlsearch.search.artifacts import ARTIFACT_ATTR
 from tlsearch.search.attrs import ATTR
 
-__all__ = ["summary_html", "SECTIONS", "stage2_gains"]
+__all__ = ["summary_html", "SECTIONS", "stage2_gains", "frozen_vs_finetuned", "verdict_lines"]
 
 
 def summary_html(study, cfg) -> str:
@@ -223,6 +225,91 @@ def _gain_section(study, cfg) -> Section:
     return s
 
 
+def frozen_vs_finetuned(study, cfg) -> dict[str, dict] | None:
+    """The best complete frozen-only trial (``unfreeze_blocks`` 0: feature extraction) and the best
+    fine-tuned one, each with what it cost: ``{"frozen": {...}, "fine-tuned": {...}}`` with the
+    trial, its objective, its held-out test accuracy (where the study's test evaluation is of that
+    trial), its seconds, the median seconds of its kind's complete trials and its stored weights'
+    size in bytes; None unless both kinds completed."""
+    groups: dict[str, list] = {"frozen": [], "fine-tuned": []}
+    for t in complete(study):
+        unfrozen = t.user_attrs.get(ATTR["params"], {}).get("unfreeze_blocks", 0)
+        if t.value is not None and math.isfinite(t.value):
+            groups["fine-tuned" if unfrozen else "frozen"].append(t)
+    if not all(groups.values()):
+        return None
+    sign = better_sign(cfg.direction)
+    test = study.user_attrs.get(ATTR["test"]) or {}
+    out = {}
+    for kind, trials in groups.items():
+        best = max(trials, key=lambda t: sign * t.value)
+        seconds = [t.user_attrs[ATTR["seconds"]] for t in trials if ATTR["seconds"] in t.user_attrs]
+        out[kind] = {"trial": best.number, "value": best.value,
+                     "test_accuracy": test.get("accuracy") if test.get("trial") == best.number
+                     else None,
+                     "seconds": best.user_attrs.get(ATTR["seconds"]),
+                     "median_seconds": statistics.median(seconds) if seconds else None,
+                     "bytes": best.user_attrs.get(ARTIFACT_ATTR, {}).get("size"),
+                     "unfreeze_blocks": best.user_attrs.get(ATTR["params"], {}).get(
+                         "unfreeze_blocks", 0)}
+    return out
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.1f}x" if a and b else "?x"
+
+
+def verdict_lines(study, cfg) -> list[str]:
+    """One line: does fine-tuning beat feature extraction on this study, and at what cost (the
+    run summary prints it; the report's section leads with it). Empty unless both kinds of trial
+    completed."""
+    c = frozen_vs_finetuned(study, cfg)
+    if c is None:
+        return []
+    fr, ft = c["frozen"], c["fine-tuned"]
+    gain = better_sign(cfg.direction) * (ft["value"] - fr["value"])
+    cost = (f"{_ratio(ft['median_seconds'], fr['median_seconds'])} the seconds per trial and "
+            f"{_ratio(ft['bytes'], fr['bytes'])} the stored weights")
+    if gain > 0:
+        return [f"fine-tuning pays: best fine-tuned trial #{ft['trial']} {cfg.objective} "
+                f"{ft['value']:.4f} vs {fr['value']:.4f} for the best frozen-only #{fr['trial']}, "
+                f"at {cost}"]
+    return [f"feature extraction is enough: the best frozen-only trial #{fr['trial']} "
+            f"({cfg.objective} {fr['value']:.4f}) is at least as good as the best fine-tuned "
+            f"#{ft['trial']} ({ft['value']:.4f}), which costs {cost}"]
+
+
+def _fmt(v, spec: str, unit: str = "") -> str:
+    return "-" if v is None else f"{v:{spec}}{unit}"
+
+
+def _extraction_section(study, cfg) -> Section:
+    s = Section("Feature extraction or fine-tuning?",
+                "The best trial that trained only a head on the frozen backbone (unfreeze_blocks "
+                "0) against the best that also fine-tuned blocks: what each reached, what a trial "
+                "of its kind cost, and how much must be stored beyond the pretrained backbone. "
+                "Test accuracy is shown for the trial the held-out test set evaluated.")
+    c = frozen_vs_finetuned(study, cfg)
+    if c is None:
+        s.note = ("Needs a complete trial of each kind (unfreeze_blocks 0 and above 0); this "
+                  "study has not got both.")
+        return s
+    fr, ft = c["frozen"], c["fine-tuned"]
+    rows = [("best trial", f"#{fr['trial']}", f"#{ft['trial']} ({ft['unfreeze_blocks']} blocks)"),
+            (cfg.objective, f"{fr['value']:.4f}", f"{ft['value']:.4f}"),
+            ("held-out test accuracy", _fmt(fr["test_accuracy"], ".4f"),
+             _fmt(ft["test_accuracy"], ".4f")),
+            ("seconds (best trial)", _fmt(fr["seconds"], ".1f"), _fmt(ft["seconds"], ".1f")),
+            ("seconds per trial (median of its kind)", _fmt(fr["median_seconds"], ".1f"),
+             _fmt(ft["median_seconds"], ".1f")),
+            ("stored weights", _fmt(fr["bytes"] and fr["bytes"] / 1e3, ",.0f", " kB"),
+             _fmt(ft["bytes"] and ft["bytes"] / 1e3, ",.0f", " kB"))]
+    verdict = "".join(f"<p><b>{html.escape(line)}</b></p>" for line in verdict_lines(study, cfg))
+    s.html = verdict + table(["", "frozen only (feature extraction)", "fine-tuned"], rows,
+                             numeric=True)
+    return s
+
+
 #: the sections drawn from the stored trials alone, in the report's order
 SECTIONS = (_history_section, _curves_section, _importance_section, _parallel_section,
-            _backbones_section, _gain_section)
+            _backbones_section, _gain_section, _extraction_section)
