@@ -205,6 +205,41 @@ def test_twin_trains_and_its_raw_string_model_reloads_in_a_fresh_process(tmp_pat
     np.testing.assert_allclose(np.load(tmp_path / "p.npy"), expected, atol=1e-5)
 
 
+def test_tiny_gpt2_study_end_to_end_exports_a_raw_string_model(tmp_path):
+    """A decoder study searches `last` and `mean` pooling, then exports a model that takes raw
+    strings, as an encoder's study does (test_text.py::test_tiny_text_study_end_to_end)."""
+    import optuna
+
+    import tlsearch
+    from conftest import write_study
+    from test_text import _snippets
+    from tlsearch.cli import main
+
+    _snippets(48).to_csv(tmp_path / "reviews.csv", index=False)
+    study = write_study(tmp_path / "study.yaml", name="tinygpt", n_trials=2,
+                        data={"path": "reviews.csv", "image_size": 32},
+                        backbones=["tiny_gpt2"],
+                        training={"stage1_epochs": 2, "stage2_epochs": 1, "batch_size": 12},
+                        search={"unfreeze_blocks": {"low": 0, "high": 2}, "head_width": [8],
+                                "pooling": ["last", "mean"], "max_length": 16})
+    assert main(["run", str(study)]) == 0
+    s = optuna.load_study(study_name="tinygpt", storage=f"sqlite:///{tmp_path / 'tinygpt.db'}")
+    assert [t.state.name for t in s.trials] == ["COMPLETE", "COMPLETE"]
+    assert {t.user_attrs["tlsearch.params"]["pooling"] for t in s.trials} <= {"last", "mean"}
+
+    out = tmp_path / "export"
+    assert main(["export", str(study), "--out", str(out), "--formats", ""]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["params"]["backbone"] == "tiny_gpt2"
+    predictor = tlsearch.load(out)
+    texts = ["a great fun film", "dull and awful acting"]
+    probs = predictor.predict_proba(texts)
+    assert probs.shape == (2, 2)
+    np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    assert [r["label"] for r in predictor.predict(texts)] == [
+        predictor.classes[i] for i in probs.argmax(axis=1)]
+
+
 # ---------------------------------------------------------------------------- a Hugging Face folder
 
 

@@ -38,8 +38,9 @@ class BackboneSpec:
     ``blocks`` is a regular expression over layer names. With one capture group, consecutive layers
     whose names give the same group form a block (``^(block\\d)_`` for VGG). Without a group, each
     matching layer *ends* a block (``^mixed\\d+$`` for InceptionV3). Layers that match nothing join
-    the block they sit in, unless ``strict_blocks``: then they are in no block and never train (a
-    text model's embeddings, which are not counted when unfreezing encoder layers from the top).
+    the block they sit in, unless ``strict_blocks``: then they are in no block (a text model's
+    embeddings, which are not counted when unfreezing encoder layers from the top) and train only
+    with ``unfreeze_blocks: all``.
     """
 
     name: str

