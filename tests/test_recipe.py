@@ -205,7 +205,8 @@ def test_gradual_unfreezing_adds_a_block_every_n_epochs_on_one_step_count(images
                   on_epoch=seen.append, stages=[HeadStage(), rec])
     assert rec.seen == [(2, ["block2"]), (3, ["block1", "block2"]),
                         (4, ["block0", "block1", "block2"])]
-    assert [s.step for s in seen] == list(range(6)) and [s.stage for s in seen] == [1, 1, 2, 2, 2, 2]
+    assert [s.step for s in seen] == list(range(6))
+    assert [s.stage for s in seen] == [1, 1, 2, 2, 2, 2]
     assert r.cached == cache and r.unfrozen_blocks == 3
 
 

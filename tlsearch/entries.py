@@ -130,7 +130,7 @@ def search_problems(search: Any) -> list[str]:
             f"(fine-tuning runs slower), but lr_stage2 reaches {b2[1]:g} while lr_stage1 starts "
             f"at {b1[0]:g}"
         )
-    set_here = getattr(search, "model_fields_set", set())
+    set_here: set[str] = getattr(search, "model_fields_set", set())
     if "augmentation" in set_here and numeric_bounds(search.augmentation) != (0.0, 0.0):
         both = sorted(set_here & {"flip", "rotation", "zoom", "translation"})
         if both:

@@ -93,8 +93,8 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
     Param("lr_decay", 1.0, "layer-wise learning-rate decay in (0, 1]: the top block trains at "
           "lr_stage2, each block below at lr_decay times the one above (the head at lr_stage2)",
           low=0.0, high=1.0, low_open=True, stage=2, off=1.0),
-    Param("unfreeze_every", 0, "gradual unfreezing: stage 2 starts with the top block and unfreezes "
-          "one more every this many epochs (0: all at once)", kind="int", low=0, high=10**6,
+    Param("unfreeze_every", 0, "gradual unfreezing: stage 2 starts with the top block and "
+          "unfreezes one more every this many epochs (0: all at once)", kind="int", low=0, high=10**6,
           stage=2, off=0),
     Param("augmentation", 0.0, "shorthand in [0, 1] for flip: horizontal, rotation 0.1x, zoom "
           "0.2x, translation 0.1x; cannot be given with those", low=0.0, high=1.0,

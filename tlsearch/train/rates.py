@@ -19,15 +19,19 @@ from typing import Any, Iterable, Mapping
 
 __all__ = ["layerwise", "LayerwiseRates", "variable_scales"]
 
+#: what the mixin is mixed into: a Keras optimizer (seen as Any by type checkers)
+_Optimizer: Any = object
 
-class LayerwiseRates:
+
+class LayerwiseRates(_Optimizer):
     """Mixed into a Keras optimizer class: ``scales`` maps ``id(variable)`` (a Keras variable of
     the model) to the multiple of the learning rate it trains at; the others train at 1."""
 
-    def __init__(self, *args: Any, scales: Mapping[int, float] | None = None, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, scales: Mapping[int, float] | None = None,
+                 **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._scale_of = dict(scales or {})
-        self._lr_scales = None
+        self._lr_scales: Any = None  # built with the optimizer
 
     def build(self, variables: list) -> None:
         import tensorflow as tf

@@ -133,7 +133,8 @@ def unfreeze_phases(units: int, every: int, epochs: int) -> list[tuple[int, int]
 
 def stage2_rates(backbone: Backbone, layers: list, decay: float) -> dict[int, float] | None:
     """Per-variable multiples of ``lr_stage2`` for layer-wise decay: ``decay ** depth`` for each
-    block (the top one at 1, see :meth:`Backbone.depths`), 1 for the head; None when ``decay`` is 1."""
+    block (the top one at 1, see :meth:`Backbone.depths`), 1 for the head; None when ``decay``
+    is 1."""
     if float(decay) == 1.0:
         return None
     from tlsearch.train.rates import variable_scales
@@ -167,7 +168,8 @@ class FineTuneStage(Stage):
         state.extra["restore_head"]()
         self.train(state, backbone, model, (x_tr, x_va), n, stem, self.epochs(state))
 
-    def model_for(self, state: TrialState, backbone: Backbone, n: int, stem: bool):
+    def model_for(self, state: TrialState, backbone: Backbone, n: int,
+                  stem: bool) -> tuple[Any, Any, Any]:
         """(model, train inputs, validation inputs) for training the top ``n`` blocks (and the
         stem): the top on cached boundary activations where it can, else the whole network."""
         import keras
