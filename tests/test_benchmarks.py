@@ -42,3 +42,16 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
     assert kinds == {"data", "backbones"}
     assert TARGETS <= set(f["targets"]) and all("met" in t for t in f["targets"].values())
     assert "| peer |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.timeout(300)
+def test_augmentation_benchmark_runs_each_setting(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "augmentation_small_data.py"),
+                        "--tiny", "--out", str(tmp_path / "aug.json")], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    rows = json.loads((tmp_path / "aug.json").read_text())["rows"]
+    assert [row["setting"] for row in rows] == ["none", "fits", "fits+mixup", "wrong"]
+    assert [row["cached"] for row in rows] == [True, False, False, False]
+    assert "| training images | augmentation |" in r.stdout

@@ -15,7 +15,8 @@ from tlsearch.cli import main
 
 SECTIONS = ("Optimisation history", "Learning curves", "Parameter importances",
             "Parallel coordinates", "Backbones compared", "Gain of stage 2 over stage 1",
-            "Best model on the validation data")
+            "Feature extraction or fine-tuning?",
+            "Best model on the validation data (optimistic: it chose the trial)")
 
 
 @pytest.fixture(scope="module")
