@@ -269,3 +269,85 @@ def test_predict_text_model_from_csv_and_lines(tmp_path):
     bad.write_text("a,b\n1,2\n")
     rows = p.predict([bad], skip_errors=True)
     assert "expected a `text` column" in rows[0]["error"]
+
+
+def _png(img: np.ndarray, mode: str = "RGB") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img.astype(np.uint8)).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("shape, mode", [((20, 20), "RGB"), ((480, 640), "RGB"), ((50, 70), "L")])
+def test_one_resize_everywhere_any_size_and_mode(exported, tmp_path, shape, mode):
+    """Training, predict, the SavedModel's endpoints, Keras, ONNX and LiteRT (fed the same resize)
+    agree within 1e-5 on pictures that are not at the study's size."""
+    import keras
+    import tensorflow as tf
+
+    import tlsearch
+    from tlsearch.data.images import resize_pixels
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (*shape, 3)).astype(np.uint8)
+    data = _png(base, mode)
+    f = tmp_path / "picture.png"
+    f.write_bytes(data)
+    with Image.open(f) as im:
+        pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    resized = np.asarray(resize_pixels(pixels[None], 32))
+    got = {"predict": tlsearch.load(exported).predict_proba([f])}
+    sm = tf.saved_model.load(str(exported / "serving" / "1"))
+    got["image bytes"] = sm.serve_image_bytes(tf.constant([data]))["probabilities"].numpy()
+    got["any-size array"] = sm.serve(tf.constant(pixels[None].astype(np.float32)))[
+        "probabilities"].numpy()
+    got["keras"] = keras.saving.load_model(exported / "model.keras").predict(resized, verbose=0)
+    meta = json.loads((exported / "metadata.json").read_text())
+    if meta["formats"]["onnx"]["status"] == "ok":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(exported / "model.onnx"))
+        got["onnx"] = sess.run(None, {sess.get_inputs()[0].name: resized})[0]
+    if meta["formats"]["litert"]["status"] == "ok":
+        from tlsearch.export.formats import litert_interpreter, run_litert
+
+        got["litert"] = run_litert(litert_interpreter(exported / "model.tflite"), resized)
+    ref = got["keras"]
+    for name, p in got.items():
+        np.testing.assert_allclose(p, ref, atol=1e-5, err_msg=name)
+
+
+def test_image_export_loads_and_predicts_in_a_fresh_process(exported, tmp_path):
+    import subprocess
+    import sys
+
+    img = tmp_path / "x.png"
+    img.write_bytes(_png(np.full((40, 30, 3), 200)))
+    r = subprocess.run([sys.executable, "-m", "tlsearch.cli", "predict", str(exported), str(img)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert str(img) in r.stdout
+    code = ("import tlsearch, keras, sys; "
+            "m = keras.saving.load_model(sys.argv[1]); print(m.output.shape[-1])")
+    r = subprocess.run([sys.executable, "-c", code, str(exported / "model.keras")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().endswith("3"), r.stderr[-3000:]
+
+
+def test_every_file_is_verified_and_a_missing_file_list_refused(exported, tmp_path):
+    import tlsearch
+    from tlsearch.errors import UserError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    (copy / "serving" / "1" / "saved_model.pb").write_bytes(b"tampered")
+    with pytest.raises(UserError, match="saved_model.pb"):
+        tlsearch.load(copy)
+    copy2 = tmp_path / "copy2"
+    shutil.copytree(exported, copy2)
+    meta = json.loads((copy2 / "metadata.json").read_text())
+    del meta["files"]
+    (copy2 / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="no list of its files"):
+        tlsearch.load(copy2)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tlsearch._register import register_layers_with_keras
 from tlsearch.config import StudyConfig, load_config, parse_config
 from tlsearch.errors import ConfigError, DataError, StorageError, TrialFailure, UserError
 from tlsearch.params import TrialParams
@@ -34,6 +35,8 @@ __all__ = [
     "StorageError",
     "TrialFailure",
 ]
+
+register_layers_with_keras()  # a model.keras loads with `import tlsearch` and Keras alone
 
 _LAZY = {
     "Schedule": "tlsearch.train.pipeline",

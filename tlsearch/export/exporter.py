@@ -310,4 +310,9 @@ def _metadata(cfg, study, frozen, modality: Modality, classes, report, root: Pat
         "weights_artifact": {k: artifact[k] for k in ("id", "size", "sha256") if k in artifact},
         "versions": _versions(extra),
         "files": _files_under(root),
+        "load": {
+            "python": "import tlsearch; tlsearch.load(DIR).predict([...])  (checks every file)",
+            "keras": "import tlsearch, keras; keras.saving.load_model(DIR + '/model.keras')  "
+                     "(import tlsearch registers its layers; text models need keras-hub too)",
+        },
     }
