@@ -251,8 +251,11 @@ def test_predict_text_model_from_csv_and_lines(tmp_path):
     d = tmp_path / "text-export"
     d.mkdir()
     model.save(d / "model.keras")
+    from tlsearch._hashing import sha256_file
+
+    files = {"model.keras": {"sha256": sha256_file(d / "model.keras")}}
     (d / "metadata.json").write_text(json.dumps({"classes": ["neg", "pos"], "modality": "text",
-                                                 "input": {"kind": "text"}}))
+                                                 "input": {"kind": "text"}, "files": files}))
     csv_path = tmp_path / "in.csv"
     csv_path.write_text('id,text\n1,"short"\n2,"a much, much longer text"\n')
     lines = tmp_path / "in.txt"

@@ -191,7 +191,7 @@ def load_image_folder(cfg, path: Path, image_size: int) -> RawData:
     keep = [i for i, a in enumerate(arrays) if a is not None]
     if not keep:
         raise DataError(f"{str(path)!r}: no readable images")
-    x = np.stack([arrays[i] for i in keep])
+    x = np.stack([a for a in arrays if a is not None])
     return RawData(x, [labels[i] for i in keep], "image", skipped=bad)
 
 
