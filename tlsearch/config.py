@@ -27,21 +27,9 @@ from tlsearch._messages import format_errors, unknown_keys
 from tlsearch.errors import ConfigError
 from tlsearch.params import OBJECTIVES, PARAMS
 
-__all__ = [
-    "Range",
-    "ParamSpec",
-    "SamplerConfig",
-    "PrunerConfig",
-    "HeartbeatConfig",
-    "DataConfig",
-    "BackboneEntry",
-    "TrainingConfig",
-    "SearchConfig",
-    "CacheConfig",
-    "StudyConfig",
-    "load_config",
-    "parse_config",
-]
+__all__ = ["Range", "ParamSpec", "SamplerConfig", "PrunerConfig", "HeartbeatConfig", "DataConfig",
+           "BackboneEntry", "TrainingConfig", "SearchConfig", "CacheConfig", "MLflowConfig",
+           "TensorBoardConfig", "TrackingConfig", "StudyConfig", "load_config", "parse_config"]
 
 
 class _Section(BaseModel):
@@ -188,6 +176,26 @@ class CacheConfig(_Section):
     max_gb: float = Field(5.0, gt=0)
 
 
+class MLflowConfig(_Section):
+    """An MLflow run per trial (``pip install 'tlsearch[mlflow]'``)."""
+
+    tracking_uri: str = Field(description="http://host:5000, sqlite:///mlflow.db, databricks, ...")
+    experiment: str | None = Field(None, description="default: the study's name")
+
+
+class TensorBoardConfig(_Section):
+    """TensorBoard event files, one folder per trial."""
+
+    log_dir: Path
+
+
+class TrackingConfig(_Section):
+    """Experiment trackers that receive every trial as it runs, besides the study's database."""
+
+    mlflow: MLflowConfig | None = None
+    tensorboard: TensorBoardConfig | None = None
+
+
 class StudyConfig(_Section):
     """A whole study file."""
 
@@ -206,6 +214,7 @@ class StudyConfig(_Section):
     training: TrainingConfig = TrainingConfig()
     search: SearchConfig = Field(default_factory=SearchConfig)
     cache: CacheConfig = CacheConfig()
+    tracking: TrackingConfig = TrackingConfig()
     #: Folder of the study file; relative paths in the file are resolved against it.
     base_dir: Path = Field(Path("."), exclude=True)
 

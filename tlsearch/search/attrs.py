@@ -27,6 +27,7 @@ ATTR = {
     "failure": "tlsearch.failure",
     "seconds": "tlsearch.seconds",
     "cached": "tlsearch.cached",
+    "mlflow_run": "tlsearch.mlflow_run",
 }
 
 #: the user attribute naming the process that runs a trial: ``host:pid:start``

@@ -29,6 +29,7 @@ from tlsearch.search.attrs import ATTR, FINISHED
 from tlsearch.search.progress import Progress
 from tlsearch.search.samplers import make_pruner, make_sampler
 from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing, study_lock
+from tlsearch.search.tracking import Listeners, open_listeners
 from tlsearch.search.workers import DONE, WAIT, Claims
 from tlsearch.train.cache import FeatureCache
 from tlsearch.train.features import BackboneSource
@@ -67,6 +68,9 @@ class PreparedStudy:
 def _config_snapshot(cfg: StudyConfig) -> dict:
     snap = json.loads(cfg.model_dump_json(exclude={"base_dir"}))
     snap.pop("storage", None)  # may carry credentials
+    mlflow = (snap.get("tracking") or {}).get("mlflow")
+    if mlflow:
+        mlflow["tracking_uri"] = redact_url(mlflow["tracking_uri"])
     return snap
 
 
@@ -239,10 +243,13 @@ def _as_trial_failure(e: BaseException) -> TrialFailure | None:
 
 
 def make_objective(prep: PreparedStudy, progress: Progress,
-                   on_start: Callable[[optuna.Trial], None] | None = None):
+                   on_start: Callable[[optuna.Trial], None] | None = None,
+                   listeners: Listeners | None = None):
     """The objective around :func:`~tlsearch.train.pipeline.run_trial`. ``on_start`` is called first,
-    once the trial is RUNNING (a claim is released there: see :class:`tlsearch.search.workers.Claims`)."""
+    once the trial is RUNNING (a claim is released there: see :class:`tlsearch.search.workers.Claims`).
+    ``listeners`` (default: the study file's ``tracking:``) hear each trial's start, epochs and end."""
     cfg, schedule = prep.cfg, prep.schedule
+    hooks = open_listeners(cfg) if listeners is None else listeners
     relevant = set(space.space_entries(cfg, prep.modality))
 
     def objective(trial: optuna.Trial) -> float:
@@ -252,11 +259,13 @@ def make_objective(prep: PreparedStudy, progress: Progress,
         shown = {k: v for k, v in asdict(params).items() if k in relevant}
         trial.set_user_attr(ATTR["params"], shown)
         progress.trial_start(trial.number, shown)
+        hooks.trial_start(trial, shown)
         history: list[dict] = []
 
         def on_epoch(rec) -> None:
             history.append(rec.to_dict())
             progress.epoch(rec)
+            hooks.epoch(trial, rec)
             trial.report(rec.value(schedule.objective), rec.step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {rec.step} (stage {rec.stage})")
@@ -288,7 +297,7 @@ def make_objective(prep: PreparedStudy, progress: Progress,
             raise
         return result.value
 
-    return objective
+    return hooks.wrap(objective)
 
 
 def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
