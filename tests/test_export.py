@@ -311,3 +311,15 @@ def test_export_and_cache_info_print_json(study, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TLSEARCH_CACHE_DIR", str(cache))
     assert main(["cache", "info", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"dir": str(cache), "entries": 1, "bytes": 1000}
+
+
+def test_export_without_tf2onnx_records_onnx_as_skipped(study, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if the `onnx` extra were not installed
+    out = tmp_path / "no-onnx"
+    assert main(["export", str(study), "--out", str(out), "--formats", "onnx"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["formats"]["onnx"]["status"] == "skipped"
+    assert "tlsearch[onnx]" in meta["formats"]["onnx"]["reason"]
+    assert not (out / "model.onnx").exists() and (out / "model.keras").is_file()
