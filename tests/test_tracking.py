@@ -98,3 +98,11 @@ def test_a_tracker_that_fails_mid_study_is_dropped_not_the_trial():
     assert study.trials[0].value == 0.5
     assert len(warnings) == 1 and "went away" in warnings[0]
     assert counting.ends == [("COMPLETE", 0.5)]
+
+
+def test_tracking_uri_credentials_are_never_shown(tmp_path, capsys):
+    path = write_study(tmp_path / "s.yaml", tracking={
+        "mlflow": {"tracking_uri": "http://team:s3cret@mlflow.internal:5000"}})
+    assert main(["validate", str(path), "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "s3cret" not in out and "mlflow.internal" in out

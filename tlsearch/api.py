@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import optuna
 
@@ -91,7 +91,7 @@ class Objective:
                  warn: Callable[[str], None] = _stderr) -> None:
         self.cfg = _config(study)
         self.warn = warn
-        self._prep = None
+        self._prep: Any = None
         self._fn: Callable[[optuna.Trial], float] | None = None
         self._adopted: set[tuple[int, str]] = set()
 
@@ -104,10 +104,10 @@ class Objective:
             from tlsearch.search.tracking import open_listeners
 
             listeners = open_listeners(self.cfg, self.warn)
-            self._prep = prepare_standalone(self.cfg, self.warn)
+            prep = self._prep = prepare_standalone(self.cfg, self.warn)
             quiet = Progress(Console(stderr=True, quiet=True), objective=self.cfg.objective,
                              live=False)
-            self._fn = st.make_objective(self._prep, quiet, listeners=listeners)
+            self._fn = st.make_objective(prep, quiet, listeners=listeners)
         return self._fn
 
     def _adopt(self, study: optuna.Study) -> None:

@@ -34,7 +34,7 @@ import importlib.util
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 try:
     import keras_tuner as kt
@@ -111,8 +111,8 @@ class TransferHyperModel(kt.HyperModel):
     def params(self, hp: Any) -> TrialParams:
         """The trial's parameters, declaring them on ``hp`` (fixed ones come from the file)."""
         prep = self.prepared
-        return space.suggest(_HpSuggest(hp, space.distributions(self.cfg, self.modality)),
-                             self.cfg, self.modality, prep.source.max_unfreeze)
+        hp_as_trial = cast(Any, _HpSuggest(hp, space.distributions(self.cfg, self.modality)))
+        return space.suggest(hp_as_trial, self.cfg, self.modality, prep.source.max_unfreeze)
 
     def build(self, hp: Any) -> Any:
         """The full model (pretrained backbone, new head) that ``fit`` leaves trained."""
@@ -231,7 +231,7 @@ class TransferHyperModel(kt.HyperModel):
         model = kind.build_model(self.cfg, TrialParams.from_dict(record["params"]),
                                  load_weights(path.read_bytes()), len(record["classes"]))
         step = record["best_step"]
-        at_best = next((r for r in record["history"] if r["step"] == step), {})
+        at_best: dict = next((r for r in record["history"] if r["step"] == step), {})
         log(f"exporting best trial {trial.trial_id} of tuner project {tuner.project_name!r} "
             f"({record['objective']}={record['value']:.4g}) at its best epoch: step {step} "
             f"(stage {record['best_stage']})")
