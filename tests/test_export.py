@@ -354,3 +354,57 @@ def test_every_file_is_verified_and_a_missing_file_list_refused(exported, tmp_pa
     (copy2 / "metadata.json").write_text(json.dumps(meta))
     with pytest.raises(UserError, match="no list of its files"):
         tlsearch.load(copy2)
+
+
+def test_predict_streams_jsonl_csv_and_json(exported, tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "imgs", per_class=2, size=32)
+    (folder / "circle" / "broken.png").write_bytes(b"\x89PNG not really")
+    capsys.readouterr()
+    assert main(["predict", str(exported), str(folder), "--format", "jsonl", "--skip-errors",
+                 "--batch-size", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert len(rows) == 7 and sum("error" in r for r in rows) == 1
+    good = [r for r in rows if "error" not in r]
+    assert all(r["label"] in ("circle", "square", "stripes") for r in good)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in good)
+
+    assert main(["predict", str(exported), str(folder / "square"), "--format", "json"]) == 0
+    assert [r["input"] for r in json.loads(capsys.readouterr().out)] == sorted(
+        str(p) for p in (folder / "square").glob("*.png"))
+    assert main(["predict", str(exported), str(folder / "square"), "--format", "csv"]) == 0
+    table = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert len(table) == 2 and table[0]["label"] and table[0]["p_circle"]
+
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", str(exported), str(folder / "square"), "--out", str(out)]) == 0
+    assert len([json.loads(x) for x in out.read_text().splitlines()]) == 2
+    assert main(["predict", str(exported), str(folder), "--out", str(tmp_path / "p.xml")]) == 2
+
+
+def test_export_and_cache_info_print_json(study, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "plain"
+    capsys.readouterr()
+    assert main(["export", str(study), "--out", str(out), "--formats", "", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["out"] == str(out) and got["study"] == "tiny"
+    assert got["formats"]["keras"]["status"] == "ok" and "onnx" not in got["formats"]
+    assert got["classes"] == ["circle", "square", "stripes"]
+    cache = tmp_path / "cache"
+    (cache / "features" / "some-key").mkdir(parents=True)
+    (cache / "features" / "some-key" / "train.npy").write_bytes(b"\0" * 1000)
+    monkeypatch.setenv("TLSEARCH_CACHE_DIR", str(cache))
+    assert main(["cache", "info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"dir": str(cache), "entries": 1, "bytes": 1000}
+
+
+def test_export_without_tf2onnx_records_onnx_as_skipped(study, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if the `onnx` extra were not installed
+    out = tmp_path / "no-onnx"
+    assert main(["export", str(study), "--out", str(out), "--formats", "onnx"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["formats"]["onnx"]["status"] == "skipped"
+    assert "tlsearch[onnx]" in meta["formats"]["onnx"]["reason"]
+    assert not (out / "model.onnx").exists() and (out / "model.keras").is_file()
