@@ -18,6 +18,7 @@ import keras  # noqa: E402
 from tlsearch.domain import (  # noqa: E402
     DANN,
     annealed_learning_rate,
+    dev_diagnostics,
     dev_risk,
     dev_weights,
     fit_dann,
@@ -153,8 +154,11 @@ def test_dann_beats_source_only_on_rotated_moons():
 
     report = selection_report(dann, xs[:100], ys[:100], xt[100:], x_source_train=xs[100:])
     assert set(report) >= {"source_val_loss", "source_val_accuracy", "dev_risk", "domain_accuracy",
-                           "own_domain_accuracy", "dev_effective_sample_size"}
-    assert all(np.isfinite(v) for v in report.values())
+                           "own_domain_accuracy", "dev_effective_sample_size", "dev_mean_weight",
+                           "dev_reliable", "bound_proxy"}
+    assert all(np.isfinite(float(v)) for v in report.values())
+    assert report["bound_proxy"] == pytest.approx(
+        1 - report["source_val_accuracy"] + 2 * report["domain_accuracy"] - 1)
 
 
 def test_dev_weights_are_one_when_target_is_source():
@@ -164,6 +168,7 @@ def test_dev_weights_are_one_when_target_is_source():
     w = dev_weights(source_val, target)
     assert abs(w.mean() - 1) < 0.1
     assert np.quantile(w, 0.05) > 0.6 and np.quantile(w, 0.95) < 1.5
+    assert dev_diagnostics(w)["reliable"]
     assert 0.4 < heldout_domain_accuracy(source_val, target) < 0.6
     assert heldout_domain_accuracy(source_val, target + [1.5, 0, 0]) > 0.7
     losses = rng.exponential(size=400)
@@ -207,3 +212,14 @@ def test_compile_rejects_a_loss():
     extractor, head = _net(0, width=4)
     with pytest.raises(ValueError, match="own losses"):
         DANN(extractor, head).compile("adam", loss="mse")
+
+
+def test_dev_is_flagged_when_the_domains_do_not_overlap():
+    """Far-apart domains: every source example gets a weight near 0 and DEV rests on a handful."""
+    rng = np.random.default_rng(2)
+    source_val = rng.normal(size=(400, 2))
+    target = rng.normal(size=(400, 2)) + [6.0, 0.0]
+    w = dev_weights(source_val, target)
+    diag = dev_diagnostics(w)
+    assert not diag["reliable"]
+    assert diag["effective_sample_size"] < 20 or diag["mean_weight"] < 0.5

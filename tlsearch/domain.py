@@ -51,7 +51,9 @@ from tlsearch.layers import GradientReversal
 
 __all__ = [
     "DANN",
+    "DEV_MIN_ESS_FRACTION",
     "annealed_learning_rate",
+    "dev_diagnostics",
     "dev_risk",
     "dev_weights",
     "fit_dann",
@@ -60,6 +62,9 @@ __all__ = [
     "make_domain_dataset",
     "selection_report",
 ]
+
+#: below this fraction of the validation examples as effective sample size, DEV is flagged unreliable
+DEV_MIN_ESS_FRACTION = 0.05
 
 #: the paper's learning-rate annealing ``lr0 / (1 + alpha * p) ** beta``
 ANNEAL_ALPHA = 10.0
@@ -449,6 +454,18 @@ def dev_risk(source_val_features, source_val_losses, target_features, *,
     return float(np.mean(wl) + eta * np.mean(w) - eta)
 
 
+def dev_diagnostics(weights) -> dict[str, Any]:
+    """Whether importance weights can carry a DEV estimate: ``mean_weight`` (about 1 when the
+    target's support lies inside the source's), ``effective_sample_size`` (``sum(w)^2 / sum(w^2)``)
+    and ``reliable`` (an effective sample size of at least :data:`DEV_MIN_ESS_FRACTION` of the
+    examples and a mean weight within a factor of 2 of 1)."""
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    ess = float(w.sum() ** 2 / np.sum(w ** 2)) if np.any(w) else 0.0
+    mean = float(w.mean())
+    return {"mean_weight": mean, "effective_sample_size": ess,
+            "reliable": bool(ess >= DEV_MIN_ESS_FRACTION * len(w) and 0.5 <= mean <= 2.0)}
+
+
 def heldout_domain_accuracy(source_features, target_features, *, seed: int = 0) -> float:
     """Accuracy of a fresh domain classifier on held-out features (0.5: indistinguishable).
 
@@ -472,12 +489,23 @@ def heldout_domain_accuracy(source_features, target_features, *, seed: int = 0) 
 
 def selection_report(model: DANN, x_source_val, y_source_val, x_target, *, x_source_train=None,
                      batch_size: int = 256, seed: int = 0) -> dict[str, Any]:
-    """The label-free selection numbers for a trained model (lower ``dev_risk`` is better).
+    """The label-free selection numbers for a trained model (lower is better for the risks).
 
-    ``x_target`` are unlabelled target inputs, ideally not those trained on. Returns
-    ``source_val_loss``, ``source_val_accuracy``, ``dev_risk``, ``dev_effective_sample_size``
-    (``sum(w)^2 / sum(w^2)``), ``domain_accuracy`` (fresh held-out classifier) and
-    ``own_domain_accuracy`` (the model's discriminator).
+    ``x_target`` are unlabelled target inputs, ideally not those trained on. Returns:
+
+    * ``source_val_loss``, ``source_val_accuracy``: the label branch on source validation data;
+    * ``dev_risk`` and its diagnostics ``dev_mean_weight`` (should be near 1: the weights'
+      expectation over the source is 1 when the target's support lies inside the source's),
+      ``dev_effective_sample_size`` (``sum(w)^2 / sum(w^2)``) and ``dev_reliable``: the effective
+      sample size is at least :data:`DEV_MIN_ESS_FRACTION` of the examples and the mean weight
+      within a factor of 2 of 1. When it is False the features of the two domains barely overlap
+      and DEV is an estimate from a handful of examples, not a risk to rank models by;
+    * ``domain_accuracy`` (a fresh classifier on held-out features) and ``own_domain_accuracy``
+      (the model's discriminator);
+    * ``bound_proxy``: source validation error + ``2 * domain_accuracy - 1`` (half the proxy
+      A-distance): the two measurable terms of Ben-David et al.'s bound on the target error. The
+      third term, the error of the best joint classifier, is unknown, so this ranks models by a
+      bound it cannot evaluate; a heuristic.
     """
     fv = model.features(x_source_val, batch_size)
     ft = model.features(x_target, batch_size)
@@ -487,11 +515,14 @@ def selection_report(model: DANN, x_source_val, y_source_val, x_target, *, x_sou
     y_idx = np.asarray(y_source_val)
     y_idx = y_idx.argmax(-1) if y_idx.ndim >= 2 and y_idx.shape[-1] > 1 else y_idx.ravel()
     w = dev_weights(fv, ft, source_train_features=fs, seed=seed)
+    accuracy = float(np.mean(preds.argmax(-1) == y_idx))
+    domain_accuracy = heldout_domain_accuracy(fv, ft, seed=seed)
     return {
         "source_val_loss": float(np.mean(losses)),
-        "source_val_accuracy": float(np.mean(preds.argmax(-1) == y_idx)),
+        "source_val_accuracy": accuracy,
         "dev_risk": dev_risk(fv, losses, ft, weights=w),
-        "dev_effective_sample_size": float(w.sum() ** 2 / np.sum(w ** 2)),
-        "domain_accuracy": heldout_domain_accuracy(fv, ft, seed=seed),
+        **{"dev_" + k: v for k, v in dev_diagnostics(w).items()},
+        "domain_accuracy": domain_accuracy,
         "own_domain_accuracy": model.own_domain_accuracy(x_source_val, x_target, batch_size),
+        "bound_proxy": (1.0 - accuracy) + (2.0 * domain_accuracy - 1.0),
     }
