@@ -272,7 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     f = compute_features(data_dir, a.image_size, a.out, a.seed)
     print(f"features: {int(f['n_images'])} images in {float(f['seconds']):.0f} s", flush=True)
 
-    res = {"settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
+    # the folders are left out: results are meant to be copied into the repository
+    res = {"settings": {k: v for k, v in vars(a).items() if k not in ("out", "data")},
            "data": json.loads((data_dir / "meta.json").read_text()),
            "feature_seconds": float(f["seconds"])}
     for name, fn in (("source_only", lambda: search_plain(f, "source", a)),

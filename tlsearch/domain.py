@@ -11,15 +11,29 @@ The domain classifier learns to tell the domains apart; the extractor receives t
 gradient and learns features the classifier cannot separate, while the label loss keeps them
 useful for the task. Only the label branch is served: :meth:`DANN.label_model`.
 
-This module works on already computed inputs: cached frozen features (then the extractor is the
-head's hidden layer) or images (then it is the unfrozen top of a backbone). A pipeline stage calls::
+This module works on already computed inputs, the same for both domains:
 
-    model = DANN(extractor, label_head, domain_width=64, lambda_max=0.5, gamma=10.0)
+* stage 1 (head only) on the cached pooled features: ``feature_extractor`` is the head's hidden
+  Dense layer, ``label_head`` the rest of the head (dropout, softmax Dense);
+* stage 2 on the cached activations at the freeze boundary: ``feature_extractor`` is the
+  backbone's unfrozen top (``Backbone.split(n)[1]``) followed by the head's hidden layer.
+
+Passing the head's own layer objects (not copies) means the model assembled for export from the
+backbone and the head afterwards carries the adapted weights. A pipeline stage calls::
+
+    model = DANN(extractor, label_head, domain_width=64, lambda_max=0.5, gamma=10.0,
+                 class_weight=class_weights)             # {class index: weight} or None
     model.compile(keras.optimizers.Adam(lr))
     history = fit_dann(model, x_src, y_src, x_tgt, epochs=E, initial_epoch=e0,
                        validation_data=(x_src_val, y_src_val), callbacks=[...])
-    report = selection_report(model, x_src_val, y_src_val, x_tgt_val, x_source_train=x_src)
-    served = model.label_model()
+    report = selection_report(model, x_src_val, y_src_val, x_tgt_held_out, x_source_train=x_src)
+    served = model.label_model(input_shape=(feature_dim,))  # or rebuild from the shared layers
+
+It needs: labelled source inputs and labels (indices or one-hot), unlabelled target inputs
+(any number; they are repeated), labelled source validation data, and for selection unlabelled
+target inputs. ``history`` has the usual per-epoch logs, ``val_loss``/``val_accuracy`` included,
+so the pipeline's best-epoch tracking and pruning callbacks need no change; the value to report
+to Optuna for a label-free search is one of ``report``'s (see below), computed once per trial.
 
 Model selection without target labels (what :func:`selection_report` gives, and what each promises):
 
@@ -216,9 +230,9 @@ class DANN(keras.Model):
     def _example_weights(self, y, sample_weight):
         w = None
         if self.class_weight:
-            n = max(self.class_weight) + 1
-            table = ops.convert_to_tensor([float(self.class_weight.get(i, 1.0)) for i in range(n)])
-            w = ops.take(table, ops.minimum(self._class_index(y), n - 1))
+            n = max(self.class_weight) + 1  # classes past the table (and missing ones) weigh 1
+            table = ops.convert_to_tensor([float(self.class_weight.get(i, 1.0)) for i in range(n)] + [1.0])
+            w = ops.take(table, ops.minimum(self._class_index(y), n))
         if sample_weight is not None:
             sw = ops.reshape(ops.cast(sample_weight, "float32"), (-1,))
             w = sw if w is None else w * sw
