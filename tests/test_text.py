@@ -394,8 +394,8 @@ def test_minilm_rotten_tomatoes_study_on_a_subset(tmp_path, minilm_folder):
     from tlsearch.cli import main
 
     src = REPO / "studies" / "data" / "rotten-tomatoes"
-    pd.read_csv(src / "train.csv").head(80).to_csv(tmp_path / "train.csv", index=False)
-    pd.read_csv(src / "validation.csv").head(40).to_csv(tmp_path / "validation.csv", index=False)
+    pd.read_csv(src / "train.csv").head(160).to_csv(tmp_path / "train.csv", index=False)
+    pd.read_csv(src / "validation.csv").head(80).to_csv(tmp_path / "validation.csv", index=False)
     study = write_study(tmp_path / "rt.yaml", name="rt", n_trials=2, objective="val_accuracy",
                         data={"path": "train.csv", "validation": "validation.csv"},
                         backbones=["minilm_l6"],
@@ -406,4 +406,6 @@ def test_minilm_rotten_tomatoes_study_on_a_subset(tmp_path, minilm_folder):
     assert main(["run", str(study)]) == 0
     s = optuna.load_study(study_name="rt", storage=f"sqlite:///{tmp_path / 'rt.db'}")
     assert all(t.state.name == "COMPLETE" for t in s.trials) and len(s.trials) == 2
-    assert s.best_value > 0.55  # 40 validation snippets; frozen MiniLM + a head beats chance
+    # 80 validation snippets: at least 0.65 by chance has probability 0.004; frozen MiniLM features
+    # with a head on 160 snippets do better than that
+    assert s.best_value >= 0.65

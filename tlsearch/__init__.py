@@ -3,15 +3,17 @@
 A study file names the data, the candidate backbones and the search space; each trial trains a new
 head on a frozen pretrained backbone, then unfreezes its top blocks at a lower learning rate.
 
-The public surface is listed in ``__all__``. Names that need TensorFlow (``run_trial``, ``load``,
-``Predictor``) are imported on first use, so ``tlsearch validate`` and ``tlsearch backbones`` start
-without it.
+The public surface is listed in ``__all__``: :func:`run` runs a study file, :func:`objective` hands
+its objective to an Optuna study of your own, :func:`load` opens an exported model. Names that need
+Optuna or TensorFlow are imported on first use, so ``import tlsearch``, ``tlsearch validate`` and
+``tlsearch backbones`` start without TensorFlow. KerasTuner users: :mod:`tlsearch.keras_tuner`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from tlsearch._register import register_layers_with_keras
 from tlsearch.config import StudyConfig, load_config, parse_config
 from tlsearch.errors import ConfigError, DataError, StorageError, TrialFailure, UserError
 from tlsearch.params import TrialParams
@@ -24,6 +26,9 @@ __all__ = [
     "load_config",
     "parse_config",
     "TrialParams",
+    "run",
+    "objective",
+    "Objective",
     "Schedule",
     "run_trial",
     "load",
@@ -35,7 +40,12 @@ __all__ = [
     "TrialFailure",
 ]
 
+register_layers_with_keras()  # a model.keras loads with `import tlsearch` and Keras alone
+
 _LAZY = {
+    "run": "tlsearch.api",
+    "objective": "tlsearch.api",
+    "Objective": "tlsearch.api",
     "Schedule": "tlsearch.train.pipeline",
     "run_trial": "tlsearch.train.pipeline",
     "load": "tlsearch.export.predict",

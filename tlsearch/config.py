@@ -4,8 +4,11 @@ A study file is YAML. Everything is checked here, before any storage is opened, 
 message and never a half-created study. Each problem names the dotted path of the field, the value
 that was given and what was expected, with a "did you mean" for unknown keys.
 
-The ``search`` section's entries (fixed, choices or a range) and their checks against the
-catalogue live in :mod:`tlsearch.entries`.
+Every search-space entry is written in one of three forms::
+
+    dropout: 0.2                                 # fixed
+    head_width: [64, 128, 256]                   # categorical choice
+    lr_stage1: {low: 1.0e-4, high: 1.0e-2, log: true}   # a range (int if both ends are ints)
 """
 
 from __future__ import annotations
@@ -13,41 +16,24 @@ from __future__ import annotations
 import difflib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, Literal, Union
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator,
+from pydantic import (Field, ValidationError, create_model, field_validator,
                       model_validator)
 
 from tlsearch._messages import format_errors, unknown_keys
-from tlsearch.entries import ParamSpec, Range, search_problems
+from tlsearch._schema import ParamSpec, Range, Section
+from tlsearch.config_checks import semantic_problems
 from tlsearch.errors import ConfigError
 from tlsearch.params import OBJECTIVES, PARAMS, objective_params
 
-__all__ = [
-    "Range",  # re-exported from tlsearch.entries
-    "ParamSpec",
-    "SamplerConfig",
-    "PrunerConfig",
-    "HeartbeatConfig",
-    "DataConfig",
-    "BackboneEntry",
-    "TrainingConfig",
-    "SearchConfig",
-    "CacheConfig",
-    "StudyConfig",
-    "load_config",
-    "parse_config",
-]
+__all__ = ["Range", "ParamSpec", "SamplerConfig", "PrunerConfig", "HeartbeatConfig", "DataConfig",
+           "BackboneEntry", "TrainingConfig", "SearchConfig", "CacheConfig", "MLflowConfig",
+           "TensorBoardConfig", "TrackingConfig", "StudyConfig", "load_config", "parse_config"]
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-    #: a section of the study file, whose unknown keys are reported with a "did you mean"
-    is_section: ClassVar[bool] = True
-
-
-class SamplerConfig(_Section):
+class SamplerConfig(Section):
     """Which Optuna sampler proposes trials."""
 
     type: Literal["tpe", "random"] = "tpe"
@@ -56,7 +42,7 @@ class SamplerConfig(_Section):
     warm_start: bool = Field(True, description="first try the middle of the space")
 
 
-class PrunerConfig(_Section):
+class PrunerConfig(Section):
     """Which Optuna pruner stops unpromising trials, on one step count across both stages."""
 
     type: Literal["median", "hyperband", "successive_halving", "percentile", "none"] = "median"
@@ -67,7 +53,7 @@ class PrunerConfig(_Section):
     reduction_factor: int = Field(3, ge=2)
 
 
-class HeartbeatConfig(_Section):
+class HeartbeatConfig(Section):
     """How a trial whose worker died is noticed (RDB storages): see Optuna's heartbeat."""
 
     interval: int = Field(30, ge=1, description="seconds between a running trial's heartbeats")
@@ -84,7 +70,7 @@ class HeartbeatConfig(_Section):
         return self
 
 
-class DataConfig(_Section):
+class DataConfig(Section):
     """Where the labelled examples are and how they are split."""
 
     format: str | None = Field(None, description="image_folder, npz, csv, parquet, jsonl; inferred")
@@ -101,7 +87,7 @@ class DataConfig(_Section):
         None, description=".npz only: the values that become 0 and 255, e.g. [-1, 1] or [0, 65535]")
 
 
-class BackboneEntry(_Section):
+class BackboneEntry(Section):
     """One candidate backbone. ``name`` is a registered backbone, or a label for a Keras file."""
 
     name: str
@@ -113,7 +99,7 @@ class BackboneEntry(_Section):
     block_ends: str | None = Field(None, description="for a .keras file: regex of block outputs")
 
 
-class TrainingConfig(_Section):
+class TrainingConfig(Section):
     """The fixed parts of the two-stage schedule."""
 
     stage1_epochs: int = Field(5, ge=1, description="epochs with the backbone frozen")
@@ -131,7 +117,7 @@ def _default_spec(value: Any) -> Any:
 
 
 if TYPE_CHECKING:
-    class SearchConfig(_Section):
+    class SearchConfig(Section):
         """The search space: one field per catalogue entry, each a ``ParamSpec``."""
 
         def __getattr__(self, name: str) -> Any: ...
@@ -139,13 +125,13 @@ else:
     #: The search space, one field per catalogue entry (:data:`tlsearch.params.PARAMS`). Each
     #: entry is fixed, a list of choices, or a range.
     SearchConfig = create_model(
-        "SearchConfig", __base__=_Section, __doc__="The search space: one field per parameter.",
+        "SearchConfig", __base__=Section, __doc__="The search space: one field per parameter.",
         **{p.name: (ParamSpec, Field(_default_spec(p.default), description=p.help))
            for p in PARAMS.values()},
     )
 
 
-class PrescreenConfig(_Section):
+class PrescreenConfig(Section):
     """Rank the candidate backbones on their frozen features before any training, and search only
     the best ``keep`` (LogME, You et al., ICML 2021: seconds per backbone on cached features)."""
 
@@ -153,7 +139,7 @@ class PrescreenConfig(_Section):
     keep: int = Field(ge=1, description="how many of the best-ranked backbones the search keeps")
 
 
-class CacheConfig(_Section):
+class CacheConfig(Section):
     """The frozen-feature cache shared by every trial of a study, and by later runs."""
 
     enabled: bool = True
@@ -161,7 +147,27 @@ class CacheConfig(_Section):
     max_gb: float = Field(5.0, gt=0)
 
 
-class StudyConfig(_Section):
+class MLflowConfig(Section):
+    """An MLflow run per trial (``pip install 'tlsearch[mlflow]'``)."""
+
+    tracking_uri: str = Field(description="http://host:5000, sqlite:///mlflow.db, databricks, ...")
+    experiment: str | None = Field(None, description="default: the study's name")
+
+
+class TensorBoardConfig(Section):
+    """TensorBoard event files, one folder per trial."""
+
+    log_dir: Path
+
+
+class TrackingConfig(Section):
+    """Experiment trackers that receive every trial as it runs, besides the study's database."""
+
+    mlflow: MLflowConfig | None = None
+    tensorboard: TensorBoardConfig | None = None
+
+
+class StudyConfig(Section):
     """A whole study file."""
 
     name: str = Field(min_length=1)
@@ -182,6 +188,7 @@ class StudyConfig(_Section):
     search: SearchConfig = Field(default_factory=SearchConfig)
     cache: CacheConfig = CacheConfig()
     prescreen: PrescreenConfig | None = None
+    tracking: TrackingConfig = TrackingConfig()
     #: Folder of the study file; relative paths in the file are resolved against it.
     base_dir: Path = Field(Path("."), exclude=True)
 
@@ -254,34 +261,6 @@ class StudyConfig(_Section):
 # Validation with messages a user can act on
 
 
-def _semantic_problems(cfg: StudyConfig) -> list[str]:
-    """Checks that need the registry or more than one field at once."""
-    from tlsearch.backbones import registry
-
-    problems: list[str] = []
-    for i, entry in enumerate(cfg.backbone_entries):
-        if entry.path is not None:
-            if not str(entry.path).endswith(".keras"):
-                problems.append(
-                    f"`backbones[{i}].path`: expected a .keras file, got {str(entry.path)!r}"
-                )
-            if entry.preprocessing is not None and entry.preprocessing not in registry.PREPROCESSING:
-                problems.append(
-                    f"`backbones[{i}].preprocessing`: expected one of "
-                    f"{sorted(registry.PREPROCESSING)}, got {entry.preprocessing!r}"
-                )
-            continue
-        if entry.name not in registry.names():
-            hint = difflib.get_close_matches(entry.name, registry.names(), n=1, cutoff=0.5)
-            tip = f"; did you mean {hint[0]!r}?" if hint else ""
-            problems.append(
-                f"`backbones[{i}].name`: unknown backbone {entry.name!r} "
-                f"(run `tlsearch backbones` for the list){tip}"
-            )
-    problems += search_problems(cfg.search)
-    return problems
-
-
 def parse_config(raw: Any, *, source: str = "<study>", base_dir: Path | None = None) -> StudyConfig:
     """Validate a study given as a mapping. Raises :class:`ConfigError` listing every problem."""
     if not isinstance(raw, dict):
@@ -293,7 +272,7 @@ def parse_config(raw: Any, *, source: str = "<study>", base_dir: Path | None = N
     except ValidationError as e:
         problems += format_errors(e)
     if cfg is not None and not problems:
-        problems += _semantic_problems(cfg)
+        problems += semantic_problems(cfg)
     if problems:
         raise ConfigError(source, problems)
     assert cfg is not None

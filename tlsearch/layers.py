@@ -1,5 +1,5 @@
 """Every Keras layer that travels inside a saved model: image preprocessing, text pooling, the
-raw-string text model. Importing :mod:`tlsearch` registers them, so an exported model loads with
+raw-string text model, gradient reversal (domain adaptation). Importing :mod:`tlsearch` registers them, so an exported model loads with
 ``keras.saving.load_model`` and nothing else but keras-hub for text."""
 
 from __future__ import annotations
@@ -9,7 +9,8 @@ from keras import ops
 
 from tlsearch.params import POOLING_MODES, PREPROCESSING_MODES
 
-__all__ = ["Preprocess", "PREPROCESSING_MODES", "TextPooling", "POOLING_MODES", "RawTextModel"]
+__all__ = ["Preprocess", "PREPROCESSING_MODES", "TextPooling", "POOLING_MODES", "RawTextModel",
+           "GradientReversal"]
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -140,3 +141,64 @@ class RawTextModel(keras.Model):
         pre = keras.saving.deserialize_keras_object(config.pop("preprocessor"))
         model = keras.saving.deserialize_keras_object(config.pop("token_model"))
         return cls(pre, model, **config)
+
+
+@keras.saving.register_keras_serializable(package="tlsearch")
+class GradientReversal(keras.layers.Layer):
+    """Identity on the way forward; multiplies the gradient by ``-lambda`` on the way back.
+
+    This is the layer of domain-adversarial training (Ganin & Lempitsky, ICML 2015): placed between
+    a feature extractor and a domain classifier, it lets the classifier learn to tell the domains
+    apart while the extractor receives the opposite gradient and learns features that hide the
+    domain. ``Lambda(lambda x: -x)`` is *not* this layer: it negates the activations and leaves the
+    gradient's sign to the chain rule, so the classifier sees flipped features and the extractor is
+    still helped to separate the domains.
+
+    ``lambda`` lives in a non-trainable variable, so a schedule can change it every step (from
+    Python with :meth:`set_lambda`, or inside a compiled train step with ``assign``) without
+    retracing the step function. The TensorFlow backend is required (``tf.custom_gradient``).
+    """
+
+    def __init__(self, lambda_: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.supports_masking = True
+        # created here, not in build(): a schedule may set lambda before the first call
+        self.lambda_var = self.add_weight(
+            name="lambda", shape=(), initializer=keras.initializers.Constant(float(lambda_)),
+            trainable=False, dtype="float32",
+        )
+
+    @property
+    def lambda_(self) -> float:
+        """The current value, as a Python float (reads the variable)."""
+        return float(ops.convert_to_numpy(self.lambda_var))
+
+    def set_lambda(self, value) -> None:
+        """Set lambda for the following steps; a float or a scalar tensor (inside a tf.function)."""
+        self.lambda_var.assign(ops.cast(value, "float32"))
+
+    def call(self, x):
+        if keras.backend.backend() != "tensorflow":
+            raise NotImplementedError("GradientReversal needs the TensorFlow backend")
+        return _reverse_gradient(x, ops.convert_to_tensor(self.lambda_var))  # a read: current value
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "lambda_": self.lambda_}
+
+
+def _reverse_gradient(x, lam):
+    import tensorflow as tf
+
+    @tf.custom_gradient
+    def reverse(x, lam):
+        def grad(upstream):
+            # lambda is an input, not a captured variable: its value is read at each call, so a new
+            # value needs no new trace; it receives no gradient
+            return -tf.cast(lam, upstream.dtype) * upstream, tf.zeros_like(lam)
+
+        return tf.identity(x), grad
+
+    return reverse(x, lam)

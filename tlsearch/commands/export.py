@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 from tlsearch.config import load_config
@@ -18,6 +19,9 @@ def add_parser(sub):
                    help="optional formats besides Keras and SavedModel, comma-separated "
                         "(default: onnx,litert; '' for none)")
     p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+    p.add_argument("--json", action="store_true",
+                   help="print what was written as JSON on stdout (the folder, the trial, each "
+                        "format's status)")
     return p
 
 
@@ -30,6 +34,14 @@ def run(args) -> int:
 
     cfg = load_config(args.study)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    export_study(cfg, args.out, trial=args.trial, url=storage_override(args), formats=formats,
-                 force=args.force, log=lambda m: print(m, file=sys.stderr))
+    result = export_study(cfg, args.out, trial=args.trial, url=storage_override(args),
+                          formats=formats, force=args.force, log=lambda m: print(m, file=sys.stderr))
+    if args.json:
+        meta = result.metadata
+        print(json.dumps({
+            "out": str(result.out_dir), "study": meta.get("study"), "trial": result.trial,
+            "objective": meta.get("objective"), "value": meta.get("value"),
+            "best_step": result.best_step, "best_stage": result.best_stage,
+            "classes": meta.get("classes"), "formats": result.formats,
+        }, indent=2))
     return 0

@@ -1,13 +1,24 @@
-"""tlsearch predict DIR INPUT...: label and probability for each input, printed or written."""
+"""tlsearch predict DIR INPUT...: label and probability for each input, streamed as it goes.
+
+Rows are written as each batch is predicted and flushed once per batch, so a pipeline downstream
+(``| jq``, a queue consumer) sees results while a large folder is still being read. Formats:
+``tsv`` (input, label, probability: for people), ``csv``, ``json`` (one array) and ``jsonl`` (one
+object a line). ``--out`` writes to a file instead of stdout, whole or not at all.
+"""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
+from typing import IO
 
 from tlsearch.errors import UserError
+
+FORMATS = ("tsv", "csv", "json", "jsonl")
 
 
 def add_parser(sub):
@@ -16,52 +27,121 @@ def add_parser(sub):
     p.add_argument("inputs", nargs="+", metavar="INPUT",
                    help="image files or folders of images; for text models, CSV files (a `text` "
                         "column) or text files (one text a line)")
-    p.add_argument("--out", help="write all predictions to this .csv or .json file")
+    p.add_argument("--format", choices=FORMATS,
+                   help="tsv (input, label, probability), csv, json or jsonl (one JSON object a "
+                        "line); default: from --out's suffix, else tsv")
+    p.add_argument("--out", help="write the predictions to this file (.tsv, .csv, .json, .jsonl) "
+                                 "instead of stdout")
     p.add_argument("--batch-size", type=int, default=64, help="inputs read and run at once")
     p.add_argument("--skip-errors", action="store_true",
                    help="report unreadable inputs and go on with the rest")
     return p
 
 
+class _Writer:
+    """Writes rows in one format; ``error`` rows are written where the format can hold them."""
+
+    def __init__(self, fmt: str, f: IO[str], classes: list[str]) -> None:
+        self.fmt, self.f, self.classes = fmt, f, classes
+        self.n = 0
+        self.csv = csv.writer(f, lineterminator="\n") if fmt == "csv" else None
+        if self.csv is not None:
+            self.csv.writerow(["input", "label", "probability",
+                               *[f"p_{c}" for c in classes], "error"])
+        elif fmt == "json":
+            f.write("[")
+
+    def row(self, r: dict) -> None:
+        if self.fmt == "tsv":
+            if "error" not in r:
+                self.f.write(f"{r['input']}\t{r['label']}\t{r['probability']:.4f}\n")
+        elif self.csv is not None:
+            if "error" in r:
+                self.csv.writerow([r["input"], "", "", *[""] * len(self.classes), r["error"]])
+            else:
+                self.csv.writerow([r["input"], r["label"], f"{r['probability']:.6f}",
+                                   *[f"{r['probabilities'][c]:.6f}" for c in self.classes], ""])
+        else:
+            text = json.dumps(r, ensure_ascii=False)
+            if self.fmt == "json":
+                text = ("\n " if self.n == 0 else ",\n ") + text
+            else:
+                text += "\n"
+            self.f.write(text)
+        self.n += 1
+
+    def close(self) -> None:
+        if self.fmt == "json":
+            self.f.write("\n]\n" if self.n else "]\n")
+        self.f.flush()
+
+
+def _format(args) -> str:
+    if args.format:
+        return args.format
+    if args.out:
+        suffix = Path(args.out).suffix.lower().lstrip(".")
+        if suffix not in FORMATS:
+            raise UserError(f"--out {args.out!r}: expected a file ending in .tsv, .csv, .json or "
+                            f".jsonl, or give --format")
+        return suffix
+    return "tsv"
+
+
 def run(args) -> int:
+    fmt = _format(args)
+    if args.batch_size < 1:
+        raise UserError(f"`--batch-size`: expected at least 1, got {args.batch_size}")
     from tlsearch._quiet import import_tensorflow_quietly
 
     import_tensorflow_quietly()
     from tlsearch.export.predict import load
 
-    out = Path(args.out) if args.out else None
-    if out is not None and out.suffix.lower() not in (".csv", ".json"):
-        raise UserError(f"--out {args.out!r}: expected a file ending in .csv or .json")
     predictor = load(args.model)
-    rows = []
-    skipped = 0
-    for row in predictor.iter_predict([Path(p) for p in args.inputs], batch_size=args.batch_size,
-                                      skip_errors=args.skip_errors):
-        if "error" in row:
-            skipped += 1
-            print(f"skipped: {row['error']}", file=sys.stderr)
-        elif out is None:
-            print(f"{row['input']}\t{row['label']}\t{row['probability']:.4f}", flush=True)
-        rows.append(row)
-    if out is not None:
-        _write(out, rows, predictor.classes)
-        print(f"wrote {len(rows) - skipped} predictions to {out}", file=sys.stderr)
+    rows = predictor.iter_predict([Path(p) for p in args.inputs], batch_size=args.batch_size,
+                                  skip_errors=args.skip_errors)
+    if args.out is None:
+        try:
+            total, skipped = _stream(rows, _Writer(fmt, sys.stdout, predictor.classes),
+                                     args.batch_size)
+        except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            return 0
+    else:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
+        try:
+            with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
+                total, skipped = _stream(rows, _Writer(fmt, f, predictor.classes), args.batch_size)
+            os.chmod(tmp, 0o666 & ~_umask())
+            os.replace(tmp, out)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        print(f"wrote {total - skipped} predictions to {out}", file=sys.stderr)
     if skipped:
-        print(f"{skipped} of {len(rows)} inputs skipped", file=sys.stderr)
+        print(f"{skipped} of {total} inputs skipped", file=sys.stderr)
     return 0
 
 
-def _write(path: Path, rows: list[dict], classes: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".json":
-        path.write_text(json.dumps(rows, indent=1, ensure_ascii=False) + "\n")
-        return
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["input", "label", "probability", *[f"p_{c}" for c in classes], "error"])
-        for r in rows:
-            if "error" in r:
-                w.writerow([r["input"], "", "", *[""] * len(classes), r["error"]])
-            else:
-                w.writerow([r["input"], r["label"], f"{r['probability']:.6f}",
-                            *[f"{r['probabilities'][c]:.6f}" for c in classes], ""])
+def _stream(rows, writer: _Writer, batch_size: int) -> tuple[int, int]:
+    """Write every row, flushing once per batch; (rows, skipped)."""
+    total = skipped = 0
+    for r in rows:
+        if "error" in r:
+            skipped += 1
+            print(f"skipped: {r['error']}", file=sys.stderr)
+        writer.row(r)
+        total += 1
+        if total % batch_size == 0:
+            writer.f.flush()
+    writer.close()
+    return total, skipped
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

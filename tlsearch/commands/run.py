@@ -34,6 +34,7 @@ def storage_override(args) -> str | None:
 def run(args) -> int:
     from tlsearch.search import study as st
     from tlsearch.search.storage import redact_url
+    from tlsearch.search.tracking import check_tracking
 
     if args.workers < 1:
         raise UserError(f"`--workers`: expected at least 1, got {args.workers}")
@@ -46,6 +47,7 @@ def run(args) -> int:
     worker = args.worker_index
     if worker is None:
         err.print(f"[bold]tlsearch[/] study [bold]{cfg.name}[/]: checking the data ...")
+    check_tracking(cfg)  # a tracker that cannot work is refused before the study is created
     prep = st.prepare(cfg, storage_url=storage_override(args),
                       warn=err.print if worker is None else (lambda *a, **k: None))
     if worker is not None:

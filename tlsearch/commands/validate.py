@@ -28,6 +28,9 @@ def run(args) -> int:
     if args.json:
         resolved = json.loads(cfg.model_dump_json(exclude={"base_dir"}))
         resolved["storage"] = redact_url(cfg.storage_url)
+        if (resolved.get("tracking") or {}).get("mlflow"):
+            mlflow = resolved["tracking"]["mlflow"]
+            mlflow["tracking_uri"] = redact_url(mlflow["tracking_uri"])
         print(json.dumps(resolved, indent=2))
         return 0
     out = Console()

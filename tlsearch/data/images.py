@@ -100,6 +100,25 @@ def to_rgb8(im):
     return im.convert("RGB")
 
 
+def resize_pixels(x, size: int):
+    """RGB pixels ``(N, H, W, 3)`` (0..255) resized to ``(N, size, size, 3)``, rounded to whole
+    values: the ONE resize of tlsearch. Training images, ``tlsearch predict`` and the exported
+    SavedModel's endpoints all call it, so a picture of any size gets the same pixels everywhere
+    (bilinear with antialiasing, TensorFlow's op; identity at the target size). Takes NumPy arrays
+    or tensors, inside a traced function too; returns float32."""
+    from keras import ops
+
+    x = ops.cast(x, "float32")
+    y = ops.image.resize(x, (size, size), interpolation="bilinear", antialias=True)
+    return ops.clip(ops.round(y), 0.0, 255.0)
+
+
+def _resize_one(a: np.ndarray, size: int) -> np.ndarray:
+    if a.shape[:2] == (size, size):
+        return a
+    return np.asarray(resize_pixels(a[None], size))[0].astype(np.uint8)
+
+
 def decode_image(path: Path, size: int) -> np.ndarray:
     """One image as uint8 (size, size, 3). Raises ValueError with a reason a user can act on."""
     from PIL import Image, UnidentifiedImageError
@@ -113,9 +132,7 @@ def decode_image(path: Path, size: int) -> np.ndarray:
         with Image.open(path) as im:
             im.load()
             im = to_rgb8(im)
-            if im.size != (size, size):
-                im = im.resize((size, size), Image.Resampling.BILINEAR)
-            return np.asarray(im, dtype=np.uint8)
+            return _resize_one(np.asarray(im, dtype=np.uint8), size)
     except ValueError:
         raise
     except UnidentifiedImageError:
@@ -174,7 +191,7 @@ def load_image_folder(cfg, path: Path, image_size: int) -> RawData:
     keep = [i for i, a in enumerate(arrays) if a is not None]
     if not keep:
         raise DataError(f"{str(path)!r}: no readable images")
-    x = np.stack([arrays[i] for i in keep])
+    x = np.stack([a for a in arrays if a is not None])
     return RawData(x, [labels[i] for i in keep], "image", skipped=bad)
 
 
@@ -201,14 +218,14 @@ def _refuse_dropped_classes(path: Path, class_dirs, labels, arrays, bad) -> None
 
 def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
     """uint8 images (N, H, W, 1 or 3) as (N, size, size, 3)."""
-    from PIL import Image
-
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
     if x.shape[1:3] == (size, size):
         return x
-    return np.stack([np.asarray(Image.fromarray(im).resize((size, size), Image.Resampling.BILINEAR))
-                     for im in x])
+    out = np.empty((len(x), size, size, 3), dtype=np.uint8)
+    for i in range(0, len(x), 256):
+        out[i:i + 256] = np.asarray(resize_pixels(x[i:i + 256], size)).astype(np.uint8)
+    return out
 
 
 @register_format("npz", suffixes=(".npz",))

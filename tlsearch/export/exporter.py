@@ -48,7 +48,9 @@ __all__ = [
     "FORMATS",
     "select_trial",
     "rebuild_model",
+    "trial_record",
     "export_study",
+    "write_export",
 ]
 
 #: the largest difference from the Keras model's probabilities an exported format may show
@@ -67,6 +69,10 @@ def select_trial(study, number: int | None = None):
     from optuna.trial import TrialState
 
     if number is None:
+        if len(study.directions) > 1:
+            front = sorted(t.number for t in study.best_trials)
+            raise UserError(f"study {study.study_name!r} has several objectives, so no single best "
+                            f"trial: choose one with `--trial N` (the Pareto front: {front})")
         try:
             return study.best_trial
         except ValueError:
@@ -153,27 +159,64 @@ def _prepare_out(out: Path, force: bool) -> None:
                             f"(no metadata.json); refusing to replace it even with --force")
 
 
-def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str | None = None,
-                 formats: tuple[str, ...] = FORMATS, force: bool = False,
-                 log: Callable[[str], None] = print) -> ExportResult:
-    """Export trial ``trial`` (default: the best) of the study described by ``cfg`` to ``out_dir``."""
-    out = Path(out_dir)
+def _check_formats(formats: tuple[str, ...]) -> None:
     unknown = sorted(set(formats) - set(FORMATS))
     if unknown:
         raise UserError(f"unknown export formats {unknown}; expected some of {list(FORMATS)}")
+
+
+def trial_record(cfg, study, frozen) -> dict:
+    """What ``metadata.json`` says about the trial an export comes from."""
+    step = frozen.user_attrs.get(ATTR["best_step"])
+    history = frozen.user_attrs.get(ATTR["history"], [])
+    at_best = next((dict(r) for r in history if r.get("step") == step), {})
+    artifact = frozen.user_attrs.get(ARTIFACT_ATTR, {})
+    return {
+        "study": study.study_name,
+        "trial": frozen.number,
+        "value": frozen.value if len(frozen.values or ()) <= 1 else frozen.values,
+        "best_step": step,
+        "best_stage": frozen.user_attrs.get(ATTR["best_stage"]),
+        "metrics": {k: v for k, v in at_best.items() if k not in ("step", "stage", "seconds")},
+        "decision": decision_rule(cfg, list(study.user_attrs[ATTR["classes"]]), at_best),
+        "params": frozen.user_attrs.get(ATTR["params"], frozen.params),
+        "classes": list(study.user_attrs[ATTR["classes"]]),
+        "weights_artifact": {k: artifact[k] for k in ("id", "size", "sha256") if k in artifact},
+    }
+
+
+def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str | None = None,
+                 formats: tuple[str, ...] = FORMATS, force: bool = False,
+                 log: Callable[[str], None] = print, study=None) -> ExportResult:
+    """Export trial ``trial`` (default: the best) of the study described by ``cfg`` to ``out_dir``.
+
+    ``study`` is the :class:`optuna.Study` to export from, when it is not the one the study file
+    names (an in-memory study driven with :func:`tlsearch.objective`, say)."""
+    out = Path(out_dir)
+    _check_formats(formats)
     _prepare_out(out, force)
-    study = load_study(cfg, url)
+    study = study if study is not None else load_study(cfg, url)
     frozen = select_trial(study, trial)
-    best_step = frozen.user_attrs.get(ATTR["best_step"])
-    best_stage = frozen.user_attrs.get(ATTR["best_stage"])
+    record = trial_record(cfg, study, frozen)
     which = "best trial" if trial is None else "trial"
+    value = record["value"]
+    shown = f"{value:.4g}" if isinstance(value, float) else str(value)
     log(f"exporting {which} #{frozen.number} of study {study.study_name!r} "
-        f"({cfg.objective}={frozen.value:.4g}) at its best epoch: step {best_step} "
-        f"(stage {best_stage})")
+        f"({cfg.objective}={shown}) at its best epoch: step {record['best_step']} "
+        f"(stage {record['best_stage']})")
     store = AtomicFileSystemArtifactStore(cfg.artifact_dir)
     model, modality = rebuild_model(cfg, study, frozen, store)
-    classes = list(study.user_attrs[ATTR["classes"]])
+    return write_export(cfg, model, modality, out, record, formats=formats, force=force, log=log)
 
+
+def write_export(cfg, model, modality: Modality, out_dir: str | Path, record: dict, *,
+                 formats: tuple[str, ...] = FORMATS, force: bool = False,
+                 log: Callable[[str], None] = print) -> ExportResult:
+    """Write the export folder of a trained ``model``: every format, checked against the Keras
+    model, and ``metadata.json`` from ``record`` (see :func:`trial_record`). All or nothing."""
+    out = Path(out_dir)
+    _check_formats(formats)
+    _prepare_out(out, force)
     probe = modality.probe(cfg)
     reference = np.asarray(model.predict(probe, verbose=0))
 
@@ -226,10 +269,9 @@ def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str
                 result = {"skipped": f"conversion failed: {type(e).__name__}: {first}"}
             check(fmt.name, fmt.path, result)
 
-        metadata = _metadata(cfg, study, frozen, modality, classes, report, work,
-                             artifact=frozen.user_attrs.get(ARTIFACT_ATTR, {}))
+        metadata = _metadata(cfg, record, modality, report, work)
         if cfg.data.test is not None:
-            metadata["test"] = _evaluate_on_test(cfg, model, modality, classes, metadata, log)
+            metadata["test"] = _evaluate_on_test(cfg, model, modality, record, log)
         (work / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
         umask = os.umask(0)
         os.umask(umask)
@@ -241,19 +283,21 @@ def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str
         shutil.rmtree(work, ignore_errors=True)
         raise
     log(f"wrote {out}")
-    return ExportResult(out, frozen.number, best_step, best_stage, report, metadata)
+    return ExportResult(out, record["trial"], record["best_step"], record["best_stage"], report,
+                        metadata)
 
 
-def _evaluate_on_test(cfg, model, modality: Modality, classes: list[str], metadata: dict,
+def _evaluate_on_test(cfg, model, modality: Modality, record: dict,
                       log: Callable[[str], None]) -> dict:
     """The exported trial on the held-out test set (``data.test``): what production can expect."""
     from tlsearch.data import load_labelled
     from tlsearch.metrics import apply_threshold, evaluate_probabilities
 
+    classes = record["classes"]
     x, y, _ = load_labelled(cfg.data, cfg.data.test, classes, base_dir=cfg.base_dir,
                             image_size=cfg.data.image_size, field="data.test")
     probs = modality.predict_all(model, x)
-    rule = metadata["decision"]
+    rule = record["decision"]
     labels = (apply_threshold(probs, rule["threshold"], rule["positive"])
               if rule["rule"] == "threshold" else None)
     result = evaluate_probabilities(probs, y, classes, objective=cfg.objective,
@@ -278,28 +322,21 @@ def decision_rule(cfg, classes: list[str], at_best: dict) -> dict:
                        f"otherwise the most probable other class"}
 
 
-def _metadata(cfg, study, frozen, modality: Modality, classes, report, root: Path,
-              artifact: dict) -> dict:
-    step = frozen.user_attrs.get(ATTR["best_step"])
-    history = frozen.user_attrs.get(ATTR["history"], [])
-    at_best = next((dict(r) for r in history if r.get("step") == step), {})
-    metrics = {k: v for k, v in at_best.items() if k not in ("step", "stage", "seconds")}
+def _metadata(cfg, record: dict, modality: Modality, report, root: Path) -> dict:
     extra: tuple[str, ...] = ()
     if report.get("onnx", {}).get("status") in ("ok", "unverified"):
         extra = ("tf2onnx", "onnx", "onnxruntime")
+    classes = record["classes"]
     return {
         "format_version": METADATA_VERSION,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "study": study.study_name,
-        "trial": frozen.number,
-        "objective": cfg.objective,
-        "direction": cfg.direction,
-        "value": frozen.value,
-        "best_step": step,
-        "best_stage": frozen.user_attrs.get(ATTR["best_stage"]),
-        "metrics": metrics,
-        "decision": decision_rule(cfg, classes, at_best),
-        "params": frozen.user_attrs.get(ATTR["params"], frozen.params),
+        **{k: record[k] for k in ("study", "trial") if k in record},
+        "objective": record.get("objective", cfg.objective),
+        "direction": record.get("direction", cfg.direction),
+        **{k: record.get(k) for k in ("value", "best_step", "best_stage")},
+        "metrics": record.get("metrics", {}),
+        "decision": record.get("decision", {"rule": "argmax"}),
+        "params": record.get("params", {}),
         "modality": modality.name,
         "classes": classes,
         "input": modality.input_spec(cfg),
@@ -307,7 +344,13 @@ def _metadata(cfg, study, frozen, modality: Modality, classes, report, root: Pat
                    "meaning": "class probabilities, in the order of `classes`"},
         "formats": report,
         "tolerance": TOLERANCE,
-        "weights_artifact": {k: artifact[k] for k in ("id", "size", "sha256") if k in artifact},
+        "weights_artifact": record.get("weights_artifact", {}),
+        **({"source": record["source"]} if "source" in record else {}),
         "versions": _versions(extra),
         "files": _files_under(root),
+        "load": {
+            "python": "import tlsearch; tlsearch.load(DIR).predict([...])  (checks every file)",
+            "keras": "import tlsearch, keras; keras.saving.load_model(DIR + '/model.keras')  "
+                     "(import tlsearch registers its layers; text models need keras-hub too)",
+        },
     }

@@ -91,14 +91,15 @@ def _write_onnx(model, modality, cfg, path: Path, probe) -> dict:
     try:
         import tf2onnx  # noqa: F401
     except ImportError:
-        return {"skipped": "tf2onnx is not installed (pip install tf2onnx onnxruntime)"}
+        return {"skipped": "tf2onnx is not installed (pip install 'tlsearch[onnx]')"}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         model.export(str(path), format="onnx", verbose=False)
     try:
         import onnxruntime as ort
     except ImportError:
-        return {"unverified": "onnxruntime is not installed, so the file was not checked"}
+        return {"unverified": "onnxruntime is not installed, so the file was not checked "
+                              "(pip install 'tlsearch[onnx]')"}
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     inp = sess.get_inputs()[0]
     return {"predictions": {"onnx": sess.run(None, {inp.name: probe})[0]},

@@ -61,12 +61,21 @@ class Predictor:
                 f"trial={self.metadata.get('trial')}, classes={self.classes})")
 
     def _verify(self, model_path: Path) -> None:
+        """Every file the export lists has the SHA-256 metadata.json records, model.keras among
+        them; an export without its list of files is refused, not trusted."""
         from tlsearch._hashing import sha256_file
 
-        expected = self.metadata.get("files", {}).get("model.keras", {}).get("sha256")
-        if expected and sha256_file(model_path) != expected:
-            raise UserError(f"{str(model_path)!r} does not match the SHA-256 in metadata.json: the "
-                            f"export is damaged or was altered; export it again")
+        files = self.metadata.get("files")
+        if not isinstance(files, dict) or "model.keras" not in files:
+            raise UserError(f"{str(self.path / 'metadata.json')!r} has no list of its files and "
+                            f"their SHA-256: the export cannot be verified; export it again")
+        for rel, info in files.items():
+            f = self.path / rel
+            if not f.is_file():
+                raise UserError(f"{str(f)!r} is missing: the export is incomplete; export it again")
+            if sha256_file(f) != info.get("sha256"):
+                raise UserError(f"{str(f)!r} does not match the SHA-256 in metadata.json: the "
+                                f"export is damaged or was altered; export it again")
 
     def _load_model(self, model_path: Path):
         import keras

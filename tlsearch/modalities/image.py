@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from tlsearch.data.images import resize_pixels
 from tlsearch.errors import InputError
 from tlsearch.modalities import InputItem, Modality, failing, register
 
@@ -20,9 +21,10 @@ __all__ = ["ImageModality"]
 class ImageModality(Modality):
     name = "image"
     endpoint_notes = {
+        "serve": "RGB pixels 0..255 of any size, resized inside by the resize training "
+                           "used (bilinear with antialiasing, rounded)",
         "serve_image_bytes": "encoded JPEG/PNG/GIF/BMP bytes, decoded and resized inside the model "
-                             "(TensorFlow's bilinear resize: pixels may differ by 1 from the "
-                             "training images' PIL resize; exact for images already at image_size)",
+                             "by the resize training used",
     }
 
     # ---- training
@@ -53,7 +55,10 @@ class ImageModality(Modality):
             "dtype": "float32",
             "image_size": s,
             "pixels": "RGB in 0..255 (uint8 values; no scaling: the model scales them itself)",
-            "resize": "bilinear to image_size x image_size, as in training",
+            "resize": "bilinear with antialiasing to image_size x image_size, rounded: "
+                      "tlsearch.data.images.resize_pixels, as in training; the SavedModel "
+                      "endpoints take any size and resize inside; model.keras, ONNX and LiteRT "
+                      "take image_size x image_size"
         }
 
     def probe(self, cfg, n=4):
@@ -71,14 +76,14 @@ class ImageModality(Modality):
         s = cfg.data.image_size
 
         def serve(image):
-            return {"probabilities": model(image, training=False)}
+            # any size: resized inside, by the same function training used
+            images = resize_pixels(image, s)
+            images.set_shape((None, s, s, 3))
+            return {"probabilities": model(images, training=False)}
 
         def decode_one(data):
             img = tf.io.decode_image(data, channels=3, expand_animations=False)
-            img = tf.image.resize(tf.cast(img, tf.float32), (s, s), method="bilinear",
-                                  antialias=True)
-            # rounded back to 0..255 integers, as the training images were (PIL, uint8)
-            return tf.clip_by_value(tf.round(img), 0.0, 255.0)
+            return resize_pixels(img[None], s)[0]
 
         def serve_image_bytes(image_bytes):
             images = tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.float32)
@@ -86,7 +91,7 @@ class ImageModality(Modality):
             return {"probabilities": model(images, training=False)}
 
         return {
-            "serve": (serve, [tf.TensorSpec((None, s, s, 3), tf.float32, name="image")]),
+            "serve": (serve, [tf.TensorSpec((None, None, None, 3), tf.float32, name="image")]),
             "serve_image_bytes": (serve_image_bytes,
                                   [tf.TensorSpec((None,), tf.string, name="image_bytes")]),
         }
@@ -175,10 +180,9 @@ def image_array(x: Any, size: int) -> np.ndarray:
                          f"got {a.shape}")
     if a.shape[-1] == 1:
         a = np.repeat(a, 3, axis=-1)
-    a = a[..., :3]
+    a = np.clip(a[..., :3], 0, 255)
     if a.shape[:2] != (size, size):
-        img = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
-        a = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+        a = np.asarray(resize_pixels(a[None], size))[0]
     return a.astype(np.float32)
 
 

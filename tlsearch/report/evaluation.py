@@ -34,7 +34,9 @@ def evaluation_section(study, cfg, url) -> Section:
         s.note = (f"Not available: the data's classes {data.class_names} differ from the study's "
                   f"{classes}.")
         return s
-    if data.x_test is not None:
+    x: np.ndarray
+    y: np.ndarray
+    if data.x_test is not None and data.y_test is not None:
         s.title = "Best model on the held-out test set"
         x, y, where = data.x_test, data.y_test, "held-out test examples (data.test, never used to choose)"
     else:

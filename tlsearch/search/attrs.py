@@ -32,6 +32,7 @@ ATTR = {
     "test": "tlsearch.test",
     "fences": "tlsearch.fences",
     "prescreen": "tlsearch.prescreen",
+    "mlflow_run": "tlsearch.mlflow_run",
 }
 
 #: the user attribute naming the process that runs a trial: ``host:pid:start``

@@ -13,6 +13,7 @@ from tlsearch.data import Dataset, load_dataset
 from tlsearch.errors import UserError
 from tlsearch.params import OBJECTIVES, objective_params
 from tlsearch.search.artifacts import probe_writable
+from tlsearch.search.storage import redact_url
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.pipeline import class_weights
 
@@ -52,6 +53,9 @@ def prescreen(cfg: StudyConfig, source: BackboneSource, data: Dataset,
 def config_snapshot(cfg: StudyConfig) -> dict:
     snap = json.loads(cfg.model_dump_json(exclude={"base_dir"}))
     snap.pop("storage", None)  # may carry credentials
+    mlflow = (snap.get("tracking") or {}).get("mlflow")
+    if mlflow:
+        mlflow["tracking_uri"] = redact_url(mlflow["tracking_uri"])
     return snap
 
 

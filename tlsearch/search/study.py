@@ -31,6 +31,7 @@ from tlsearch.search.progress import Progress
 from tlsearch.search.resume import check_resume, meaning
 from tlsearch.search.samplers import make_pruner, make_sampler
 from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing, study_lock
+from tlsearch.search.tracking import Listeners, open_listeners
 from tlsearch.search.workers import DONE, WAIT, Claims
 from tlsearch.train.cache import FeatureCache
 from tlsearch.train.features import BackboneSource
@@ -191,10 +192,13 @@ def _as_trial_failure(e: BaseException) -> TrialFailure | None:
 
 
 def make_objective(prep: PreparedStudy, progress: Progress,
-                   on_start: Callable[[optuna.Trial], None] | None = None):
+                   on_start: Callable[[optuna.Trial], None] | None = None,
+                   listeners: Listeners | None = None):
     """The objective around :func:`~tlsearch.train.pipeline.run_trial`. ``on_start`` is called first,
-    once the trial is RUNNING (a claim is released there: see :class:`tlsearch.search.workers.Claims`)."""
+    once the trial is RUNNING (a claim is released there: see :class:`tlsearch.search.workers.Claims`).
+    ``listeners`` (default: the study file's ``tracking:``) hear each trial's start, epochs and end."""
     cfg, schedule = prep.cfg, prep.schedule
+    hooks = open_listeners(cfg) if listeners is None else listeners
 
     def objective(trial: optuna.Trial) -> float:
         if on_start is not None:
@@ -203,11 +207,13 @@ def make_objective(prep: PreparedStudy, progress: Progress,
         shown = space.used(params, cfg, prep.modality)
         trial.set_user_attr(ATTR["params"], shown)
         progress.trial_start(trial.number, shown)
+        hooks.trial_start(trial, shown)
         history: list[dict] = []
 
         def on_epoch(rec) -> None:
             history.append(rec.to_dict())
             progress.epoch(rec)
+            hooks.epoch(trial, rec)
             trial.report(rec.value(schedule.objective), rec.step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {rec.step} (stage {rec.stage})")
@@ -239,7 +245,7 @@ def make_objective(prep: PreparedStudy, progress: Progress,
             raise
         return result.value
 
-    return objective
+    return hooks.wrap(objective)
 
 
 def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,

@@ -67,6 +67,7 @@ class ValidationMetrics(keras.callbacks.Callback):
 
     def _predict(self) -> tuple[np.ndarray, np.ndarray]:
         if not self._is_dataset:
+            assert self.y_val is not None
             return np.asarray(self.model.predict(self.validation_data, batch_size=self.batch_size,
                                                  verbose=0)), self.y_val
         ps, ys = [], []

@@ -1,61 +1,48 @@
-"""Search-space entries as a study file writes them, and their checks against the catalogue.
+"""Checks of a study file that need more than one field at once, or the catalogues (backbones,
+parameters): run after the schema accepted the file, each problem as one line.
 
-Every entry of ``search:`` takes one of three forms::
-
-    dropout: 0.2                                 # fixed
-    head_width: [64, 128, 256]                   # categorical choice
-    lr_stage1: {low: 1.0e-4, high: 1.0e-2, log: true}   # a range (int if both ends are ints)
-
-A numeric parameter may also take the words its catalogue entry names (``unfreeze_blocks: all``),
-fixed or among the choices. The checks here need nothing but the catalogue
-(:mod:`tlsearch.params`), so :mod:`tlsearch.config` stays the schema of the whole file.
-"""
+A numeric search parameter may also take the words its catalogue entry names
+(``unfreeze_blocks: all``), fixed or among its choices; ``augmentation`` is a shorthand that
+cannot be given with the transforms it stands for."""
 
 from __future__ import annotations
 
+import difflib
 import math
-from typing import Any, ClassVar, Union
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, model_validator
-
+from tlsearch._schema import Range
 from tlsearch.params import PARAMS, Param
 
-__all__ = ["Range", "Scalar", "ParamSpec", "numeric_bounds", "search_problems"]
+__all__ = ["semantic_problems", "search_problems", "numeric_bounds"]
 
 
-class Range(BaseModel):
-    """A searched numeric range. Integer when both ends are integers and ``log`` allows it."""
+def semantic_problems(cfg: Any) -> list[str]:
+    """Checks that need the registry or more than one field at once."""
+    from tlsearch.backbones import registry
 
-    model_config = ConfigDict(extra="forbid", validate_default=True)
-    is_section: ClassVar[bool] = False  # a value of a parameter, not a section
-
-    low: float | int
-    high: float | int
-    log: bool = False
-    step: float | int | None = None
-
-    @model_validator(mode="after")
-    def _check(self) -> Range:
-        if not self.low <= self.high:
-            raise ValueError(f"`low <= high` must hold, but got low={self.low!r}, high={self.high!r}")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log range needs `low > 0`, but got low={self.low!r}")
-        if self.log and self.step is not None:
-            raise ValueError("`step` and `log: true` cannot be used together")
-        if self.step is not None and self.step <= 0:
-            raise ValueError(f"`step` must be positive, but got {self.step!r}")
-        return self
-
-    @property
-    def is_int(self) -> bool:
-        return isinstance(self.low, int) and isinstance(self.high, int) and not isinstance(
-            self.low, bool
-        ) and (self.step is None or isinstance(self.step, int))
-
-
-Scalar = Union[bool, int, float, str]
-#: A search-space entry: fixed value, list of choices, or a range.
-ParamSpec = Union[Range, list[Scalar], Scalar]
+    problems: list[str] = []
+    for i, entry in enumerate(cfg.backbone_entries):
+        if entry.path is not None:
+            if not str(entry.path).endswith(".keras"):
+                problems.append(
+                    f"`backbones[{i}].path`: expected a .keras file, got {str(entry.path)!r}"
+                )
+            if entry.preprocessing is not None and entry.preprocessing not in registry.PREPROCESSING:
+                problems.append(
+                    f"`backbones[{i}].preprocessing`: expected one of "
+                    f"{sorted(registry.PREPROCESSING)}, got {entry.preprocessing!r}"
+                )
+            continue
+        if entry.name not in registry.names():
+            hint = difflib.get_close_matches(entry.name, registry.names(), n=1, cutoff=0.5)
+            tip = f"; did you mean {hint[0]!r}?" if hint else ""
+            problems.append(
+                f"`backbones[{i}].name`: unknown backbone {entry.name!r} "
+                f"(run `tlsearch backbones` for the list){tip}"
+            )
+    problems += search_problems(cfg.search)
+    return problems
 
 
 def _is_number(v: Any) -> bool:
