@@ -61,8 +61,8 @@ class _HpSuggest:
     """Optuna's ``suggest_*`` calls answered by KerasTuner's ``hp``, so that
     :func:`tlsearch.space.suggest` maps the space onto KerasTuner as it does onto Optuna.
 
-    KerasTuner's space is static, so ``unfreeze_blocks`` is declared with the study file's bounds
-    and capped per backbone where it is used, as Optuna's is."""
+    Parameters that depend on the backbone are declared per backbone (``unfreeze_blocks[vgg16]``)
+    with that backbone's range, as in the Optuna study (:mod:`tlsearch.space`)."""
 
     def __init__(self, hp: Any, dists: dict) -> None:
         self.hp, self.dists = hp, dists
@@ -111,8 +111,9 @@ class TransferHyperModel(kt.HyperModel):
     def params(self, hp: Any) -> TrialParams:
         """The trial's parameters, declaring them on ``hp`` (fixed ones come from the file)."""
         prep = self.prepared
-        hp_as_trial = cast(Any, _HpSuggest(hp, space.distributions(self.cfg, self.modality)))
-        return space.suggest(hp_as_trial, self.cfg, self.modality, prep.source.max_unfreeze)
+        hp_as_trial = cast(Any, _HpSuggest(hp, space.distributions(self.cfg, self.modality,
+                                                                   prep.caps)))
+        return space.suggest(hp_as_trial, self.cfg, self.modality, prep.caps)
 
     def build(self, hp: Any) -> Any:
         """The full model (pretrained backbone, new head) that ``fit`` leaves trained."""
