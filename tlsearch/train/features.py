@@ -78,6 +78,7 @@ class BackboneSource:
         self._max_unfreeze: dict[str, int] = {}
         self._weights: dict[str, tuple[str | None, str]] = {}
         self._heads = None
+        self._tops = None
 
     @property
     def heads(self):
@@ -87,6 +88,15 @@ class BackboneSource:
 
             self._heads = HeadPool(self.compiler.pooled)
         return self._heads
+
+    @property
+    def tops(self):
+        """Traced stage-2 models on freeze boundaries, reset for each cached stage-2 trial."""
+        if self._tops is None:
+            from tlsearch.train.pool import TopPool
+
+            self._tops = TopPool(self.build, self.compiler)
+        return self._tops
 
     def weights(self, name: str) -> tuple[str | None, str]:
         """(resolved weights, fingerprint) of backbone ``name``, resolved once per study."""

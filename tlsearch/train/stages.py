@@ -109,7 +109,8 @@ class FineTuneStage(Stage):
     schedule says otherwise), at ``lr_stage2``, going on from the best stage-1 head.
 
     With a cache it trains only the top on the activations at the freeze boundary, which the
-    frozen bottom computes the same way every epoch.
+    frozen bottom computes the same way every epoch, through a pooled model
+    (:mod:`tlsearch.train.pool`).
     """
 
     number, name = 2, "fine-tune"
@@ -121,25 +122,18 @@ class FineTuneStage(Stage):
         return self.epochs(state) > 0 and int(state.params.unfreeze_blocks) > 0
 
     def run(self, state: TrialState) -> None:
-        import keras
-
         from tlsearch.train.heads import assemble_model
+        from tlsearch.train.pool import fit_on_boundary
 
         p, s = state.params, state.schedule
+        n = min(int(p.unfreeze_blocks), state.source.max_unfreeze(p.backbone))
+        state.unfrozen = n
+        if state.use_cache and fit_on_boundary(state, n, stage=self.number, lr=p.lr_stage2,
+                                               epochs=self.epochs(state)):
+            return
         backbone = state.get_backbone()
-        n = min(int(p.unfreeze_blocks), backbone.max_unfreeze)
         trainable = backbone.freeze(n, keep_bn_frozen=s.keep_bn_frozen)
         layers = state.head.layers + [backbone.model.get_layer(name) for name in trainable]
-        state.unfrozen = n
-        if state.use_cache and backbone.can_cut(n):
-            b_tr, b_va = state.source.frozen_outputs(p.backbone, n, p, backbone=backbone)
-            _, top = backbone.split(n)
-            inp = keras.Input(b_tr.shape[1:], name="boundary")
-            model = keras.Model(inp, state.head(top(inp)), name="top_on_boundary")
-            state.extra["restore_head"]()
-            state.fit(model, b_tr, b_va, stage=self.number, lr=p.lr_stage2, layers=layers,
-                      epochs=self.epochs(state))
-            return
         model = assemble_model(backbone, state.head)
         state.extra["restore_head"]()
         x_tr, x_va = state.extra["inputs"]()
