@@ -18,12 +18,14 @@ import numpy as np
 from tlsearch.backbones import Backbone, build_backbone, resolve_weights
 from tlsearch.data import Dataset
 from tlsearch.params import OBJECTIVES, TrialParams
-from tlsearch.train.cache import FeatureCache, cache_key
+from tlsearch.train.cache import MMAP_BYTES, FeatureCache, cache_key
 
 __all__ = ["BackboneSource", "boundary_name", "Compiler", "FEATURE_VERSION"]
 
 FEATURE_VERSION = 1  # bump when the way frozen outputs are computed changes
-_PREFETCH_BYTES = 1 << 30  # boundaries computed ahead of need, at most this much in all
+#: boundaries computed ahead of need are kept in memory up to this much in all; beyond it they are
+#: filled in place on disk (up to half the cache's limit) and read back memory-mapped
+_PREFETCH_BYTES = 1 << 30
 
 
 class Compiler:
@@ -49,6 +51,11 @@ class Compiler:
         """A head on features takes microseconds per step: run 16 steps per call into
         TensorFlow. Same batches in the same order, so the same numbers; only Python's cost goes."""
         self(model, lr, steps_per_execution=16)
+
+
+def _rows(x: Any, a: int, b: int) -> Any:
+    """Rows ``a:b`` of an input: an array, or a dict of token arrays."""
+    return {k: v[a:b] for k, v in x.items()} if isinstance(x, dict) else x[a:b]
 
 
 def boundary_name(n_unfrozen: int) -> str:
@@ -163,29 +170,69 @@ class BackboneSource:
             def output(k):
                 return bb.model.output if k == 0 else bb.boundary_output(k)
 
-            n_images = len(self.dataset.x_train) + len(self.dataset.x_val)
-            wanted, extra_bytes = [n_unfrozen], 0
+            n_rows = (len(self.dataset.y_train), len(self.dataset.y_val))
+
+            def nbytes(k):  # unknown (0) where the graph leaves a length open (text)
+                dims = output(k).shape[1:]
+                return 0 if None in dims else 4 * sum(n_rows) * math.prod(dims)
+
+            wanted, staged, in_memory, on_disk = [n_unfrozen], set(), 0, 0
+            if n_unfrozen > 0 and nbytes(n_unfrozen) > MMAP_BYTES \
+                    and cache.can_stage(nbytes(n_unfrozen)):
+                staged.add(n_unfrozen)  # large: written to disk as it is computed
             for k in range(self.prefetch_unfrozen + 1):
                 if k == n_unfrozen or k > bb.max_unfreeze or (k > 0 and not bb.can_cut(k)):
                     continue
                 if cache.contains(self._key(name, boundary_name(k), params)):
                     continue
-                size = 4 * n_images * math.prod(int(d) for d in output(k).shape[1:])
-                if extra_bytes + size > _PREFETCH_BYTES:
-                    break
+                size = nbytes(k)
+                if in_memory + size <= _PREFETCH_BYTES:
+                    in_memory += size
+                elif on_disk + size <= cache.max_bytes // 2 and cache.can_stage(size):
+                    on_disk += size  # filled in place on disk, read back memory-mapped
+                    staged.add(k)
+                else:
+                    continue
                 wanted.append(k)
-                extra_bytes += size
-            outputs = [output(k) for k in wanted]
-            model = keras.Model(bb.model.input, outputs)  # a dict of token arrays for text
-            per_split = []
-            for x in self.inputs(params):
-                got = model.predict(x, batch_size=self.batch_size, verbose=0)
-                got = got if len(wanted) > 1 else [got]
-                per_split.append([np.asarray(a, dtype=np.float32) for a in got])
-            for i, k in enumerate(wanted[1:], start=1):
-                cache.put(self._key(name, boundary_name(k), params),
-                          (per_split[0][i], per_split[1][i]), describe=f"{name} {boundary_name(k)}")
-            return per_split[0][0], per_split[1][0]
+            model = keras.Model(bb.model.input, [output(k) for k in wanted])
+            try:
+                return self._predict_into(model, wanted, staged, n_rows, name, params)
+            finally:
+                cache.discard()
 
         key = self._key(name, boundary_name(n_unfrozen), params)
         return cache.get_or_compute(key, compute, describe=f"{name} {boundary_name(n_unfrozen)}")
+
+    def _predict_into(self, model: Any, wanted: list[int], staged: set[int],
+                      n_rows: tuple[int, int], name: str, params: TrialParams | None):
+        """One forward pass of the data through ``model`` (an output per boundary in ``wanted``),
+        a chunk of rows at a time, each output written where it is kept: in memory, or in place
+        on disk for ``staged`` boundaries. Stores every boundary but the first, and returns it.
+
+        Chunks are a whole number of batches, so the batches, and the numbers, are those of one
+        ``predict`` over all rows."""
+        assert self.cache is not None
+        cache = self.cache
+        keys = [self._key(name, boundary_name(k), params) for k in wanted]
+        out: list = []
+        chunk = self.batch_size * 16
+        for split, x in enumerate(self.inputs(params)):
+            for a in range(0, n_rows[split], chunk):
+                b = min(a + chunk, n_rows[split])
+                got = model.predict(_rows(x, a, b), batch_size=self.batch_size, verbose=0)
+                got = got if len(wanted) > 1 else [got]
+                if not out:  # the shapes are known now (a text boundary's length is the data's)
+                    for k, key, part in zip(wanted, keys, got):
+                        shapes = tuple((n, *part.shape[1:]) for n in n_rows)
+                        out.append(cache.stage(key, shapes, describe=f"{name} {boundary_name(k)}")
+                                   if k in staged else
+                                   tuple(np.empty(shape, np.float32) for shape in shapes))
+                for dest, part in zip(out, got):
+                    dest[split][a:b] = part
+        for i, (k, key) in enumerate(zip(wanted, keys)):
+            describe = f"{name} {boundary_name(k)}"
+            if k in staged:
+                out[i] = cache.commit(key, out[i])
+            elif i > 0:
+                cache.put(key, out[i], describe=describe)
+        return out[0]
