@@ -2,6 +2,7 @@
 
     python benchmarks/stage2_memory.py --trials 100 --out stage2-memory.json
     python benchmarks/stage2_memory.py --trials 100 --path uncached --out uncached.json
+    python benchmarks/stage2_memory.py --trials 40 --path uncached --recycle-after 10 --out r.json
 
 Runs one study through ``tlsearch run``'s code path (``prepare`` then ``run``, no pruning, random
 sampling) in which every trial fine-tunes 1-3 blocks of ``tiny_cnn`` (``--path cached``: on cached
@@ -10,6 +11,10 @@ trial trains the whole network) and records the process's resident set size (psu
 after every trial, plus the number of traced TensorFlow functions alive at the end. What is
 measured is the growth per trial, which would add up over a long study; the data are small on
 purpose, so that the per-trial cost is mostly what the framework keeps, not the training.
+
+``--recycle-after K`` runs ``tlsearch run --recycle-after K`` as a command instead and samples the
+resident set size of its worker processes twice a second: the peak per worker process shows what
+recycling bounds.
 """
 
 from __future__ import annotations
@@ -66,11 +71,11 @@ def study_file(folder: Path, trials: int, path: str, n_train: int = 96, n_val: i
 
 
 def traced_functions() -> int:
-    """Traced TensorFlow functions still reachable in this process."""
-    from tensorflow.python.eager.polymorphic_function.concrete_function import ConcreteFunction
+    """Graphs of traced TensorFlow functions still reachable in this process."""
+    from tensorflow.python.framework.func_graph import FuncGraph
 
     gc.collect()
-    return sum(isinstance(o, ConcreteFunction) for o in gc.get_objects())
+    return sum(isinstance(o, FuncGraph) for o in gc.get_objects())
 
 
 def run(trials: int, path: str) -> dict:
@@ -118,13 +123,51 @@ def run(trials: int, path: str) -> dict:
     }
 
 
+def run_recycled(trials: int, path: str, every: int) -> dict:
+    """``tlsearch run --recycle-after every`` as a command, its workers' RSS sampled."""
+    import subprocess
+
+    import optuna
+    import psutil
+
+    repo = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        p for p in (str(repo), os.environ.get("PYTHONPATH")) if p)}
+    peak: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        f = study_file(Path(tmp), trials, path)
+        t0 = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "tlsearch.cli", "run", str(f),
+                                 "--recycle-after", str(every)], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        parent = psutil.Process(proc.pid)
+        while proc.poll() is None:
+            try:
+                for c in parent.children(recursive=True):
+                    rss = c.memory_info().rss / 2**20
+                    peak[c.pid] = max(peak.get(c.pid, 0.0), rss)
+            except psutil.Error:
+                pass
+            time.sleep(0.5)
+        seconds = time.perf_counter() - t0
+        study = optuna.load_study(study_name="mem", storage=f"sqlite:///{Path(tmp) / 'mem.db'}")
+        done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    workers = [peak[p] for p in sorted(peak)]
+    return {"path": path, "recycle_after": every, "exit_code": proc.returncode,
+            "trials": len(done), "seconds": seconds, "worker_processes": len(workers),
+            "peak_rss_per_worker_mb": workers, "peak_rss_mb": max(workers) if workers else None}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=100)
     ap.add_argument("--path", choices=["cached", "uncached"], default="cached")
+    ap.add_argument("--recycle-after", type=int, default=0, metavar="K",
+                    help="run `tlsearch run --recycle-after K` instead, sampling its workers' RSS")
     ap.add_argument("--out", type=Path, required=True)
     a = ap.parse_args(argv)
-    result = run(a.trials, a.path)
+    result = (run_recycled(a.trials, a.path, a.recycle_after) if a.recycle_after
+              else run(a.trials, a.path))
     a.out.write_text(json.dumps(result, indent=1))
     summary = {k: v for k, v in result.items() if k != "points"}
     print(json.dumps(summary, indent=1))

@@ -271,19 +271,21 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
         progress.trial_end(frozen.number, frozen.state.name, frozen.value, note)
 
     objective = make_objective(prep, progress, on_start=claims.started)
-    here = 0
+    here, recycle = 0, False
     try:
         claims.sweep()
         progress.start(target, prep.finished, best)
         while not guard.tripped and (deadline is None or time.monotonic() < deadline):
-            if max_here is not None and here >= max_here:
-                break
             decision = claims.next(target)
             if decision == DONE:
                 break
             if decision == WAIT:
                 time.sleep(poll)
                 continue
+            if max_here is not None and here >= max_here:  # trials remain: a fresh process
+                claims.abandon()
+                recycle = True
+                break
             progress.done = claims.finished
             here += 1
             try:
@@ -301,7 +303,7 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
             f"Fix the cause and run the same command again: the study resumes."
         )
     summary = summarize(prep.study)
-    if max_here is not None and here >= max_here:
+    if recycle:
         summary["recycle"] = True
     return summary
 

@@ -119,6 +119,18 @@ class BackboneSource:
         """The options that the frozen outputs at ``boundary`` depend on (part of the cache key)."""
         return self.options(params)
 
+    def predict_rows(self, model: Any, x: Any) -> list[np.ndarray]:
+        """``model``'s outputs (a list, one per output) on the rows ``x`` of its inputs."""
+        got = model.predict(x, batch_size=self.batch_size, verbose=0)
+        return list(got) if isinstance(got, (list, tuple)) else [got]
+
+    def batches(self, params: TrialParams, x_train: Any, x_val: Any, y_train: np.ndarray,
+                y_val: np.ndarray, sample_weight: np.ndarray | None, batch_size: int,
+                seed: int) -> Any:
+        """(train pipeline, validation pipeline, callbacks the fit needs) where a modality batches
+        its own way (text: by length), or None: Keras' shuffled batches of the arrays."""
+        return None
+
     def inputs(self, params: TrialParams | None):
         """(train, validation) inputs of the backbone's model: the data itself for images, token
         arrays for text."""
@@ -219,8 +231,7 @@ class BackboneSource:
         for split, x in enumerate(self.inputs(params)):
             for a in range(0, n_rows[split], chunk):
                 b = min(a + chunk, n_rows[split])
-                got = model.predict(_rows(x, a, b), batch_size=self.batch_size, verbose=0)
-                got = got if len(wanted) > 1 else [got]
+                got = self.predict_rows(model, _rows(x, a, b))
                 if not out:  # the shapes are known now (a text boundary's length is the data's)
                     for k, key, part in zip(wanted, keys, got):
                         shapes = tuple((n, *part.shape[1:]) for n in n_rows)
