@@ -149,3 +149,36 @@ def test_text_trials_run_on_length_buckets_cached_and_not(tmp_path):
     assert len(got) == len(want) == 4
     np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
     np.testing.assert_allclose(got, want, atol=0.03)
+
+
+# ---------------------------------------------------------------------------- GPU path
+
+
+def test_mixed_precision_and_xla_are_off_on_a_cpu_and_their_path_trains(data):
+    import keras
+    import tensorflow as tf
+
+    from tlsearch.train.device import CPU, Acceleration, accelerated, detect
+    from tlsearch.train.heads import Head, assemble_model
+
+    src = BackboneSource({"tiny_cnn": BackboneEntry(name="tiny_cnn")}, data, 32, None)
+    if not tf.config.list_physical_devices("GPU"):
+        assert detect() == CPU and src.acceleration == CPU
+        plain = assemble_model(src.build_uncached("tiny_cnn"), Head(8, 0.1, 3, 0))
+        src.compiler(plain, 1e-3)
+        assert not accelerated(plain) and not plain.jit_compile
+        assert not isinstance(plain.optimizer, keras.optimizers.LossScaleOptimizer)
+    # the GPU path, forced here: float16 inside the backbone, float32 variables and head output
+    src.acceleration = Acceleration(mixed_precision=True, xla=True)
+    bb = src.build_uncached("tiny_cnn")
+    conv = bb.model.get_layer("block2_conv")
+    assert conv.compute_dtype == "float16" and conv.kernel.dtype == "float32"
+    assert keras.config.dtype_policy().name == "float32"  # only that build was mixed
+    model = assemble_model(bb, Head(8, 0.1, 3, 0))
+    assert model.output.dtype == "float32"
+    src.compiler(model, 1e-3)
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer) and model.jit_compile
+    r = run_trial(TrialParams("tiny_cnn", unfreeze_blocks=2, lr_stage1=1e-2, lr_stage2=1e-3),
+                  Schedule(1, 1, 8), data, src)
+    assert not r.cached and len(r.history) == 2 and np.isfinite(r.value)
+    assert all(w.dtype == np.float32 for ws in r.weights.values() for w in ws)

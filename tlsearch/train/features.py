@@ -30,20 +30,32 @@ _PREFETCH_BYTES = 1 << 30
 
 class Compiler:
     """Compiles the models of one study's trials, and counts them: a trial that only reused
-    pooled heads compiled nothing, and leaves nothing for :func:`clear_state` to free."""
+    pooled heads compiled nothing, and leaves nothing for :func:`clear_state` to free.
 
-    def __init__(self) -> None:
+    A model built in mixed precision (the un-cached path on a GPU, :mod:`tlsearch.train.device`)
+    gets a loss-scaling optimizer, and XLA when ``xla`` is on and its inputs have one shape (images;
+    texts come in batches of their own lengths, each of which XLA would compile again)."""
+
+    def __init__(self, xla: bool = False) -> None:
         self.since_clear = 0
+        self.xla = xla
 
     def __call__(self, model: Any, lr: float, steps_per_execution: int = 1) -> None:
         import keras
 
+        from tlsearch.train.device import accelerated
+
         self.since_clear += 1
+        optimizer = keras.optimizers.Adam(learning_rate=lr)
+        mixed = accelerated(model)
+        if mixed:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate=lr),
+            optimizer=optimizer,
             loss=keras.losses.CategoricalCrossentropy(),
             metrics=[o.metric() for o in OBJECTIVES.values() if o.metric is not None],
-            jit_compile=False,  # XLA made head training several times slower on CPU
+            # XLA made head training several times slower on CPU
+            jit_compile=mixed and self.xla and not isinstance(model.input, dict),
             steps_per_execution=steps_per_execution,
         )
 
@@ -86,6 +98,7 @@ class BackboneSource:
         self._weights: dict[str, tuple[str | None, str]] = {}
         self._heads = None
         self._tops = None
+        self._acceleration = None
 
     @property
     def heads(self):
@@ -146,6 +159,29 @@ class BackboneSource:
         return build_backbone(self.entries[name], self.image_size, seed=self.seed,
                               base_dir=self.base_dir, options=self.options(params),
                               weights=self.weights(name))
+
+    @property
+    def acceleration(self):
+        """Mixed precision and XLA for the un-cached path: on where there is a GPU."""
+        if self._acceleration is None:
+            from tlsearch.train.device import detect
+
+            self._acceleration = detect()
+            self.compiler.xla = self._acceleration.xla
+        return self._acceleration
+
+    @acceleration.setter
+    def acceleration(self, value) -> None:
+        self._acceleration = value
+        self.compiler.xla = value.xla
+
+    def build_uncached(self, name: str, params: TrialParams | None = None) -> Backbone:
+        """A backbone for a trial that trains on raw inputs: built in mixed precision where the
+        machine makes that pay (:attr:`acceleration`)."""
+        from tlsearch.train.device import dtype_policy
+
+        with dtype_policy(self.acceleration):
+            return self.build(name, params)
 
     def max_unfreeze(self, name: str) -> int:
         if name not in self._max_unfreeze:

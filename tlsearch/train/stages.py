@@ -46,7 +46,7 @@ class TrialState:
 
     def get_backbone(self) -> Backbone:
         if self.backbone is None:
-            self.backbone = self.source.build(self.params.backbone, self.params)
+            self.backbone = self.source.build_uncached(self.params.backbone, self.params)
         return self.backbone
 
 
