@@ -5,8 +5,10 @@ same epochs and build the same network, so all of that is defined here once and 
 
 Data: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (28x28 grey, resized to RGB at
 ``image_size``), a seeded class-stratified sample of the training split for training and of the
-test split for validation. The tiny CI settings fall back on the committed 600-image sample in
-``studies/data/fashion-sample`` when the Debian package is absent.
+test split for validation, and another sample of the test split, disjoint from it, as the held-out
+test set that judges each peer's chosen model (never seen while choosing). The tiny CI settings
+fall back on the committed 600-image sample in ``studies/data/fashion-sample`` when the Debian
+package is absent.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class Settings:
 
     n_train: int = 2000
     n_val: int = 1000
+    n_test: int = 1000
     image_size: int = 96
     stage1_epochs: int = 5
     stage2_epochs: int = 3
@@ -52,7 +55,8 @@ class Settings:
 
 FULL = Settings()
 #: small enough for CI: a few seconds of training per peer once TensorFlow is imported
-TINY = Settings(n_train=100, n_val=50, image_size=32, stage1_epochs=2, stage2_epochs=1, tiny=True)
+TINY = Settings(n_train=100, n_val=50, n_test=50, image_size=32, stage1_epochs=2, stage2_epochs=1,
+                tiny=True)
 
 
 def settings_from(d: dict) -> Settings:
@@ -62,13 +66,18 @@ def settings_from(d: dict) -> Settings:
 # ---------------------------------------------------------------------------------------------
 # The search space, written once and translated for each peer
 
-#: name -> (kind, arguments); the same bounds as tlsearch's defaults
+#: EfficientNet-Lite0's blocks (as tlsearch cuts it): unfreezing all of them is full fine-tuning
+BLOCKS = 18
+
+#: name -> (kind, arguments). Unfreezing reaches every block, and the learning rates span wide
+#: ranges (a stage-2 rate stays below every stage-1 rate, as tlsearch requires), so that no
+#: peer's best trial needs to sit at a fence.
 SPACE = {
-    "unfreeze_blocks": ("int", 0, 3),
+    "unfreeze_blocks": ("int", 0, BLOCKS),
     "head_width": ("choice", [64, 128, 256]),
     "dropout": ("float", 0.0, 0.5),
-    "lr_stage1": ("log", 1e-4, 1e-2),
-    "lr_stage2": ("log", 1e-6, 1e-4),
+    "lr_stage1": ("log", 5e-4, 1e-1),
+    "lr_stage2": ("log", 1e-7, 5e-4),
 }
 
 #: the configuration every peer tries first (Optuna's enqueue_trial; what users call a warm start)
@@ -182,19 +191,29 @@ def load_data(s: Settings) -> dict:
         x_va_all, y_va_all = _read_idx("test")
         tr = _stratified(y_tr_all, s.n_train, rng)
         va = _stratified(y_va_all, s.n_val, rng)
+        te = _stratified(y_va_all, s.n_test, rng, exclude=va)
         x_tr, y_tr, x_va, y_va = x_tr_all[tr], y_tr_all[tr], x_va_all[va], y_va_all[va]
+        x_te, y_te = x_va_all[te], y_va_all[te]
         source = "debian:dataset-fashion-mnist"
     else:
         x, y = _read_sample()
         tr = _stratified(y, s.n_train, rng)
         va = _stratified(y, s.n_val, rng, exclude=tr)
-        x_tr, y_tr, x_va, y_va = x[tr], y[tr], x[va], y[va]
+        te = _stratified(y, s.n_test, rng, exclude=np.concatenate([tr, va]))
+        x_tr, y_tr, x_va, y_va, x_te, y_te = x[tr], y[tr], x[va], y[va], x[te], y[te]
         source = "studies/data/fashion-sample"
     return {
         "x_train": _to_rgb(x_tr, s.image_size), "y_train": y_tr,
         "x_val": _to_rgb(x_va, s.image_size), "y_val": y_va,
+        "x_test": _to_rgb(x_te, s.image_size), "y_test": y_te,
         "class_names": list(CLASSES), "source": source,
     }
+
+
+def test_accuracy(model, data: dict, batch_size: int = 64) -> float:
+    """Accuracy of a peer's chosen model on the held-out test images."""
+    probs = model.predict(data["x_test"], batch_size=batch_size, verbose=0)
+    return float(np.mean(np.argmax(probs, axis=1) == data["y_test"]))
 
 
 def write_npz(data: dict, path: Path) -> tuple[Path, Path]:

@@ -14,6 +14,12 @@ Each peer runs in its own process (``python benchmarks/peers.py PEER ...``), so 
 state cannot slow down or speed up another, and writes one JSON record: every trial with its
 parameters, seconds, epochs and best validation accuracy, and when it finished. A trial still running
 when the budget ends is stopped and does not count.
+
+Each peer's *chosen model* is the best epoch of its best completed trial within the budget (by
+validation accuracy), kept as each peer keeps it: the plain loop keeps the weights of the best epoch
+so far in memory, KerasTuner its per-trial checkpoint of the best epoch, tlsearch its stored
+weights. After the budget, that one model is evaluated on the held-out test images, which no peer
+saw while choosing (``chosen`` in the record).
 """
 
 from __future__ import annotations
@@ -70,6 +76,26 @@ def _trial_record(number, params, t_start, t0, clock: _EpochClock, state: str) -
 # ---------------------------------------------------------------------------------------------
 
 
+def _chosen(trials: list[dict], budget: float) -> dict | None:
+    """The best completed trial within the budget, by its best validation accuracy."""
+    done = [t for t in trials if t["state"] == "COMPLETE" and t["finished_at"] <= budget + 1e-6
+            and t["val_accuracy"] is not None]
+    return max(done, key=lambda t: t["val_accuracy"]) if done else None
+
+
+def _keep_best_epoch(holder: dict):
+    """The weights of this trial's best epoch so far (by validation accuracy), kept in memory."""
+    import keras
+
+    class _Keep(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            acc = float((logs or {}).get("val_accuracy", np.nan))
+            if np.isfinite(acc) and acc > holder.get("val_accuracy", -1.0):
+                holder.update(val_accuracy=acc, weights=self.model.get_weights())
+
+    return _Keep()
+
+
 def run_plain_optuna(s: Settings, data: dict, budget: float, max_trials: int | None = None) -> dict:
     import keras
     import optuna
@@ -77,6 +103,7 @@ def run_plain_optuna(s: Settings, data: dict, budget: float, max_trials: int | N
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     trials: list[dict] = []
+    best_weights: dict[int, list] = {}  # of the best trial so far only
     t0 = time.perf_counter()
     deadline = t0 + budget
     xy = dict(x=data["x_train"], y=data["y_train"], validation_data=(data["x_val"], data["y_val"]),
@@ -88,11 +115,12 @@ def run_plain_optuna(s: Settings, data: dict, budget: float, max_trials: int | N
         clock = _EpochClock()
         p = common.suggest_optuna(trial)
         state = "FAIL"
+        kept: dict = {}
         try:
             keras.utils.set_random_seed(s.seed)
             model, bb = common.build_two_stage(p, s, len(data["class_names"]))
             common.compile_model(model, p["lr_stage1"])
-            cbs = [common.deadline_callback(deadline), clock.callback(1)]
+            cbs = [common.deadline_callback(deadline), clock.callback(1), _keep_best_epoch(kept)]
             model.fit(epochs=s.stage1_epochs, callbacks=cbs + [KerasPruningCallback(trial, "val_accuracy")], **xy)
             if p["unfreeze_blocks"] > 0 and s.stage2_epochs > 0:
                 common.unfreeze(bb, p["unfreeze_blocks"])
@@ -107,6 +135,10 @@ def run_plain_optuna(s: Settings, data: dict, budget: float, max_trials: int | N
         finally:
             if state != "FAIL":
                 trials.append(_trial_record(trial.number, p, t_start, t0, clock, state))
+                best = _chosen(trials, budget)
+                if state == "COMPLETE" and best is not None and best["number"] == trial.number:
+                    best_weights.clear()
+                    best_weights[trial.number] = kept["weights"]
         return max(e["val_accuracy"] for e in clock.epochs)
 
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=s.seed),
@@ -115,7 +147,17 @@ def run_plain_optuna(s: Settings, data: dict, budget: float, max_trials: int | N
         study.optimize(objective, timeout=budget, n_trials=max_trials)
     except BudgetSpent:
         pass
-    return {"trials": trials, "wall": time.perf_counter() - t0}
+    wall = time.perf_counter() - t0
+    chosen = _chosen(trials, budget)
+    if chosen is not None:
+        model, _ = common.build_two_stage(chosen["params"], s, len(data["class_names"]))
+        model.set_weights(best_weights[chosen["number"]])
+        chosen = {**_summary(chosen), "test_accuracy": common.test_accuracy(model, data)}
+    return {"trials": trials, "wall": wall, "chosen": chosen}
+
+
+def _summary(t: dict) -> dict:
+    return {"number": t["number"], "params": t["params"], "val_accuracy": t["val_accuracy"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,6 +223,7 @@ def run_keras_tuner(s: Settings, data: dict, budget: float, max_trials: int | No
             params = {k: trial.hyperparameters.values[k] for k in common.SPACE}
             rec = _trial_record(len(trials), params, self._t_start, t0, self.clock, "COMPLETE")
             rec["hyperband_epochs"] = trial.hyperparameters.values.get("tuner/epochs")
+            rec["kt_trial_id"] = trial.trial_id
             trials.append(rec)
             if max_trials is not None and len(trials) >= max_trials:
                 raise KTBudgetSpent()
@@ -195,7 +238,12 @@ def run_keras_tuner(s: Settings, data: dict, budget: float, max_trials: int | No
                          validation_data=(data["x_val"], data["y_val"]))
         except KTBudgetSpent:
             pass
-    return {"trials": trials, "wall": time.perf_counter() - t0}
+        wall = time.perf_counter() - t0
+        chosen = _chosen(trials, budget)
+        if chosen is not None:  # its checkpoint: the best epoch, as KerasTuner keeps it
+            model = tuner.load_model(tuner.oracle.trials[chosen["kt_trial_id"]])
+            chosen = {**_summary(chosen), "test_accuracy": common.test_accuracy(model, data)}
+    return {"trials": trials, "wall": wall, "chosen": chosen}
 
 
 def _deadline_kt(deadline: float, exc: type):
@@ -292,7 +340,25 @@ def run_tlsearch(s: Settings, data: dict, budget: float, max_trials: int | None 
         if rc != 0:
             raise SystemExit(f"tlsearch run failed ({rc}):\n{log.getvalue()[-3000:]}")
         trials = tlsearch_trials(f"sqlite:///{folder / 'bench.db'}", "bench", 0.0, t0_wall)
-    return {"trials": trials, "wall": wall, "forward_seconds": forward_seconds(s, data)}
+        chosen = _chosen(trials, budget)
+        if chosen is not None:  # a trial that started in time may end after the budget: not it
+            chosen = {**_summary(chosen),
+                      "test_accuracy": _tlsearch_test_accuracy(path, chosen["number"], data)}
+    return {"trials": trials, "wall": wall, "forward_seconds": forward_seconds(s, data),
+            "chosen": chosen}
+
+
+def _tlsearch_test_accuracy(study_file: Path, number: int, data: dict) -> float:
+    """Trial ``number`` rebuilt from its stored weights (best epoch), on the test images."""
+    from tlsearch.config import load_config
+    from tlsearch.export.evaluate import evaluate_trial
+    from tlsearch.export.exporter import select_trial
+    from tlsearch.search.study import load_study
+
+    cfg = load_config(study_file)
+    study = load_study(cfg)
+    got = evaluate_trial(cfg, study, select_trial(study, number), data["x_test"], data["y_test"])
+    return float(got["accuracy"])
 
 
 RUNNERS = {"plain_optuna": run_plain_optuna, "keras_tuner": run_keras_tuner, "tlsearch": run_tlsearch}

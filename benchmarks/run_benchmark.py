@@ -14,6 +14,14 @@ How the figures are computed, all from the same run:
   all its epochs; when a peer finished none within its budget, its trials' median time outside
   training plus ``stage1_epochs`` times its median stage-1 epoch (marked ``estimated``).
 * best validation accuracy: the best epoch of any trial finished within the budget.
+* test accuracy: each peer's chosen model (the best epoch of its best completed trial within the
+  budget) on held-out test images that no peer used to choose. Across seeds: the mean, its
+  standard error (standard deviation over seeds / sqrt(seeds)), and for tlsearch against each peer
+  the mean of the paired per-seed differences with two standard errors: the larger of the paired
+  differences' and the binomial one of a difference of two accuracies on the test images. Ahead
+  by more than that is called significant.
+* fences: the chosen parameters that sit at the edge of the searched range (the bound of an
+  integer, the outer 5% otherwise; all blocks unfrozen is full fine-tuning, not a fence).
 * tlsearch's floor: one forward pass of every image through the backbone (timed separately, warm)
   plus its pure training, each trained stage's epochs times that stage's fastest epoch (the first
   epoch also traces, which is overhead, not training).
@@ -41,9 +49,10 @@ import common  # noqa: E402
 
 PEERS = ("plain_optuna", "keras_tuner", "tlsearch")
 TARGETS = {
-    "stage1_trial_speedup_vs_plain_optuna": 20.0,
-    "study_time_over_floor": 1.5,
+    "stage1_trial_speedup_vs_plain_optuna": 50.0,
+    "study_time_over_floor": 1.2,
     "rss_growth_mb_over_100_trials": 200.0,
+    "tlsearch_test_accuracy": 0.90,
 }
 
 
@@ -63,6 +72,7 @@ def _subprocess(script: str, args: list[str], out: Path) -> dict:
 
 def run_all(s: common.Settings, budget: float, seeds: list[int], *, max_trials: int | None,
             rss_trials: int, sweep_sizes: list[int], sweep_trials: int, in_process: bool,
+            costs_too: bool = True,
             peers=PEERS, work: Path) -> dict:
     runs: dict[str, list[dict]] = {p: [] for p in peers}
     timings: dict[str, float] = {}
@@ -83,10 +93,12 @@ def run_all(s: common.Settings, budget: float, seeds: list[int], *, max_trials: 
             # what is done so far survives an interrupted run
             (work / "partial.json").write_text(json.dumps({"runs": runs, "timings": timings},
                                                           default=float))
-    costs = {}
+    costs: dict = {}
     for what, extra in (("rss", ["--trials", str(rss_trials)]),
                         ("sweep", ["--trials", str(sweep_trials),
                                    "--sizes", ",".join(map(str, sweep_sizes))])):
+        if not costs_too:
+            break
         t = time.perf_counter()
         if in_process:
             import tlsearch_costs as tc
@@ -137,19 +149,70 @@ def stage1_trial_seconds(run: dict, stage1_epochs: int) -> tuple[float | None, s
     return outside + stage1_epochs * epoch, "estimated"
 
 
+def fences(params: dict) -> list[str]:
+    """The chosen parameters at the edge of :data:`common.SPACE` (see the module's docstring)."""
+    import math
+
+    out = []
+    for name, (kind, *args) in common.SPACE.items():
+        if kind == "choice" or name not in params:
+            continue
+        lo, hi, v = float(args[0]), float(args[1]), float(params[name])
+        if kind == "int":
+            at_low, at_high = v <= lo, v >= hi and name != "unfreeze_blocks"
+            at_low = at_low and name != "unfreeze_blocks"
+        else:
+            f = math.log if kind == "log" else (lambda x: x)
+            pos = (f(v) - f(lo)) / (f(hi) - f(lo))
+            at_low, at_high = pos <= 0.05, pos >= 0.95
+        if at_low or at_high:
+            out.append(f"{name}={v:.3g} at the {'bottom' if at_low else 'top'} of {lo:g}..{hi:g}")
+    return out
+
+
 def peer_figures(run: dict) -> dict:
     s = run["settings"]
     done = _in_budget(run)
     accs = [t["val_accuracy"] for t in done if t["val_accuracy"] is not None]
     sec, how = stage1_trial_seconds(run, s["stage1_epochs"])
+    chosen = run.get("chosen") or {}
     return {
         "seed": s["seed"],
         "trials_finished": len(done),
         "best_val_accuracy": max(accs) if accs else None,
+        "chosen_trial": chosen.get("number"),
+        "chosen_val_accuracy": chosen.get("val_accuracy"),
+        "test_accuracy": chosen.get("test_accuracy"),
+        "chosen_params": chosen.get("params"),
+        "fences": fences(chosen.get("params") or {}),
         "seconds_per_stage1_trial": sec,
         "seconds_per_stage1_trial_is": how,
         "wall_seconds": run["wall"],
     }
+
+
+def _mean_se(xs: list[float]) -> tuple[float | None, float | None]:
+    if not xs:
+        return None, None
+    m = statistics.mean(xs)
+    return m, (statistics.stdev(xs) / len(xs) ** 0.5 if len(xs) > 1 else None)
+
+
+def compare(mine: list[dict], theirs: list[dict], n_test: int) -> dict:
+    """tlsearch against one peer on test accuracy, paired by seed (same data in each seed)."""
+    pairs = [(a["test_accuracy"], b["test_accuracy"]) for a, b in zip(mine, theirs)
+             if a["seed"] == b["seed"] and a["test_accuracy"] is not None
+             and b["test_accuracy"] is not None]
+    if not pairs:
+        return {"seeds": 0}
+    diffs = [a - b for a, b in pairs]
+    mean, se_paired = _mean_se(diffs)
+    # a difference of two accuracies on n test images, averaged over the seeds
+    binom = (sum(a * (1 - a) / n_test + b * (1 - b) / n_test for a, b in pairs)
+             / len(pairs) ** 2) ** 0.5
+    se = max(se_paired or 0.0, binom)
+    return {"seeds": len(pairs), "difference": mean, "se_paired": se_paired, "se_binomial": binom,
+            "se": se, "significant": mean > 2 * se}
 
 
 def tlsearch_figures(run: dict) -> dict:
@@ -180,7 +243,11 @@ def summarize(raw: dict, s: common.Settings, budget: float) -> dict:
     agg = {}
     for p, rows in peers.items():
         accs = [r["best_val_accuracy"] for r in rows if r["best_val_accuracy"] is not None]
+        test_mean, test_se = _mean_se([r["test_accuracy"] for r in rows
+                                       if r["test_accuracy"] is not None])
         agg[p] = {
+            "test_accuracy_mean": test_mean,
+            "test_accuracy_se": test_se,
             "best_val_accuracy_mean": statistics.mean(accs) if accs else None,
             "best_val_accuracy_min": min(accs) if accs else None,
             "best_val_accuracy_max": max(accs) if accs else None,
@@ -189,16 +256,19 @@ def summarize(raw: dict, s: common.Settings, budget: float) -> dict:
             "seconds_per_stage1_trial_is": ",".join(sorted({r["seconds_per_stage1_trial_is"] for r in rows})),
         }
     ts = [tlsearch_figures(r) for r in raw["runs"].get("tlsearch", [])]
-    rss = raw["costs"]["rss"]
-    sweep = raw["costs"]["sweep"]
+    rss = raw["costs"].get("rss")
+    sweep = raw["costs"].get("sweep")
+    versus = {p: compare(peers["tlsearch"], rows, s.n_test) for p, rows in peers.items()
+              if p != "tlsearch" and "tlsearch" in peers}
     out = {
         "settings": s.to_dict(), "budget_seconds_per_peer": budget,
-        "per_seed": peers, "peers": agg, "tlsearch": ts,
-        "rss": {k: v for k, v in rss.items() if k != "points"},
-        "trial_scaling": {"first_trial_seconds": rss["first_trial_seconds"],
-                          "seconds_per_added_trial": rss["seconds_per_added_trial"],
-                          "at": {str(p["trial"] + 1): p["seconds"] for p in rss["points"]
-                                 if p["trial"] + 1 in (1, 10, 50, 100) or p is rss["points"][-1]}},
+        "per_seed": peers, "peers": agg, "tlsearch": ts, "versus": versus,
+        "rss": rss and {k: v for k, v in rss.items() if k != "points"},
+        "trial_scaling": rss and {
+            "first_trial_seconds": rss["first_trial_seconds"],
+            "seconds_per_added_trial": rss["seconds_per_added_trial"],
+            "at": {str(p["trial"] + 1): p["seconds"] for p in rss["points"]
+                   if p["trial"] + 1 in (1, 10, 50, 100) or p is rss["points"][-1]}},
         "sweep": sweep,
     }
     out["targets"] = targets(out)
@@ -211,17 +281,23 @@ def targets(f: dict) -> dict:
     if "tlsearch" in p and "plain_optuna" in p and p["tlsearch"]["seconds_per_stage1_trial"]:
         ratio = p["plain_optuna"]["seconds_per_stage1_trial"] / p["tlsearch"]["seconds_per_stage1_trial"]
         t["stage1_trial_speedup_vs_plain_optuna"] = {
-            "value": ratio, "target": ">= 20", "met": ratio >= TARGETS["stage1_trial_speedup_vs_plain_optuna"]}
+            "value": ratio, "target": ">= 50", "met": ratio >= TARGETS["stage1_trial_speedup_vs_plain_optuna"]}
     if "tlsearch" in p:
-        mine = p["tlsearch"]["best_val_accuracy_mean"]
-        others = {k: v["best_val_accuracy_mean"] for k, v in p.items() if k != "tlsearch"}
-        t["best_val_accuracy_above_peers"] = {
-            "value": mine, "peers": others, "target": "> every peer",
-            "met": mine is not None and all(o is None or mine > o for o in others.values())}
+        mine = p["tlsearch"]["test_accuracy_mean"]
+        t["tlsearch_test_accuracy"] = {
+            "value": mine, "target": ">= 0.90",
+            "met": mine is not None and mine >= TARGETS["tlsearch_test_accuracy"]}
+        vs = f["versus"]
+        t["test_accuracy_ahead_of_peers_by_2se"] = {
+            "value": min((v["difference"] for v in vs.values() if v.get("seeds")), default=None),
+            "peers": vs, "target": "> 2 standard errors ahead of every peer",
+            "met": bool(vs) and all(v.get("significant") for v in vs.values())}
     if f["tlsearch"]:
         r = statistics.median(x["study_over_floor"] for x in f["tlsearch"])
-        t["study_time_over_floor"] = {"value": r, "target": "<= 1.5",
+        t["study_time_over_floor"] = {"value": r, "target": "<= 1.2",
                                       "met": r <= TARGETS["study_time_over_floor"]}
+    if not f["rss"]:
+        return t
     g = f["rss"]["rss_growth_mb"]
     t["rss_growth_mb"] = {"value": g, "trials": f["rss"]["trials"], "target": "< 200 over 100 trials",
                           "met": g < TARGETS["rss_growth_mb_over_100_trials"]}
@@ -239,7 +315,8 @@ def _f(v, fmt="{:.3g}"):
 def markdown(f: dict) -> str:
     s = f["settings"]
     lines = [
-        f"Data: {s['n_train']} training + {s['n_val']} validation images at {s['image_size']} px; "
+        f"Data: {s['n_train']} training + {s['n_val']} validation + {s.get('n_test', 0)} test "
+        f"images at {s['image_size']} px; "
         f"{s['stage1_epochs']} + {s['stage2_epochs']} epochs, batch {s['batch_size']}; budget "
         f"{f['budget_seconds_per_peer']:g} s per peer; seeds "
         f"{', '.join(str(r['seed']) for r in next(iter(f['per_seed'].values())))}.",
@@ -252,6 +329,22 @@ def markdown(f: dict) -> str:
             f"| {p} | {_f(a['seconds_per_stage1_trial'])} ({a['seconds_per_stage1_trial_is']}) | "
             f"{_f(a['trials_finished_mean'], '{:.1f}')} | {_f(a['best_val_accuracy_mean'], '{:.4f}')}; "
             f"{_f(a['best_val_accuracy_min'], '{:.4f}')}-{_f(a['best_val_accuracy_max'], '{:.4f}')} |")
+    lines += ["", "| peer | test accuracy of the chosen model (mean ± SE over seeds) | per seed "
+              "(chosen trial: val accuracy, test accuracy, fences) |", "|---|---|---|"]
+    for p, a in f["peers"].items():
+        per = "; ".join(
+            f"seed {r['seed']}: #{r['chosen_trial']} {_f(r['chosen_val_accuracy'], '{:.4f}')}, "
+            f"{_f(r['test_accuracy'], '{:.4f}')}"
+            + (f" ({', '.join(r['fences'])})" if r["fences"] else "")
+            for r in f["per_seed"][p])
+        lines.append(f"| {p} | {_f(a['test_accuracy_mean'], '{:.4f}')} ± "
+                     f"{_f(a['test_accuracy_se'], '{:.4f}')} | {per} |")
+    for p, v in f.get("versus", {}).items():
+        if v.get("seeds"):
+            lines.append(f"\ntlsearch - {p}: {v['difference']:+.4f} over {v['seeds']} seeds; one SE "
+                         f"{v['se']:.4f} (paired {_f(v['se_paired'], '{:.4f}')}, binomial "
+                         f"{v['se_binomial']:.4f}): "
+                         f"{'significant' if v['significant'] else 'not significant'} at 2 SE.")
     lines += ["", "| tlsearch (per seed) | study s | forward s | pure training s | floor s | study / floor "
               "| overhead s/trial (mean; median; stage-1 median) | trials (completed; of those cached) |",
               "|---|---|---|---|---|---|---|---|"]
@@ -263,6 +356,8 @@ def markdown(f: dict) -> str:
             f"{_f(x['overhead_per_stage1_trial_median'])} | {x['trials']} ({x['completed']}; "
             f"{x['completed_cached']}) |")
     r = f["rss"]
+    if not r:  # --skip-costs
+        return _targets_md(lines, f)
     lines += ["", f"RSS over {r['trials']} stage-1-only trials in one process: {_f(r['rss_before_mb'], '{:.0f}')} MB "
               f"before, {_f(r['rss_after_first_mb'], '{:.0f}')} MB after the first trial, "
               f"{_f(r['rss_after_last_mb'], '{:.0f}')} MB after the last: growth "
@@ -276,6 +371,10 @@ def markdown(f: dict) -> str:
     for row in f["sweep"]["rows"]:
         lines.append(f"| {row['kind']} | {row['n_train']} | {row['n_val']} | {row['backbones']} | "
                      f"{_f(row['study_seconds'])} | {_f(row['forward_seconds_one_backbone'])} |")
+    return _targets_md(lines, f)
+
+
+def _targets_md(lines: list[str], f: dict) -> str:
     lines += ["", "| target | value | wanted | met |", "|---|---|---|---|"]
     for k, t in f["targets"].items():
         lines.append(f"| {k} | {_f(t['value'])} | {t['target']} | {'yes' if t['met'] else 'no'} |")
@@ -288,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seeds", default="0", help="comma-separated seeds, e.g. 0,1,2")
     ap.add_argument("--tiny", action="store_true", help="CI: tiny data, 2 trials per peer, in process")
     ap.add_argument("--peers", default=",".join(PEERS))
+    ap.add_argument("--skip-costs", action="store_true",
+                    help="run the peers only, not the RSS and data-size measurements")
     ap.add_argument("--rss-trials", type=int, default=100)
     ap.add_argument("--sweep-sizes", default="500,1000,2000")
     ap.add_argument("--sweep-trials", type=int, default=10)
@@ -310,7 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         kw = dict(max_trials=None, rss_trials=a.rss_trials,
                   sweep_sizes=[int(v) for v in a.sweep_sizes.split(",")],
-                  sweep_trials=a.sweep_trials, in_process=False)
+                  sweep_trials=a.sweep_trials, in_process=False, costs_too=not a.skip_costs)
     started = datetime.datetime.now(datetime.timezone.utc)
     with tempfile.TemporaryDirectory() as work:
         kw["work"] = Path(work) if a.tiny else a.out

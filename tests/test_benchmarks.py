@@ -15,10 +15,12 @@ import pytest
 
 from tests.conftest import REPO
 
-PEER_FIGURES = {"best_val_accuracy_mean", "trials_finished_mean", "seconds_per_stage1_trial"}
+PEER_FIGURES = {"best_val_accuracy_mean", "trials_finished_mean", "seconds_per_stage1_trial",
+                "test_accuracy_mean", "test_accuracy_se"}
 TLSEARCH_FIGURES = {"study_seconds", "forward_seconds", "pure_training_seconds", "floor_seconds",
                     "study_over_floor", "overhead_per_trial_mean", "overhead_per_trial_median"}
-TARGETS = {"stage1_trial_speedup_vs_plain_optuna", "best_val_accuracy_above_peers",
+TARGETS = {"stage1_trial_speedup_vs_plain_optuna", "tlsearch_test_accuracy",
+           "test_accuracy_ahead_of_peers_by_2se",
            "study_time_over_floor", "rss_growth_mb"}
 
 
@@ -34,6 +36,10 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
         assert PEER_FIGURES <= set(figures), peer
         assert figures["trials_finished_mean"] == 2, peer
         assert figures["best_val_accuracy_mean"] is not None and figures["seconds_per_stage1_trial"] > 0
+        # each peer's chosen model judged on the held-out test images
+        assert 0.0 <= figures["test_accuracy_mean"] <= 1.0, peer
+    assert set(f["versus"]) == {"plain_optuna", "keras_tuner"}
+    assert all(v["seeds"] == 1 and v["se_binomial"] > 0 for v in f["versus"].values())
     assert f["tlsearch"] and TLSEARCH_FIGURES <= set(f["tlsearch"][0])
     assert all(f["tlsearch"][0][k] is not None for k in TLSEARCH_FIGURES)
     assert f["rss"]["trials"] == 2 and f["rss"]["rss_growth_mb"] is not None

@@ -408,3 +408,16 @@ def test_export_without_tf2onnx_records_onnx_as_skipped(study, tmp_path, monkeyp
     assert meta["formats"]["onnx"]["status"] == "skipped"
     assert "tlsearch[onnx]" in meta["formats"]["onnx"]["reason"]
     assert not (out / "model.onnx").exists() and (out / "model.keras").is_file()
+
+
+def test_saved_model_stores_each_variable_once(exported, study):
+    """Tracking the model besides its endpoints stored every variable twice."""
+    import tensorflow as tf
+
+    model, _ = _in_study_model(study)
+    reader = tf.train.load_checkpoint(str(exported / "serving" / "1" / "variables" / "variables"))
+    stored = [k for k in reader.get_variable_to_shape_map() if k != "_CHECKPOINTABLE_OBJECT_GRAPH"]
+    assert len(stored) == len(model.weights)  # (dropout seed states are not weights)
+    shapes = reader.get_variable_to_shape_map()
+    stored_values = sum(int(np.prod(shapes[k])) for k in stored)
+    assert stored_values == sum(int(np.prod(w.shape)) for w in model.weights)

@@ -333,3 +333,54 @@ def test_consecutive_failures_stop_the_study_with_a_clear_message(tmp_path, smal
     assert "2 trials failed in a row; the study was stopped" in err
     assert "out of memory" in err and "Traceback" not in err
     assert states(trials(f"sqlite:///{tmp_path / 'tiny.db'}")) == {"FAIL": 2}
+
+
+# ------------------------------------------------------------------------------------------------
+# recycled workers, one GPU each
+
+
+def test_recycled_workers_finish_the_study_without_losing_a_trial(tmp_path, small_images):
+    study = study_file(tmp_path, n_trials=5)
+    code, out = finish(tlsearch("run", str(study), "--recycle-after", "2", fake=0.1), timeout=300)
+    assert code == 0, out
+    assert "replaced by a fresh process after 2 trials" in out
+    ts = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
+    assert states(ts) == {"COMPLETE": 5}
+    pids = [t.user_attrs[WORKER_ATTR].split(":")[1] for t in sorted(ts, key=lambda t: t.number)]
+    assert len(set(pids)) == 3 and pids[0] == pids[1] and pids[2] == pids[3] != pids[0]
+
+
+class _Proc:
+    def __init__(self, code):
+        self.code = code
+
+    def poll(self):
+        return self.code
+
+
+def test_wait_recycling_restarts_only_recycled_workers_and_not_when_stopping():
+    from tlsearch.search.workers import RECYCLE, wait_recycling
+
+    later = {0: [_Proc(RECYCLE), _Proc(0)], 1: []}
+    started = []
+
+    def start(i):
+        started.append(i)
+        return later[i].pop(0)
+
+    procs = [_Proc(RECYCLE), _Proc(3)]
+    assert wait_recycling(procs, start, poll=0) == [0, 3]
+    assert started == [0, 0]
+    assert wait_recycling([_Proc(RECYCLE)], start, stopping=lambda: True, poll=0) == [RECYCLE]
+
+
+def test_each_worker_gets_its_own_gpu_and_none_on_a_cpu(monkeypatch):
+    from tlsearch.search.workers import device_env, visible_gpus
+
+    assert device_env(0, []) == {}
+    assert [device_env(i, ["0", "3"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "3", "0"]
+    assert device_env(1, ["0", "3"])["TF_FORCE_GPU_ALLOW_GROWTH"] == "true"
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 5")
+    assert visible_gpus() == ["2", "5"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
+    assert visible_gpus() == []

@@ -22,6 +22,9 @@ def add_parser(sub):
     p.add_argument("--n-trials", type=int, help="finished trials to reach in total (overrides)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes on this machine, all on the one study (default 1)")
+    p.add_argument("--recycle-after", type=int, default=0, metavar="K",
+                   help="run trials in worker processes that are replaced by fresh ones after K "
+                        "trials each, returning what TensorFlow keeps per trial (default 0: never)")
     # set on the processes that --workers starts: run trials, leave the summary to the parent
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     return p
@@ -38,6 +41,8 @@ def run(args) -> int:
 
     if args.workers < 1:
         raise UserError(f"`--workers`: expected at least 1, got {args.workers}")
+    if args.recycle_after < 0:
+        raise UserError(f"`--recycle-after`: expected 0 (never) or more, got {args.recycle_after}")
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"`--n-trials`: expected at least 1, got {args.n_trials}")
     cfg = load_config(args.study)
@@ -53,8 +58,11 @@ def run(args) -> int:
     if worker is not None:
         progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize",
                             live=False, label=f"worker {worker}")
-        st.run(prep, progress, n_trials=args.n_trials)
-        return 0
+        summary = st.run(prep, progress, n_trials=args.n_trials,
+                         max_here=args.recycle_after or None)
+        from tlsearch.search.workers import RECYCLE
+
+        return RECYCLE if summary.get("recycle") else 0
     err.print(f"  {prep.data.summary()}")
     if prep.data.skipped:
         from tlsearch.data import format_file_list
@@ -62,7 +70,7 @@ def run(args) -> int:
         err.print(f"  skipped {len(prep.data.skipped)} unreadable files (data.skip_bad_files):\n"
                   + format_file_list(prep.data.skipped), highlight=False)
     err.print(f"  storage {redact_url(prep.storage_url)}; {prep.finished} trials already finished")
-    if args.workers > 1:
+    if args.workers > 1 or args.recycle_after:
         return _run_workers(args, cfg, prep, err, out)
     progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize")
     summary = st.run(prep, progress, n_trials=args.n_trials)
@@ -87,10 +95,14 @@ def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
         claims.close()
     if swept:
         err.print(f"  trials {swept} were left running by a worker that died; failed and retried")
-    err.print(f"  starting {args.workers} workers")
+    err.print(f"  starting {args.workers} worker{'s' if args.workers > 1 else ''}"
+              + (f", each replaced by a fresh process after {args.recycle_after} trials"
+                 if args.recycle_after else ""))
     argv = ["run", args.study]
     if args.n_trials is not None:
         argv += ["--n-trials", str(args.n_trials)]
+    if args.recycle_after:
+        argv += ["--recycle-after", str(args.recycle_after)]
     codes = spawn_workers(argv, args.workers, storage_url=url)
     summary = st.summarize(prep.study)
     target = args.n_trials or cfg.n_trials

@@ -63,7 +63,12 @@ def _write_saved_model(model, modality, cfg, path: Path, probe) -> dict:
     import tensorflow as tf
 
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    # The endpoints track every variable they use. Tracking the model as well stored each variable
+    # a second time (28 MB instead of 14.5 for EfficientNet-Lite0): only the lookup tables of a
+    # text model's tokenizer, which no endpoint lists, are tracked by hand.
+    preprocessor = getattr(model, "preprocessor", None)
+    if preprocessor is not None:
+        archive.track(preprocessor)
     endpoints = modality.serving_endpoints(model, cfg)
     for name, (fn, sig) in endpoints.items():
         archive.add_endpoint(name, fn, input_signature=sig)

@@ -74,12 +74,16 @@ class ImageModality(Modality):
         import tensorflow as tf
 
         s = cfg.data.image_size
+        spec = tf.TensorSpec((None, s, s, 3), tf.float32, name="image")
+        # both endpoints call one traced function: the network is traced (and stored) once
+        probabilities = tf.function(lambda x: model(x, training=False), input_signature=[spec],
+                                    autograph=False)
 
         def serve(image):
             # any size: resized inside, by the same function training used
             images = resize_pixels(image, s)
             images.set_shape((None, s, s, 3))
-            return {"probabilities": model(images, training=False)}
+            return {"probabilities": probabilities(images)}
 
         def decode_one(data):
             img = tf.io.decode_image(data, channels=3, expand_animations=False)
@@ -88,7 +92,7 @@ class ImageModality(Modality):
         def serve_image_bytes(image_bytes):
             images = tf.map_fn(decode_one, image_bytes, fn_output_signature=tf.float32)
             images.set_shape((None, s, s, 3))
-            return {"probabilities": model(images, training=False)}
+            return {"probabilities": probabilities(images)}
 
         return {
             "serve": (serve, [tf.TensorSpec((None, None, None, 3), tf.float32, name="image")]),

@@ -249,8 +249,10 @@ def make_objective(prep: PreparedStudy, progress: Progress,
 
 
 def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
-        poll: float | None = None) -> dict:
-    """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes).
+        poll: float | None = None, max_here: int | None = None) -> dict:
+    """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes), or
+    until this process has run ``max_here`` trials (then the summary says ``recycle``: a fresh
+    process should carry on; see :data:`tlsearch.search.workers.RECYCLE`).
 
     The count is the study's, across every worker: each trial is claimed before it starts (see
     :class:`tlsearch.search.workers.Claims`), so N workers stop at exactly ``n_trials``. A worker whose
@@ -275,6 +277,7 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
         progress.trial_end(frozen.number, frozen.state.name, frozen.value, note)
 
     objective = make_objective(prep, progress, on_start=claims.started)
+    here, recycle = 0, False
     try:
         claims.sweep()
         progress.start(target, prep.finished, best)
@@ -285,7 +288,12 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
             if decision == WAIT:
                 time.sleep(poll)
                 continue
+            if max_here is not None and here >= max_here:  # trials remain: a fresh process
+                claims.abandon()
+                recycle = True
+                break
             progress.done = claims.finished
+            here += 1
             try:
                 prep.study.optimize(objective, n_trials=1, catch=(TrialFailure,),
                                     callbacks=[on_done, guard])  # clear_state collects
@@ -300,7 +308,10 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
             f"{guard.count} trials failed in a row; the study was stopped:\n{reasons}\n"
             f"Fix the cause and run the same command again: the study resumes."
         )
-    return summarize(prep.study)
+    summary = summarize(prep.study)
+    if recycle:
+        summary["recycle"] = True
+    return summary
 
 
 def summarize(study: optuna.Study) -> dict:

@@ -25,6 +25,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -42,6 +43,10 @@ __all__ = [
     "Claims",
     "sweep_dead_workers",
     "spawn_workers",
+    "wait_recycling",
+    "device_env",
+    "visible_gpus",
+    "RECYCLE",
     "RUN",
     "WAIT",
     "DONE",
@@ -192,20 +197,75 @@ def spawn_workers(argv: list[str], n: int, *, storage_url: str) -> list[int]:
     here = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     procs: list[subprocess.Popen] = []
+    stopping: list[int] = []
 
     def forward(signum, frame):
+        stopping.append(signum)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
+    def start(i: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "tlsearch.cli", *argv, "--worker-index", str(i + 1)],
+            env={**env, **device_env(i)}, process_group=0,
+        )
+
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for i in range(n):
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "tlsearch.cli", *argv, "--worker-index", str(i + 1)],
-                env=env, process_group=0,
-            ))
-        return [p.wait() for p in procs]
+        procs.extend(start(i) for i in range(n))
+        return wait_recycling(procs, start, stopping=lambda: bool(stopping))
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+
+
+#: the exit code of a worker that has run its ``--recycle-after`` trials: the parent starts a fresh
+#: process in its place. TensorFlow keeps some memory per model it ever traced, which only the end of
+#: the process returns; a fresh worker picks the study up from its storage, so no trial is lost.
+RECYCLE = 75
+
+
+def wait_recycling(procs: list, start: Callable[[int], subprocess.Popen], *,
+                   stopping: Callable[[], bool] = lambda: False, poll: float = 0.2) -> list[int]:
+    """Wait for every worker, starting a worker that exits with :data:`RECYCLE` again in its slot
+    (``procs`` is updated in place, so signals reach the new process), unless the run is being
+    stopped. Returns the final exit codes."""
+    codes: list[int | None] = [None] * len(procs)
+    while any(c is None for c in codes):
+        for i, p in enumerate(procs):
+            code = p.poll() if codes[i] is None else None
+            if code == RECYCLE and not stopping():
+                procs[i] = start(i)
+            elif code is not None:
+                codes[i] = code
+        time.sleep(poll)
+    return [int(c) for c in codes if c is not None]
+
+
+def device_env(i: int, gpus: list[str] | None = None) -> dict[str, str]:
+    """What worker ``i`` sees of the accelerators: one GPU each, round robin, with memory growth on
+    (TensorFlow otherwise takes all of a GPU's memory at start). None on a machine without GPUs.
+
+    ``gpus`` defaults to ``$CUDA_VISIBLE_DEVICES`` when set (the GPUs this run may use), else to
+    every GPU ``nvidia-smi`` lists; asking TensorFlow would start CUDA in the parent process.
+    """
+    if gpus is None:
+        gpus = visible_gpus()
+    if not gpus:
+        return {}
+    return {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], "TF_FORCE_GPU_ALLOW_GROWTH": "true"}
+
+
+def visible_gpus() -> list[str]:
+    """The GPU ids this process may hand to its workers (empty on a machine without one)."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None:
+        return [g.strip() for g in env.split(",") if g.strip() and g.strip() != "-1"]
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()] \
+        if out.returncode == 0 else []

@@ -14,6 +14,11 @@ augmentation changes the inputs every epoch, so a trial that augments runs un-ca
 Entries live in ``<cache dir>/features/<key>/{train,val}.npy``, keyed by a SHA-256 of exactly what
 they depend on. The folder never grows past ``max_gb``: the least recently used entries are removed
 first, and an entry larger than the whole limit is kept in memory only, with a warning.
+
+Deep boundaries are large (EfficientNet-Lite0's lowest one holds 288 KB per 96-px image, all 17 of
+them about 700 KB), so entries above :data:`MMAP_BYTES` are read memory-mapped, and entries computed
+together in one forward pass can be *staged*: filled in place in memory-mapped files on disk
+(:meth:`FeatureCache.stage`), so that the pass never holds them all in memory.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import numpy as np
 
 __all__ = ["FeatureCache", "cache_key", "cache_usage", "clear_cache"]
 
-_MEMORY_LIMIT = 4 << 30  # bytes of features kept in this process
+_MEMORY_LIMIT = 4 << 30  # bytes of features kept in this process (memory-mapped ones not counted)
+#: entries larger than this are read memory-mapped: the pages are read as training touches them
+MMAP_BYTES = 64 << 20
 
 
 def cache_key(**parts) -> str:
@@ -42,6 +49,11 @@ def cache_key(**parts) -> str:
 
 def _entry_bytes(d: Path) -> int:
     return sum(f.stat().st_size for f in d.glob("*") if f.is_file())
+
+
+def _in_memory(a: np.ndarray) -> int:
+    """Bytes ``a`` holds in this process's memory (a memory-mapped file: none of its own)."""
+    return 0 if isinstance(a, np.memmap) else a.nbytes
 
 
 def cache_usage(root: Path) -> tuple[int, int]:
@@ -72,6 +84,7 @@ class FeatureCache:
         self.enabled = enabled
         self.warn = warn
         self._memory: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self._staged: dict[str, tuple[Path, str]] = {}
         self.hits = self.misses = 0
 
     def get_or_compute(self, key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray]],
@@ -84,7 +97,7 @@ class FeatureCache:
         if arrays is None:
             self.misses += 1
             arrays = compute()
-            if self.enabled:
+            if self.enabled and not self.contains(key):  # (compute may have staged it)
                 self._write(key, arrays, describe)
         else:
             self.hits += 1
@@ -105,17 +118,65 @@ class FeatureCache:
 
     def _remember(self, key: str, arrays: tuple[np.ndarray, np.ndarray]) -> None:
         self._memory[key] = arrays
-        while len(self._memory) > 1 and sum(a.nbytes + b.nbytes for a, b in self._memory.values()) > _MEMORY_LIMIT:
+        while len(self._memory) > 1 and sum(_in_memory(a) + _in_memory(b)
+                                            for a, b in self._memory.values()) > _MEMORY_LIMIT:
             self._memory.popitem(last=False)
 
-    def _read(self, key: str):
+    def can_stage(self, nbytes: int) -> bool:
+        """Whether an entry of ``nbytes`` can be filled in place on disk (:meth:`stage`)."""
+        return (self.enabled and self.root is not None and not self._write_failed
+                and nbytes <= self.max_bytes)
+
+    def stage(self, key: str, shapes: tuple[tuple, tuple],
+              describe: str = "") -> tuple[np.ndarray, np.ndarray]:
+        """Writable memory-mapped (train, val) arrays for ``key`` in a hidden folder of the cache:
+        :meth:`commit` makes them the entry, :meth:`discard` drops them. Raises ``OSError`` when
+        the folder cannot be written."""
+        assert self.root is not None
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._make_room(4 * sum(int(np.prod(s)) for s in shapes))
+        tmp = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=self.root))
+        self._staged[key] = (tmp, describe)
+        train, val = (np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype=np.float32,
+                                                shape=tuple(shape))
+                      for split, shape in zip(("train", "val"), shapes))
+        return train, val
+
+    def commit(self, key: str, arrays: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """Store a staged entry (atomically, as :meth:`put` does); returns it memory-mapped."""
+        tmp, describe = self._staged.pop(key)
+        for a in arrays:
+            if isinstance(a, np.memmap):
+                a.flush()
+        (tmp / "meta.json").write_text(json.dumps({
+            "describe": describe, "created": time.time(),
+            "train_shape": list(arrays[0].shape), "val_shape": list(arrays[1].shape)}))
+        assert self.root is not None
+        try:
+            os.replace(tmp, self.root / key)
+        except OSError:  # another process stored the same entry first
+            shutil.rmtree(tmp, ignore_errors=True)
+        got = self._read(key, mmap=True)
+        if got is None:
+            raise OSError(f"feature cache: {describe or key} could not be read back")
+        self._remember(key, got)
+        return got
+
+    def discard(self) -> None:
+        """Drop every staged entry (the forward pass that was filling them failed)."""
+        for tmp, _ in self._staged.values():
+            shutil.rmtree(tmp, ignore_errors=True)
+        self._staged.clear()
+
+    def _read(self, key: str, mmap: bool = False):
         if not self.enabled or self.root is None:
             return None
         d = self.root / key
         try:
             meta = json.loads((d / "meta.json").read_text())
-            train = np.load(d / "train.npy", mmap_mode=None)
-            val = np.load(d / "val.npy", mmap_mode=None)
+            mode = "r" if mmap or _entry_bytes(d) > MMAP_BYTES else None
+            train = np.load(d / "train.npy", mmap_mode=mode)
+            val = np.load(d / "val.npy", mmap_mode=mode)
         except (OSError, ValueError):
             return None
         if list(train.shape) != meta["train_shape"] or list(val.shape) != meta["val_shape"]:

@@ -18,28 +18,37 @@ import numpy as np
 from tlsearch.backbones import Backbone, build_backbone, resolve_weights
 from tlsearch.data import Dataset
 from tlsearch.params import OBJECTIVES, TrialParams
-from tlsearch.train.cache import FeatureCache, cache_key
+from tlsearch.train.cache import MMAP_BYTES, FeatureCache, cache_key
 
 __all__ = ["BackboneSource", "boundary_name", "Compiler", "FEATURE_VERSION"]
 
 FEATURE_VERSION = 1  # bump when the way frozen outputs are computed changes
-_PREFETCH_BYTES = 1 << 30  # boundaries computed ahead of need, at most this much in all
+#: boundaries computed ahead of need are kept in memory up to this much in all; beyond it they are
+#: filled in place on disk (up to half the cache's limit) and read back memory-mapped
+_PREFETCH_BYTES = 1 << 30
 
 
 class Compiler:
     """Compiles the models of one study's trials, and counts them: a trial that only reused
-    pooled heads compiled nothing, and leaves nothing for :func:`clear_state` to free."""
+    pooled heads compiled nothing, and leaves nothing for :func:`clear_state` to free.
 
-    def __init__(self) -> None:
+    A model built in mixed precision (the un-cached path on a GPU, :mod:`tlsearch.train.device`)
+    gets a loss-scaling optimizer, and XLA when ``xla`` is on and its inputs have one shape (images;
+    texts come in batches of their own lengths, each of which XLA would compile again)."""
+
+    def __init__(self, xla: bool = False) -> None:
         self.since_clear = 0
         #: the optimizer class every model trains with (None: Adam)
         self.optimizer: type | None = None
+        self.xla = xla
 
     def __call__(self, model: Any, lr: float, steps_per_execution: int = 1,
                  rates: dict[int, float] | None = None) -> None:
         """``rates``: ``id(variable) -> multiple of lr`` (layer-wise rates,
         :mod:`tlsearch.train.rates`); None trains every variable at ``lr``."""
         import keras
+
+        from tlsearch.train.device import accelerated
 
         self.since_clear += 1
         cls = self.optimizer or keras.optimizers.Adam
@@ -49,11 +58,15 @@ class Compiler:
             optimizer = layerwise(cls)(learning_rate=lr, scales=rates)
         else:
             optimizer = cls(learning_rate=lr)
+        mixed = accelerated(model)
+        if mixed:
+            optimizer = keras.optimizers.LossScaleOptimizer(optimizer)
         model.compile(
             optimizer=optimizer,
             loss=keras.losses.CategoricalCrossentropy(),
             metrics=[o.metric() for o in OBJECTIVES.values() if o.metric is not None],
-            jit_compile=False,  # XLA made head training several times slower on CPU
+            # XLA made head training several times slower on CPU
+            jit_compile=mixed and self.xla and not isinstance(model.input, dict),
             steps_per_execution=steps_per_execution,
         )
 
@@ -61,6 +74,11 @@ class Compiler:
         """A head on features takes microseconds per step: run 16 steps per call into
         TensorFlow. Same batches in the same order, so the same numbers; only Python's cost goes."""
         self(model, lr, steps_per_execution=16)
+
+
+def _rows(x: Any, a: int, b: int) -> Any:
+    """Rows ``a:b`` of an input: an array, or a dict of token arrays."""
+    return {k: v[a:b] for k, v in x.items()} if isinstance(x, dict) else x[a:b]
 
 
 def boundary_name(n_unfrozen: int) -> str:
@@ -90,6 +108,8 @@ class BackboneSource:
         self._max_unfreeze: dict[str, int] = {}
         self._weights: dict[str, tuple[str | None, str]] = {}
         self._heads = None
+        self._tops = None
+        self._acceleration = None
 
     @property
     def heads(self):
@@ -99,6 +119,15 @@ class BackboneSource:
 
             self._heads = HeadPool(self.compiler.pooled)
         return self._heads
+
+    @property
+    def tops(self):
+        """Traced stage-2 models on freeze boundaries, reset for each cached stage-2 trial."""
+        if self._tops is None:
+            from tlsearch.train.pool import TopPool
+
+            self._tops = TopPool(self.build, self.compiler)
+        return self._tops
 
     def weights(self, name: str) -> tuple[str | None, str]:
         """(resolved weights, fingerprint) of backbone ``name``, resolved once per study."""
@@ -113,6 +142,18 @@ class BackboneSource:
     def key_options(self, params: TrialParams | None, boundary: str) -> dict:
         """The options that the frozen outputs at ``boundary`` depend on (part of the cache key)."""
         return self.options(params)
+
+    def predict_rows(self, model: Any, x: Any) -> list[np.ndarray]:
+        """``model``'s outputs (a list, one per output) on the rows ``x`` of its inputs."""
+        got = model.predict(x, batch_size=self.batch_size, verbose=0)
+        return list(got) if isinstance(got, (list, tuple)) else [got]
+
+    def batches(self, params: TrialParams, x_train: Any, x_val: Any, y_train: np.ndarray,
+                y_val: np.ndarray, sample_weight: np.ndarray | None, batch_size: int,
+                seed: int) -> Any:
+        """(train pipeline, validation pipeline, callbacks the fit needs) where a modality batches
+        its own way (text: by length), or None: Keras' shuffled batches of the arrays."""
+        return None
 
     def inputs(self, params: TrialParams | None):
         """(train, validation) inputs of the backbone's model: the data itself for images, token
@@ -129,6 +170,29 @@ class BackboneSource:
         return build_backbone(self.entries[name], self.image_size, seed=self.seed,
                               base_dir=self.base_dir, options=self.options(params),
                               weights=self.weights(name))
+
+    @property
+    def acceleration(self):
+        """Mixed precision and XLA for the un-cached path: on where there is a GPU."""
+        if self._acceleration is None:
+            from tlsearch.train.device import detect
+
+            self._acceleration = detect()
+            self.compiler.xla = self._acceleration.xla
+        return self._acceleration
+
+    @acceleration.setter
+    def acceleration(self, value) -> None:
+        self._acceleration = value
+        self.compiler.xla = value.xla
+
+    def build_uncached(self, name: str, params: TrialParams | None = None) -> Backbone:
+        """A backbone for a trial that trains on raw inputs: built in mixed precision where the
+        machine makes that pay (:attr:`acceleration`)."""
+        from tlsearch.train.device import dtype_policy
+
+        with dtype_policy(self.acceleration):
+            return self.build(name, params)
 
     def max_unfreeze(self, name: str) -> int:
         if name not in self._max_unfreeze:
@@ -165,29 +229,68 @@ class BackboneSource:
             def output(k):
                 return bb.model.output if k == 0 else bb.boundary_output(k)
 
-            n_images = len(self.dataset.x_train) + len(self.dataset.x_val)
-            wanted, extra_bytes = [n_unfrozen], 0
+            n_rows = (len(self.dataset.y_train), len(self.dataset.y_val))
+
+            def nbytes(k):  # unknown (0) where the graph leaves a length open (text)
+                dims = output(k).shape[1:]
+                return 0 if None in dims else 4 * sum(n_rows) * math.prod(dims)
+
+            wanted, staged, in_memory, on_disk = [n_unfrozen], set(), 0, 0
+            if n_unfrozen > 0 and nbytes(n_unfrozen) > MMAP_BYTES \
+                    and cache.can_stage(nbytes(n_unfrozen)):
+                staged.add(n_unfrozen)  # large: written to disk as it is computed
             for k in range(self.prefetch_unfrozen + 1):
                 if k == n_unfrozen or k > bb.max_unfreeze or (k > 0 and not bb.can_cut(k)):
                     continue
                 if cache.contains(self._key(name, boundary_name(k), params)):
                     continue
-                size = 4 * n_images * math.prod(int(d) for d in output(k).shape[1:])
-                if extra_bytes + size > _PREFETCH_BYTES:
-                    break
+                size = nbytes(k)
+                if in_memory + size <= _PREFETCH_BYTES:
+                    in_memory += size
+                elif on_disk + size <= cache.max_bytes // 2 and cache.can_stage(size):
+                    on_disk += size  # filled in place on disk, read back memory-mapped
+                    staged.add(k)
+                else:
+                    continue
                 wanted.append(k)
-                extra_bytes += size
-            outputs = [output(k) for k in wanted]
-            model = keras.Model(bb.model.input, outputs)  # a dict of token arrays for text
-            per_split = []
-            for x in self.inputs(params):
-                got = model.predict(x, batch_size=self.batch_size, verbose=0)
-                got = got if len(wanted) > 1 else [got]
-                per_split.append([np.asarray(a, dtype=np.float32) for a in got])
-            for i, k in enumerate(wanted[1:], start=1):
-                cache.put(self._key(name, boundary_name(k), params),
-                          (per_split[0][i], per_split[1][i]), describe=f"{name} {boundary_name(k)}")
-            return per_split[0][0], per_split[1][0]
+            model = keras.Model(bb.model.input, [output(k) for k in wanted])
+            try:
+                return self._predict_into(model, wanted, staged, n_rows, name, params)
+            finally:
+                cache.discard()
 
         key = self._key(name, boundary_name(n_unfrozen), params)
         return cache.get_or_compute(key, compute, describe=f"{name} {boundary_name(n_unfrozen)}")
+
+    def _predict_into(self, model: Any, wanted: list[int], staged: set[int],
+                      n_rows: tuple[int, int], name: str, params: TrialParams | None):
+        """One forward pass of the data through ``model`` (an output per boundary in ``wanted``),
+        a chunk of rows at a time, each output written where it is kept: in memory, or in place
+        on disk for ``staged`` boundaries. Stores every boundary but the first, and returns it.
+
+        Chunks are a whole number of batches, so the batches, and the numbers, are those of one
+        ``predict`` over all rows."""
+        assert self.cache is not None
+        cache = self.cache
+        keys = [self._key(name, boundary_name(k), params) for k in wanted]
+        out: list = []
+        chunk = self.batch_size * 16
+        for split, x in enumerate(self.inputs(params)):
+            for a in range(0, n_rows[split], chunk):
+                b = min(a + chunk, n_rows[split])
+                got = self.predict_rows(model, _rows(x, a, b))
+                if not out:  # the shapes are known now (a text boundary's length is the data's)
+                    for k, key, part in zip(wanted, keys, got):
+                        shapes = tuple((n, *part.shape[1:]) for n in n_rows)
+                        out.append(cache.stage(key, shapes, describe=f"{name} {boundary_name(k)}")
+                                   if k in staged else
+                                   tuple(np.empty(shape, np.float32) for shape in shapes))
+                for dest, part in zip(out, got):
+                    dest[split][a:b] = part
+        for i, (k, key) in enumerate(zip(wanted, keys)):
+            describe = f"{name} {boundary_name(k)}"
+            if k in staged:
+                out[i] = cache.commit(key, out[i])
+            elif i > 0:
+                cache.put(key, out[i], describe=describe)
+        return out[0]

@@ -221,7 +221,12 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
         ``rates``: per-variable multiples of ``lr`` (:mod:`tlsearch.train.rates`)."""
         if lr is not None:  # a pooled head comes compiled, at its trial's rate
             source.compiler(model, lr, rates=rates)
-        callbacks = [_epoch_callback(stage, tracker, layers, on_epoch, history,
+        own = None if hasattr(x_train, "element_spec") else \
+            source.batches(params, x_train, x_val, y_tr, y_va, sw, bs, schedule.seed)
+        if own is not None:  # text: batches of similar length
+            x_train, x_val, _ = own
+        callbacks = [*(own[2] if own is not None else ()),
+                     _epoch_callback(stage, tracker, layers, on_epoch, history,
                                      schedule.metric_keys)]
         if OBJECTIVES[schedule.objective].needs_callback:
             from tlsearch.train.validation import ValidationMetrics

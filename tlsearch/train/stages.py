@@ -49,7 +49,7 @@ class TrialState:
 
     def get_backbone(self) -> Backbone:
         if self.backbone is None:
-            self.backbone = self.source.build(self.params.backbone, self.params)
+            self.backbone = self.source.build_uncached(self.params.backbone, self.params)
         return self.backbone
 
 
@@ -148,8 +148,9 @@ class FineTuneStage(Stage):
     one above), going on from the best stage-1 head.
 
     With a cache it trains only the top on the activations at the freeze boundary, which the
-    frozen bottom computes the same way every epoch. ``unfreeze_blocks: all`` also trains the
-    embeddings (text) and so always runs through the whole network.
+    frozen bottom computes the same way every epoch; in the plain schedule (no layer-wise decay)
+    through a pooled, already traced model (:mod:`tlsearch.train.pool`). ``unfreeze_blocks: all``
+    also trains the embeddings (text) and so always runs through the whole network.
     """
 
     number, name = 2, "fine-tune"
@@ -162,6 +163,16 @@ class FineTuneStage(Stage):
         return self.epochs(state) > 0 and (u == UNFREEZE_ALL or int(u) > 0)
 
     def run(self, state: TrialState) -> None:
+        from tlsearch.train.pool import fit_on_boundary
+
+        p = state.params
+        if (state.use_cache and p.unfreeze_blocks != UNFREEZE_ALL
+                and float(p.lr_decay) == 1.0):
+            n = min(int(p.unfreeze_blocks), state.source.max_unfreeze(p.backbone))
+            state.unfrozen = n
+            if fit_on_boundary(state, n, stage=self.number, lr=p.lr_stage2,
+                               epochs=self.epochs(state)):
+                return
         backbone = state.get_backbone()
         n, stem = unfreeze_target(state.params, backbone)
         model, x_tr, x_va = self.model_for(state, backbone, n, stem)
