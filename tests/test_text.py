@@ -294,6 +294,18 @@ def test_tiny_text_study_end_to_end(tmp_path, text_csv):
     assert len(rows) == 2
     assert [r["label"] for r in rows] == [predictor.classes[i] for i in probs.argmax(axis=1)]
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
+    # and in a fresh process, as a user's script or `tlsearch predict` would load it
+    import subprocess
+    import sys
+
+    lines = tmp_path / "texts.txt"
+    lines.write_text("a great fun film\ndull and awful acting\n")
+    r = subprocess.run([sys.executable, "-m", "tlsearch.cli", "predict", str(out), str(lines),
+                        "--format", "jsonl"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    fresh = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    assert [f["label"] for f in fresh] == [x["label"] for x in rows]
+    assert len(r.stderr) < 2000  # no model config dumped on the terminal
     assert main(["report", str(study), "--out", str(tmp_path / "report.html")]) == 0
     html = (tmp_path / "report.html").read_text()
     assert "Best model on the validation data" in html and "Not available" not in html
