@@ -35,14 +35,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal, NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 
 __all__ = ["Score", "MetricWarning", "check_predictions", "accuracy", "macro_f1",
            "balanced_accuracy", "macro_auc", "binary_auc", "pooled_auc",
            "sensitivity_at_specificity", "specificity_at_sensitivity", "apply_threshold",
-           "weighted_crossentropy", "balanced_class_weights", "evaluate_probabilities"]
+           "weighted_crossentropy", "balanced_class_weights"]
 
 #: probabilities are clipped to [EPSILON, 1 - EPSILON] before the log, as Keras' crossentropy does
 EPSILON = 1e-7
@@ -332,37 +332,3 @@ def pooled_auc(p, y) -> float:
     pp, yy = check_predictions(p, y)
     onehot = np.eye(pp.shape[1], dtype=bool)[yy]
     return binary_auc(pp.reshape(-1), onehot.reshape(-1))
-
-
-def evaluate_probabilities(probs: np.ndarray, y: np.ndarray, classes: list[str], *,
-                           objective: str | None = None, objective_params: dict | None = None,
-                           labels: np.ndarray | None = None) -> dict[str, Any]:
-    """Loss, accuracy, macro AUC, per-class precision/recall/F1 (and the study's objective).
-
-    ``labels`` are the predicted classes when a decision rule other than the most probable class
-    applies (a threshold chosen on validation)."""
-    import warnings
-
-    from sklearn.metrics import precision_recall_fscore_support
-
-    pred = probs.argmax(axis=1) if labels is None else labels
-    k = len(classes)
-    p, r, f, n = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
-    with warnings.catch_warnings():  # a class absent from the data: its AUC is skipped, as said
-        warnings.simplefilter("ignore")
-        auc = macro_auc(probs, y)
-    out: dict[str, Any] = {
-        "n": int(len(y)),
-        "loss": float(weighted_crossentropy(probs, y)),
-        "accuracy": float(np.mean(pred == y)),
-        "macro_f1": float(np.mean(f)),
-        "macro_auc": float(auc),
-        "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                          "support": int(n[i])} for i, c in enumerate(classes)},
-    }
-    if objective is not None:
-        from tlsearch.params import compute  # the catalogue names these functions
-
-        out[objective.removeprefix("val_")] = float(compute(objective, probs, y,
-                                                            objective_params).value)
-    return out

@@ -17,7 +17,7 @@ from tlsearch import modalities
 from tlsearch.data import load_labelled
 from tlsearch.errors import UserError
 from tlsearch.export.exporter import rebuild_model
-from tlsearch.metrics import evaluate_probabilities
+from tlsearch.evaluation import evaluate_probabilities
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
 
 __all__ = ["evaluate_trial", "evaluate_export", "format_evaluation"]

@@ -291,7 +291,8 @@ def _evaluate_on_test(cfg, model, modality: Modality, record: dict,
                       log: Callable[[str], None]) -> dict:
     """The exported trial on the held-out test set (``data.test``): what production can expect."""
     from tlsearch.data import load_labelled
-    from tlsearch.metrics import apply_threshold, evaluate_probabilities
+    from tlsearch.evaluation import evaluate_probabilities
+    from tlsearch.metrics import apply_threshold
 
     classes = record["classes"]
     x, y, _ = load_labelled(cfg.data, cfg.data.test, classes, base_dir=cfg.base_dir,

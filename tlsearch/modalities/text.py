@@ -100,7 +100,7 @@ def length_batches(x, y: np.ndarray, sample_weight: np.ndarray | None, batch_siz
 
     x_spec = ({k: spec(v, True) for k, v in x.items()} if isinstance(x, dict)
               else spec(x, np.ndim(x) == 3))
-    sig = (x_spec, tf.TensorSpec((None, *y.shape[1:]), tf.as_dtype(y.dtype)))
+    sig: tuple = (x_spec, tf.TensorSpec((None, *y.shape[1:]), tf.as_dtype(y.dtype)))
     if sample_weight is not None:
         sig += (tf.TensorSpec((None,), tf.as_dtype(sample_weight.dtype)),)
     return tf.data.Dataset.from_generator(rows, output_signature=sig).prefetch(2)

@@ -31,7 +31,7 @@ import tempfile
 import time
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Literal
 
 import numpy as np
 
@@ -174,7 +174,7 @@ class FeatureCache:
         d = self.root / key
         try:
             meta = json.loads((d / "meta.json").read_text())
-            mode = "r" if mmap or _entry_bytes(d) > MMAP_BYTES else None
+            mode: Literal["r"] | None = "r" if mmap or _entry_bytes(d) > MMAP_BYTES else None
             train = np.load(d / "train.npy", mmap_mode=mode)
             val = np.load(d / "val.npy", mmap_mode=mode)
         except (OSError, ValueError):

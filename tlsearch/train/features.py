@@ -281,7 +281,7 @@ class BackboneSource:
                 got = self.predict_rows(model, _rows(x, a, b))
                 if not out:  # the shapes are known now (a text boundary's length is the data's)
                     for k, key, part in zip(wanted, keys, got):
-                        shapes = tuple((n, *part.shape[1:]) for n in n_rows)
+                        shapes = ((n_rows[0], *part.shape[1:]), (n_rows[1], *part.shape[1:]))
                         out.append(cache.stage(key, shapes, describe=f"{name} {boundary_name(k)}")
                                    if k in staged else
                                    tuple(np.empty(shape, np.float32) for shape in shapes))
