@@ -148,8 +148,8 @@ class FineTuneStage(Stage):
     one above), going on from the best stage-1 head.
 
     With a cache it trains only the top on the activations at the freeze boundary, which the
-    frozen bottom computes the same way every epoch; in the plain schedule (no layer-wise decay)
-    through a pooled, already traced model (:mod:`tlsearch.train.pool`). ``unfreeze_blocks: all``
+    frozen bottom computes the same way every epoch; in the plain schedule (no layer-wise decay,
+    the default optimizer) through a pooled, already traced model (:mod:`tlsearch.train.pool`). ``unfreeze_blocks: all``
     also trains the embeddings (text) and so always runs through the whole network.
     """
 
@@ -167,7 +167,7 @@ class FineTuneStage(Stage):
 
         p = state.params
         if (state.use_cache and p.unfreeze_blocks != UNFREEZE_ALL
-                and float(p.lr_decay) == 1.0):
+                and float(p.lr_decay) == 1.0 and state.source.compiler.optimizer is None):
             n = min(int(p.unfreeze_blocks), state.source.max_unfreeze(p.backbone))
             state.unfrozen = n
             if fit_on_boundary(state, n, stage=self.number, lr=p.lr_stage2,
