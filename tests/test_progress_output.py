@@ -143,3 +143,20 @@ def test_live_panel_shows_stage_epoch_batch_and_features():
     assert "2 (fine-tune)" in text and "0/2" in text and "3/10" in text and "loss=0.7500" in text
     assert "computing features: tiny_cnn below-top-1 12 / 24 images" in text
     assert p.trial_left() is None                     # no stage-2 epoch timed yet
+
+
+@pytest.mark.parametrize("error, code, reason", [
+    (KeyboardInterrupt, 130, "stopped:   interrupted; 2 of 2 trials left"),
+    (None, 1, "stopped:   too many trials failed in a row"),
+])
+def test_interrupted_or_failing_run_still_ends_with_the_summary(study, capsys, monkeypatch,
+                                                                  error, code, reason):
+    from tlsearch.errors import NonFiniteLoss
+
+    def broken(*a, **k):
+        raise (error or NonFiniteLoss)("the loss became nan at step 0")
+
+    monkeypatch.setattr("tlsearch.search.study.run_trial", broken)
+    assert main(["run", str(study)]) == code
+    out = capsys.readouterr().out
+    assert reason in out and "resume:    run the same command again" in out
