@@ -166,7 +166,9 @@ class Progress:
         elapsed = now - f["t"]
         f["left"] = elapsed / done * (total - done) if done else None
         finished = done >= total
-        if self.mode == "plain" and not finished and (
+        # before the panel starts (a prescreen computes features first), as plain lines
+        plain = self.mode == "plain" or (self.mode == "live" and self._live is None)
+        if plain and not finished and (
                 done == 0 or now - self._last_feature_line >= FEATURE_LINE_EVERY):
             self._last_feature_line = now
             self.console.print(self._prefix() + features_line(f), highlight=False,
