@@ -51,6 +51,9 @@ class PrunerConfig(Section):
     percentile: float = Field(25.0, gt=0, lt=100)
     min_resource: int = Field(1, ge=1)
     reduction_factor: int = Field(3, ge=2)
+    prune_stage1: bool = Field(
+        False, description="also prune during stage 1; by default no trial is pruned before its "
+        "first stage-2 epoch, and stage-2 steps are compared with stage-2 steps")
 
 
 class HeartbeatConfig(Section):
@@ -177,7 +180,10 @@ class StudyConfig(Section):
     objective_params: dict[str, Any] | None = Field(
         None, description="the objective's parameters, e.g. {specificity: 0.95} for val_sens_at_spec")
     n_trials: int | None = Field(None, ge=1)
-    timeout: float | None = Field(None, gt=0, description="seconds")
+    timeout: float | None = Field(None, gt=0, description="seconds after which no new trial "
+                                  "starts (a running trial finishes)")
+    hard_timeout: float | None = Field(None, gt=0, description="seconds after which the running "
+                                       "trial is stopped too, recorded as pruned")
     seed: int = 0
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
@@ -223,8 +229,13 @@ class StudyConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
-        if self.n_trials is None and self.timeout is None:
+        if self.n_trials is None and self.timeout is None and self.hard_timeout is None:
             raise ValueError("set `n_trials`, `timeout` or both: a study needs a budget")
+        if self.timeout is not None and self.hard_timeout is not None \
+                and self.hard_timeout < self.timeout:
+            raise ValueError(f"`hard_timeout >= timeout` must hold (the hard limit stops the "
+                             f"running trial after new ones stopped starting), but got "
+                             f"hard_timeout={self.hard_timeout:g}, timeout={self.timeout:g}")
         return self
 
     @property

@@ -120,6 +120,8 @@ def epoch_setter(holder: list):
 class TextBackboneSource(BackboneSource):
     """Builds text backbones and serves token arrays and frozen outputs, each computed once."""
 
+    unit = "texts"
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._tokens: dict[tuple, tuple[dict, ...]] = {}

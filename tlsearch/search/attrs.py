@@ -33,6 +33,8 @@ ATTR = {
     "fences": "tlsearch.fences",
     "prescreen": "tlsearch.prescreen",
     "mlflow_run": "tlsearch.mlflow_run",
+    "stage2_step": "tlsearch.stage2_step",
+    "stopped": "tlsearch.stopped",
 }
 
 #: the user attribute naming the process that runs a trial: ``host:pid:start``

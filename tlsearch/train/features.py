@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -110,6 +110,12 @@ class BackboneSource:
         self._heads = None
         self._tops = None
         self._acceleration = None
+        #: called as ``on_features(what, rows done, rows in all, unit)`` while frozen outputs are
+        #: computed (a progress display); it only watches
+        self.on_features: Callable[[str, int, int, str], None] | None = None
+
+    #: what the rows of the data are called in progress messages
+    unit = "images"
 
     @property
     def heads(self):
@@ -275,10 +281,15 @@ class BackboneSource:
         keys = [self._key(name, boundary_name(k), params) for k in wanted]
         out: list = []
         chunk = self.batch_size * 16
+        what, total = f"{name} {boundary_name(wanted[0])}", sum(n_rows)
+        if self.on_features is not None:
+            self.on_features(what, 0, total, self.unit)
         for split, x in enumerate(self.inputs(params)):
             for a in range(0, n_rows[split], chunk):
                 b = min(a + chunk, n_rows[split])
                 got = self.predict_rows(model, _rows(x, a, b))
+                if self.on_features is not None:
+                    self.on_features(what, b + (n_rows[0] if split else 0), total, self.unit)
                 if not out:  # the shapes are known now (a text boundary's length is the data's)
                     for k, key, part in zip(wanted, keys, got):
                         shapes = ((n_rows[0], *part.shape[1:]), (n_rows[1], *part.shape[1:]))

@@ -147,12 +147,17 @@ class _Tracker:
 
 
 def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, history: list,
-                    keys: tuple[str, ...] = METRIC_KEYS):
+                    keys: tuple[str, ...] = METRIC_KEYS, on_batch=None):
     import keras
 
     class _Hook(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            # read-only: the progress display and the hard time limit (which may raise)
+            if on_batch is not None:
+                on_batch(stage, int(batch) + 1, (self.params or {}).get("steps"), logs or {})
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -190,10 +195,13 @@ def _image_dataset(x, y, batch_size: int, *, augment=None, shuffle_seed: int | N
 def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: BackboneSource,
               on_epoch: Callable[[EpochRecord], None] | None = None,
               on_stage: Callable[[int], None] | None = None,
-              stages: list[Stage] | None = None) -> TrialResult:
+              stages: list[Stage] | None = None,
+              on_batch: Callable[[int, int, int | None, dict], None] | None = None) -> TrialResult:
     """Train one configuration through its stages and return its best epoch.
 
     ``on_epoch`` is called after every epoch and may raise to stop the trial (a pruner does).
+    ``on_batch(stage, batches done, batches per epoch, logs)`` after every training batch (or
+    group of batches run in one call) may read the running metrics, or raise to stop.
     Raises :class:`~tlsearch.errors.NonFiniteLoss` when the loss becomes NaN or infinite.
     """
     import keras
@@ -227,7 +235,7 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
             x_train, x_val, _ = own
         callbacks = [*(own[2] if own is not None else ()),
                      _epoch_callback(stage, tracker, layers, on_epoch, history,
-                                     schedule.metric_keys)]
+                                     schedule.metric_keys, on_batch)]
         if OBJECTIVES[schedule.objective].needs_callback:
             from tlsearch.train.validation import ValidationMetrics
 
