@@ -33,6 +33,8 @@ ATTR = {
     "fences": "tlsearch.fences",
     "prescreen": "tlsearch.prescreen",
     "mlflow_run": "tlsearch.mlflow_run",
+    "target": "tlsearch.target",  # study: the fingerprint of `data.target`
+    "domain": "tlsearch.domain",  # trial: its domain-adaptation criterion and report
 }
 
 #: the user attribute naming the process that runs a trial: ``host:pid:start``
