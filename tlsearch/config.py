@@ -234,6 +234,14 @@ class StudyConfig(Section):
         return self
 
     @property
+    def value_name(self) -> str:
+        """What a trial's value is: the objective, or with ``data.target`` and no labelled target
+        data the label-free ``bound_proxy`` (lower is better; see tlsearch.train.dann_stage)."""
+        if self.data.target is not None and self.data.target_validation is None:
+            return "bound_proxy"
+        return self.objective
+
+    @property
     def direction(self) -> str:
         return OBJECTIVES[self.objective].direction
 
@@ -286,6 +294,13 @@ def parse_config(raw: Any, *, source: str = "<study>", base_dir: Path | None = N
     return cfg
 
 
+def _off_word(value: Any) -> Any:
+    """YAML reads a bare ``off`` as false: here it is the word ``off``."""
+    if isinstance(value, list):
+        return [_off_word(v) for v in value]
+    return "off" if value is False else value
+
+
 def _flatten_domain(raw: dict) -> tuple[dict, list[str]]:
     """``search.domain_adaptation: {lambda_max, gamma, width}`` as the catalogue's flat
     parameters (``domain_lambda_max`` ...); unknown keys reported by their path."""
@@ -307,7 +322,7 @@ def _flatten_domain(raw: dict) -> tuple[dict, list[str]]:
             problems.append(f"`search.domain_adaptation.{key}`: unknown key (expected one of: "
                             f"{', '.join(DOMAIN_PARAMS)}){tip}")
         else:
-            search[DOMAIN_PARAMS[key]] = value
+            search[DOMAIN_PARAMS[key]] = _off_word(value) if key == "lambda_max" else value
     if "lambda_max" not in section and not problems:
         problems.append("`search.domain_adaptation.lambda_max`: required: a fixed value, a range, "
                         "or a list of choices that may include `off`")

@@ -33,6 +33,8 @@ class Progress:
         self.maximize = maximize
         self.use_live = self.console.is_terminal if live is None else live
         self.label = label  # which worker prints, when several share a terminal
+        #: what a trial's value is called when it is not the objective (a label-free criterion)
+        self.value_label = objective
         self._live: Live | None = None
         self.total: int | None = None
         self.done = 0
@@ -80,7 +82,7 @@ class Progress:
                 self.best = (number, value)
         secs = time.perf_counter() - self.current.get("t", time.perf_counter())
         p = self.current.get("params", {})
-        line = (f"{self.label + ': ' if self.label else ''}trial {number:>3} {state:<8} {self.objective}={_fmt(value)}  "
+        line = (f"{self.label + ': ' if self.label else ''}trial {number:>3} {state:<8} {self.value_label}={_fmt(value)}  "
                 f"{p.get('backbone', '')} unfreeze={p.get('unfreeze_blocks', '-')} "
                 f"width={p.get('head_width', '-')} ({secs:.1f}s)"
                 + (f"  {note}" if note else ""))

@@ -276,6 +276,7 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
     need a retry, and stops when they finish.
     """
     cfg = prep.cfg
+    progress.value_label = cfg.value_name
     target = n_trials or cfg.n_trials
     best = None
     try:
