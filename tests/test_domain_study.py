@@ -144,6 +144,15 @@ def test_label_free_study_adapts_and_records_the_domain_game(tmp_path):
             assert "domain_width" not in t.user_attrs["tlsearch.params"]
             assert all(math.isnan(h.get("domain_accuracy", math.nan)) for h in hist)
 
+    # the report's section: the domain game per epoch, each trial's criterion
+    from tlsearch.config import load_config
+    from tlsearch.report.domain import domain_section
+
+    sec = domain_section(s, load_config(study))
+    assert sec is not None and sec.figure is not None
+    assert len(sec.figure.data) == len(adapted) and "bound_proxy" in sec.html
+    assert f"{adapted[0].user_attrs['tlsearch.domain']['domain_accuracy']:.4f}" in sec.html
+
     # export serves the label branch only and records the adaptation
     best = adapted[0].number
     out = tmp_path / "export"
