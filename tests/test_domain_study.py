@@ -223,3 +223,18 @@ def test_the_fashion_mnist_m_study_validates(capsys):
                     f"--out {data.relative_to(REPO)}` (needs the Fashion-MNIST files)")
     assert main(["validate", str(study)]) == 0
     assert "domain_lambda_max" in capsys.readouterr().out
+
+
+def test_no_domain_section_without_target_data():
+    import optuna
+
+    from tlsearch.config import parse_config
+    from tlsearch.report.domain import domain_section
+
+    cfg = parse_config({"name": "x", "n_trials": 1, "data": {"path": "d"},
+                        "backbones": ["tiny_cnn"]})
+    assert domain_section(optuna.create_study(), cfg) is None
+    assert cfg.value_name == "val_loss"
+    cfg = parse_config({"name": "x", "n_trials": 1, "data": {"path": "d", "target": "t"},
+                        "backbones": ["tiny_cnn"], "training": {"stage2_epochs": 0}})
+    assert cfg.value_name == "bound_proxy"
