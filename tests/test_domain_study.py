@@ -152,6 +152,14 @@ def test_label_free_study_adapts_and_records_the_domain_game(tmp_path):
     assert sec is not None and sec.figure is not None
     assert len(sec.figure.data) == len(adapted) and "bound_proxy" in sec.html
     assert f"{adapted[0].user_attrs['tlsearch.domain']['domain_accuracy']:.4f}" in sec.html
+    from tlsearch.report.domain_pca import domain_pca_section, pca_2d
+
+    pca = domain_pca_section(s, load_config(study))
+    assert pca is not None and pca.figure is not None, pca and pca.note
+    assert len(pca.figure.data) == 4  # source and target, before and after
+    assert len(pca.figure.data[1].x) == 9  # the held-out target examples
+    a, b = pca_2d(np.eye(3)[:2] * 5, np.eye(3)[2:] * 5)
+    assert a.shape == (2, 2) and b.shape == (1, 2)
 
     # export serves the label branch only and records the adaptation
     best = adapted[0].number
