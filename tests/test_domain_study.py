@@ -246,3 +246,14 @@ def test_no_domain_section_without_target_data():
     cfg = parse_config({"name": "x", "n_trials": 1, "data": {"path": "d", "target": "t"},
                         "backbones": ["tiny_cnn"], "training": {"stage2_epochs": 0}})
     assert cfg.value_name == "bound_proxy"
+
+
+def test_keras_tuner_refuses_label_free_selection(tmp_path):
+    pytest.importorskip("keras_tuner")
+    pytest.importorskip("tensorboard")
+    from tlsearch.config import load_config
+    from tlsearch.errors import UserError
+    from tlsearch.keras_tuner import TransferHyperModel
+
+    with pytest.raises(UserError, match="`data.target` without `data.target_validation`"):
+        TransferHyperModel(load_config(_da_study(tmp_path)))
