@@ -226,7 +226,7 @@ def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> N
         t = Table(title=f"best trial: #{best['number']}", show_header=False)
         t.add_column("", style="bold")
         t.add_column("")
-        t.add_row(cfg.objective, f"{best['value']:.4f}")
+        t.add_row(cfg.value_name, f"{best['value']:.4f}")
         acc = best_accuracy(summary)
         if cfg.objective != "val_accuracy" and acc is not None and math.isfinite(acc):
             t.add_row("val_accuracy", f"{acc:.4f}")

@@ -199,6 +199,13 @@ class TextBackboneSource(BackboneSource):
                 out[b, :g.shape[1]] = g
         return outs
 
+    def target_inputs(self, params: TrialParams | None):
+        """The unlabelled target texts, tokenized (their features are cached, so once a study)."""
+        if params is None:
+            raise ValueError("text inputs depend on the trial's max_length")
+        assert self.dataset.x_target is not None, "the study has no `data.target`"
+        return self.tokenize(params.backbone, self.dataset.x_target, params.max_length)
+
     def inputs(self, params: TrialParams | None):
         """The tokenized train and validation texts, tokenized once per (tokenizer, max_length)."""
         if params is None:

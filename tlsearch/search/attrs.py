@@ -35,6 +35,8 @@ ATTR = {
     "mlflow_run": "tlsearch.mlflow_run",
     "stage2_step": "tlsearch.stage2_step",
     "stopped": "tlsearch.stopped",
+    "target": "tlsearch.target",  # study: the fingerprint of `data.target`
+    "domain": "tlsearch.domain",  # trial: its domain-adaptation criterion and report
 }
 
 #: the user attribute naming the process that runs a trial: ``host:pid:start``

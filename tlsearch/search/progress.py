@@ -72,6 +72,8 @@ class Progress:
         self.epochs = epochs
         self.timeout = timeout
         self._emit_json = emit or (lambda line: (sys.stdout.write(line + "\n"), sys.stdout.flush()))
+        #: what a trial's value is called when it is not the objective (a label-free criterion)
+        self.value_label = objective
         self._live: Any = None
         self.total: int | None = None
         self.done = 0

@@ -66,7 +66,7 @@ def features_line(f: dict) -> str:
 def trial_line(p: Any, number: int, state: str, value: float | None, secs: float,
                note: str) -> str:
     params = p.current.get("params", {})
-    line = (f"trial {number:>3} {state:<8} {p.objective}={fmt(value)}  "
+    line = (f"trial {number:>3} {state:<8} {p.value_label}={fmt(value)}  "
             f"{params.get('backbone', '')} unfreeze={params.get('unfreeze_blocks', '-')} "
             f"width={params.get('head_width', '-')} ({secs:.1f}s)" + (f"  {note}" if note else ""))
     if p.best:
@@ -90,7 +90,7 @@ def render_panel(p: Any, elapsed: float):
 
     total = f"/{p.total}" if p.total else ""
     best = f"{fmt(p.best[1])} (trial {p.best[0]})" if p.best else "-"
-    head = Text(f"tlsearch  trials {p.done}{total} finished  best {p.objective}: {best}  "
+    head = Text(f"tlsearch  trials {p.done}{total} finished  best {p.value_label}: {best}  "
                 f"elapsed {seconds(elapsed)}{_study_left(p, ', ')}", style="bold")
     parts: list = [head]
     c = p.current

@@ -112,6 +112,8 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     space.check_caps(cfg, modality, caps)
     sig = space.signature(cfg, modality, caps)
     now = meaning(cfg, study_weights(cfg, source), data=data.fingerprint, classes=data.class_names)
+    if data.x_target is not None:
+        now["data.target"] = data.target_fingerprint
     if not create:
         if not sqlite_missing(url):
             try:
@@ -140,7 +142,9 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
                 for key, value in (("space", sig), ("classes", data.class_names),
                                    ("modality", modality), ("config", config_snapshot(cfg)),
                                    ("data", data.fingerprint), ("meaning", now), ("caps", caps),
-                                   ("prescreen", ranking)):
+                                   ("prescreen", ranking),
+                                   *((("target", data.target_fingerprint),)
+                                     if data.x_target is not None else ())):
                     study.set_user_attr(ATTR[key], value)
                 if cfg.sampler.warm_start and not study.trials:
                     study.enqueue_trial(space.warm_start(cfg, modality, caps),
@@ -152,9 +156,19 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
         batch_size=cfg.training.batch_size, objective=cfg.objective,
         objective_params=cfg.objective_params, class_weight=cw_map,
         keep_bn_frozen=cfg.training.keep_bn_frozen, seed=cfg.seed,
+        domain_selection=domain_selection(data),
     )
     store = AtomicFileSystemArtifactStore(cfg.artifact_dir)
     return PreparedStudy(cfg, study, data, source, schedule, store, modality, url, kind, caps)
+
+
+def domain_selection(data: Dataset) -> str:
+    """How a study with ``data.target`` judges trials (:mod:`tlsearch.train.dann_stage`)."""
+    from tlsearch.train.dann_stage import LABEL_FREE, TARGET_LABELS
+
+    if data.x_target is None:
+        return ""
+    return TARGET_LABELS if data.target_validation else LABEL_FREE
 
 
 class _FailureGuard:
@@ -257,6 +271,8 @@ def make_objective(prep: PreparedStudy, progress: Progress,
         trial.set_user_attr(ATTR["best_stage"], result.best_stage)
         trial.set_user_attr(ATTR["seconds"], round(result.seconds, 3))
         trial.set_user_attr(ATTR["cached"], result.cached)
+        if result.domain is not None:
+            trial.set_user_attr(ATTR["domain"], result.domain)
         try:
             upload_weights(trial, prep.store, result.weights, step=result.best_step)
         except ArtifactWriteError as e:  # every later trial would lose its weights too: stop
@@ -280,6 +296,7 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
     need a retry, and stops when they finish.
     """
     cfg = prep.cfg
+    progress.value_label = cfg.value_name
     target = n_trials or cfg.n_trials
     best = None
     try:

@@ -207,16 +207,43 @@ class BackboneSource:
             del bb
         return self._max_unfreeze[name]
 
-    def _key(self, name: str, boundary: str, params: TrialParams | None) -> str:
+    def _key(self, name: str, boundary: str, params: TrialParams | None,
+             data: str | None = None) -> str:
         import keras
 
         _, fingerprint = self.weights(name)
         if fingerprint == "random":
             fingerprint = f"random:seed={self.seed}"
         return cache_key(backbone=name, weights=fingerprint, size=self.image_size,
-                         data=self.dataset.fingerprint, boundary=boundary,
+                         data=data or self.dataset.fingerprint, boundary=boundary,
                          options=self.key_options(params, boundary), keras=keras.__version__,
                          version=FEATURE_VERSION)
+
+    def target_inputs(self, params: TrialParams | None):
+        """The unlabelled target data as the backbone's model takes it (text: token arrays)."""
+        assert self.dataset.x_target is not None, "the study has no `data.target`"
+        return self.dataset.x_target
+
+    def target_outputs(self, name: str, params: TrialParams | None = None) -> np.ndarray:
+        """The frozen backbone's pooled features of the unlabelled target data (``data.target``),
+        computed once and cached exactly like the source's, keyed by the target's fingerprint."""
+        assert self.cache is not None, "frozen outputs are served only with a cache"
+        data = self.dataset
+
+        def compute():
+            import keras
+
+            bb = self.build(name, params)
+            model = keras.Model(bb.model.input, bb.model.output)
+            x = self.target_inputs(params)
+            n, chunk = len(data.x_target), self.batch_size * 16
+            parts = [self.predict_rows(model, _rows(x, a, min(a + chunk, n)))[0]
+                     for a in range(0, n, chunk)]
+            f = np.concatenate(parts).astype(np.float32)
+            return f, np.zeros((0, *f.shape[1:]), np.float32)
+
+        key = self._key(name, "pooled", params, data="target:" + data.target_fingerprint)
+        return self.cache.get_or_compute(key, compute, describe=f"{name} target pooled")[0]
 
     def frozen_outputs(self, name: str, n_unfrozen: int, params: TrialParams | None = None,
                        backbone: Backbone | None = None) -> tuple[np.ndarray, np.ndarray]:
