@@ -34,6 +34,10 @@ _SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "sslpassword", "passfile_pass
 
 def redact_url(url: str) -> str:
     """The URL with any password replaced by ***, for messages and logs."""
+    if _loose_at(url):  # an unencoded '@' in the password: mask all up to the last '@'
+        scheme, rest = url.split("://", 1)
+        user = re.split(r"[:@]", rest, maxsplit=1)[0]
+        return f"{scheme}://{user}:***@{rest.split('?', 1)[0].rsplit('@', 1)[1]}"
     try:
         u = make_url(url)
         secret = {k: "***" for k in u.query if k.lower() in _SECRET_QUERY_KEYS}
@@ -42,6 +46,12 @@ def redact_url(url: str) -> str:
     except Exception:
         # not a URL SQLAlchemy reads, but it may still carry a password: mask user:password@
         return re.sub(r"^([^:]*://[^:/@]*:).*@", r"\1***@", url)
+
+
+def _loose_at(url: str) -> bool:
+    """True when the part before the query holds two '@' or more: one of them is in a user name
+    or password, not URL-encoded, and where the password ends cannot be told."""
+    return "://" in url and url.split("://", 1)[1].split("?", 1)[0].count("@") > 1
 
 
 def storage_error(url: str, e: BaseException) -> StorageError:
@@ -68,13 +78,25 @@ def engine_kwargs(url: str) -> dict:
 
 
 def check_url(url: str) -> None:
-    """Refuse a malformed URL at once, before the data is read or anything is written."""
+    """Refuse a malformed URL at once, before the data is read or anything is written. No message
+    shows any part of a password."""
+    shown = redact_url(url)
+    unset = re.findall(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)", shown)
+    if unset:
+        raise StorageError(f"storage: {shown!r}: the environment variable "
+                           f"{', '.join(sorted(set(unset)))} is not set")
     try:
-        make_url(url)
+        u = make_url(url)
     except ArgumentError:
-        raise StorageError(f"storage: {redact_url(url)!r} is not a database URL (expected for "
+        raise StorageError(f"storage: {shown!r} is not a database URL (expected for "
                            f"example sqlite:///study.db or postgresql+psycopg://user@host/db)"
                            ) from None
+    except ValueError:
+        raise StorageError(f"storage: {shown!r}: cannot read its host and port (expected host, "
+                           f"host:5432 or [::1]:5432, the port a number)") from None
+    if _loose_at(url) or (u.host and "@" in u.host):
+        raise StorageError(f"storage: {shown!r}: the user name or password holds an unencoded "
+                           f"'@'; URL-encode it (%40 for @, as for : / ? # % and spaces)")
 
 
 def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True) -> RDBStorage:

@@ -29,6 +29,7 @@ from tlsearch.search.inputs import (check_inputs, check_objective, check_writabl
                                     class_weight_map, config_snapshot, prescreen, study_weights)
 from tlsearch.search.progress import Progress
 from tlsearch.search.resume import check_resume, meaning
+from tlsearch.search.sqlite_probe import check_sqlite_writable
 from tlsearch.search.samplers import make_pruner, make_sampler
 from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing, study_lock
 from tlsearch.search.tracking import Listeners, open_listeners
@@ -95,6 +96,8 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     """
     url = storage_url or cfg.storage_url
     check_url(url)
+    if create:
+        check_sqlite_writable(url)
     modality, data = check_inputs(cfg)
     for line in data.objective_warnings(cfg.objective):
         warn(line)
