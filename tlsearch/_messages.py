@@ -115,7 +115,7 @@ def format_errors(err: ValidationError) -> list[str]:
     for e in err.errors(include_url=False):
         if e["type"] == "extra_forbidden":
             continue
-        by_field.setdefault(_format_loc(tuple(e["loc"])) or "(top level)", []).append(e)
+        by_field.setdefault(_format_loc(tuple(e["loc"])) or "(top level)", []).append(dict(e))
     problems = []
     for where, errs in by_field.items():
         deeper = any(w.startswith((where + ".", where + "[")) for w in by_field)
