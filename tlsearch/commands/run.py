@@ -172,6 +172,9 @@ def _interrupt_on_sigterm() -> Iterator[None]:
     import threading
 
     def interrupt(signum, frame):
+        # once: a second SIGTERM (the parent's death is told twice) must not cut short the
+        # recording of the first one's trial
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
     if threading.current_thread() is not threading.main_thread():
