@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from conftest import make_image_folder
-from test_workers import finish, states, study_file, tlsearch, trials
+from test_workers import finish, pg_url, states, study_file, tlsearch, trials  # noqa: F401
 from tlsearch.cli import main
 from tlsearch.search.attrs import ATTR, WORKER_ATTR
 
@@ -174,3 +174,57 @@ def test_predict_out_into_an_unwritable_place_is_refused_before_loading(tmp_path
     assert code == 2
     assert f"--out '{blocker / 'p.tsv'}': cannot write in '{blocker}'" in err, err
     assert "no-model" not in err  # refused before the model was looked for
+
+
+def _pg_admin(sql: str):
+    """Run ``sql`` on the test server on one short-lived connection; its rows."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from test_workers import PG, _pg_connect
+
+    engine = create_engine(PG, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    conn = _pg_connect(engine)
+    try:
+        return list(conn.execute(text(sql)))
+    finally:
+        conn.close()
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_workers_survive_dropped_connections_with_two_each(tmp_path, small_images,
+                                                                     pg_url, monkeypatch):
+    """Every connection of the study is terminated mid-run: the workers reconnect and finish at
+    exactly n_trials; no process ever holds more than two connections."""
+    app = f"tls-{os.getpid()}-{time.time_ns() % 10**9}"
+    monkeypatch.setenv("PGAPPNAME", app)  # libpq names this run's connections
+    study = study_file(tmp_path, n_trials=8, heartbeat={"interval": 1, "grace_period": 4})
+    parent = tlsearch("run", str(study), "--workers", "2", "--storage", pg_url, fake=1.0)
+    schema = pg_url.rsplit("%3D", 1)[1]
+    most, terminated = 0, False
+    try:
+        deadline = time.time() + 240
+        while parent.poll() is None and time.time() < deadline:
+            (n,) = _pg_admin(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                             f"'{app}' AND pid <> pg_backend_pid()")[0]
+            most = max(most, n)
+            done = _pg_admin(f"SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}' "
+                             f"AND tablename = 'trials'")[0][0] and _pg_admin(
+                f"SELECT count(*) FROM \"{schema}\".trials WHERE state = 'COMPLETE'")[0][0]
+            if not terminated and done >= 2:
+                _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                          f"application_name = '{app}' AND pid <> pg_backend_pid()")
+                terminated = True
+            time.sleep(0.3)
+        code, out = finish(parent, timeout=60)
+    finally:
+        parent.kill()
+    assert terminated, out
+    assert code == 0, out
+    assert "Traceback" not in out, out
+    ts = trials(pg_url)
+    assert sum(t.state == TrialState.COMPLETE for t in ts) == 8
+    assert not any(t.state == TrialState.RUNNING for t in ts)
+    assert most <= 2 * 2 + 1, f"{most} connections for 2 workers and their parent"
+    print(f"most connections seen for 2 workers + parent: {most}")

@@ -36,8 +36,12 @@ RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
 
 def is_connection_error(e: BaseException) -> bool:
     """True for a database connection that was lost or refused, which a new one may cure."""
-    if isinstance(e, DBAPIError):
-        return bool(e.connection_invalidated) or isinstance(e, (OperationalError, InterfaceError))
+    seen: BaseException | None = e
+    while seen is not None:  # Optuna wraps SQLAlchemy's errors (StorageInternalError)
+        if isinstance(seen, DBAPIError):
+            return bool(seen.connection_invalidated) or isinstance(
+                seen, (OperationalError, InterfaceError))
+        seen = seen.__cause__ or seen.__context__
     return False
 
 

@@ -185,6 +185,9 @@ class _FailureGuard:
 
 
 def _as_trial_failure(e: BaseException) -> TrialFailure | None:
+    if is_connection_error(e):  # the next claim reconnects; this trial's writes are lost
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()
+        return TrialFailure(f"lost the database connection: {first[0][:200] if first else e}")
     try:
         import tensorflow as tf
     except ImportError:  # pragma: no cover
