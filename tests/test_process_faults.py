@@ -228,3 +228,51 @@ def test_postgres_workers_survive_dropped_connections_with_two_each(tmp_path, sm
     assert not any(t.state == TrialState.RUNNING for t in ts)
     assert most <= 2 * 2 + 1, f"{most} connections for 2 workers and their parent"
     print(f"most connections seen for 2 workers + parent: {most}")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_chaos_on_one_postgres_study(tmp_path, small_images, pg_url, monkeypatch):
+    """4 independent worker processes x 5 trials on one study; one is killed with SIGKILL mid-trial
+    and every connection of the study is terminated once; the killed one is started again.
+    Exactly 20 finished trials, the killed trial FAIL with its reason and retried, none RUNNING,
+    no traceback anywhere. Figures: BENCHMARKS.md."""
+    app = f"tls-chaos-{os.getpid()}"
+    monkeypatch.setenv("PGAPPNAME", app)
+    n = 20
+    study = study_file(tmp_path, n_trials=n, heartbeat={"interval": 1, "grace_period": 4})
+    t0 = time.time()
+    procs = [tlsearch("run", str(study), "--storage", pg_url, fake=1.0) for _ in range(4)]
+    outs: list[str] = []
+    try:
+        victim = _wait_for(lambda: _running(pg_url), 180, "a running trial")[0]
+        vpid = int(victim.user_attrs[WORKER_ATTR].split(":")[1])
+        killed = next(p for p in procs if p.pid == vpid)
+        killed.kill()
+        outs.append(killed.communicate()[0])
+        procs.remove(killed)
+        time.sleep(2)
+        _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                  f"application_name = '{app}' AND pid <> pg_backend_pid()")
+        procs.append(tlsearch("run", str(study), "--storage", pg_url, fake=1.0))
+        codes = []
+        for p in procs:
+            code, out = finish(p, timeout=400)
+            codes.append(code)
+            outs.append(out)
+    finally:
+        for p in procs:
+            p.kill()
+    seconds = time.time() - t0
+    assert codes == [0] * 4, outs
+    assert not any("Traceback" in o for o in outs), outs
+    ts = trials(pg_url)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts) == n
+    assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in ts)
+    dead = ts[victim.number]
+    assert dead.state == TrialState.FAIL
+    assert dead.user_attrs[FAILURE].startswith("worker died"), dead.user_attrs
+    retry = [t for t in ts if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    fails = {t.number: t.user_attrs.get(FAILURE) for t in ts if t.state == TrialState.FAIL}
+    print(f"chaos: {n} finished of {len(ts)} trials in {seconds:.0f} s; failed: {fails}")
