@@ -138,6 +138,8 @@ class _PgAdvisoryLock(StudyLock):
         self._engine = engine
         self._own_engine = engine is None
         self._conn: Any = None
+        #: connected once: a lost connection is retried from then on (a restart, a failover)
+        self._connected = engine is not None
 
     def _get_engine(self) -> Any:
         if self._engine is None:
@@ -168,6 +170,15 @@ class _PgAdvisoryLock(StudyLock):
 
     def acquire(self) -> None:
         if self._conn is not None:
+            return
+        if not self._connected:  # a server that never answered: say so now, do not wait
+            try:
+                self._lock()
+            except Exception as e:
+                if is_connection_error(e):
+                    raise storage_error(self.url, e) from None
+                raise
+            self._connected = True
             return
         retrying(self._lock, url=self.url)
 

@@ -20,7 +20,7 @@ from tlsearch.errors import StorageError
 from tlsearch.search.deaths import Retry
 
 __all__ = ["redact_url", "storage_error", "engine_kwargs", "check_url", "open_storage",
-           "sqlite_missing", "StudyLock", "study_lock", "PG_POOL_SIZE"]
+           "sqlite_missing", "PG_POOL_SIZE"]
 
 
 #: query parameters of a database URL that carry a password (libpq and drivers accept them)
@@ -127,5 +127,3 @@ def sqlite_missing(url: str) -> bool:
         return False
     return path not in ("", ":memory:") and not os.path.exists(path)
 
-
-from tlsearch.search.locks import StudyLock, study_lock  # noqa: E402  (their home)

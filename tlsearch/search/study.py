@@ -31,10 +31,10 @@ from tlsearch.search.inputs import (check_inputs, check_objective, check_writabl
 from tlsearch.search.progress import Progress
 from tlsearch.search.resume import check_resume, meaning
 from tlsearch.search.sqlite_probe import check_sqlite_writable
-from tlsearch.search.locks import is_connection_error
+from tlsearch.search.locks import is_connection_error, study_lock
 from tlsearch.search.quiet import quiet_interrupts
 from tlsearch.search.samplers import make_pruner, make_sampler
-from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing, study_lock
+from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing
 from tlsearch.search.tracking import Listeners, open_listeners
 from tlsearch.search.workers import DONE, WAIT, Claims
 from tlsearch.train.cache import FeatureCache

@@ -245,7 +245,7 @@ def wait_recycling(procs: list, start: Callable[[int], subprocess.Popen], *,
                 procs[i] = start(i)
             elif code is not None:
                 codes[i] = code
-                if code not in (0, RECYCLE):
+                if code not in (0, RECYCLE) and getattr(p, "pid", None) is not None:
                     on_exit(p.pid, code)
         time.sleep(poll)
     return [int(c) for c in codes if c is not None]
