@@ -264,7 +264,7 @@ def test_chaos_on_one_postgres_study(tmp_path, small_images, pg_url, monkeypatch
         for p in procs:
             p.kill()
     seconds = time.time() - t0
-    assert codes == [0] * 4, outs
+    assert codes == [0] * 4, [o[-1500:] for c, o in zip(codes, outs[1:]) if c]
     assert not any("Traceback" in o for o in outs), outs
     ts = trials(pg_url)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts) == n
