@@ -77,6 +77,41 @@ def missing_data_path(d):
     return [], "nowhere' does not exist"
 
 
+def negative_seed(d):
+    _edit(d / "study.yaml", seed=-1)
+    return [], "`seed`: Input should be greater than or equal to 0 (got -1)"
+
+
+def seed_above_32_bits(d):
+    _edit(d / "study.yaml", seed=2**32)
+    return [], "`seed`: Input should be less than or equal to 4294967295"
+
+
+def nan_dropout(d):
+    _edit(d / "study.yaml", search__dropout=float("nan"))
+    return [], "`search.dropout`: Input should be a finite number (got nan)"
+
+
+def infinite_dropout_bound(d):
+    _edit(d / "study.yaml", search__dropout={"low": 0.1, "high": float("inf")})
+    return [], "`search.dropout.high`: Input should be a finite number (got inf)"
+
+
+def name_with_a_slash(d):
+    _edit(d / "study.yaml", name="pets/v2")
+    return [], "`name`: expected letters, digits"
+
+
+def union_noise(d):
+    _edit(d / "study.yaml", search__head_width=[8, {"a": 1}])
+    return [], "`search.head_width[1]`: expected true or false, an integer, a number or text"
+
+
+def missing_budget_does_not_hide_a_bad_backbone(d):
+    _edit(d / "study.yaml", n_trials=_DELETE, backbones=["tiny_cnm"])
+    return [], "unknown backbone 'tiny_cnm'"
+
+
 def lr_stage2_above_lr_stage1(d):
     _edit(d / "study.yaml", search__lr_stage2={"low": 1e-3, "high": 5e-2, "log": True})
     return [], "`search.lr_stage2`: every stage-2 learning rate must be at most"
@@ -341,6 +376,33 @@ def unreachable_postgres(d):
             "cannot open postgresql+psycopg://user:***@127.0.0.1:1/db")
 
 
+def unset_port_variable(d):
+    _edit(d / "study.yaml",
+          storage="postgresql+psycopg://u:secret@127.0.0.1:${TLSEARCH_NEVER_SET_PORT}/db")
+    return [], "the environment variable TLSEARCH_NEVER_SET_PORT is not set"
+
+
+def unclosed_ipv6_host(d):
+    return (["--storage", "postgresql+psycopg://u:secret@[::1/db"],
+            "cannot read its host and port")
+
+
+def unencoded_at_in_password(d):
+    return (["--storage", "postgresql+psycopg://postgres:secret@secret2@127.0.0.1/db"],
+            "postgres:***@127.0.0.1/db': the user name or password holds an unencoded '@'; "
+            "URL-encode it")
+
+
+def sqlite_in_a_missing_folder(d):
+    return (["--storage", f"sqlite:///{d / 'nowhere' / 'tiny.db'}"],
+            f"the folder '{d / 'nowhere'}' of the SQLite database does not exist")
+
+
+def sqlite_path_is_a_folder(d):
+    (d / "db").mkdir()
+    return ["--storage", f"sqlite:///{d / 'db'}"], "is a folder, not a SQLite database file"
+
+
 def _existing_study(d) -> None:
     """The tiny study as created by an earlier run, with one finished trial."""
     from tlsearch.config import load_config
@@ -378,6 +440,10 @@ CASES = [
     csv_without_text_column, empty_csv, csv_with_an_empty_text, csv_not_utf8, csv_single_class,
     jsonl_bad_line, text_data_with_image_backbone, *MISSING_LABELS,
     malformed_url, unreachable_postgres, changed_search_space, changed_classes,
+    negative_seed, seed_above_32_bits, nan_dropout, infinite_dropout_bound, name_with_a_slash,
+    union_noise, missing_budget_does_not_hide_a_bad_backbone, unset_port_variable,
+    unclosed_ipv6_host, unencoded_at_in_password, sqlite_in_a_missing_folder,
+    sqlite_path_is_a_folder,
 ]
 
 

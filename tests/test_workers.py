@@ -30,24 +30,42 @@ FAKE = Path(__file__).resolve().parent / "fake_trials"
 PG = os.environ.get("TLSEARCH_TEST_PG", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
+def _pg_connect(engine, tries: int = 6):
+    """A connection, or a skip saying why: no server, or a server too busy for one more client
+    (other jobs share it: "too many clients" is retried for a while first)."""
+    from sqlalchemy.exc import OperationalError
+
+    for i in range(tries):
+        try:
+            return engine.connect()
+        except OperationalError as e:
+            reason = str(e.orig).splitlines()[0] if e.orig else str(e)
+            if "too many clients" in reason and i < tries - 1:
+                time.sleep(2 * (i + 1))
+                continue
+            engine.dispose()
+            if "too many clients" in reason:
+                pytest.skip(f"PostgreSQL at {PG} is too busy (too many clients) after {tries} "
+                            f"tries; try again later")
+            pytest.skip(f"PostgreSQL does not answer at {PG} (set $TLSEARCH_TEST_PG): {reason}")
+
+
 @pytest.fixture
 def pg_url():
     """A URL whose tables live in a fresh schema, dropped afterwards."""
     from sqlalchemy import create_engine
-    from sqlalchemy.exc import OperationalError
+    from sqlalchemy.pool import NullPool
 
-    engine = create_engine(PG, connect_args={"connect_timeout": 3}, isolation_level="AUTOCOMMIT")
-    try:
-        conn = engine.connect()
-    except OperationalError as e:
-        engine.dispose()
-        pytest.skip(f"PostgreSQL does not answer at {PG} (set $TLSEARCH_TEST_PG): "
-                    f"{str(e.orig).splitlines()[0] if e.orig else e}")
+    engine = create_engine(PG, connect_args={"connect_timeout": 3}, isolation_level="AUTOCOMMIT",
+                           poolclass=NullPool)
+    conn = _pg_connect(engine)
     schema = f"tls_{uuid.uuid4().hex[:12]}"
     conn.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    conn.close()  # not held through the test: the server is shared
     try:
         yield f"{PG}?options=-csearch_path%3D{schema}"
     finally:
+        conn = _pg_connect(engine)
         conn.exec_driver_sql(f'DROP SCHEMA "{schema}" CASCADE')
         conn.close()
         engine.dispose()

@@ -61,21 +61,65 @@ def _format_loc(loc: tuple) -> str:
     return out
 
 
+#: what a type error of each kind expected, in words; a union of several reads as one line
+_EXPECTED = {
+    "model_type": "a mapping", "dict_type": "a mapping", "model_attributes_type": "a mapping",
+    "is_instance_of": "a mapping", "list_type": "a list", "bool_type": "true or false",
+    "bool_parsing": "true or false", "int_type": "an integer", "int_parsing": "an integer",
+    "int_from_float": "an integer", "float_type": "a number", "float_parsing": "a number",
+    "string_type": "text", "path_type": "a path",
+}
+
+
+def _is_type_error(kind: str) -> bool:
+    return kind in _EXPECTED or kind == "literal_error" or kind.endswith("_type")
+
+
+def _expected(e: dict) -> str:
+    if e["type"] == "literal_error":
+        return e["msg"].removeprefix("Input should be ")
+    return _EXPECTED.get(e["type"], e["msg"].removeprefix("Input should be "))
+
+
+def _given(given: Any) -> str:
+    shown = repr(given)
+    return f" (got {shown if len(shown) <= 80 else shown[:77] + '...'})"
+
+
+def _one_line(where: str, errs: list[dict], deeper: bool) -> str | None:
+    """One message for the problems Pydantic found at ``where``, each branch of a union tried in
+    turn: the branch that got furthest speaks (a range error, a wrong element), else one "expected
+    a, b or c" for the forms it could have taken."""
+    value_errs = [e for e in errs if not _is_type_error(e["type"])]
+    if value_errs:
+        msgs: list[str] = []
+        for e in value_errs:
+            msg = e["msg"].removeprefix("Value error, ")
+            if e["type"] != "missing" and not isinstance(e.get("input"), dict):
+                msg += _given(e.get("input"))
+            if msg not in msgs:
+                msgs.append(msg)
+        return f"`{where}`: " + "; ".join(msgs)
+    if deeper:  # the value had the right shape for a form whose inner problem is reported
+        return None
+    forms: list[str] = []
+    for e in errs:
+        if _expected(e) not in forms:
+            forms.append(_expected(e))
+    said = forms[0] if len(forms) == 1 else ", ".join(forms[:-1]) + " or " + forms[-1]
+    return f"`{where}`: expected {said}" + _given(errs[0].get("input"))
+
+
 def format_errors(err: ValidationError) -> list[str]:
-    by_field: dict[str, list[str]] = {}
+    by_field: dict[str, list[dict]] = {}
     for e in err.errors(include_url=False):
         if e["type"] == "extra_forbidden":
             continue
-        where = _format_loc(tuple(e["loc"])) or "(top level)"
-        msg = e["msg"].removeprefix("Value error, ")
-        given = e.get("input")
-        if e["type"] not in {"missing"} and not isinstance(given, dict):
-            msg += f" (got {given!r})"
-        by_field.setdefault(where, [])
-        if msg not in by_field[where]:
-            by_field[where].append(msg)
+        by_field.setdefault(_format_loc(tuple(e["loc"])) or "(top level)", []).append(dict(e))
     problems = []
-    for where, msgs in by_field.items():
-        # a union tries each form; show them all, as "expected one of"
-        problems.append(f"`{where}`: " + ("; or ".join(msgs) if len(msgs) > 1 else msgs[0]))
+    for where, errs in by_field.items():
+        deeper = any(w.startswith((where + ".", where + "[")) for w in by_field)
+        line = _one_line(where, errs, deeper)
+        if line is not None:
+            problems.append(line)
     return problems

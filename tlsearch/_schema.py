@@ -10,7 +10,7 @@ __all__ = ["Section", "Range", "ParamSpec", "Scalar"]
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
     #: a section of the study file, whose unknown keys are reported with a "did you mean"
     is_section: ClassVar[bool] = True
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
@@ -25,8 +26,16 @@ from pydantic import (Field, ValidationError, create_model, field_validator,
 from tlsearch._messages import format_errors, unknown_keys
 from tlsearch._schema import ParamSpec, Range, Section
 from tlsearch.config_checks import semantic_problems
+from tlsearch._urls import sqlite_beside, sqlite_url
 from tlsearch.errors import ConfigError
-from tlsearch.params import DOMAIN_PARAMS, OBJECTIVES, PARAMS, objective_params
+from tlsearch.params import DOMAIN_PARAMS, OBJECTIVES, PARAMS
+
+#: the largest seed NumPy and scikit-learn accept (2**32 - 1)
+SEED_MAX = 2**32 - 1
+
+#: what a study's name may be: it names the database file, the artifact folder and the study in the
+#: storage, so no path separators, no leading dot, no spaces or shell characters
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 __all__ = ["Range", "ParamSpec", "SamplerConfig", "PrunerConfig", "HeartbeatConfig", "DataConfig",
            "BackboneEntry", "TrainingConfig", "SearchConfig", "CacheConfig", "MLflowConfig",
@@ -37,7 +46,7 @@ class SamplerConfig(Section):
     """Which Optuna sampler proposes trials."""
 
     type: Literal["tpe", "random"] = "tpe"
-    seed: int | None = None
+    seed: int | None = Field(None, ge=0, le=SEED_MAX)
     n_startup_trials: int = Field(5, ge=0, description="TPE: random trials before modelling")
     warm_start: bool = Field(True, description="first try the middle of the space")
 
@@ -190,7 +199,7 @@ class StudyConfig(Section):
                                   "starts (a running trial finishes)")
     hard_timeout: float | None = Field(None, gt=0, description="seconds after which the running "
                                        "trial is stopped too, recorded as pruned")
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=SEED_MAX)
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
     heartbeat: HeartbeatConfig = HeartbeatConfig()
@@ -203,6 +212,14 @@ class StudyConfig(Section):
     tracking: TrackingConfig = TrackingConfig()
     #: Folder of the study file; relative paths in the file are resolved against it.
     base_dir: Path = Field(Path("."), exclude=True)
+
+    @field_validator("name")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        if not NAME_PATTERN.fullmatch(v):
+            raise ValueError("expected letters, digits, '.', '_' or '-' (at most 100, starting with "
+                             "a letter or digit): the name is also a file name and a study name")
+        return v
 
     @field_validator("backbones", mode="after")
     @classmethod
@@ -223,26 +240,6 @@ class StudyConfig(Section):
             tip = f"; did you mean {hint[0]!r}?" if hint else ""
             raise ValueError(f"expected one of {', '.join(map(repr, OBJECTIVES))}{tip}")
         return v
-
-    @model_validator(mode="after")
-    def _check_objective_params(self) -> StudyConfig:
-        if self.objective in OBJECTIVES:
-            try:
-                objective_params(OBJECTIVES[self.objective], self.objective_params)
-            except ValueError as e:
-                raise ValueError(f"`objective_params`: {e}") from None
-        return self
-
-    @model_validator(mode="after")
-    def _check(self) -> StudyConfig:
-        if self.n_trials is None and self.timeout is None and self.hard_timeout is None:
-            raise ValueError("set `n_trials`, `timeout` or both: a study needs a budget")
-        if self.timeout is not None and self.hard_timeout is not None \
-                and self.hard_timeout < self.timeout:
-            raise ValueError(f"`hard_timeout >= timeout` must hold (the hard limit stops the "
-                             f"running trial after new ones stopped starting), but got "
-                             f"hard_timeout={self.hard_timeout:g}, timeout={self.timeout:g}")
-        return self
 
     @property
     def value_name(self) -> str:
@@ -266,9 +263,11 @@ class StudyConfig(Section):
 
     @property
     def storage_url(self) -> str:
+        """The database URL: a relative SQLite path lies beside the study file, as the data and
+        the artifacts do; the default is ``<name>.db`` there, its path escaped in the URL."""
         if self.storage:
-            return os.path.expandvars(self.storage)
-        return f"sqlite:///{(self.base_dir / (self.name + '.db')).resolve()}"
+            return sqlite_beside(os.path.expandvars(self.storage), self.base_dir)
+        return sqlite_url(self.base_dir / (self.name + ".db"))
 
     @property
     def artifact_dir(self) -> Path:
@@ -292,13 +291,25 @@ def parse_config(raw: Any, *, source: str = "<study>", base_dir: Path | None = N
         raise ConfigError(source, [f"expected a mapping of settings at the top level, got {raw!r}"])
     raw, problems = _flatten_domain(raw)
     problems += unknown_keys(StudyConfig, raw, "")
-    cfg = None
+    base = {"base_dir": base_dir or Path(".")}
+    cfg: StudyConfig | None = None
     try:
-        cfg = StudyConfig.model_validate({**raw, "base_dir": base_dir or Path(".")})
+        cfg = StudyConfig.model_validate({**raw, **base})
+        problems += semantic_problems(cfg)
     except ValidationError as e:
         problems += format_errors(e)
-    if cfg is not None and not problems:
-        problems += semantic_problems(cfg)
+        # the rest of the file is still checked: a wrong field must not hide a wrong backbone
+        bad = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
+        partial = {k: v for k, v in raw.items() if k not in bad and k in StudyConfig.model_fields}
+        stand_in = {"name": "x", "data": {"path": "."}, "backbones": ["tiny_cnn"]}
+        try:
+            rest = StudyConfig.model_validate({**{k: stand_in[k] for k in bad & set(stand_in)},
+                                               **partial, **base})
+        except ValidationError:
+            rest = None
+        if rest is not None:
+            problems += [p for p in semantic_problems(rest)
+                         if not any(p.startswith(f"`{k}") for k in bad)]
     if problems:
         raise ConfigError(source, problems)
     assert cfg is not None

@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from tlsearch._schema import Range
-from tlsearch.params import PARAMS, Param
+from tlsearch.params import OBJECTIVES, PARAMS, Param, objective_params
 
 __all__ = ["semantic_problems", "search_problems", "numeric_bounds"]
 
@@ -22,6 +22,17 @@ def semantic_problems(cfg: Any) -> list[str]:
     from tlsearch.backbones import registry
 
     problems: list[str] = []
+    if cfg.n_trials is None and cfg.timeout is None and cfg.hard_timeout is None:
+        problems.append("`n_trials`: set `n_trials`, `timeout` or both: a study needs a budget")
+    if cfg.timeout is not None and cfg.hard_timeout is not None and cfg.hard_timeout < cfg.timeout:
+        problems.append(f"`hard_timeout`: `hard_timeout >= timeout` must hold (the hard limit "
+                        f"stops the running trial after new ones stopped starting), but got "
+                        f"hard_timeout={cfg.hard_timeout:g}, timeout={cfg.timeout:g}")
+    if cfg.objective in OBJECTIVES:
+        try:
+            objective_params(OBJECTIVES[cfg.objective], cfg.objective_params)
+        except ValueError as e:
+            problems.append(f"`objective_params`: {e}")
     for i, entry in enumerate(cfg.backbone_entries):
         if entry.path is not None:
             if not str(entry.path).endswith(".keras"):

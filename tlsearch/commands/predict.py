@@ -92,38 +92,53 @@ def run(args) -> int:
     fmt = _format(args)
     if args.batch_size < 1:
         raise UserError(f"`--batch-size`: expected at least 1, got {args.batch_size}")
-    from tlsearch._quiet import import_tensorflow_quietly
+    tmp = _open_out(args.out) if args.out else None  # a folder that cannot be written: now
+    try:
+        from tlsearch._quiet import import_tensorflow_quietly
 
-    import_tensorflow_quietly()
-    from tlsearch.export.predict import load
+        import_tensorflow_quietly()
+        from tlsearch.export.predict import load
 
-    predictor = load(args.model)
-    rows = predictor.iter_predict([Path(p) for p in args.inputs], batch_size=args.batch_size,
-                                  skip_errors=args.skip_errors)
-    if args.out is None:
-        try:
-            total, skipped = _stream(rows, _Writer(fmt, sys.stdout, predictor.classes),
-                                     args.batch_size)
-        except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            return 0
-    else:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", dir=out.parent)
-        try:
+        predictor = load(args.model)
+        rows = predictor.iter_predict([Path(p) for p in args.inputs], batch_size=args.batch_size,
+                                      skip_errors=args.skip_errors)
+        if tmp is None:
+            try:
+                total, skipped = _stream(rows, _Writer(fmt, sys.stdout, predictor.classes),
+                                         args.batch_size)
+            except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                return 0
+        else:
+            fd, name = tmp
+            tmp = (-1, name)  # the file object below closes the descriptor
             with os.fdopen(fd, "w", newline="", encoding="utf-8") as f:
                 total, skipped = _stream(rows, _Writer(fmt, f, predictor.classes), args.batch_size)
-            os.chmod(tmp, 0o666 & ~_umask())
-            os.replace(tmp, out)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        print(f"wrote {total - skipped} predictions to {out}", file=sys.stderr)
+            os.chmod(name, 0o666 & ~_umask())
+            os.replace(name, args.out)
+            tmp = None
+            print(f"wrote {total - skipped} predictions to {args.out}", file=sys.stderr)
+    finally:
+        if tmp is not None:
+            if tmp[0] >= 0:
+                os.close(tmp[0])
+            Path(tmp[1]).unlink(missing_ok=True)
     if skipped:
         print(f"{skipped} of {total} inputs skipped", file=sys.stderr)
     return 0
+
+
+def _open_out(out: str) -> tuple[int, str]:
+    """The temporary file the predictions go to before they replace ``out`` whole: made before
+    any model is loaded, so an unwritable place is refused at once."""
+    folder = Path(out).parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(prefix=f".{Path(out).name}.", dir=folder)
+    except OSError as e:
+        raise UserError(f"--out {out!r}: cannot write in {str(folder)!r} "
+                        f"({e.strerror or e})") from None
 
 
 def _stream(rows, writer: _Writer, batch_size: int) -> tuple[int, int]:

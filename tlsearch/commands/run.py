@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
+from typing import Iterator
 
 from rich.console import Console
 from rich.table import Table
@@ -43,6 +45,11 @@ def storage_override(args) -> str | None:
 
 
 def run(args) -> int:
+    with _interrupt_on_sigterm():
+        return _run(args)
+
+
+def _run(args) -> int:
     from tlsearch.search import study as st
     from tlsearch.search.storage import redact_url
     from tlsearch.search.tracking import check_tracking
@@ -54,6 +61,10 @@ def run(args) -> int:
     if args.n_trials is not None and args.n_trials < 1:
         raise UserError(f"`--n-trials`: expected at least 1, got {args.n_trials}")
     cfg = load_config(args.study)
+    if args.worker_index is not None:
+        from tlsearch.search.workers import die_with_parent
+
+        die_with_parent()
     import_tensorflow_quietly()
     out = Console(soft_wrap=True)  # progress and summary: one stream, lines never cut
     # what is said before the trials: with the rest, or on stderr when stdout is for JSON
@@ -76,7 +87,7 @@ def run(args) -> int:
                       on_features=progress.on_features)
     if worker is not None:
         summary = st.run(prep, progress, n_trials=args.n_trials,
-                         max_here=args.recycle_after or None)
+                         max_here=args.recycle_after or None, who=f"worker {worker}")
         from tlsearch.search.workers import RECYCLE
 
         return RECYCLE if summary.get("recycle") else 0
@@ -129,7 +140,7 @@ def _command(args) -> str:
 def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
     """The study exists now (created once, here); the workers only load it."""
     from tlsearch.search import study as st
-    from tlsearch.search.workers import Claims, spawn_workers
+    from tlsearch.search.workers import Claims, spawn_workers, storage_engine
 
     url = prep.storage_url
     if url.startswith("sqlite") and ":memory:" in url:
@@ -141,7 +152,11 @@ def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
     finally:
         claims.close()
     if swept:
-        err.print(f"  trials {swept} were left running by a worker that died; failed and retried")
+        err.print(f"  trials {swept} were left running by a worker that died: failed (swept at "
+                  f"start by this run) and queued again")
+    engine = storage_engine(prep.study)
+    if engine is not None:  # no idle connections held while the workers run
+        engine.dispose()
     err.print(f"  starting {args.workers} worker{'s' if args.workers > 1 else ''}"
               + (f", each replaced by a fresh process after {args.recycle_after} trials"
                  if args.recycle_after else ""))
@@ -150,7 +165,8 @@ def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
         argv += ["--n-trials", str(args.n_trials)]
     if args.recycle_after:
         argv += ["--recycle-after", str(args.recycle_after)]
-    codes = spawn_workers(argv, args.workers, storage_url=url)
+    codes = spawn_workers(argv, args.workers, storage_url=url,
+                          on_exit=lambda pid, code: _worker_died(prep, pid, code, err))
     summary = st.summarize(prep.study)
     target = args.n_trials or cfg.n_trials
     finished = summary["states"].get("COMPLETE", 0) + summary["states"].get("PRUNED", 0)
@@ -171,6 +187,53 @@ def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
         raise TooManyFailures(f"{shown}: trials kept failing (see each worker's reasons above). "
                               f"Fix the cause and run the same command again: the study resumes.")
     raise WorkersFailed(f"{shown}. Run the same command again: the study resumes.")
+
+
+def _worker_died(prep, pid: int, code: int, err: Console) -> None:
+    """A worker ended early: its running trial fails with the reason, and is queued again."""
+    import socket
+
+    from tlsearch.search.deaths import Retry, fail_trials_of
+    from tlsearch.search.workers import Claims, storage_engine
+
+    reason = f"worker died: {_describe_exit(code).removeprefix('signal ')}"
+    claims = Claims(prep.study, prep.storage_url, prep.cfg.heartbeat.max_retry)
+    try:
+        with claims.lock.held():
+            failed = fail_trials_of(prep.study, pid, socket.gethostname(), reason,
+                                    Retry(max_retry=prep.cfg.heartbeat.max_retry))
+    except Exception as e:  # the workers' own sweeps will find the trial
+        err.print(f"  worker {pid} ended ({reason}); its trial is left to the next sweep ({e})")
+        return
+    finally:
+        claims.close()
+        engine = storage_engine(prep.study)
+        if engine is not None:
+            engine.dispose()
+    if failed:
+        err.print(f"  trial {failed} failed ({reason}) and queued again", highlight=False)
+
+
+@contextlib.contextmanager
+def _interrupt_on_sigterm() -> Iterator[None]:
+    """SIGTERM ends a run as Ctrl-C does: the running trial fails as ``interrupted``, one line."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        # once: a second SIGTERM (the parent's death is told twice) must not cut short the
+        # recording of the first one's trial
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _after_study(out: Console | None, cfg, prep) -> dict:

@@ -9,6 +9,7 @@ as it was. Only then is the study created, once, and trials run.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -30,8 +31,11 @@ from tlsearch.search.inputs import (check_inputs, check_objective, check_writabl
                                     class_weight_map, config_snapshot, prescreen, study_weights)
 from tlsearch.search.progress import Progress
 from tlsearch.search.resume import check_resume, meaning
+from tlsearch.search.sqlite_probe import check_sqlite_writable
+from tlsearch.search.locks import is_connection_error, study_lock
+from tlsearch.search.quiet import quiet_interrupts
 from tlsearch.search.samplers import make_pruner, make_sampler
-from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing, study_lock
+from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing
 from tlsearch.search.tracking import Listeners, open_listeners
 from tlsearch.search.workers import DONE, WAIT, Claims
 from tlsearch.train.cache import FeatureCache
@@ -97,6 +101,8 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     """
     url = storage_url or cfg.storage_url
     check_url(url)
+    if create:
+        check_sqlite_writable(url)
     modality, data = check_inputs(cfg)
     for line in data.objective_warnings(cfg.objective):
         warn(line)
@@ -196,6 +202,9 @@ class _FailureGuard:
 
 
 def _as_trial_failure(e: BaseException) -> TrialFailure | None:
+    if is_connection_error(e):  # the next claim reconnects; this trial's writes are lost
+        first = str(getattr(e, "orig", None) or e).strip().splitlines()
+        return TrialFailure(f"lost the database connection: {first[0][:200] if first else e}")
     try:
         import tensorflow as tf
     except ImportError:  # pragma: no cover
@@ -258,6 +267,10 @@ def make_objective(prep: PreparedStudy, progress: Progress,
             raise
         except optuna.TrialPruned:
             raise
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, the parent gone: say why it failed
+            with contextlib.suppress(Exception):
+                trial.set_user_attr(ATTR["failure"], "interrupted")
+            raise
         except Exception as e:
             failure = _as_trial_failure(e)
             if failure is None:
@@ -284,7 +297,7 @@ def make_objective(prep: PreparedStudy, progress: Progress,
 
 
 def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
-        poll: float | None = None, max_here: int | None = None) -> dict:
+        poll: float | None = None, max_here: int | None = None, who: str = "this run") -> dict:
     """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes), or
     until this process has run ``max_here`` trials (then the summary says ``recycle``: a fresh
     process should carry on; see :data:`tlsearch.search.workers.RECYCLE`). The summary says why
@@ -305,7 +318,7 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
     except ValueError:
         pass
     guard = _FailureGuard(cfg.training.max_consecutive_failures)
-    claims = Claims(prep.study, prep.storage_url, cfg.heartbeat.max_retry)
+    claims = Claims(prep.study, prep.storage_url, cfg.heartbeat.max_retry, who)
     poll = poll if poll is not None else min(5.0, float(cfg.heartbeat.interval))
     deadlines = Deadlines(cfg.timeout, cfg.hard_timeout)
     reason = "n_trials"
@@ -318,7 +331,10 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
     objective = make_objective(prep, progress, on_start=claims.started, deadlines=deadlines)
     here, recycle = 0, False
     try:
-        claims.sweep()
+        swept = claims.sweep()
+        if swept:
+            progress.message(f"trials {swept} were left running by a worker that died: failed "
+                             f"(swept at start by {who}) and queued again")
         progress.start(target, prep.finished, best)
         while not guard.tripped:
             late = deadlines.may_start()
@@ -338,8 +354,15 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
             progress.done = claims.finished
             here += 1
             try:
-                prep.study.optimize(objective, n_trials=1, catch=(TrialFailure,),
-                                    callbacks=[on_done, guard])  # clear_state collects
+                with quiet_interrupts():  # Ctrl-C: tlsearch's one line, not Optuna's traceback
+                    prep.study.optimize(objective, n_trials=1, catch=(TrialFailure,),
+                                        callbacks=[on_done, guard])  # clear_state collects
+            except Exception as e:
+                if not is_connection_error(e):
+                    raise
+                # the trial's heartbeat stops: it is swept and retried; the next claim reconnects
+                progress.message(f"lost the database connection during a trial ({type(e).__name__})"
+                                 f"; carrying on")
             finally:
                 claims.abandon()  # a no-op once the trial started
     finally:

@@ -5,7 +5,7 @@ same loop against one database. Three things Optuna leaves to its users are done
 
 * **Exactly ``n_trials``.** ``MaxTrialsCallback`` is checked after a trial ends, so N workers
   overshoot by up to N-1. Here a worker *claims* a trial: under a lock held by the whole study
-  (:func:`tlsearch.search.storage.study_lock`) it counts finished and
+  (:func:`tlsearch.search.locks.study_lock`) it counts finished and
   running trials and asks for a new one only if they fall short of the target. The lock is held
   until the new trial is RUNNING, so the next claimant counts it.
 * **Dead workers.** A trial whose worker was killed stays RUNNING. On an RDB storage its heartbeat
@@ -20,22 +20,23 @@ same loop against one database. Three things Optuna leaves to its users are done
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Callable
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 from tlsearch.search.attrs import WORKER_ATTR
-from tlsearch.search.storage import study_lock
+from tlsearch.search.deaths import Retry, sweep_dead_workers
+from tlsearch.search.locks import retrying, study_lock
 
 __all__ = [
     "worker_id",
@@ -44,6 +45,8 @@ __all__ = [
     "sweep_dead_workers",
     "spawn_workers",
     "wait_recycling",
+    "die_with_parent",
+    "storage_engine",
     "device_env",
     "visible_gpus",
     "RECYCLE",
@@ -89,38 +92,24 @@ def is_dead_here(ident: str | None) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------
-# Dead workers and claims
+# Claims
 
 
-def sweep_dead_workers(study: optuna.Study, retry: Callable | None) -> list[int]:
-    """Fail the RUNNING trials whose worker is known dead (heartbeat stale, or a dead process on
-    this host) and queue their retries. Returns the numbers of the trials failed here by pid."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
-    failed = []
+def storage_engine(study: optuna.Study):
+    """The SQLAlchemy engine of a study's RDB storage (None for other storages)."""
     storage = study._storage
-    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if not is_dead_here(t.user_attrs.get(WORKER_ATTR)):
-            continue
-        try:
-            if not storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
-                continue
-        except optuna.exceptions.UpdateFinishedTrialError:
-            continue  # another worker got there first
-        failed.append(t.number)
-        if retry is not None:
-            retry(study, storage.get_trial(t._trial_id))
-    return failed
+    return getattr(getattr(storage, "_backend", storage), "engine", None)
 
 
 class Claims:
     """Decides, for one worker, whether to start a trial, wait for running ones, or stop."""
 
-    def __init__(self, study: optuna.Study, url: str, max_retry: int) -> None:
-        self.study = study
-        self.lock = study_lock(url, f"study:{study.study_name}")
-        self.retry = RetryHeartbeatStaleTrialCallback(max_retry=max_retry)
+    def __init__(self, study: optuna.Study, url: str, max_retry: int, who: str = "this run"
+                 ) -> None:
+        self.study, self.url, self.who = study, url, who
+        self.engine = storage_engine(study)
+        self.lock = study_lock(url, f"study:{study.study_name}", self.engine)
+        self.retry = Retry(max_retry=max_retry)
         self.me = worker_id()
         self.finished = 0
 
@@ -130,24 +119,37 @@ class Claims:
             out[t.state.name] += 1
         return out
 
+    def _retrying(self, fn):
+        """``fn()`` under the lock, all of it tried again after a lost database connection."""
+        def attempt():
+            self.lock.acquire()
+            try:
+                return fn()
+            except BaseException:
+                self.lock.release()
+                raise
+
+        return retrying(attempt, url=self.url)
+
     def sweep(self) -> list[int]:
-        with self.lock.held():
-            return sweep_dead_workers(self.study, self.retry)
+        """Fail and retry the trials left RUNNING by dead workers (at the start of a run)."""
+        def sweep():
+            return sweep_dead_workers(self.study, self.retry, f"{self.who} at start")
+
+        try:
+            return self._retrying(sweep)
+        finally:
+            self.lock.release()
 
     def next(self, target: int | None) -> str:
         """RUN (the lock stays held until :meth:`started` or :meth:`abandon`), WAIT or DONE."""
-        self.lock.acquire()
-        try:
-            decision = self._decide(target)
-        except BaseException:
-            self.lock.release()
-            raise
+        decision = self._retrying(lambda: self._decide(target))
         if decision != RUN:
             self.lock.release()
         return decision
 
     def _decide(self, target: int | None) -> str:
-        sweep_dead_workers(self.study, self.retry)
+        sweep_dead_workers(self.study, self.retry, self.who)
         c = self.counts()
         self.finished = c["COMPLETE"] + c["PRUNED"]
         if target is None:
@@ -182,17 +184,20 @@ def _thread_env(n_workers: int) -> dict[str, str]:
     return {"TF_NUM_INTRAOP_THREADS": per, "OMP_NUM_THREADS": per}
 
 
-def spawn_workers(argv: list[str], n: int, *, storage_url: str) -> list[int]:
+def spawn_workers(argv: list[str], n: int, *, storage_url: str,
+                  on_exit: Callable[[int, int], None] = lambda pid, code: None) -> list[int]:
     """Run ``python -m tlsearch.cli <argv>`` in ``n`` processes; return their exit codes.
 
     The storage URL goes to the workers in ``$TLSEARCH_STORAGE``, not on their command line, where
     any user of the machine could read a password with ``ps``. The workers run in their own process
-    group: Ctrl-C or SIGTERM reaches the parent, which passes it on once.
+    group: Ctrl-C or SIGTERM reaches the parent, which passes it on once. ``on_exit(pid, code)``
+    hears each worker that ends otherwise than by finishing (a signal's code is negative).
     """
     env = dict(os.environ)
     for k, v in _thread_env(n).items():
         env.setdefault(k, v)
     env["TLSEARCH_STORAGE"] = storage_url
+    env["TLSEARCH_PARENT_PID"] = str(os.getpid())  # a worker ends when this process dies
     # the workers import the same tlsearch as this process, installed or not
     here = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
@@ -214,7 +219,7 @@ def spawn_workers(argv: list[str], n: int, *, storage_url: str) -> list[int]:
     old = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         procs.extend(start(i) for i in range(n))
-        return wait_recycling(procs, start, stopping=lambda: bool(stopping))
+        return wait_recycling(procs, start, stopping=lambda: bool(stopping), on_exit=on_exit)
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -227,7 +232,8 @@ RECYCLE = 75
 
 
 def wait_recycling(procs: list, start: Callable[[int], subprocess.Popen], *,
-                   stopping: Callable[[], bool] = lambda: False, poll: float = 0.2) -> list[int]:
+                   stopping: Callable[[], bool] = lambda: False, poll: float = 0.2,
+                   on_exit: Callable[[int, int], None] = lambda pid, code: None) -> list[int]:
     """Wait for every worker, starting a worker that exits with :data:`RECYCLE` again in its slot
     (``procs`` is updated in place, so signals reach the new process), unless the run is being
     stopped. Returns the final exit codes."""
@@ -239,8 +245,31 @@ def wait_recycling(procs: list, start: Callable[[int], subprocess.Popen], *,
                 procs[i] = start(i)
             elif code is not None:
                 codes[i] = code
+                if code not in (0, RECYCLE) and getattr(p, "pid", None) is not None:
+                    on_exit(p.pid, code)
         time.sleep(poll)
     return [int(c) for c in codes if c is not None]
+
+
+def die_with_parent() -> None:
+    """In a worker started by :func:`spawn_workers`: end (as by SIGTERM, so the running trial
+    fails as ``interrupted``) when the parent dies, even by ``kill -9``, instead of running on
+    orphaned. Linux tells at once (``PR_SET_PDEATHSIG``); elsewhere a thread looks every second."""
+    parent = os.environ.get("TLSEARCH_PARENT_PID", "")
+    if not parent.isdigit():
+        return
+    if sys.platform.startswith("linux"):
+        try:
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == int(parent):
+            time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="tlsearch-parent-watch", daemon=True).start()
 
 
 def device_env(i: int, gpus: list[str] | None = None) -> dict[str, str]:

@@ -1,0 +1,278 @@
+"""Faults of processes and paths: Ctrl-C, dead parents and workers with their reasons recorded,
+SQLite paths resolved beside the study file, unwritable outputs refused before any work.
+
+Cheap trials as in ``test_workers`` (``tests/fake_trials``: the training is a sleep)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import make_image_folder
+from test_workers import finish, pg_url, states, study_file, tlsearch, trials  # noqa: F401
+from tlsearch.cli import main
+from tlsearch.search.attrs import ATTR, WORKER_ATTR
+
+FAILURE = ATTR["failure"]
+
+
+@pytest.fixture
+def small_images(tmp_path) -> Path:
+    return make_image_folder(tmp_path / "images", per_class=6, size=8)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            found = predicate()
+        except (KeyError, optuna.exceptions.StorageInternalError):
+            found = None
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _running(url: str):
+    return [t for t in trials(url) if t.state == TrialState.RUNNING
+            and ATTR["params"] in t.user_attrs]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "zombie" not in Path(
+        f"/proc/{pid}/status").read_text().lower()
+
+
+def test_ctrl_c_prints_one_line_and_records_interrupted(tmp_path, small_images, monkeypatch, capfd):
+    import tlsearch.search.study as st
+
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(st, "run_trial", interrupted)
+    study = study_file(tmp_path, n_trials=2)
+    capfd.readouterr()
+    assert main(["run", str(study)]) == 130
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "interrupted: finished trials are saved" in err
+    (t,) = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
+    assert t.state == TrialState.FAIL and t.user_attrs[FAILURE] == "interrupted"
+
+
+def test_killed_worker_and_swept_trials_record_why(tmp_path, small_images):
+    study = study_file(tmp_path, n_trials=4, heartbeat={"interval": 30, "grace_period": 600})
+    url = f"sqlite:///{tmp_path / 'tiny.db'}"
+    parent = tlsearch("run", str(study), "--workers", "2", fake=2.0)
+    try:
+        victim = _wait_for(lambda: _running(url), 120, "a running trial")[0]
+        os.kill(int(victim.user_attrs[WORKER_ATTR].split(":")[1]), signal.SIGKILL)
+        code, out = finish(parent, timeout=180)
+    finally:
+        parent.kill()
+    assert code == 0, out
+    ts = trials(url)
+    killed = ts[victim.number]
+    assert killed.state == TrialState.FAIL
+    assert killed.user_attrs[FAILURE] == "worker died: SIGKILL"
+    retry = [t for t in ts if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert FAILURE not in retry[0].user_attrs  # the retry does not inherit the death
+    assert states(ts) == {"COMPLETE": 4, "FAIL": 1}
+
+    # a trial left RUNNING by a process that is gone: the single-process rerun says so
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    s = optuna.load_study(study_name="tiny", storage=url)
+    orphan = s.ask(ts[0].distributions)
+    orphan.set_user_attr(WORKER_ATTR, f"{os.uname().nodename}:{dead.pid}:1")
+    code, out = finish(tlsearch("run", str(study), "--n-trials", "5", fake=0.1))
+    assert code == 0, out
+    assert f"trials [{orphan.number}] were left running by a worker that died" in out
+    swept = trials(url)[orphan.number]
+    assert swept.state == TrialState.FAIL
+    assert swept.user_attrs[FAILURE] == "worker died: swept by this run at start"
+
+
+def test_workers_end_when_their_parent_is_killed(tmp_path, small_images):
+    study = study_file(tmp_path, n_trials=6, heartbeat={"interval": 30, "grace_period": 600})
+    url = f"sqlite:///{tmp_path / 'tiny.db'}"
+    parent = tlsearch("run", str(study), "--workers", "2", fake=3.0)
+    try:
+        running = _wait_for(lambda: _running(url), 120, "a running trial")
+        pids = {int(t.user_attrs[WORKER_ATTR].split(":")[1]) for t in running}
+        parent.kill()
+        parent.communicate(timeout=30)
+        _wait_for(lambda: not any(_alive(p) for p in pids), 30, "the workers to exit")
+    finally:
+        parent.kill()
+    stopped = [t for t in trials(url) if t.number in {r.number for r in running}]
+    assert all(t.state == TrialState.FAIL and t.user_attrs[FAILURE] == "interrupted"
+               for t in stopped), [(t.state, t.user_attrs.get(FAILURE)) for t in stopped]
+    assert not _running(url)
+    code, out = finish(tlsearch("run", str(study), fake=0.05))
+    assert code == 0, out
+    assert states(trials(url)).get("COMPLETE") == 6
+
+
+def test_relative_sqlite_lies_beside_the_study_file_whatever_the_folder_name(tmp_path):
+    folder = tmp_path / "exp?v=1 a%20b#c"
+    make_image_folder(folder / "images", per_class=6, size=8)
+    study = study_file(folder, n_trials=1, storage="sqlite:///rel.db")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code, out = finish(tlsearch("run", str(study), fake=0.05, cwd=elsewhere))
+    assert code == 0, out
+    assert (folder / "rel.db").is_file() and not (elsewhere / "rel.db").exists()
+    # the default URL, built from the path, is escaped: the database is where the folder says
+    study.write_text(study.read_text().replace("storage: sqlite:///rel.db\n", ""))
+    code, out = finish(tlsearch("run", str(study), "--n-trials", "2", fake=0.05, cwd=tmp_path))
+    assert code == 0, out
+    assert (folder / "tiny.db").is_file()
+    assert not any(p.suffix == ".db" for p in tmp_path.iterdir())
+    code, out = finish(tlsearch("run", str(study), "--n-trials", "2", fake=0.05, cwd=elsewhere))
+    assert code == 0 and "2 trials already finished" in out, out
+
+
+def test_read_only_sqlite_database_is_refused_by_name(tmp_path, small_images, capsys):
+    study = study_file(tmp_path, n_trials=2)
+    code, out = finish(tlsearch("run", str(study), "--n-trials", "1", fake=0.05))
+    assert code == 0, out
+    db = tmp_path / "tiny.db"
+    if subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here to make the database read-only")
+    try:
+        capsys.readouterr()
+        assert main(["run", str(study)]) == 2
+        err = capsys.readouterr().err
+        assert f"the SQLite database '{db}' cannot be written" in err, err
+        assert "Traceback" not in err
+    finally:
+        subprocess.run(["chattr", "-i", str(db)])
+    assert states(trials(f"sqlite:///{db}")) == {"COMPLETE": 1}
+
+
+def test_predict_out_into_an_unwritable_place_is_refused_before_loading(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    code = main(["predict", str(tmp_path / "no-model"), str(tmp_path / "x.png"),
+                 "--out", str(blocker / "p.tsv")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"--out '{blocker / 'p.tsv'}': cannot write in '{blocker}'" in err, err
+    assert "no-model" not in err  # refused before the model was looked for
+
+
+def _pg_admin(sql: str):
+    """Run ``sql`` on the test server on one short-lived connection; its rows."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.pool import NullPool
+
+    from test_workers import PG, _pg_connect
+
+    engine = create_engine(PG, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    conn = _pg_connect(engine)
+    try:
+        return list(conn.execute(text(sql)))
+    finally:
+        conn.close()
+        engine.dispose()
+
+
+@pytest.mark.postgres
+def test_postgres_workers_survive_dropped_connections_with_two_each(tmp_path, small_images,
+                                                                     pg_url, monkeypatch):
+    """Every connection of the study is terminated mid-run: the workers reconnect and finish at
+    exactly n_trials; no process ever holds more than two connections."""
+    app = f"tls-{os.getpid()}-{time.time_ns() % 10**9}"
+    monkeypatch.setenv("PGAPPNAME", app)  # libpq names this run's connections
+    study = study_file(tmp_path, n_trials=8, heartbeat={"interval": 1, "grace_period": 4})
+    parent = tlsearch("run", str(study), "--workers", "2", "--storage", pg_url, fake=1.0)
+    schema = pg_url.rsplit("%3D", 1)[1]
+    most, terminated = 0, False
+    try:
+        deadline = time.time() + 240
+        while parent.poll() is None and time.time() < deadline:
+            (n,) = _pg_admin(f"SELECT count(*) FROM pg_stat_activity WHERE application_name = "
+                             f"'{app}' AND pid <> pg_backend_pid()")[0]
+            most = max(most, n)
+            done = _pg_admin(f"SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}' "
+                             f"AND tablename = 'trials'")[0][0] and _pg_admin(
+                f"SELECT count(*) FROM \"{schema}\".trials WHERE state = 'COMPLETE'")[0][0]
+            if not terminated and done >= 2:
+                _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                          f"application_name = '{app}' AND pid <> pg_backend_pid()")
+                terminated = True
+            time.sleep(0.3)
+        code, out = finish(parent, timeout=60)
+    finally:
+        parent.kill()
+    assert terminated, out
+    assert code == 0, out
+    assert "Traceback" not in out, out
+    ts = trials(pg_url)
+    assert sum(t.state == TrialState.COMPLETE for t in ts) == 8
+    assert not any(t.state == TrialState.RUNNING for t in ts)
+    assert most <= 2 * 2 + 1, f"{most} connections for 2 workers and their parent"
+    print(f"most connections seen for 2 workers + parent: {most}")
+
+
+@pytest.mark.slow
+@pytest.mark.postgres
+def test_chaos_on_one_postgres_study(tmp_path, small_images, pg_url, monkeypatch):
+    """4 independent worker processes x 5 trials on one study; one is killed with SIGKILL mid-trial
+    and every connection of the study is terminated once; the killed one is started again.
+    Exactly 20 finished trials, the killed trial FAIL with its reason and retried, none RUNNING,
+    no traceback anywhere. Figures: BENCHMARKS.md."""
+    app = f"tls-chaos-{os.getpid()}"
+    monkeypatch.setenv("PGAPPNAME", app)
+    n = 20
+    study = study_file(tmp_path, n_trials=n, heartbeat={"interval": 1, "grace_period": 4})
+    t0 = time.time()
+    procs = [tlsearch("run", str(study), "--storage", pg_url, fake=1.0) for _ in range(4)]
+    outs: list[str] = []
+    try:
+        victim = _wait_for(lambda: _running(pg_url), 180, "a running trial")[0]
+        vpid = int(victim.user_attrs[WORKER_ATTR].split(":")[1])
+        killed = next(p for p in procs if p.pid == vpid)
+        killed.kill()
+        outs.append(killed.communicate()[0])
+        procs.remove(killed)
+        time.sleep(2)
+        _pg_admin(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                  f"application_name = '{app}' AND pid <> pg_backend_pid()")
+        procs.append(tlsearch("run", str(study), "--storage", pg_url, fake=1.0))
+        codes = []
+        for p in procs:
+            code, out = finish(p, timeout=400)
+            codes.append(code)
+            outs.append(out)
+    finally:
+        for p in procs:
+            p.kill()
+    seconds = time.time() - t0
+    assert codes == [0] * 4, [o[-1500:] for c, o in zip(codes, outs[1:]) if c]
+    assert not any("Traceback" in o for o in outs), outs
+    ts = trials(pg_url)
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts) == n
+    assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in ts)
+    dead = ts[victim.number]
+    assert dead.state == TrialState.FAIL
+    assert dead.user_attrs[FAILURE].startswith("worker died"), dead.user_attrs
+    retry = [t for t in ts if t.system_attrs.get("failed_trial") == victim.number]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    fails = {t.number: t.user_attrs.get(FAILURE) for t in ts if t.state == TrialState.FAIL}
+    print(f"chaos: {n} finished of {len(ts)} trials in {seconds:.0f} s; failed: {fails}")

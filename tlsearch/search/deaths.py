@@ -1,0 +1,101 @@
+"""Trials whose worker stopped: failed with the reason recorded, and retried.
+
+A trial can end without its objective returning in three ways: the worker is interrupted (Ctrl-C,
+SIGTERM: the objective records ``interrupted`` itself), the worker is killed (its parent sees the
+signal: ``worker died: SIGKILL``), or nobody saw it die (a later claim finds it RUNNING with a dead
+process or a stale heartbeat: ``swept at start by worker 3``). The reason is the trial's
+``tlsearch.failure`` user attribute, as for any failed trial, and the retry (a WAITING copy with
+the same parameters) starts clean.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import warnings
+from typing import Callable
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from tlsearch.search.attrs import ATTR, WORKER_ATTR
+
+__all__ = ["Retry", "sweep_dead_workers", "fail_trials_of", "signal_name", "is_dead_here"]
+
+#: attributes of a failed trial that its retry must not inherit
+_NOT_INHERITED = (ATTR["failure"], ATTR["history"], WORKER_ATTR)
+
+
+class Retry(RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial that died, without the dead trial's failure and history."""
+
+    def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        clean = copy.copy(trial)
+        clean.user_attrs = {k: v for k, v in trial.user_attrs.items() if k not in _NOT_INHERITED}
+        super().__call__(study, clean)
+
+
+def signal_name(code: int) -> str:
+    try:
+        return signal.Signals(-code).name
+    except ValueError:
+        return f"signal {-code}"
+
+
+def _fail(study: optuna.Study, trial: FrozenTrial, reason: str, retry: Callable | None) -> bool:
+    """Fail one RUNNING trial with ``reason`` and queue its retry; False if it ended meanwhile."""
+    storage = study._storage
+    try:
+        storage.set_trial_user_attr(trial._trial_id, ATTR["failure"], reason)
+        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            return False
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # another worker got there first
+    if retry is not None:
+        retry(study, storage.get_trial(trial._trial_id))
+    return True
+
+
+def is_dead_here(ident: str | None) -> bool:
+    from tlsearch.search.workers import is_dead_here as dead
+
+    return dead(ident)
+
+
+def sweep_dead_workers(study: optuna.Study, retry: Callable | None,
+                       who: str = "a later claim") -> list[int]:
+    """Fail the RUNNING trials whose worker is known dead (heartbeat stale, or a dead process on
+    this host), each with the reason ``swept by <who>``, and queue their retries. Returns the
+    numbers of the trials failed here."""
+    storage = study._storage
+    stale: set[int] = set()
+    get_stale = getattr(storage, "_get_stale_trial_ids", None)
+    if get_stale is not None and getattr(storage, "get_heartbeat_interval", lambda: None)():
+        stale = set(get_stale(study._study_id))
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t._trial_id in stale:
+            why = "worker died (no heartbeat)"
+        elif is_dead_here(t.user_attrs.get(WORKER_ATTR)):
+            why = "worker died"
+        else:
+            continue
+        if _fail(study, t, f"{why}: swept by {who}", retry):
+            failed.append(t.number)
+    with warnings.catch_warnings():  # anything left that Optuna alone calls stale
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
+    return failed
+
+
+def fail_trials_of(study: optuna.Study, pid: int, host: str, reason: str,
+                   retry: Callable | None) -> list[int]:
+    """Fail the RUNNING trials of the process ``pid`` on ``host`` (which just died) with
+    ``reason``, and queue their retries."""
+    failed = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        ident = str(t.user_attrs.get(WORKER_ATTR, ""))
+        if ident.startswith(f"{host}:{pid}:") and _fail(study, t, reason, retry):
+            failed.append(t.number)
+    return failed
