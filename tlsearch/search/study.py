@@ -25,6 +25,7 @@ from tlsearch.errors import (ArtifactWriteError, TooManyFailures, TrialFailure,
 from tlsearch.modalities import Modality
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
 from tlsearch.search.attrs import ATTR, FINISHED
+from tlsearch.search.failures import FailureGuard, as_trial_failure
 from tlsearch.search.endings import HARD_TIMEOUT_NOTE, Deadlines, HardTimeout, ending
 from tlsearch.search.inputs import caps as study_caps
 from tlsearch.search.inputs import (check_inputs, check_objective, check_writable,
@@ -177,46 +178,6 @@ def domain_selection(data: Dataset) -> str:
     return TARGET_LABELS if data.target_validation else LABEL_FREE
 
 
-class _FailureGuard:
-    """Stops the study after ``limit`` failed trials in a row: then the problem is not one trial."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.count = 0
-        self.reasons: list[str] = []
-
-    def __call__(self, study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> None:
-        if frozen.state == TrialState.FAIL:
-            self.count += 1
-            self.reasons.append(f"trial {frozen.number}: "
-                                f"{frozen.user_attrs.get(ATTR['failure'], 'failed')}")
-            if self.count >= self.limit:
-                study.stop()
-        elif frozen.state in FINISHED:
-            self.count = 0
-            self.reasons = []
-
-    @property
-    def tripped(self) -> bool:
-        return self.count >= self.limit
-
-
-def _as_trial_failure(e: BaseException) -> TrialFailure | None:
-    if is_connection_error(e):  # the next claim reconnects; this trial's writes are lost
-        first = str(getattr(e, "orig", None) or e).strip().splitlines()
-        return TrialFailure(f"lost the database connection: {first[0][:200] if first else e}")
-    try:
-        import tensorflow as tf
-    except ImportError:  # pragma: no cover
-        return None
-    if isinstance(e, tf.errors.ResourceExhaustedError):
-        return TrialFailure(f"out of memory: {str(e).splitlines()[0][:200]}; try a smaller "
-                            f"`training.batch_size` or image size")
-    if isinstance(e, (tf.errors.InvalidArgumentError, MemoryError)):
-        return TrialFailure(f"{type(e).__name__}: {str(e).splitlines()[0][:200]}")
-    return None
-
-
 def make_objective(prep: PreparedStudy, progress: Progress,
                    on_start: Callable[[optuna.Trial], None] | None = None,
                    listeners: Listeners | None = None, deadlines: Deadlines | None = None):
@@ -272,7 +233,7 @@ def make_objective(prep: PreparedStudy, progress: Progress,
                 trial.set_user_attr(ATTR["failure"], "interrupted")
             raise
         except Exception as e:
-            failure = _as_trial_failure(e)
+            failure = as_trial_failure(e)
             if failure is None:
                 raise
             trial.set_user_attr(ATTR["failure"], str(failure))
@@ -317,7 +278,7 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
         best = (bt.number, float(bt.value))  # type: ignore[arg-type]
     except ValueError:
         pass
-    guard = _FailureGuard(cfg.training.max_consecutive_failures)
+    guard = FailureGuard(cfg.training.max_consecutive_failures)
     claims = Claims(prep.study, prep.storage_url, cfg.heartbeat.max_retry, who)
     poll = poll if poll is not None else min(5.0, float(cfg.heartbeat.interval))
     deadlines = Deadlines(cfg.timeout, cfg.hard_timeout)
