@@ -25,6 +25,8 @@ def add_parser(sub):
     p.add_argument("--recycle-after", type=int, default=0, metavar="K",
                    help="run trials in worker processes that are replaced by fresh ones after K "
                         "trials each, returning what TensorFlow keeps per trial (default 0: never)")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="skip the cost estimate printed before a new study's first trial")
     # set on the processes that --workers starts: run trials, leave the summary to the parent
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     return p
@@ -70,6 +72,10 @@ def run(args) -> int:
         err.print(f"  skipped {len(prep.data.skipped)} unreadable files (data.skip_bad_files):\n"
                   + format_file_list(prep.data.skipped), highlight=False)
     err.print(f"  storage {redact_url(prep.storage_url)}; {prep.finished} trials already finished")
+    if not args.no_estimate and prep.finished == 0:
+        from tlsearch.search.estimate import startup_line
+
+        err.print(f"  {startup_line(prep.cfg, prep)}", highlight=False, soft_wrap=True)
     if args.workers > 1 or args.recycle_after:
         return _run_workers(args, cfg, prep, err, out)
     progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize")
