@@ -9,7 +9,8 @@ import pytest
 
 from tlsearch.cli import main
 from tlsearch.config import load_config
-from tlsearch.search.estimate import estimate, estimate_line, format_estimate, reachable_depths
+from tlsearch.search.estimate import estimate, reachable_depths
+from tlsearch.search.estimate_text import estimate_line, format_estimate
 
 from conftest import write_study
 

@@ -73,7 +73,7 @@ def run(args) -> int:
                   + format_file_list(prep.data.skipped), highlight=False)
     err.print(f"  storage {redact_url(prep.storage_url)}; {prep.finished} trials already finished")
     if not args.no_estimate and prep.finished == 0:
-        from tlsearch.search.estimate import startup_line
+        from tlsearch.search.estimate_text import startup_line
 
         err.print(f"  {startup_line(prep.cfg, prep)}", highlight=False, soft_wrap=True)
     if args.workers > 1 or args.recycle_after:

@@ -23,8 +23,8 @@ def add_parser(sub):
                    help="time a few batches per backbone and unfreeze depth on this machine and "
                         "print the expected seconds per trial (reads the data)")
     p.add_argument("--estimate-depths", type=int, metavar="N",
-                   help="with --estimate: time N depths per backbone, interpolate the rest "
-                        "(default: every depth)")
+                   help="with --estimate: time N depths per backbone (the shallowest and "
+                        "deepest among them), interpolate the rest (default 6)")
     return p
 
 
@@ -62,18 +62,19 @@ def run(args) -> int:
     out.print(t)
     prep = None
     if args.data or args.estimate:
+        from tlsearch._quiet import import_tensorflow_quietly
         from tlsearch.search.inputs import check_inputs
 
+        import_tensorflow_quietly()
         prep = check_inputs(cfg)
         data = prep[1]
         out.print(f"  data       {data.summary()}; classes {data.class_names}")
     if args.estimate:
-        from tlsearch._quiet import import_tensorflow_quietly
-        from tlsearch.search.estimate import estimate, format_estimate
+        from tlsearch.search.estimate import estimate
+        from tlsearch.search.estimate_text import format_estimate
 
         if args.estimate_depths is not None and args.estimate_depths < 2:
             raise UserError(f"`--estimate-depths`: expected 2 or more, got {args.estimate_depths}")
-        import_tensorflow_quietly()
-        for line in format_estimate(estimate(cfg, depths=args.estimate_depths, prep=prep)):
+        for line in format_estimate(estimate(cfg, depths=args.estimate_depths or 6, prep=prep)):
             out.print(line, highlight=False, soft_wrap=True)
     return 0

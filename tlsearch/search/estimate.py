@@ -14,6 +14,7 @@ searched boundary in the same pass); a trial then trains its head on cached feat
 
 ``all`` (and a study without a cache) runs the whole network every epoch, and is timed so.
 Depths that are not timed (``depths=`` limits how many are) are interpolated between timed ones.
+:mod:`tlsearch.search.estimate_text` words the result.
 """
 
 from __future__ import annotations
@@ -28,8 +29,7 @@ import numpy as np
 from tlsearch.config import Range, StudyConfig
 from tlsearch.params import UNFREEZE_ALL, TrialParams
 
-__all__ = ["DepthRow", "Estimate", "estimate", "reachable_depths", "format_estimate",
-           "estimate_line"]
+__all__ = ["DepthRow", "Estimate", "estimate", "reachable_depths"]
 
 
 @dataclass
@@ -127,7 +127,11 @@ class _Timer:
         rng = np.random.default_rng(0)
         self.y = np.eye(self.n_classes, dtype=np.float32)[
             rng.integers(0, self.n_classes, self.k * self.bs)]
+        source.weights(name)  # resolved once per study, before any trial
+        t = time.perf_counter()
         self.backbone = source.build(name, self.params)
+        #: what building the backbone costs: the first trial at each depth builds its own
+        self.build_s = time.perf_counter() - t
 
     def steps(self, n: int) -> int:
         return math.ceil(n / self.bs)
@@ -143,8 +147,21 @@ class _Timer:
         self.dim = int(self.backbone.model.output.shape[-1])
         return per_row * (self.n_train + self.n_val)
 
+    def _fit_costs(self, model: Any, x: Any, y: np.ndarray, xv: Any,
+                   yv: np.ndarray) -> tuple[float, float, float]:
+        """(the first fit's extra cost: tracing, the fixed cost of a fit call, one more epoch) of
+        ``model`` on ``x`` with validation ``xv``: fits of 1, 1 and 2 epochs, as a trial's fit
+        runs all of a stage's epochs in one call."""
+        def fit(epochs: int) -> float:
+            return _timed(lambda: model.fit(x, y, validation_data=(xv, yv), batch_size=self.bs,
+                                            epochs=epochs, shuffle=False, verbose=0))
+
+        first, one, two = fit(1), fit(1), fit(2)
+        epoch = max(two - one, 0.5 * one)  # a noisy machine can make the difference tiny
+        return max(0.0, first - one), max(0.0, one - epoch), epoch
+
     def stage1(self) -> float:
-        """One head epoch on features (train and validation), scaled to the data."""
+        """The head's ``stage1_epochs`` on features (train and validation), scaled to the data."""
         from tlsearch.train.heads import HeadPool
 
         n_tr, n_va = min(self.n_train, 4096), min(self.n_val, 4096)
@@ -155,49 +172,40 @@ class _Timer:
         y_va = np.eye(self.n_classes, dtype=np.float32)[rng.integers(0, self.n_classes, n_va)]
         head = HeadPool(self.source.compiler.pooled).get(
             self.dim, self.params.head_width, self.n_classes, self.cfg.seed, 0.2, 1e-3)
-
-        def epoch():
-            head.model.fit(f_tr, y_tr, validation_data=(f_va, y_va), batch_size=self.bs,
-                           epochs=1, shuffle=True, verbose=0)
-
-        epoch()  # traced
-        per_epoch = _timed(epoch) * (self.n_train + self.n_val) / (n_tr + n_va)
-        return per_epoch * int(self.cfg.training.stage1_epochs)
+        _, fixed, epoch = self._fit_costs(head.model, f_tr, y_tr, f_va, y_va)
+        scale = (self.n_train + self.n_val) / (n_tr + n_va)
+        return fixed + epoch * scale * int(self.cfg.training.stage1_epochs)
 
     def _stage2(self, model: Any, x: Any, built_s: float) -> tuple[float, float]:
-        """(stage-2 seconds, first-use seconds) of ``model`` (compiled) on inputs ``x``."""
-        def fit():
-            model.fit(x, self.y, batch_size=self.bs, epochs=1, shuffle=False, verbose=0)
-
-        def val():
-            model.evaluate(x, self.y, batch_size=self.bs, verbose=0)
-
-        first = _timed(fit) + _timed(val)  # traced
-        train = _timed(fit) / self.k
-        evaluate = _timed(val) / self.k
-        epoch = self.steps(self.n_train) * train + self.steps(self.n_val) * evaluate
-        return epoch * int(self.cfg.training.stage2_epochs), \
-            built_s + max(0.0, first - self.k * (train + evaluate))
+        """(stage-2 seconds, first-use seconds) of ``model`` (compiled) on inputs ``x``: ``k``
+        training batches, and validation batches in the data's proportion."""
+        kv = max(1, min(self.k, round(self.k * self.n_val / max(1, self.n_train))))
+        trace, fixed, epoch = self._fit_costs(model, x, self.y, _rows(x, kv * self.bs),
+                                              self.y[:kv * self.bs])
+        per_epoch = epoch * self.steps(self.n_train) / self.k
+        return fixed + per_epoch * int(self.cfg.training.stage2_epochs), built_s + trace
 
     def stage2_cached(self, n: int) -> tuple[float, float] | None:
-        """Top ``n`` blocks on boundary activations, through the pooled model trials use."""
+        """Top ``n`` blocks on boundary activations, through the pooled model trials use (cut
+        from the one backbone built here; a study builds one per depth: :attr:`build_s`)."""
         import keras
 
-        from tlsearch.train.pool import TopPool
+        from tlsearch.train.pool import PooledStage2, PooledTop
 
-        t0 = time.perf_counter()
-        pool = TopPool(self.source.build, self.source.compiler)
-        top = pool.top(self.name, self.source.options(self.params), n,
-                       self.cfg.training.keep_bn_frozen, self.params)
-        if top is None:
+        if not self.backbone.can_cut(n):
             return None
-        cut = keras.Model(top.backbone.model.input, top.backbone.boundary_output(n))
+        t0 = time.perf_counter()
+        top = PooledTop(self.backbone, n, self.cfg.training.keep_bn_frozen)
+        cut = keras.Model(self.backbone.model.input, self.backbone.boundary_output(n))
         t_cut = time.perf_counter()
         x = self.source.predict_rows(cut, self.sample)[0]
         t_cut = time.perf_counter() - t_cut  # the boundary is cached in a real study
-        pooled = pool.get(top, self.params.head_width, self.n_classes)
-        built = time.perf_counter() - t0 - t_cut
-        return self._stage2(pooled.model, x, built)
+        pooled = PooledStage2(top, self.params.head_width, self.n_classes, self.source.compiler)
+        built = self.build_s + time.perf_counter() - t0 - t_cut
+        try:
+            return self._stage2(pooled.model, x, built)
+        finally:
+            self.backbone.freeze(0)
 
     def stage2_full(self, n: int, stem: bool) -> tuple[float, float]:
         """The whole network, its top ``n`` blocks (and the stem) trainable."""
@@ -220,8 +228,27 @@ def _spread(depths: list, limit: int | None) -> set:
     return {depths[i] for i in idx}
 
 
+def _monotone(rows: list[DepthRow]) -> None:
+    """Unfreezing more blocks never costs less: where a busy machine timed a deeper depth
+    cheaper than a shallower one, both get their mean (isotonic regression, pooling adjacent
+    violators), on stage 2 and on the first-use cost alike."""
+    for attr in ("stage2_s", "first_s"):
+        blocks: list[list] = []  # [sum, count, rows]
+        for r in rows:
+            blocks.append([getattr(r, attr), 1, [r]])
+            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
+                s, c, rs = blocks.pop()
+                blocks[-1][0] += s
+                blocks[-1][1] += c
+                blocks[-1][2] += rs
+        for s, c, rs in blocks:
+            for r in rs:
+                setattr(r, attr, s / c)
+
+
 def _interpolate(rows: list[DepthRow]) -> None:
     timed = [r for r in rows if r.timed and isinstance(r.depth, int)]
+    _monotone([r for r in timed if r.depth != 0])
     for r in rows:
         if r.timed or not isinstance(r.depth, int):
             continue
@@ -237,10 +264,23 @@ def estimate(cfg: StudyConfig, *, batches: int = 3, depths: int | None = None,
              prep: Any = None) -> Estimate:
     """Time each backbone of ``cfg`` on this machine. ``depths``: how many depths per backbone
     to time (the rest interpolated; None: every one). ``prep``: (modality, data) already loaded."""
-    from tlsearch import modalities
+    import tensorflow as tf
+
     from tlsearch.search.inputs import check_inputs
 
     modality, data = prep if prep is not None else check_inputs(cfg)
+    level = tf.get_logger().level
+    tf.get_logger().setLevel("ERROR")  # each depth's model traces its own predict: no warnings
+    try:
+        return _estimate(cfg, modality, data, batches, depths)
+    finally:
+        tf.get_logger().setLevel(level)
+
+
+def _estimate(cfg: StudyConfig, modality: str, data: Any, batches: int,
+              depths: int | None) -> Estimate:
+    from tlsearch import modalities
+
     source = modalities.get(modality).make_source(cfg, data, None)
     rows: list[DepthRow] = []
     features: dict[str, float] = {}
@@ -284,73 +324,3 @@ def _augments(cfg: StudyConfig):
                                        for v in _choices(spec))
     flip = getattr(cfg.search, "flip", None)
     yield flip is not None and any(v != "none" for v in _choices(flip))
-
-
-def _secs(s: float) -> str:
-    if s < 10:
-        return f"{s:.1f} s"
-    if s < 120:
-        return f"{s:.0f} s"
-    return f"{s / 60:.1f} min"
-
-
-def format_estimate(est: Estimate) -> list[str]:
-    """The estimate as lines of text: features, a row per depth, what fits in the timeout."""
-    lines = [f"cost estimate on this machine ({est.n_train} training, {est.n_val} validation "
-             f"examples; timed on a few batches):"]
-    for name, s in est.features_s.items():
-        lines.append(f"  {name}: frozen features once per study: {_secs(s)}")
-    lines.append(f"  {'backbone':<22} {'unfreeze':>8} {'stage 1':>9} {'stage 2':>9} "
-                 f"{'trial':>9} {'first at depth':>15}")
-    for r in est.rows:
-        mark = "" if r.timed else " ~"
-        lines.append(f"  {r.backbone:<22} {str(r.depth):>8} {_secs(r.stage1_s):>9} "
-                     f"{_secs(r.stage2_s):>9} {_secs(r.trial_s):>9} "
-                     f"{'+' + _secs(r.first_s) if r.depth != 0 else '':>15}{mark}")
-    if any(not r.timed for r in est.rows):
-        lines.append("  ~ interpolated between the depths timed")
-    fit = est.trials_in_timeout()
-    if fit is not None:
-        lines.append(f"  timeout {est.timeout:g} s: about {fit[0]} trials (all at the costliest "
-                     f"depth) to {fit[1]} (all at the cheapest) start in it")
-    if est.n_trials and est.rows:
-        lo = min(r.trial_s for r in est.rows) * est.n_trials
-        hi = max(r.trial_s for r in est.rows) * est.n_trials
-        lines.append(f"  {est.n_trials} trials: {_secs(lo)} to {_secs(hi)} after the features")
-    lines += [f"  note: {n}" for n in est.notes]
-    return lines
-
-
-def estimate_line(est: Estimate) -> str:
-    """One line for the start of a run: features, the range of trial times, the study's total."""
-    trial = [r.trial_s for r in est.rows]
-    feats = sum(est.features_s.values())
-    text = f"estimate: features {_secs(feats)}, a trial {_secs(min(trial))}"
-    if max(trial) > 1.5 * min(trial):
-        deepest = max(est.rows, key=lambda r: r.trial_s)
-        text += f" (head only) to {_secs(max(trial))} ({deepest.depth} blocks)"
-    if est.n_trials:
-        text += (f"; {est.n_trials} trials {_secs(min(trial) * est.n_trials)} to "
-                 f"{_secs(max(trial) * est.n_trials)}")
-    fit = est.trials_in_timeout()
-    if fit is not None:
-        text += f"; {fit[0]}-{fit[1]} trials start within the timeout"
-    return text
-
-
-def startup_line(cfg: StudyConfig, prep: Any) -> str:
-    """The line ``tlsearch run`` prints before a new study's first trial: a quick estimate (one
-    batch, the shallowest and deepest depths timed). ``TLSEARCH_NO_ESTIMATE=1`` skips it."""
-    import os
-
-    if os.environ.get("TLSEARCH_NO_ESTIMATE", "") not in ("", "0"):
-        return "estimate: skipped (TLSEARCH_NO_ESTIMATE)"
-    import keras
-
-    try:
-        est = estimate(cfg, batches=1, depths=2, prep=(prep.modality, prep.data))
-    except Exception as e:  # an estimate never stops a study; the trials report real errors
-        return f"estimate: not available ({type(e).__name__}: {e})"
-    finally:
-        keras.backend.clear_session(free_memory=True)
-    return estimate_line(est)
