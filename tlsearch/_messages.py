@@ -63,10 +63,15 @@ def _format_loc(loc: tuple) -> str:
 
 def format_errors(err: ValidationError) -> list[str]:
     by_field: dict[str, list[str]] = {}
-    for e in err.errors(include_url=False):
-        if e["type"] == "extra_forbidden":
-            continue
+    errors = [e for e in err.errors(include_url=False) if e["type"] != "extra_forbidden"]
+    # a union tried on a mapping: where one form's own check failed (`low <= high` ...), the
+    # other forms' "Input should be a valid list/number/..." only repeat that it is a mapping
+    checked = {_format_loc(tuple(e["loc"])) for e in errors if e["type"] == "value_error"}
+    for e in errors:
         where = _format_loc(tuple(e["loc"])) or "(top level)"
+        if where in checked and e["type"] != "value_error" and e["type"].endswith(
+                ("_type", "_parsing")) and isinstance(e.get("input"), dict):
+            continue
         msg = e["msg"].removeprefix("Value error, ")
         given = e.get("input")
         if e["type"] not in {"missing"} and not isinstance(given, dict):

@@ -147,17 +147,18 @@ class _Timer:
         self.dim = int(self.backbone.model.output.shape[-1])
         return per_row * (self.n_train + self.n_val)
 
-    def _fit_costs(self, model: Any, x: Any, y: np.ndarray, xv: Any,
-                   yv: np.ndarray) -> tuple[float, float, float]:
+    def _fit_costs(self, model: Any, x: Any, y: np.ndarray, xv: Any, yv: np.ndarray,
+                   epochs: int) -> tuple[float, float, float]:
         """(the first fit's extra cost: tracing, the fixed cost of a fit call, one more epoch) of
-        ``model`` on ``x`` with validation ``xv``: fits of 1, 1 and 2 epochs, as a trial's fit
-        runs all of a stage's epochs in one call."""
-        def fit(epochs: int) -> float:
+        ``model`` on ``x`` with validation ``xv``: fits of 1, 1 and ``epochs`` epochs, as a
+        trial's fit runs all of a stage's epochs in one call."""
+        def fit(n: int) -> float:
             return _timed(lambda: model.fit(x, y, validation_data=(xv, yv), batch_size=self.bs,
-                                            epochs=epochs, shuffle=False, verbose=0))
+                                            epochs=n, shuffle=False, verbose=0))
 
-        first, one, two = fit(1), fit(1), fit(2)
-        epoch = max(two - one, 0.5 * one)  # a noisy machine can make the difference tiny
+        epochs = max(2, epochs)
+        first, one, many = fit(1), fit(1), fit(epochs)
+        epoch = max(0.0, (many - one) / (epochs - 1))  # a busy machine may make it negative
         return max(0.0, first - one), max(0.0, one - epoch), epoch
 
     def stage1(self) -> float:
@@ -172,7 +173,8 @@ class _Timer:
         y_va = np.eye(self.n_classes, dtype=np.float32)[rng.integers(0, self.n_classes, n_va)]
         head = HeadPool(self.source.compiler.pooled).get(
             self.dim, self.params.head_width, self.n_classes, self.cfg.seed, 0.2, 1e-3)
-        _, fixed, epoch = self._fit_costs(head.model, f_tr, y_tr, f_va, y_va)
+        epochs = int(self.cfg.training.stage1_epochs)  # cheap on features: all of them timed
+        _, fixed, epoch = self._fit_costs(head.model, f_tr, y_tr, f_va, y_va, epochs)
         scale = (self.n_train + self.n_val) / (n_tr + n_va)
         return fixed + epoch * scale * int(self.cfg.training.stage1_epochs)
 
@@ -181,7 +183,7 @@ class _Timer:
         training batches, and validation batches in the data's proportion."""
         kv = max(1, min(self.k, round(self.k * self.n_val / max(1, self.n_train))))
         trace, fixed, epoch = self._fit_costs(model, x, self.y, _rows(x, kv * self.bs),
-                                              self.y[:kv * self.bs])
+                                              self.y[:kv * self.bs], 2)
         per_epoch = epoch * self.steps(self.n_train) / self.k
         return fixed + per_epoch * int(self.cfg.training.stage2_epochs), built_s + trace
 
