@@ -54,6 +54,9 @@ def test_estimate_rows_grow_with_depth_and_interpolate(tiny_study):
     assert not mid.timed
     assert "~ interpolated" in "\n".join(format_estimate(est))
     assert estimate_line(est).startswith("estimate: features ")
+    # more batches asked for than the data has (27 examples, batches of 8): a short last batch
+    est = estimate(cfg, batches=10, depths=2)
+    assert all(math.isfinite(r.trial_s) and r.trial_s > 0 for r in est.rows)
 
 
 def test_run_starts_with_the_estimate_unless_told_not_to(tiny_study, capsys, monkeypatch):
@@ -79,3 +82,19 @@ def test_run_no_estimate_flag(tiny_study, capsys, monkeypatch):
 def test_estimate_depths_must_be_two_or_more(tiny_study, capsys, bad):
     assert main(["validate", "--estimate", "--estimate-depths", bad, str(tiny_study)]) == 2
     assert "--estimate-depths" in capsys.readouterr().err
+
+
+def test_estimate_text_study(tmp_path):
+    from test_text import _snippets
+
+    _snippets(48).to_csv(tmp_path / "reviews.csv", index=False)
+    cfg = load_config(write_study(
+        tmp_path / "text.yaml", data={"path": "reviews.csv", "image_size": 32},
+        backbones=["tiny_bert"], training={"stage1_epochs": 1, "stage2_epochs": 1,
+                                           "batch_size": 12},
+        search={"unfreeze_blocks": {"low": 0, "high": 2}, "head_width": [8],
+                "max_length": [16, 24]}))
+    est = estimate(cfg, batches=2)
+    assert [r.depth for r in est.rows] == [0, 1, 2]
+    assert all(math.isfinite(r.trial_s) and r.trial_s > 0 for r in est.rows)
+    assert est.rows[2].stage2_s > 0 and est.features_s["tiny_bert"] > 0

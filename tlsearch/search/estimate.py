@@ -123,10 +123,11 @@ class _Timer:
         self.bs = int(cfg.training.batch_size)
         self.k = max(1, min(batches, math.ceil(self.n_train / self.bs)))
         x_tr, _ = source.inputs(self.params)
-        self.sample = _rows(x_tr, self.k * self.bs)
+        self.rows = min(self.n_train, self.k * self.bs)  # the last batch may be short
+        self.sample = _rows(x_tr, self.rows)
         rng = np.random.default_rng(0)
         self.y = np.eye(self.n_classes, dtype=np.float32)[
-            rng.integers(0, self.n_classes, self.k * self.bs)]
+            rng.integers(0, self.n_classes, self.rows)]
         source.weights(name)  # resolved once per study, before any trial
         t = time.perf_counter()
         self.backbone = source.build(name, self.params)
@@ -143,21 +144,24 @@ class _Timer:
         model = keras.Model(self.backbone.model.input, self.backbone.model.output)
         self.source.predict_rows(model, _rows(self.sample, 2))  # traced
         t = _timed(lambda: self.source.predict_rows(model, self.sample))
-        per_row = t / (self.k * self.bs)
+        per_row = t / self.rows
         self.dim = int(self.backbone.model.output.shape[-1])
         return per_row * (self.n_train + self.n_val)
 
     def _fit_costs(self, model: Any, x: Any, y: np.ndarray, xv: Any, yv: np.ndarray,
-                   epochs: int) -> tuple[float, float, float]:
+                   epochs: int, repeats: int = 1) -> tuple[float, float, float]:
         """(the first fit's extra cost: tracing, the fixed cost of a fit call, one more epoch) of
         ``model`` on ``x`` with validation ``xv``: fits of 1, 1 and ``epochs`` epochs, as a
-        trial's fit runs all of a stage's epochs in one call."""
+        trial's fit runs all of a stage's epochs in one call; the fastest of ``repeats`` (other
+        processes only ever add time)."""
         def fit(n: int) -> float:
             return _timed(lambda: model.fit(x, y, validation_data=(xv, yv), batch_size=self.bs,
                                             epochs=n, shuffle=False, verbose=0))
 
         epochs = max(2, epochs)
-        first, one, many = fit(1), fit(1), fit(epochs)
+        first = fit(1)
+        one = min(fit(1) for _ in range(repeats))
+        many = min(fit(epochs) for _ in range(repeats))
         epoch = max(0.0, (many - one) / (epochs - 1))  # a busy machine may make it negative
         return max(0.0, first - one), max(0.0, one - epoch), epoch
 
@@ -174,7 +178,7 @@ class _Timer:
         head = HeadPool(self.source.compiler.pooled).get(
             self.dim, self.params.head_width, self.n_classes, self.cfg.seed, 0.2, 1e-3)
         epochs = int(self.cfg.training.stage1_epochs)  # cheap on features: all of them timed
-        _, fixed, epoch = self._fit_costs(head.model, f_tr, y_tr, f_va, y_va, epochs)
+        _, fixed, epoch = self._fit_costs(head.model, f_tr, y_tr, f_va, y_va, epochs, repeats=2)
         scale = (self.n_train + self.n_val) / (n_tr + n_va)
         return fixed + epoch * scale * int(self.cfg.training.stage1_epochs)
 
