@@ -38,7 +38,7 @@ def test_bounds_come_from_the_catalogue(name):
     too_high = p.high * 2 if p.high is not None else None
     if too_high is None:
         pytest.skip("unbounded")
-    with pytest.raises(ConfigError, match=f"search.{name}"):
+    with pytest.raises(ConfigError, match=f"search.{p.where}"):
         parse_config(_study(**{name: too_high}))
 
 

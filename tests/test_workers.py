@@ -285,12 +285,12 @@ def _failing_pipeline(monkeypatch, fail_numbers: set[int] | None, error_for):
     real = st.run_trial
     calls = {"n": 0}
 
-    def run_trial(params, schedule, data, source, on_epoch=None, on_stage=None):
+    def run_trial(params, schedule, data, source, on_epoch=None, on_stage=None, **kwargs):
         n = calls["n"]
         calls["n"] += 1
         if fail_numbers is None or n in fail_numbers:
             raise error_for(n)
-        return real(params, schedule, data, source, on_epoch, on_stage)
+        return real(params, schedule, data, source, on_epoch, on_stage, **kwargs)
 
     monkeypatch.setattr(st, "run_trial", run_trial)
 

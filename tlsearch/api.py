@@ -55,8 +55,8 @@ def run(study: str | Path | StudyConfig, *, n_trials: int | None = None,
     """Run (or resume) the study until it holds ``n_trials`` finished trials; return it.
 
     ``storage`` overrides the study file's database URL (``$TLSEARCH_STORAGE`` is the command
-    line's, not read here). One line per finished trial goes to stderr unless ``quiet``. Raises
-    :class:`~tlsearch.errors.UserError` for bad input (nothing written) and
+    line's, not read here). A line per epoch and per finished trial goes to stderr unless
+    ``quiet``. Raises :class:`~tlsearch.errors.UserError` for bad input (nothing written) and
     :class:`~tlsearch.errors.TooManyFailures` when trials keep failing.
     """
     from rich.console import Console
@@ -72,7 +72,8 @@ def run(study: str | Path | StudyConfig, *, n_trials: int | None = None,
     check_tracking(cfg)
     prep = st.prepare(cfg, storage_url=storage, warn=console.print)
     progress = Progress(console, objective=cfg.objective, maximize=cfg.direction == "maximize",
-                        live=False)
+                        live=False, epochs=(cfg.training.stage1_epochs, cfg.training.stage2_epochs),
+                        timeout=cfg.hard_timeout or cfg.timeout)
     st.run(prep, progress, n_trials=n_trials)
     return prep.study
 

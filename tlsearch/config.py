@@ -26,7 +26,7 @@ from tlsearch._messages import format_errors, unknown_keys
 from tlsearch._schema import ParamSpec, Range, Section
 from tlsearch.config_checks import semantic_problems
 from tlsearch.errors import ConfigError
-from tlsearch.params import OBJECTIVES, PARAMS, objective_params
+from tlsearch.params import DOMAIN_PARAMS, OBJECTIVES, PARAMS, objective_params
 
 __all__ = ["Range", "ParamSpec", "SamplerConfig", "PrunerConfig", "HeartbeatConfig", "DataConfig",
            "BackboneEntry", "TrainingConfig", "SearchConfig", "CacheConfig", "MLflowConfig",
@@ -51,6 +51,9 @@ class PrunerConfig(Section):
     percentile: float = Field(25.0, gt=0, lt=100)
     min_resource: int = Field(1, ge=1)
     reduction_factor: int = Field(3, ge=2)
+    prune_stage1: bool = Field(
+        False, description="also prune during stage 1; by default no trial is pruned before its "
+        "first stage-2 epoch, and stage-2 steps are compared with stage-2 steps")
 
 
 class HeartbeatConfig(Section):
@@ -79,6 +82,12 @@ class DataConfig(Section):
     test: Path | None = Field(None, description="held-out test data, same format: never used to "
                               "choose a trial; the chosen one is evaluated on it once")
     validation_split: float = Field(0.2, gt=0, lt=1)
+    target: Path | None = Field(None, description="unlabelled data of the domain the model will "
+                                "serve, in the format of `path` without labels (a folder of "
+                                "images, a .npz with `x`, a table with the text column)")
+    target_validation: Path | None = Field(
+        None, description="labelled target data in the format of `path`: every trial is judged "
+        "on it (it replaces the source validation split)")
     image_size: int = Field(224, ge=8, le=1024, description="images are resized to this square")
     text_column: str = "text"
     label_column: str = "label"
@@ -177,7 +186,10 @@ class StudyConfig(Section):
     objective_params: dict[str, Any] | None = Field(
         None, description="the objective's parameters, e.g. {specificity: 0.95} for val_sens_at_spec")
     n_trials: int | None = Field(None, ge=1)
-    timeout: float | None = Field(None, gt=0, description="seconds")
+    timeout: float | None = Field(None, gt=0, description="seconds after which no new trial "
+                                  "starts (a running trial finishes)")
+    hard_timeout: float | None = Field(None, gt=0, description="seconds after which the running "
+                                       "trial is stopped too, recorded as pruned")
     seed: int = 0
     sampler: SamplerConfig = SamplerConfig()
     pruner: PrunerConfig = PrunerConfig()
@@ -223,9 +235,22 @@ class StudyConfig(Section):
 
     @model_validator(mode="after")
     def _check(self) -> StudyConfig:
-        if self.n_trials is None and self.timeout is None:
+        if self.n_trials is None and self.timeout is None and self.hard_timeout is None:
             raise ValueError("set `n_trials`, `timeout` or both: a study needs a budget")
+        if self.timeout is not None and self.hard_timeout is not None \
+                and self.hard_timeout < self.timeout:
+            raise ValueError(f"`hard_timeout >= timeout` must hold (the hard limit stops the "
+                             f"running trial after new ones stopped starting), but got "
+                             f"hard_timeout={self.hard_timeout:g}, timeout={self.timeout:g}")
         return self
+
+    @property
+    def value_name(self) -> str:
+        """What a trial's value is: the objective, or with ``data.target`` and no labelled target
+        data the label-free ``bound_proxy`` (lower is better; see tlsearch.train.dann_stage)."""
+        if self.data.target is not None and self.data.target_validation is None:
+            return "bound_proxy"
+        return self.objective
 
     @property
     def direction(self) -> str:
@@ -265,7 +290,8 @@ def parse_config(raw: Any, *, source: str = "<study>", base_dir: Path | None = N
     """Validate a study given as a mapping. Raises :class:`ConfigError` listing every problem."""
     if not isinstance(raw, dict):
         raise ConfigError(source, [f"expected a mapping of settings at the top level, got {raw!r}"])
-    problems = unknown_keys(StudyConfig, raw, "")
+    raw, problems = _flatten_domain(raw)
+    problems += unknown_keys(StudyConfig, raw, "")
     cfg = None
     try:
         cfg = StudyConfig.model_validate({**raw, "base_dir": base_dir or Path(".")})
@@ -277,6 +303,41 @@ def parse_config(raw: Any, *, source: str = "<study>", base_dir: Path | None = N
         raise ConfigError(source, problems)
     assert cfg is not None
     return cfg
+
+
+def _off_word(value: Any) -> Any:
+    """YAML reads a bare ``off`` as false: here it is the word ``off``."""
+    if isinstance(value, list):
+        return [_off_word(v) for v in value]
+    return "off" if value is False else value
+
+
+def _flatten_domain(raw: dict) -> tuple[dict, list[str]]:
+    """``search.domain_adaptation: {lambda_max, gamma, width}`` as the catalogue's flat
+    parameters (``domain_lambda_max`` ...); unknown keys reported by their path."""
+    search = raw.get("search")
+    if not isinstance(search, dict) or "domain_adaptation" not in search:
+        return raw, []
+    search = dict(search)
+    section = search.pop("domain_adaptation")
+    if section is None:
+        return {**raw, "search": search}, []
+    if not isinstance(section, dict):
+        return raw, [f"`search.domain_adaptation`: expected a mapping with keys "
+                     f"{', '.join(DOMAIN_PARAMS)}, got {section!r}"]
+    problems = []
+    for key, value in section.items():
+        if key not in DOMAIN_PARAMS:
+            hint = difflib.get_close_matches(str(key), list(DOMAIN_PARAMS), n=1, cutoff=0.5)
+            tip = f"; did you mean `{hint[0]}`?" if hint else ""
+            problems.append(f"`search.domain_adaptation.{key}`: unknown key (expected one of: "
+                            f"{', '.join(DOMAIN_PARAMS)}){tip}")
+        else:
+            search[DOMAIN_PARAMS[key]] = _off_word(value) if key == "lambda_max" else value
+    if "lambda_max" not in section and not problems:
+        problems.append("`search.domain_adaptation.lambda_max`: required: a fixed value, a range, "
+                        "or a list of choices that may include `off`")
+    return {**raw, "search": search}, problems
 
 
 def load_config(path: str | Path) -> StudyConfig:

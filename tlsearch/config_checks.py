@@ -42,6 +42,57 @@ def semantic_problems(cfg: Any) -> list[str]:
                 f"(run `tlsearch backbones` for the list){tip}"
             )
     problems += search_problems(cfg.search)
+    problems += domain_problems(cfg)
+    return problems
+
+
+def _adapting(spec: Any) -> bool:
+    """Whether a ``domain_adaptation.lambda_max`` entry can turn adaptation on."""
+    values = spec if isinstance(spec, list) else [spec]
+    return isinstance(spec, Range) or any(v != "off" for v in values)
+
+
+def domain_problems(cfg: Any) -> list[str]:
+    """Domain adaptation needs unlabelled target data, cached features and pixels that stay put;
+    without labelled target data a trial is judged by a label-free proxy on its last epoch of
+    stage 1, which stage 2 and other objectives would not match."""
+    d, s = cfg.data, cfg.search
+    problems: list[str] = []
+    on = _adapting(s.domain_lambda_max)
+    if on and d.target is None:
+        problems.append("`search.domain_adaptation`: adaptation needs unlabelled target data: set "
+                        "`data.target` (in the format of `data.path`, without labels)")
+    if d.target_validation is not None and d.target is None:
+        problems.append("`data.target_validation`: labelled target data is used with `data.target`"
+                        "; set `data.target` too")
+    if d.target_validation is not None and d.validation is not None:
+        problems.append("`data.target_validation`: with labelled target data every trial is judged "
+                        "on it, so `data.validation` would go unused; give one of them")
+    if d.target is None:
+        return problems
+    if not cfg.cache.enabled:
+        problems.append("`cache.enabled`: domain adaptation trains, and judges trials, on cached "
+                        "frozen features; set it to true")
+    for name in ("augmentation", "flip", "rotation", "zoom", "translation", "contrast", "mixup"):
+        spec = getattr(s, name)
+        if spec != PARAMS[name].off and spec != [PARAMS[name].off]:
+            problems.append(f"`search.{name}`: augmentation changes the pixels every epoch and "
+                            f"cannot be combined with `data.target`: domain adaptation trains, "
+                            f"and trials are judged, on cached features; leave `search.{name}` out")
+    if on and cfg.objective not in ("val_loss", "val_accuracy"):
+        problems.append(f"`objective`: an adapted head reports val_loss and val_accuracy; "
+                        f"{cfg.objective} is not available with domain adaptation")
+    if d.target_validation is None:
+        if cfg.training.stage2_epochs:
+            problems.append("`training.stage2_epochs`: without `data.target_validation` a trial is "
+                            "judged by a label-free criterion on its head (stage 1); set "
+                            "stage2_epochs: 0, or give labelled target data in "
+                            "`data.target_validation`")
+        if cfg.objective != "val_loss":
+            problems.append(f"`objective`: without `data.target_validation` trials are pruned on "
+                            f"the source validation loss and judged by a label-free risk proxy "
+                            f"(lower is better), not by {cfg.objective}; use val_loss or give "
+                            f"`data.target_validation`")
     return problems
 
 
@@ -68,10 +119,10 @@ def _only_words(spec: Any, p: Param) -> bool:
 
 def _choice_problems(p: Param, spec: Any) -> list[str]:
     if isinstance(spec, Range):
-        return [f"`search.{p.name}`: expected one of {list(p.choices)} or a list of them, got a "
+        return [f"`search.{p.where}`: expected one of {list(p.choices)} or a list of them, got a "
                 f"range"]
     values = spec if isinstance(spec, list) else [spec]
-    return [f"`search.{p.name}`: expected one of {list(p.choices)}, got {v!r}"
+    return [f"`search.{p.where}`: expected one of {list(p.choices)}, got {v!r}"
             for v in values if v not in p.choices]
 
 
@@ -81,21 +132,21 @@ def _numeric_problems(p: Param, spec: Any) -> list[str]:
     b = numeric_bounds(spec, p.words)
     if b is None:
         also = f", or {' / '.join(p.words)}" if p.words else ""
-        return [f"`search.{p.name}`: expected a number, a list of numbers or {{low, high}}{also}, "
+        return [f"`search.{p.where}`: expected a number, a list of numbers or {{low, high}}{also}, "
                 f"got {spec!r}"]
     problems = []
     lo = p.low if p.low is not None else -math.inf
     hi = p.high if p.high is not None else math.inf
     if b[0] < lo or b[1] > hi or (p.low_open and b[0] <= lo):
         shown_hi = "inf" if p.high is not None and p.high >= 10**6 else f"{hi:g}"
-        problems.append(f"`search.{p.name}`: values must lie in {'(' if p.low_open else '['}"
+        problems.append(f"`search.{p.where}`: values must lie in {'(' if p.low_open else '['}"
                         f"{lo:g}, {shown_hi}], got {spec!r}")
     if p.kind == "int":
         values = [] if isinstance(spec, Range) else spec if isinstance(spec, list) else [spec]
         if isinstance(spec, Range) and not spec.is_int:
-            problems.append(f"`search.{p.name}`: expected integer bounds, got {spec!r}")
+            problems.append(f"`search.{p.where}`: expected integer bounds, got {spec!r}")
         if any(_is_number(v) and not float(v).is_integer() for v in values):
-            problems.append(f"`search.{p.name}`: expected integers, got {spec!r}")
+            problems.append(f"`search.{p.where}`: expected integers, got {spec!r}")
     return problems
 
 
@@ -105,7 +156,7 @@ def search_problems(search: Any) -> list[str]:
     for p in PARAMS.values():
         spec = getattr(search, p.name)
         if isinstance(spec, list) and not spec:
-            problems.append(f"`search.{p.name}`: an empty list of choices")
+            problems.append(f"`search.{p.where}`: an empty list of choices")
         elif p.kind == "choice":
             problems += _choice_problems(p, spec)
         else:

@@ -89,6 +89,11 @@ class TransferHyperModel(kt.HyperModel):
         if importlib.util.find_spec("tensorboard") is None:
             raise ImportError("KerasTuner 1.4 fails every trial without tensorboard: pip install "
                               "'tlsearch[tuner]'")
+        if cfg.value_name != cfg.objective:
+            raise UserError("`data.target` without `data.target_validation`: trials are judged by "
+                            "a label-free criterion on their last epoch, which KerasTuner's "
+                            "per-epoch objective cannot express; use `tlsearch run`, or give "
+                            "labelled target data in `data.target_validation`")
         super().__init__(name=name or cfg.name, tunable=tunable)
         self.cfg = cfg
         self.modality = modalities.modality_of(cfg.backbone_entries).name

@@ -18,7 +18,7 @@ from tlsearch.metrics import Score
 
 __all__ = ["PREPROCESSING_MODES", "POOLING_MODES", "Param", "PARAMS", "Objective", "OBJECTIVES",
            "TrialParams", "UNFREEZE_ALL", "params_for", "objective", "objective_params", "compute",
-           "MODALITIES"]
+           "MODALITIES", "DOMAIN_PARAMS", "adapts"]
 
 #: the kinds of input a backbone takes; each has a :mod:`tlsearch.modalities` entry
 MODALITIES = ("image", "text")
@@ -75,6 +75,14 @@ class Param:
     #: whose study file leaves it there does not show it, and a study stored before the
     #: parameter existed reads as having it there.
     off: Any = None
+    #: where the study file writes it under ``search`` when that is not its name
+    #: (``domain_adaptation.lambda_max`` for ``domain_lambda_max``)
+    path: str = ""
+
+    @property
+    def where(self) -> str:
+        """Its dotted path in the study file, below ``search``."""
+        return self.path or self.name
 
 
 PARAMS: dict[str, Param] = {p.name: p for p in (
@@ -113,11 +121,29 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
     Param("mixup", 0.0, "mixup's alpha: each batch blended with a shuffled copy of itself, images "
           "and labels, by a Beta(alpha, alpha) weight (0: off)", low=0.0, high=10.0,
           modalities=("image",), off=0.0),
+    Param("domain_lambda_max", "off", "domain adaptation (DANN, stage 1 on cached features): "
+          "the strength the gradient reversal ramps up to; `off` trains the plain head, so "
+          "[off, 0.1, 1.0] lets the search decide whether adaptation helps", low=0.0, high=100.0,
+          stage=1, words=("off",), off="off", path="domain_adaptation.lambda_max"),
+    Param("domain_gamma", 10.0, "domain adaptation: how fast lambda ramps up, "
+          "lambda_max * (2 / (1 + exp(-gamma p)) - 1) over the stage's progress p",
+          low=0.0, high=1000.0, low_open=True, stage=1, off=10.0, path="domain_adaptation.gamma"),
+    Param("domain_width", 64, "domain adaptation: units of the domain classifier's hidden layer",
+          kind="int", low=1, high=65536, stage=1, off=64, path="domain_adaptation.width"),
     Param("pooling", "cls", "how the encoder's hidden states become one vector", kind="choice",
           choices=tuple(POOLING_MODES), modalities=("text",)),
     Param("max_length", 128, "tokens per text (longer texts are truncated)", kind="int", low=8,
           high=4096, modalities=("text",)),
 )}
+
+
+#: the study file's ``search.domain_adaptation`` keys -> the catalogue's parameters
+DOMAIN_PARAMS = {"lambda_max": "domain_lambda_max", "gamma": "domain_gamma", "width": "domain_width"}
+
+
+def adapts(params: TrialParams) -> bool:
+    """Whether a trial trains with domain adaptation (``lambda_max`` is not ``off``)."""
+    return params.domain_lambda_max != "off"
 
 
 def params_for(modality: str) -> list[Param]:
@@ -250,6 +276,9 @@ class TrialParams:
     translation: float = 0.0
     contrast: float = 0.0
     mixup: float = 0.0
+    domain_lambda_max: float | str = "off"
+    domain_gamma: float = 10.0
+    domain_width: int = 64
     pooling: str = "cls"
     max_length: int = 128
 

@@ -44,7 +44,13 @@ __all__ = ["space_entries", "distributions", "fixed_values", "signature", "sugge
 _INTS = {p.name for p in PARAMS.values() if p.kind == "int"}
 #: a parameter sampled only when this other parameter's value is truthy (stage 2 runs)
 _REQUIRES = {"lr_stage2": "unfreeze_blocks", "lr_decay": "unfreeze_blocks",
-             "unfreeze_every": "unfreeze_blocks"}
+             "unfreeze_every": "unfreeze_blocks", "domain_gamma": "domain_lambda_max",
+             "domain_width": "domain_lambda_max"}
+
+
+def _on(value: Any) -> bool:
+    """Whether a parameter that others require is on: blocks unfrozen, adaptation not ``off``."""
+    return bool(value) and value != "off"
 
 
 def _numbers(values: list) -> list:
@@ -217,7 +223,7 @@ def suggest(trial: optuna.Trial, cfg: StudyConfig, modality: str,
         if name not in dists:
             continue
         needs = _REQUIRES.get(p.name)
-        if needs is not None and not values.get(needs, True):
+        if needs is not None and not _on(values.get(needs, True)):
             values.pop(p.name, None)  # its stage does not run: neither sampled nor shown
             continue
         values[p.name] = _suggest(trial, name, dists[name])
@@ -225,7 +231,7 @@ def suggest(trial: optuna.Trial, cfg: StudyConfig, modality: str,
         if not isinstance(values[name], str):  # `unfreeze_blocks: all` stays a word
             values[name] = int(values[name])
     for name, needs in _REQUIRES.items():
-        if not values.get(needs, 0):
+        if not _on(values.get(needs, 0)):
             values.pop(name, None)
     return TrialParams(**values)
 
@@ -237,7 +243,7 @@ def used(params: TrialParams, cfg: StudyConfig, modality: str) -> dict[str, Any]
                            if p.name in searched or p.off is None
                            or getattr(params, p.name) != p.off)}
     for name, needs in _REQUIRES.items():
-        if not getattr(params, needs):
+        if not _on(getattr(params, needs)):
             names.discard(name)
     return {k: v for k, v in vars(params).items() if k in names}
 
@@ -263,7 +269,11 @@ def warm_start(cfg: StudyConfig, modality: str, caps: Mapping[str, int] | None =
             v = math.sqrt(d.low * d.high) if d.log else (d.low + d.high) / 2
             out[name] = int(round(v)) if isinstance(d, IntDistribution) else v
     if out.get(param_name(cfg, "unfreeze_blocks", backbone)) == 0:
-        for name in _REQUIRES:  # the warm start trains no block: stage 2 does not run
+        for name, needs in _REQUIRES.items():  # the warm start trains no block: no stage 2
+            if needs == "unfreeze_blocks":
+                out.pop(name, None)
+    if out.get("domain_lambda_max") == "off":
+        for name in ("domain_gamma", "domain_width"):
             out.pop(name, None)
     return out
 

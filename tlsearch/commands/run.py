@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 
@@ -12,7 +13,8 @@ from rich.table import Table
 from tlsearch.config import load_config
 from tlsearch._quiet import import_tensorflow_quietly
 from tlsearch.errors import TooManyFailures, UserError, WorkersFailed
-from tlsearch.search.progress import Progress
+from tlsearch.search.endings import ending, ending_lines
+from tlsearch.search.progress import Progress, json_safe
 
 
 def add_parser(sub):
@@ -25,6 +27,12 @@ def add_parser(sub):
     p.add_argument("--recycle-after", type=int, default=0, metavar="K",
                    help="run trials in worker processes that are replaced by fresh ones after K "
                         "trials each, returning what TensorFlow keeps per trial (default 0: never)")
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", action="store_true",
+                       help="print only the final summary (warnings still go to stderr)")
+    shown.add_argument("--json", action="store_true",
+                       help="JSON lines on stdout: an event per trial start, stage, epoch, "
+                            "feature progress and trial end, then the summary; messages on stderr")
     p.add_argument("--no-estimate", action="store_true",
                    help="skip the cost estimate printed before a new study's first trial")
     # set on the processes that --workers starts: run trials, leave the summary to the parent
@@ -49,17 +57,26 @@ def run(args) -> int:
         raise UserError(f"`--n-trials`: expected at least 1, got {args.n_trials}")
     cfg = load_config(args.study)
     import_tensorflow_quietly()
-    err = Console(stderr=True)
-    out = Console()
+    out = Console(soft_wrap=True)  # progress and summary: one stream, lines never cut
+    # what is said before the trials: with the rest, or on stderr when stdout is for JSON
+    err = Console(stderr=True, quiet=args.quiet, soft_wrap=True) if args.json or args.quiet \
+        else out
+    warn_to = Console(stderr=True, soft_wrap=True) if args.json or args.quiet else out
+    mode = "json" if args.json else "quiet" if args.quiet else "auto"
     worker = args.worker_index
+    if worker is not None and mode == "auto":
+        mode = "plain"
+    progress = Progress(out, objective=cfg.objective, maximize=cfg.direction == "maximize",
+                        mode=mode, label="" if worker is None else f"worker {worker}",
+                        epochs=(cfg.training.stage1_epochs, cfg.training.stage2_epochs),
+                        timeout=cfg.hard_timeout or cfg.timeout)
     if worker is None:
         err.print(f"[bold]tlsearch[/] study [bold]{cfg.name}[/]: checking the data ...")
     check_tracking(cfg)  # a tracker that cannot work is refused before the study is created
     prep = st.prepare(cfg, storage_url=storage_override(args),
-                      warn=err.print if worker is None else (lambda *a, **k: None))
+                      warn=warn_to.print if worker is None else (lambda *a, **k: None),
+                      on_features=progress.on_features)
     if worker is not None:
-        progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize",
-                            live=False, label=f"worker {worker}")
         summary = st.run(prep, progress, n_trials=args.n_trials,
                          max_here=args.recycle_after or None)
         from tlsearch.search.workers import RECYCLE
@@ -72,17 +89,47 @@ def run(args) -> int:
         err.print(f"  skipped {len(prep.data.skipped)} unreadable files (data.skip_bad_files):\n"
                   + format_file_list(prep.data.skipped), highlight=False)
     err.print(f"  storage {redact_url(prep.storage_url)}; {prep.finished} trials already finished")
-    if not args.no_estimate and prep.finished == 0:
+    if not (args.no_estimate or args.quiet) and prep.finished == 0:
         from tlsearch.search.estimate_text import startup_line
 
         err.print(f"  {startup_line(prep.cfg, prep)}", highlight=False, soft_wrap=True)
     if args.workers > 1 or args.recycle_after:
         return _run_workers(args, cfg, prep, err, out)
-    progress = Progress(err, objective=cfg.objective, maximize=cfg.direction == "maximize")
-    summary = st.run(prep, progress, n_trials=args.n_trials)
+    target = args.n_trials or cfg.n_trials
+    try:
+        summary = st.run(prep, progress, n_trials=args.n_trials)
+    except KeyboardInterrupt:
+        _finish(args, out, ending(st.summarize(prep.study), "interrupted", target), cfg, prep)
+        raise
+    except TooManyFailures:
+        _finish(args, out, ending(st.summarize(prep.study), "failures", target), cfg, prep)
+        raise
+    _finish(args, out, summary, cfg, prep)
+    return 0
+
+
+def _finish(args, out: Console, summary: dict, cfg, prep) -> None:
+    """The summary: a JSON line with ``--json``, else the table and what comes next."""
+    command = _command(args)
+    if args.json:
+        extra = _after_study(None, cfg, prep)
+        from tlsearch.report.sections import verdict_lines
+
+        summary = {**summary, **extra, "verdict": verdict_lines(prep.study, cfg)
+                   if summary.get("best") else [], "resume": command}
+        out.file.write(json.dumps(json_safe({"event": "summary", **summary})) + "\n")
+        out.file.flush()
+        return
     _print_summary(out, summary, cfg, prep, args.study)
     _after_study(out, cfg, prep)
-    return 0
+    for line in ending_lines(summary, command):  # last: what the user reads first
+        out.print(line, highlight=False, soft_wrap=True)
+
+
+def _command(args) -> str:
+    return " ".join(["tlsearch run", args.study]
+                    + ([f"--n-trials {args.n_trials}"] if args.n_trials else [])
+                    + ([f"--workers {args.workers}"] if args.workers > 1 else []))
 
 
 def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
@@ -104,7 +151,7 @@ def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
     err.print(f"  starting {args.workers} worker{'s' if args.workers > 1 else ''}"
               + (f", each replaced by a fresh process after {args.recycle_after} trials"
                  if args.recycle_after else ""))
-    argv = ["run", args.study]
+    argv = ["run", args.study] + (["--json"] if args.json else ["--quiet"] if args.quiet else [])
     if args.n_trials is not None:
         argv += ["--n-trials", str(args.n_trials)]
     if args.recycle_after:
@@ -113,14 +160,16 @@ def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
     summary = st.summarize(prep.study)
     target = args.n_trials or cfg.n_trials
     finished = summary["states"].get("COMPLETE", 0) + summary["states"].get("PRUNED", 0)
-    _print_summary(out, summary, cfg, prep, args.study)
-    _after_study(out, cfg, prep)
     bad = {i + 1: c for i, c in enumerate(codes) if c != 0}
+    reason = "n_trials" if target is not None and finished >= target else \
+        "interrupted" if {130, -2} & set(bad.values()) else \
+        "failures" if bad else "timeout"
+    _finish(args, out, ending(summary, reason, target), cfg, prep)
     if not bad:
         return 0
     shown = ", ".join(f"worker {i} exited with {_describe_exit(c)}" for i, c in bad.items())
     if target is not None and finished >= target:
-        err.print(f"note: {shown}; the others finished the study")
+        Console(stderr=True).print(f"note: {shown}; the others finished the study")
         return 0
     if 130 in bad.values() or -2 in bad.values():
         raise KeyboardInterrupt
@@ -130,27 +179,33 @@ def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
     raise WorkersFailed(f"{shown}. Run the same command again: the study resumes.")
 
 
-def _after_study(out: Console, cfg, prep) -> None:
+def _after_study(out: Console | None, cfg, prep) -> dict:
     """What the best trial says beyond its validation score: where it sits against the fences of
-    the search space, and its accuracy on the held-out test set (``data.test``)."""
+    the search space, and its accuracy on the held-out test set (``data.test``). Printed on
+    ``out``, and returned (``fences``, ``test``)."""
     from tlsearch import space
     from tlsearch.search.attrs import ATTR
 
     try:
         best = prep.study.best_trial
     except ValueError:
-        return
+        return {}
     lines = space.fences(best.user_attrs.get(ATTR["params"], {}), cfg, prep.modality, prep.caps)
     prep.study.set_user_attr(ATTR["fences"], lines)
+    found: dict = {"fences": lines}
     for line in lines:
-        out.print(f"[yellow]fence:[/] {line}", highlight=False)
+        if out is not None:
+            out.print(f"[yellow]fence:[/] {line}", highlight=False)
     if prep.data.x_test is not None:
         from tlsearch.export.evaluate import evaluate_best_on_test, format_evaluation
 
         result = evaluate_best_on_test(cfg, prep.study, prep.data)
         if result is not None:
-            out.print(format_evaluation(result, f"held-out test set (data.test), trial "
-                                                f"#{result['trial']}"), highlight=False)
+            found["test"] = result
+            if out is not None:
+                out.print(format_evaluation(result, f"held-out test set (data.test), trial "
+                                                    f"#{result['trial']}"), highlight=False)
+    return found
 
 
 def _describe_exit(code: int) -> str:
@@ -177,9 +232,9 @@ def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> N
         t = Table(title=f"best trial: #{best['number']}", show_header=False)
         t.add_column("", style="bold")
         t.add_column("")
-        t.add_row(cfg.objective, f"{best['value']:.4f}")
+        t.add_row(cfg.value_name, f"{best['value']:.4f}")
         acc = best_accuracy(summary)
-        if acc is not None and math.isfinite(acc):
+        if cfg.objective != "val_accuracy" and acc is not None and math.isfinite(acc):
             t.add_row("val_accuracy", f"{acc:.4f}")
         t.add_row("best epoch", f"step {best['best_step']} (stage {best['best_stage']})")
         for k, v in best["params"].items():

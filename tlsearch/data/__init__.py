@@ -77,6 +77,11 @@ class Dataset:
     #: the held-out test examples (``data.test``): never used for selection, not in the fingerprint
     x_test: np.ndarray | None = None
     y_test: np.ndarray | None = None
+    #: unlabelled target-domain inputs (``data.target``) and their fingerprint; when
+    #: ``data.target_validation`` is given, ``x_val``/``y_val`` are that labelled target data
+    x_target: np.ndarray | None = None
+    target_fingerprint: str = ""
+    target_validation: bool = False
 
     @property
     def n_classes(self) -> int:
@@ -186,17 +191,20 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
     train = reader(cfg, path, image_size)
     train.labels = [nfc(c) for c in train.labels]
     skipped = list(train.skipped)
-    if cfg.validation is not None:
-        vpath = cfg.validation if Path(cfg.validation).is_absolute() else base_dir / cfg.validation
+    target_val = getattr(cfg, "target_validation", None)
+    validation, vfield = (target_val, "data.target_validation") if target_val is not None \
+        else (cfg.validation, "data.validation")
+    if validation is not None:
+        vpath = validation if Path(validation).is_absolute() else base_dir / validation
         if not vpath.exists():
-            raise DataError(f"`data.validation`: {str(vpath)!r} does not exist")
+            raise DataError(f"`{vfield}`: {str(vpath)!r} does not exist")
         val = reader(cfg, vpath, image_size)
         val.labels = [nfc(c) for c in val.labels]
         skipped += val.skipped
         class_names = sorted(set(train.labels), key=_label_key)
         unknown = sorted(set(val.labels) - set(class_names))
         if unknown:
-            raise DataError(f"`data.validation`: labels {unknown} occur in the validation data "
+            raise DataError(f"`{vfield}`: labels {unknown} occur in the validation data "
                             f"but not in the training data {class_names}"
                             + _lookalikes(unknown, class_names))
         index = {c: i for i, c in enumerate(class_names)}
@@ -204,7 +212,7 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
         x_va, y_va = val.x, np.array([index[c] for c in val.labels], dtype=np.int64)
         _check_classes(class_names, y_tr, "data.path")
         if len(y_va) == 0:
-            raise DataError("`data.validation`: no examples found")
+            raise DataError(f"`{vfield}`: no examples found")
     else:
         class_names = sorted(set(train.labels), key=_label_key)
         index = {c: i for i, c in enumerate(class_names)}
@@ -229,6 +237,16 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
         ds.x_test, ds.y_test, test_skipped = load_labelled(
             cfg, cfg.test, class_names, base_dir=base_dir, image_size=image_size, field="data.test")
         ds.skipped += test_skipped
+    if getattr(cfg, "target", None) is not None:
+        from tlsearch.data.unlabelled import load_unlabelled
+
+        ds.x_target, ds.target_fingerprint = load_unlabelled(cfg, cfg.target, base_dir=base_dir,
+                                                             image_size=image_size)
+        ds.target_validation = target_val is not None
+        if ds.x_target.dtype != ds.x_train.dtype and (ds.x_target.dtype == object) != (
+                ds.x_train.dtype == object):
+            raise DataError("`data.target`: the target data is not of the kind of `data.path` "
+                            "(images and texts mixed)")
     return ds
 
 

@@ -183,7 +183,24 @@ def trial_record(cfg, study, frozen) -> dict:
         "params": frozen.user_attrs.get(ATTR["params"], frozen.params),
         "classes": list(study.user_attrs[ATTR["classes"]]),
         "weights_artifact": {k: artifact[k] for k in ("id", "size", "sha256") if k in artifact},
+        **_domain_record(study, frozen),
     }
+
+
+def _domain_record(study, frozen) -> dict:
+    """``domain_adaptation`` for a study with ``data.target``: whether this trial's head was
+    adapted, to which target data (its fingerprint), and how the trial was judged."""
+    target = study.user_attrs.get(ATTR["target"])
+    if not target:
+        return {}
+    params = frozen.user_attrs.get(ATTR["params"], {})
+    report = dict(frozen.user_attrs.get(ATTR["domain"]) or {})
+    return {"domain_adaptation": {
+        "adapted": params.get("domain_lambda_max", "off") != "off",
+        "target_fingerprint": target,
+        "criterion": report.pop("criterion", None),
+        "report": report,
+    }}
 
 
 def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str | None = None,
@@ -344,6 +361,8 @@ def _metadata(cfg, record: dict, modality: Modality, report, root: Path) -> dict
         "tolerance": TOLERANCE,
         "weights_artifact": record.get("weights_artifact", {}),
         **({"source": record["source"]} if "source" in record else {}),
+        **({"domain_adaptation": record["domain_adaptation"]}
+           if "domain_adaptation" in record else {}),
         "versions": _versions(extra),
         "files": _files_under(root),
         "load": {

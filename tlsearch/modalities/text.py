@@ -120,6 +120,8 @@ def epoch_setter(holder: list):
 class TextBackboneSource(BackboneSource):
     """Builds text backbones and serves token arrays and frozen outputs, each computed once."""
 
+    unit = "texts"
+
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self._tokens: dict[tuple, tuple[dict, ...]] = {}
@@ -196,6 +198,13 @@ class TextBackboneSource(BackboneSource):
             for out, g in zip(outs, got):
                 out[b, :g.shape[1]] = g
         return outs
+
+    def target_inputs(self, params: TrialParams | None):
+        """The unlabelled target texts, tokenized (their features are cached, so once a study)."""
+        if params is None:
+            raise ValueError("text inputs depend on the trial's max_length")
+        assert self.dataset.x_target is not None, "the study has no `data.target`"
+        return self.tokenize(params.backbone, self.dataset.x_target, params.max_length)
 
     def inputs(self, params: TrialParams | None):
         """The tokenized train and validation texts, tokenized once per (tokenizer, max_length)."""

@@ -55,6 +55,12 @@ def build_report(cfg, *, url: str | None = None, log: Callable[[str], None] = pr
     sections = []
     for make in SECTIONS:
         sections.append(make(study, cfg))
+    from tlsearch.report.domain import domain_section
+    from tlsearch.report.domain_pca import domain_pca_section
+
+    for domain in (domain_section(study, cfg), domain_pca_section(study, cfg)):
+        if domain is not None:
+            sections.append(domain)
     log("evaluating the best model on the validation data ...")
     sections.append(evaluation_section(study, cfg, url))
 

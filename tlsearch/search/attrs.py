@@ -33,6 +33,10 @@ ATTR = {
     "fences": "tlsearch.fences",
     "prescreen": "tlsearch.prescreen",
     "mlflow_run": "tlsearch.mlflow_run",
+    "stage2_step": "tlsearch.stage2_step",
+    "stopped": "tlsearch.stopped",
+    "target": "tlsearch.target",  # study: the fingerprint of `data.target`
+    "domain": "tlsearch.domain",  # trial: its domain-adaptation criterion and report
 }
 
 #: the user attribute naming the process that runs a trial: ``host:pid:start``

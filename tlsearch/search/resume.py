@@ -27,7 +27,7 @@ NEW_STUDY = ("Give the study a new `name` (or another `storage`) to start a new 
              "the change to resume this one.")
 
 #: the parts of a study's meaning that need its data to be known (not checked by export)
-_DATA_FIELDS = ("data", "classes")
+_DATA_FIELDS = ("data", "classes", "data.target")  # not re-read by export
 
 
 def meaning(cfg: StudyConfig, weights: Mapping[str, str], *, data: str | None = None,

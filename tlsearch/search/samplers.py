@@ -63,6 +63,17 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
 
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+    """The study file's pruner; unless ``pruner.prune_stage1`` (or a study without stage 2), inside a
+    :class:`~tlsearch.search.stage_pruning.StageAwarePruner` that waits for stage 2."""
+    inner = _optuna_pruner(cfg)
+    if cfg.pruner.prune_stage1 or cfg.training.stage2_epochs == 0 or cfg.pruner.type == "none":
+        return inner
+    from tlsearch.search.stage_pruning import StageAwarePruner
+
+    return StageAwarePruner(inner)
+
+
+def _optuna_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     p = cfg.pruner
     max_resource = cfg.training.stage1_epochs + cfg.training.stage2_epochs
     if p.type == "none":

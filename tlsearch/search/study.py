@@ -24,6 +24,7 @@ from tlsearch.errors import (ArtifactWriteError, TooManyFailures, TrialFailure,
 from tlsearch.modalities import Modality
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
 from tlsearch.search.attrs import ATTR, FINISHED
+from tlsearch.search.endings import HARD_TIMEOUT_NOTE, Deadlines, HardTimeout, ending
 from tlsearch.search.inputs import caps as study_caps
 from tlsearch.search.inputs import (check_inputs, check_objective, check_writable,
                                     class_weight_map, config_snapshot, prescreen, study_weights)
@@ -83,7 +84,7 @@ def load_study(cfg: StudyConfig, url: str | None = None) -> optuna.Study:
 
 
 def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
-            create: bool = True) -> PreparedStudy:
+            create: bool = True, on_features=None) -> PreparedStudy:
     """Check the inputs, compare with a stored study of the same name, then create or load it.
 
     Nothing is written before every input is checked: the data, the backbones (each is built
@@ -91,7 +92,8 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     meaning (:mod:`tlsearch.search.resume`). The storage is opened and the study created under a
     lock shared by every process using the storage (see :mod:`tlsearch.search.workers`): workers
     started at the same moment on a fresh database would otherwise all try to create Optuna's
-    tables, and most would crash.
+    tables, and most would crash. ``on_features`` watches frozen outputs being computed
+    (:attr:`BackboneSource.on_features <tlsearch.train.features.BackboneSource.on_features>`).
     """
     url = storage_url or cfg.storage_url
     check_url(url)
@@ -104,11 +106,14 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
         if cfg.cache.enabled else None
     kind = modalities.get(modality)
     source = kind.make_source(cfg, data, cache, prefetch_unfrozen=space.max_unfreeze_searched(cfg))
+    source.on_features = on_features
     cfg, ranking = prescreen(cfg, source, data, warn)
     caps = study_caps(cfg, source)
     space.check_caps(cfg, modality, caps)
     sig = space.signature(cfg, modality, caps)
     now = meaning(cfg, study_weights(cfg, source), data=data.fingerprint, classes=data.class_names)
+    if data.x_target is not None:
+        now["data.target"] = data.target_fingerprint
     if not create:
         if not sqlite_missing(url):
             try:
@@ -137,7 +142,9 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
                 for key, value in (("space", sig), ("classes", data.class_names),
                                    ("modality", modality), ("config", config_snapshot(cfg)),
                                    ("data", data.fingerprint), ("meaning", now), ("caps", caps),
-                                   ("prescreen", ranking)):
+                                   ("prescreen", ranking),
+                                   *((("target", data.target_fingerprint),)
+                                     if data.x_target is not None else ())):
                     study.set_user_attr(ATTR[key], value)
                 if cfg.sampler.warm_start and not study.trials:
                     study.enqueue_trial(space.warm_start(cfg, modality, caps),
@@ -149,9 +156,19 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
         batch_size=cfg.training.batch_size, objective=cfg.objective,
         objective_params=cfg.objective_params, class_weight=cw_map,
         keep_bn_frozen=cfg.training.keep_bn_frozen, seed=cfg.seed,
+        domain_selection=domain_selection(data),
     )
     store = AtomicFileSystemArtifactStore(cfg.artifact_dir)
     return PreparedStudy(cfg, study, data, source, schedule, store, modality, url, kind, caps)
+
+
+def domain_selection(data: Dataset) -> str:
+    """How a study with ``data.target`` judges trials (:mod:`tlsearch.train.dann_stage`)."""
+    from tlsearch.train.dann_stage import LABEL_FREE, TARGET_LABELS
+
+    if data.x_target is None:
+        return ""
+    return TARGET_LABELS if data.target_validation else LABEL_FREE
 
 
 class _FailureGuard:
@@ -193,10 +210,13 @@ def _as_trial_failure(e: BaseException) -> TrialFailure | None:
 
 def make_objective(prep: PreparedStudy, progress: Progress,
                    on_start: Callable[[optuna.Trial], None] | None = None,
-                   listeners: Listeners | None = None):
+                   listeners: Listeners | None = None, deadlines: Deadlines | None = None):
     """The objective around :func:`~tlsearch.train.pipeline.run_trial`. ``on_start`` is called first,
     once the trial is RUNNING (a claim is released there: see :class:`tlsearch.search.workers.Claims`).
-    ``listeners`` (default: the study file's ``tracking:``) hear each trial's start, epochs and end."""
+    ``listeners`` (default: the study file's ``tracking:``) hear each trial's start, epochs and end.
+    The global step of the trial's first stage-2 epoch is stored on it (``tlsearch.stage2_step``,
+    what :class:`~tlsearch.search.stage_pruning.StageAwarePruner` reads) before that epoch is
+    reported. Past ``deadlines.hard`` the trial stops after its current batch, as PRUNED."""
     cfg, schedule = prep.cfg, prep.schedule
     hooks = open_listeners(cfg) if listeners is None else listeners
 
@@ -212,14 +232,27 @@ def make_objective(prep: PreparedStudy, progress: Progress,
 
         def on_epoch(rec) -> None:
             history.append(rec.to_dict())
+            if rec.stage >= 2 and ATTR["stage2_step"] not in trial.user_attrs:
+                trial.set_user_attr(ATTR["stage2_step"], rec.step)
             progress.epoch(rec)
             hooks.epoch(trial, rec)
             trial.report(rec.value(schedule.objective), rec.step)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {rec.step} (stage {rec.stage})")
+            if deadlines is not None:
+                deadlines.check()
+
+        def on_batch(stage: int, batch: int, steps: int | None, logs: dict) -> None:
+            progress.batch(stage, batch, steps, logs)
+            if deadlines is not None:
+                deadlines.check()
 
         try:
-            result = run_trial(params, schedule, prep.data, prep.source, on_epoch, progress.stage)
+            result = run_trial(params, schedule, prep.data, prep.source, on_epoch, progress.stage,
+                               on_batch=on_batch)
+        except HardTimeout as e:
+            trial.set_user_attr(ATTR["stopped"], HARD_TIMEOUT_NOTE)
+            raise optuna.TrialPruned(HARD_TIMEOUT_NOTE) from e
         except TrialFailure as e:
             trial.set_user_attr(ATTR["failure"], str(e))
             raise
@@ -238,6 +271,8 @@ def make_objective(prep: PreparedStudy, progress: Progress,
         trial.set_user_attr(ATTR["best_stage"], result.best_stage)
         trial.set_user_attr(ATTR["seconds"], round(result.seconds, 3))
         trial.set_user_attr(ATTR["cached"], result.cached)
+        if result.domain is not None:
+            trial.set_user_attr(ATTR["domain"], result.domain)
         try:
             upload_weights(trial, prep.store, result.weights, step=result.best_step)
         except ArtifactWriteError as e:  # every later trial would lose its weights too: stop
@@ -252,7 +287,8 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
         poll: float | None = None, max_here: int | None = None) -> dict:
     """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes), or
     until this process has run ``max_here`` trials (then the summary says ``recycle``: a fresh
-    process should carry on; see :data:`tlsearch.search.workers.RECYCLE`).
+    process should carry on; see :data:`tlsearch.search.workers.RECYCLE`). The summary says why
+    it stopped (``stopped``, :mod:`tlsearch.search.endings`) and the trials left (``left``).
 
     The count is the study's, across every worker: each trial is claimed before it starts (see
     :class:`tlsearch.search.workers.Claims`), so N workers stop at exactly ``n_trials``. A worker whose
@@ -260,6 +296,7 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
     need a retry, and stops when they finish.
     """
     cfg = prep.cfg
+    progress.value_label = cfg.value_name
     target = n_trials or cfg.n_trials
     best = None
     try:
@@ -270,18 +307,24 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
     guard = _FailureGuard(cfg.training.max_consecutive_failures)
     claims = Claims(prep.study, prep.storage_url, cfg.heartbeat.max_retry)
     poll = poll if poll is not None else min(5.0, float(cfg.heartbeat.interval))
-    deadline = None if cfg.timeout is None else time.monotonic() + cfg.timeout
+    deadlines = Deadlines(cfg.timeout, cfg.hard_timeout)
+    reason = "n_trials"
 
     def on_done(study, frozen):
-        note = frozen.user_attrs.get(ATTR["failure"], "") if frozen.state == TrialState.FAIL else ""
+        note = frozen.user_attrs.get(ATTR["failure"], "") if frozen.state == TrialState.FAIL \
+            else frozen.user_attrs.get(ATTR["stopped"], "")
         progress.trial_end(frozen.number, frozen.state.name, frozen.value, note)
 
-    objective = make_objective(prep, progress, on_start=claims.started)
+    objective = make_objective(prep, progress, on_start=claims.started, deadlines=deadlines)
     here, recycle = 0, False
     try:
         claims.sweep()
         progress.start(target, prep.finished, best)
-        while not guard.tripped and (deadline is None or time.monotonic() < deadline):
+        while not guard.tripped:
+            late = deadlines.may_start()
+            if late is not None:
+                reason = late
+                break
             decision = claims.next(target)
             if decision == DONE:
                 break
@@ -308,7 +351,7 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
             f"{guard.count} trials failed in a row; the study was stopped:\n{reasons}\n"
             f"Fix the cause and run the same command again: the study resumes."
         )
-    summary = summarize(prep.study)
+    summary = ending(summarize(prep.study), "recycle" if recycle else reason, target)
     if recycle:
         summary["recycle"] = True
     return summary

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -110,6 +110,12 @@ class BackboneSource:
         self._heads = None
         self._tops = None
         self._acceleration = None
+        #: called as ``on_features(what, rows done, rows in all, unit)`` while frozen outputs are
+        #: computed (a progress display); it only watches
+        self.on_features: Callable[[str, int, int, str], None] | None = None
+
+    #: what the rows of the data are called in progress messages
+    unit = "images"
 
     @property
     def heads(self):
@@ -201,16 +207,43 @@ class BackboneSource:
             del bb
         return self._max_unfreeze[name]
 
-    def _key(self, name: str, boundary: str, params: TrialParams | None) -> str:
+    def _key(self, name: str, boundary: str, params: TrialParams | None,
+             data: str | None = None) -> str:
         import keras
 
         _, fingerprint = self.weights(name)
         if fingerprint == "random":
             fingerprint = f"random:seed={self.seed}"
         return cache_key(backbone=name, weights=fingerprint, size=self.image_size,
-                         data=self.dataset.fingerprint, boundary=boundary,
+                         data=data or self.dataset.fingerprint, boundary=boundary,
                          options=self.key_options(params, boundary), keras=keras.__version__,
                          version=FEATURE_VERSION)
+
+    def target_inputs(self, params: TrialParams | None):
+        """The unlabelled target data as the backbone's model takes it (text: token arrays)."""
+        assert self.dataset.x_target is not None, "the study has no `data.target`"
+        return self.dataset.x_target
+
+    def target_outputs(self, name: str, params: TrialParams | None = None) -> np.ndarray:
+        """The frozen backbone's pooled features of the unlabelled target data (``data.target``),
+        computed once and cached exactly like the source's, keyed by the target's fingerprint."""
+        assert self.cache is not None, "frozen outputs are served only with a cache"
+        data = self.dataset
+
+        def compute():
+            import keras
+
+            bb = self.build(name, params)
+            model = keras.Model(bb.model.input, bb.model.output)
+            x = self.target_inputs(params)
+            n, chunk = len(data.x_target), self.batch_size * 16
+            parts = [self.predict_rows(model, _rows(x, a, min(a + chunk, n)))[0]
+                     for a in range(0, n, chunk)]
+            f = np.concatenate(parts).astype(np.float32)
+            return f, np.zeros((0, *f.shape[1:]), np.float32)
+
+        key = self._key(name, "pooled", params, data="target:" + data.target_fingerprint)
+        return self.cache.get_or_compute(key, compute, describe=f"{name} target pooled")[0]
 
     def frozen_outputs(self, name: str, n_unfrozen: int, params: TrialParams | None = None,
                        backbone: Backbone | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -275,10 +308,15 @@ class BackboneSource:
         keys = [self._key(name, boundary_name(k), params) for k in wanted]
         out: list = []
         chunk = self.batch_size * 16
+        what, total = f"{name} {boundary_name(wanted[0])}", sum(n_rows)
+        if self.on_features is not None:
+            self.on_features(what, 0, total, self.unit)
         for split, x in enumerate(self.inputs(params)):
             for a in range(0, n_rows[split], chunk):
                 b = min(a + chunk, n_rows[split])
                 got = self.predict_rows(model, _rows(x, a, b))
+                if self.on_features is not None:
+                    self.on_features(what, b + (n_rows[0] if split else 0), total, self.unit)
                 if not out:  # the shapes are known now (a text boundary's length is the data's)
                     for k, key, part in zip(wanted, keys, got):
                         shapes = ((n_rows[0], *part.shape[1:]), (n_rows[1], *part.shape[1:]))

@@ -56,6 +56,10 @@ class Schedule:
     class_weight: dict[int, float] | None = None
     keep_bn_frozen: bool = True
     seed: int = 0
+    #: with ``data.target``: how trials are judged, ``train.dann_stage.TARGET_LABELS`` (the
+    #: objective on labelled target data, best epoch) or ``LABEL_FREE`` (a label-free proxy on
+    #: the last epoch); "" without target data
+    domain_selection: str = ""
 
     @property
     def maximize(self) -> bool:
@@ -107,6 +111,9 @@ class TrialResult:
     unfrozen_blocks: int
     cached: bool
     seconds: float = 0.0
+    #: with ``data.target``: the criterion and how the kept head sees both domains
+    #: (:func:`tlsearch.train.dann_stage.domain_report`)
+    domain: dict | None = None
 
     def history_dicts(self) -> list[dict]:
         return [r.to_dict() for r in self.history]
@@ -121,9 +128,12 @@ def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
 class _Tracker:
     """Keeps the best epoch's value and the weights of the layers that were training then."""
 
-    def __init__(self, objective: str, maximize: bool) -> None:
+    def __init__(self, objective: str, maximize: bool, keep_last: bool = False) -> None:
         self.objective = objective
         self.maximize = maximize
+        #: keep the last epoch rather than the best (label-free selection: the best source
+        #: epoch is the least adapted one)
+        self.keep_last = keep_last
         self.best: EpochRecord | None = None
         self.weights: dict[str, list[np.ndarray]] = {}
 
@@ -131,7 +141,7 @@ class _Tracker:
         v = record.value(self.objective)
         if not math.isfinite(v):
             return
-        if self.best is not None:
+        if self.best is not None and not self.keep_last:
             b = self.best.value(self.objective)
             if (v <= b) if self.maximize else (v >= b):
                 return
@@ -147,12 +157,17 @@ class _Tracker:
 
 
 def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, history: list,
-                    keys: tuple[str, ...] = METRIC_KEYS):
+                    keys: tuple[str, ...] = METRIC_KEYS, on_batch=None):
     import keras
 
     class _Hook(keras.callbacks.Callback):
         def on_epoch_begin(self, epoch, logs=None):
             self._t = time.perf_counter()
+
+        def on_train_batch_end(self, batch, logs=None):
+            # read-only: the progress display and the hard time limit (which may raise)
+            if on_batch is not None:
+                on_batch(stage, int(batch) + 1, (self.params or {}).get("steps"), logs or {})
 
         def on_epoch_end(self, epoch, logs=None):
             logs = logs or {}
@@ -190,10 +205,13 @@ def _image_dataset(x, y, batch_size: int, *, augment=None, shuffle_seed: int | N
 def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: BackboneSource,
               on_epoch: Callable[[EpochRecord], None] | None = None,
               on_stage: Callable[[int], None] | None = None,
-              stages: list[Stage] | None = None) -> TrialResult:
+              stages: list[Stage] | None = None,
+              on_batch: Callable[[int, int, int | None, dict], None] | None = None) -> TrialResult:
     """Train one configuration through its stages and return its best epoch.
 
     ``on_epoch`` is called after every epoch and may raise to stop the trial (a pruner does).
+    ``on_batch(stage, batches done, batches per epoch, logs)`` after every training batch (or
+    group of batches run in one call) may read the running metrics, or raise to stop.
     Raises :class:`~tlsearch.errors.NonFiniteLoss` when the loss becomes NaN or infinite.
     """
     import keras
@@ -208,7 +226,10 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     if schedule.class_weight:
         sw = np.array([schedule.class_weight.get(int(c), 1.0) for c in data.y_train], dtype=np.float32)
     head = Head(params.head_width, params.dropout, data.n_classes, schedule.seed)
-    tracker = _Tracker(schedule.objective, schedule.maximize)
+    from tlsearch.train.dann_stage import LABEL_FREE
+
+    label_free = schedule.domain_selection == LABEL_FREE
+    tracker = _Tracker(schedule.objective, schedule.maximize, keep_last=label_free)
     history: list[EpochRecord] = []
     bs = schedule.batch_size
     augment = dataset_augmenter(params, schedule.seed)
@@ -227,7 +248,7 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
             x_train, x_val, _ = own
         callbacks = [*(own[2] if own is not None else ()),
                      _epoch_callback(stage, tracker, layers, on_epoch, history,
-                                     schedule.metric_keys)]
+                                     schedule.metric_keys, on_batch)]
         if OBJECTIVES[schedule.objective].needs_callback:
             from tlsearch.train.validation import ValidationMetrics
 
@@ -255,6 +276,8 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     state.fit = fit
     state.extra["inputs"] = model_inputs
     state.extra["restore_head"] = lambda: tracker.restore(head.layers)
+    state.extra["epoch_callback"] = lambda stage, layers, extra_keys: _epoch_callback(
+        stage, tracker, layers, on_epoch, history, (*schedule.metric_keys, *extra_keys))
     for stage in stages or default_stages():
         if not stage.runs(state):
             continue
@@ -270,6 +293,14 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
         history=history, weights=tracker.weights, unfrozen_blocks=state.unfrozen,
         cached=state.use_cache and state.cached, seconds=time.perf_counter() - t0,
     )
+    if schedule.domain_selection and best.stage == 1 and state.use_cache:
+        from tlsearch.train.dann_stage import domain_report
+
+        result.domain = {"criterion": schedule.domain_selection,
+                         **domain_report(state, tracker.weights)}
+        if label_free:
+            result.value = float(result.domain["bound_proxy"])
+        result.seconds = time.perf_counter() - t0
     return result
 
 

@@ -237,6 +237,8 @@ class GradualFineTuneStage(FineTuneStage):
 
 
 def default_stages() -> list[Stage]:
-    """The recipe: a head on the frozen backbone, then the top blocks fine-tuned (gradually when
-    ``unfreeze_every`` says so)."""
-    return [HeadStage(), GradualFineTuneStage()]
+    """The recipe: a head on the frozen backbone (domain-adversarial when the trial adapts), then
+    the top blocks fine-tuned (gradually when ``unfreeze_every`` says so)."""
+    from tlsearch.train.dann_stage import DomainHeadStage  # a HeadStage unless a trial adapts
+
+    return [DomainHeadStage(), GradualFineTuneStage()]

@@ -1,0 +1,133 @@
+"""Stage-aware pruning: by default no trial is pruned before its first stage-2 epoch, and stage-2
+steps are compared with stage-2 steps; ``pruner.prune_stage1: true`` prunes during stage 1."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from tests.conftest import write_study
+from tlsearch.config import parse_config
+from tlsearch.search import samplers
+from tlsearch.search.attrs import ATTR
+from tlsearch.search.stage_pruning import STAGE2_ATTR, StageAwarePruner
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def __init__(self) -> None:
+        self.asked: list[int] = []
+
+    def prune(self, study, trial) -> bool:
+        self.asked.append(trial.last_step)
+        return True
+
+
+def _objective(stage2_at: int | None, values: list[float]):
+    """Reports ``values`` on steps 0.., recording where stage 2 starts as the pipeline does."""
+
+    def objective(trial: optuna.Trial) -> float:
+        for step, v in enumerate(values):
+            if stage2_at is not None and step >= stage2_at and STAGE2_ATTR not in trial.user_attrs:
+                trial.set_user_attr(STAGE2_ATTR, step)
+            trial.report(v, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+        return min(values)
+
+    return objective
+
+
+def test_never_prunes_before_stage2_then_delegates():
+    inner = AlwaysPrune()
+    study = optuna.create_study(pruner=StageAwarePruner(inner))
+    study.optimize(_objective(3, [0.9, 0.8, 0.7, 0.6, 0.5]), n_trials=1)
+    t = study.trials[0]
+    assert t.state == optuna.trial.TrialState.PRUNED
+    assert max(t.intermediate_values) == 3          # stage 1 (steps 0-2) survived
+    assert inner.asked == [3]                       # asked only from the stage-2 start on
+
+
+def test_trial_without_stage2_is_never_pruned():
+    inner = AlwaysPrune()
+    study = optuna.create_study(pruner=StageAwarePruner(inner))
+    study.optimize(_objective(None, [0.9, 0.8, 0.7]), n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE
+    assert inner.asked == []
+
+
+def test_unwrapped_pruner_prunes_in_stage1():
+    study = optuna.create_study(pruner=AlwaysPrune())
+    study.optimize(_objective(3, [0.9, 0.8, 0.7, 0.6, 0.5]), n_trials=1)
+    assert max(study.trials[0].intermediate_values) == 0
+
+
+def test_median_compares_stage2_steps_only():
+    """A trial whose stage 1 was good but whose stage 2 is worse than the others' stage 2 is
+    pruned stage-aware; the plain median pruner keeps it (its best step is a stage-1 one)."""
+
+    def run(pruner) -> optuna.trial.TrialState:
+        study = optuna.create_study(pruner=pruner)
+        for _ in range(3):  # competitors: stage 1 poor, stage 2 good (0.5)
+            study.optimize(_objective(2, [1.0, 1.0, 0.5, 0.5]), n_trials=1)
+        study.optimize(_objective(2, [0.2, 0.2, 0.9, 0.9]), n_trials=1)
+        return study.trials[-1].state
+
+    median = dict(n_startup_trials=1, n_warmup_steps=0)
+    assert run(optuna.pruners.MedianPruner(**median)) == optuna.trial.TrialState.COMPLETE
+    assert run(StageAwarePruner(optuna.pruners.MedianPruner(**median))) == \
+        optuna.trial.TrialState.PRUNED
+
+
+def test_hyperband_inside_the_wrapper_runs():
+    study = optuna.create_study(pruner=StageAwarePruner(optuna.pruners.HyperbandPruner(
+        min_resource=1, max_resource=6, reduction_factor=3)))
+    for i in range(4):
+        study.optimize(_objective(2, [1.0, 0.9, 0.8 - i * 0.1, 0.7, 0.6, 0.5]), n_trials=1)
+    assert all(max(t.intermediate_values) >= 2 for t in study.trials)
+
+
+@pytest.mark.parametrize("prune_stage1, wrapped", [(False, True), (True, False)])
+def test_make_pruner_wraps_by_default(tmp_path, prune_stage1, wrapped):
+    import yaml
+
+    raw = yaml.safe_load(write_study(tmp_path / "s.yaml", pruner={
+        "type": "median", "prune_stage1": prune_stage1}).read_text())
+    p = samplers.make_pruner(parse_config(raw, base_dir=tmp_path))
+    assert isinstance(p, StageAwarePruner) == wrapped
+
+
+def _run_study(tmp_path, monkeypatch, unfreeze, n_trials=2, **pruner) -> list:
+    from tests.conftest import make_image_folder
+    from tlsearch.cli import main
+
+    if not (tmp_path / "images").exists():
+        make_image_folder(tmp_path / "images", per_class=8)
+    name = f"tiny{unfreeze}"
+    study = write_study(tmp_path / f"{name}.yaml", name=name, n_trials=n_trials,
+                        pruner={"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0,
+                                **pruner},
+                        search={"unfreeze_blocks": unfreeze},
+                        training={"stage1_epochs": 2, "stage2_epochs": 2, "batch_size": 8})
+    monkeypatch.setattr(samplers, "_optuna_pruner", lambda cfg: AlwaysPrune())
+    assert main(["run", str(study), "--quiet"]) == 0
+    return optuna.load_study(study_name=name,
+                             storage=f"sqlite:///{tmp_path / (name + '.db')}").trials
+
+
+def test_study_default_prunes_only_from_stage2(tmp_path, monkeypatch):
+    with_stage2 = _run_study(tmp_path, monkeypatch, 1)
+    head_only = _run_study(tmp_path, monkeypatch, 0, n_trials=1)
+    for t in with_stage2:
+        assert t.state == optuna.trial.TrialState.PRUNED
+        assert t.user_attrs[STAGE2_ATTR] == 2
+        assert sorted(t.intermediate_values) == [0, 1, 2]   # pruned at its first stage-2 step
+    for t in head_only:  # no stage 2: never pruned by default
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert sorted(t.intermediate_values) == [0, 1]
+        assert STAGE2_ATTR not in t.user_attrs
+
+
+def test_study_prune_stage1_prunes_at_once(tmp_path, monkeypatch):
+    trials = _run_study(tmp_path, monkeypatch, 1, prune_stage1=True)
+    assert trials and all(t.state == optuna.trial.TrialState.PRUNED for t in trials)
+    assert all(sorted(t.intermediate_values) == [0] for t in trials)

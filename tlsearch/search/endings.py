@@ -1,0 +1,83 @@
+"""Why a run of a study stopped, in words: what the summary ends with.
+
+A run stops for one of a few reasons (:data:`REASONS`); the summary says which, how many trials
+the study still lacks for its ``n_trials``, and that the same command resumes it. ``timeout``
+only keeps new trials from starting (the running one finishes); ``hard_timeout`` also stops the
+running trial, which is then recorded as PRUNED with the reason (:data:`HARD_TIMEOUT_NOTE`).
+"""
+
+from __future__ import annotations
+
+import time
+
+__all__ = ["REASONS", "HARD_TIMEOUT_NOTE", "Deadlines", "ending", "ending_lines"]
+
+REASONS = {
+    "n_trials": "n_trials reached",
+    "timeout": "timeout reached (no new trial starts after it; the running one finished)",
+    "hard_timeout": "hard_timeout reached (the running trial was stopped and recorded as pruned)",
+    "failures": "too many trials failed in a row (training.max_consecutive_failures)",
+    "interrupted": "interrupted",
+    "recycle": "this worker ran its --recycle-after trials",
+}
+
+HARD_TIMEOUT_NOTE = "stopped by hard_timeout"
+
+
+class HardTimeout(Exception):
+    """Raised inside a trial when ``hard_timeout`` has passed (the objective prunes the trial)."""
+
+
+class Deadlines:
+    """The run's ``timeout`` (no new trial after it) and ``hard_timeout`` (the running trial
+    stops), both in seconds from the start of this run."""
+
+    def __init__(self, timeout: float | None, hard_timeout: float | None) -> None:
+        now = time.monotonic()
+        self.soft = None if timeout is None else now + timeout
+        self.hard = None if hard_timeout is None else now + hard_timeout
+
+    def may_start(self) -> str | None:
+        """None while a new trial may start, else the reason it may not."""
+        now = time.monotonic()
+        if self.hard is not None and now >= self.hard:
+            return "hard_timeout"
+        if self.soft is not None and now >= self.soft:
+            return "timeout"
+        return None
+
+    def check(self) -> None:
+        """Inside a trial: raise :class:`HardTimeout` once ``hard_timeout`` has passed."""
+        if self.hard is not None and time.monotonic() >= self.hard:
+            raise HardTimeout(HARD_TIMEOUT_NOTE)
+
+
+def ending(summary: dict, reason: str, target: int | None) -> dict:
+    """``summary`` with why the run stopped (``stopped``), the study's target and the trials it
+    still lacks (``left``)."""
+    states = summary.get("states", {})
+    finished = states.get("COMPLETE", 0) + states.get("PRUNED", 0)
+    left = None if target is None else max(0, target - finished)
+    if left == 0 and reason in ("timeout", "hard_timeout"):
+        reason = "n_trials"  # the last trial ended as time ran out: the target is what counts
+    summary["stopped"] = reason
+    summary["target"] = target
+    summary["left"] = left
+    return summary
+
+
+def ending_lines(summary: dict, command: str) -> list[str]:
+    """``stopped: ...`` and, when trials are left, how to resume."""
+    reason = summary.get("stopped")
+    if reason is None:
+        return []
+    left, target = summary.get("left"), summary.get("target")
+    text = REASONS.get(reason, reason)
+    if target is not None:
+        text += f"; {left} of {target} trials left" if left else f"; all {target} trials finished"
+    lines = [f"stopped:   {text}"]
+    if left or target is None:
+        lines.append(f"resume:    run the same command again ({command}): finished trials are "
+                     f"kept and the study goes on" + ("" if target is not None else
+                                                     " for another `timeout`"))
+    return lines

@@ -1,0 +1,129 @@
+"""Domain adaptation as stage 1 of a trial: DANN on the frozen backbone's cached features.
+
+When a trial's ``domain_lambda_max`` is not ``off``, stage 1 trains the head as a DANN
+(:mod:`tlsearch.train.dann`): the head's hidden layer is the feature extractor, feeding the label
+branch (dropout, softmax) and, through :class:`~tlsearch.layers.GradientReversal`, a domain
+classifier (source 0, target 1). Both domains' inputs are the backbone's pooled features, computed
+once and cached (:meth:`~tlsearch.train.features.BackboneSource.target_outputs`), so an adapted
+trial costs little more than a head trial. The epochs are counted on the trial's one global step,
+and each records the domain classifier's training accuracy (``domain_accuracy``), the domain loss
+and lambda next to the usual numbers.
+
+Only stage 1 adapts. Stage 2 (when it runs: only with labelled target data, see
+:func:`tlsearch.config_checks.domain_problems`) fine-tunes the top blocks from the adapted head on
+the source labels alone, judged on the labelled target data like every other epoch. The domain
+classifier is not part of the trial's stored weights: export serves the label branch only.
+
+A quarter of the target examples (at least 4) never train the domain classifier: they are held out
+to judge how well the features are aligned, in :func:`domain_report`, for adapted and plain trials
+alike.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from tlsearch.params import adapts
+from tlsearch.train.stages import HeadStage, TrialState
+
+__all__ = ["DomainHeadStage", "target_split", "domain_report", "LABEL_FREE", "TARGET_LABELS",
+           "DOMAIN_KEYS"]
+
+#: how a study with ``data.target`` judges its trials
+LABEL_FREE = "bound_proxy"  # no target labels: source val error + (2 x domain accuracy - 1)
+TARGET_LABELS = "target_validation"  # the objective on ``data.target_validation``
+
+#: the numbers an adapted epoch records besides the study's metrics
+DOMAIN_KEYS = ("domain_accuracy", "domain_loss", "label_loss", "lambda")
+
+
+def target_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(trained on, held out) row indices of the target data: a seeded quarter held out."""
+    order = np.random.default_rng([seed, 13]).permutation(n)
+    held = max(4, n // 4)
+    return np.sort(order[held:]), np.sort(order[:held])
+
+
+class DomainHeadStage(HeadStage):
+    """Stage 1: the plain head (:class:`HeadStage`), or a DANN head when the trial adapts."""
+
+    def run(self, state: TrialState) -> None:
+        if not adapts(state.params):
+            return super().run(state)
+        import keras
+
+        from tlsearch.train.dann import DANN, fit_dann
+
+        p, s, data = state.params, state.schedule, state.data
+        f_tr, f_va = state.source.frozen_outputs(p.backbone, 0, p)
+        f_t = state.source.target_outputs(p.backbone, p)
+        f_t = f_t[target_split(len(f_t), s.seed)[0]]
+        head = state.head
+        model = DANN(head.dense, keras.Sequential([head.dropout, head.out], name="label_head"),
+                     domain_width=int(p.domain_width), lambda_max=float(p.domain_lambda_max),
+                     gamma=float(p.domain_gamma), class_weight=s.class_weight, seed=s.seed)
+        optimizer = state.source.compiler.optimizer or keras.optimizers.Adam
+        model.compile(optimizer(learning_rate=p.lr_stage1))
+        state.source.compiler.since_clear += 1  # a new model: clear_state frees it
+        y_tr = keras.utils.to_categorical(data.y_train, data.n_classes)
+        y_va = keras.utils.to_categorical(data.y_val, data.n_classes)
+        epochs = self.epochs(state)
+        hook = state.extra["epoch_callback"](self.number, [head.dense, head.out], DOMAIN_KEYS)
+        fit_dann(model, np.asarray(f_tr), y_tr, np.asarray(f_t), epochs=epochs,
+                 initial_epoch=state.step, batch_size=s.batch_size,
+                 validation_data=(np.asarray(f_va), y_va), callbacks=[hook], seed=s.seed)
+        state.step += epochs
+
+
+def _head_outputs(weights: dict[str, list[np.ndarray]], f: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """(hidden features, class probabilities) of the stored head on pooled features."""
+    w1, b1 = weights["clf_dense"]
+    w2, b2 = weights["clf_out"]
+    h = np.maximum(np.asarray(f, np.float64) @ w1 + b1, 0.0)
+    z = h @ w2 + b2
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return h, z / z.sum(axis=1, keepdims=True)
+
+
+def domain_report(state: TrialState, weights: dict[str, list[np.ndarray]]) -> dict[str, Any]:
+    """How the kept head sees both domains, from its weights on the cached pooled features.
+
+    * ``val_loss``, ``val_accuracy`` on the validation data: the source's, or the labelled target
+      data when the study has it (``on`` says which);
+    * ``domain_accuracy``: a fresh linear domain classifier on the head's hidden features of
+      validation vs held-out target examples (0.5: the domains look alike to it);
+    * ``bound_proxy``: validation error + (2 x domain_accuracy - 1), the two measurable terms of
+      Ben-David et al.'s bound on the target error: the label-free criterion;
+    * ``dev_risk`` with ``dev_reliable``, ``dev_effective_sample_size``, ``dev_mean_weight``:
+      Deep Embedded Validation (You et al., 2019), for comparison; unreliable when the features of
+      the domains barely overlap (:mod:`tlsearch.train.dann_selection`).
+    """
+    from tlsearch.train.dann_selection import (dev_diagnostics, dev_risk, dev_weights,
+                                               heldout_domain_accuracy)
+
+    p, s, data = state.params, state.schedule, state.data
+    f_tr, f_va = state.source.frozen_outputs(p.backbone, 0, p)
+    f_t = state.source.target_outputs(p.backbone, p)
+    f_t = f_t[target_split(len(f_t), s.seed)[1]]
+    h_tr, _ = _head_outputs(weights, f_tr)
+    h_va, probs = _head_outputs(weights, f_va)
+    h_t, _ = _head_outputs(weights, f_t)
+    y = np.asarray(data.y_val)
+    losses = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
+    accuracy = float(np.mean(probs.argmax(1) == y))
+    dacc = heldout_domain_accuracy(h_va, h_t, seed=s.seed)
+    out: dict[str, Any] = {
+        "adapted": adapts(p), "on": "target_validation" if data.target_validation else "source",
+        "val_loss": float(losses.mean()), "val_accuracy": accuracy,
+        "domain_accuracy": dacc, "bound_proxy": (1.0 - accuracy) + (2.0 * dacc - 1.0),
+        "held_out_target": int(len(h_t)),
+    }
+    w = dev_weights(h_va, h_t, source_train_features=h_tr, seed=s.seed)
+    out["dev_risk"] = dev_risk(h_va, losses, h_t, weights=w)
+    out.update({"dev_" + k: v for k, v in dev_diagnostics(w).items()})
+    return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
+            for k, v in out.items()}
