@@ -64,18 +64,25 @@ def test_run_starts_with_the_estimate_unless_told_not_to(tiny_study, capsys, mon
     text = tiny_study.read_text().replace("n_trials: 3", "n_trials: 1")
     tiny_study.write_text(text)
     assert main(["run", str(tiny_study)]) == 0
-    err = capsys.readouterr().err
-    assert re.search(r"estimate: features [\d.]+ s, a trial [\d.]+ s", err), err
+    got = capsys.readouterr()
+    said = got.out + got.err
+    assert re.search(r"estimate: features [\d.]+ s, a trial [\d.]+ s", said), said
     # resuming a study that has trials: no estimate
     assert main(["run", str(tiny_study), "--n-trials", "2"]) == 0
-    assert "estimate:" not in capsys.readouterr().err
+    got = capsys.readouterr()
+    assert "estimate:" not in got.out + got.err
 
 
 def test_run_no_estimate_flag(tiny_study, capsys, monkeypatch):
     monkeypatch.delenv("TLSEARCH_NO_ESTIMATE", raising=False)
     tiny_study.write_text(tiny_study.read_text().replace("n_trials: 3", "n_trials: 1"))
     assert main(["run", str(tiny_study), "--no-estimate"]) == 0
-    assert "estimate:" not in capsys.readouterr().err
+    got = capsys.readouterr()
+    assert "estimate:" not in got.out + got.err
+    quiet = write_study(tiny_study.parent / "quiet.yaml", name="quiet", n_trials=1)
+    assert main(["run", str(quiet), "--quiet"]) == 0  # a new study, but nothing to say
+    got = capsys.readouterr()
+    assert "estimate:" not in got.out + got.err
 
 
 @pytest.mark.parametrize("bad", ["1", "0"])

@@ -62,7 +62,10 @@ def site(tmp_path_factory):
         shutil.copytree(root / "images" / "sneaker", root / "photos")
         shutil.copy(root / "photos" / "sneaker_000.png", root / "shoe.jpg")
         Image.open(root / "shoe.jpg").convert("RGB").save(root / "shoe.jpg", format="JPEG")
-        assert main(["run", "studies/quickstart.yaml"]) == 0
+        log = io.StringIO()
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            assert main(["run", "studies/quickstart.yaml"]) == 0  # no terminal: plain lines
+        (root / "run.log").write_text(log.getvalue())
         log = io.StringIO()
         with contextlib.redirect_stderr(log):
             assert main(["export", "studies/quickstart.yaml", "--out", "export/fashion"]) == 0
@@ -327,6 +330,8 @@ def test_output_samples_match_the_code(site, text_export, capsys):
             _check_export_sample(body, site, capsys)
         elif first == "tlsearch/":
             _check_tree(body)
+        elif first.startswith(("computing features:", "stopped:")):
+            _check_run_sample(body, site)
         else:
             pytest.fail(f"README block not checked: {first}")
 
@@ -362,6 +367,26 @@ def _check_export_sample(body: str, site: Path, capsys) -> None:
     meta = json.loads((site / "export" / "reviews" / "metadata.json").read_text())["formats"]
     assert meta["onnx"]["reason"] == "not available for text models (tokenizer ops)"
     assert "not available for text models (tokenizer ops)" in " ".join(README.split())
+
+
+def _check_run_sample(body: str, site: Path) -> None:
+    """Lines `tlsearch run` prints without a terminal: each sample line has its like in the log
+    (the same words up to the first number)."""
+    log = (site / "run.log").read_text()
+    assert "\x1b[" not in log  # no control codes
+    lines = [" ".join(got.split()) for got in log.splitlines()]
+    for line in body.splitlines():
+        words = []
+        for w in line.split():
+            if any(c.isdigit() for c in w):
+                break
+            words.append(w)
+        if line.startswith("resume:"):  # said when trials are left; this run finished them
+            src = (REPO / "tlsearch" / "search" / "endings.py").read_text()
+            assert "run the same command again" in src
+            continue
+        head = " ".join(words[:1] if line.startswith("stopped:") else words)
+        assert any(got.startswith(head) for got in lines), (head, log[-3000:])
 
 
 def _check_tree(body: str) -> None:
