@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -12,7 +15,7 @@ from tlsearch.config import load_config
 from tlsearch.search.estimate import estimate, reachable_depths
 from tlsearch.search.estimate_text import estimate_line, format_estimate
 
-from conftest import write_study
+from conftest import REPO, write_study
 
 
 def test_reachable_depths_capped_and_all(tmp_path, image_folder):
@@ -59,30 +62,27 @@ def test_estimate_rows_grow_with_depth_and_interpolate(tiny_study):
     assert all(math.isfinite(r.trial_s) and r.trial_s > 0 for r in est.rows)
 
 
-def test_run_starts_with_the_estimate_unless_told_not_to(tiny_study, capsys, monkeypatch):
-    monkeypatch.delenv("TLSEARCH_NO_ESTIMATE", raising=False)
-    text = tiny_study.read_text().replace("n_trials: 3", "n_trials: 1")
-    tiny_study.write_text(text)
-    assert main(["run", str(tiny_study)]) == 0
-    got = capsys.readouterr()
-    said = got.out + got.err
+def _run(*args: str) -> str:
+    """``tlsearch run`` in a fresh process (the estimate on), what it printed on both streams."""
+    env = {k: v for k, v in os.environ.items() if k != "TLSEARCH_NO_ESTIMATE"}
+    env["PYTHONPATH"] = str(REPO)
+    r = subprocess.run([sys.executable, "-m", "tlsearch.cli", "run", *args], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r.stdout + r.stderr
+
+
+def test_run_starts_with_the_estimate_unless_told_not_to(tiny_study):
+    tiny_study.write_text(tiny_study.read_text().replace("n_trials: 3", "n_trials: 1"))
+    said = _run(str(tiny_study))
     assert re.search(r"estimate: features [\d.]+ s, a trial [\d.]+ s", said), said
     # resuming a study that has trials: no estimate
-    assert main(["run", str(tiny_study), "--n-trials", "2"]) == 0
-    got = capsys.readouterr()
-    assert "estimate:" not in got.out + got.err
-
-
-def test_run_no_estimate_flag(tiny_study, capsys, monkeypatch):
-    monkeypatch.delenv("TLSEARCH_NO_ESTIMATE", raising=False)
-    tiny_study.write_text(tiny_study.read_text().replace("n_trials: 3", "n_trials: 1"))
-    assert main(["run", str(tiny_study), "--no-estimate"]) == 0
-    got = capsys.readouterr()
-    assert "estimate:" not in got.out + got.err
+    assert "estimate:" not in _run(str(tiny_study), "--n-trials", "2")
+    # a new study, told not to, or with nothing to say
+    fresh = write_study(tiny_study.parent / "fresh.yaml", name="fresh", n_trials=1)
+    assert "estimate:" not in _run(str(fresh), "--no-estimate")
     quiet = write_study(tiny_study.parent / "quiet.yaml", name="quiet", n_trials=1)
-    assert main(["run", str(quiet), "--quiet"]) == 0  # a new study, but nothing to say
-    got = capsys.readouterr()
-    assert "estimate:" not in got.out + got.err
+    assert "estimate:" not in _run(str(quiet), "--quiet")
 
 
 @pytest.mark.parametrize("bad", ["1", "0"])
