@@ -6,6 +6,8 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+# `tlsearch run` times a few batches before a new study (seconds each); tests of it unset this
+os.environ.setdefault("TLSEARCH_NO_ESTIMATE", "1")
 
 from pathlib import Path
 

@@ -89,3 +89,18 @@ def test_torch_checkpoint_reader_refuses_code(tmp_path):
         f.write(b"cos\nsystem\n(S'echo hacked'\ntR.")
     with pytest.raises(pickle.UnpicklingError, match="refusing"):
         load_state_dict(evil)
+
+
+def test_backbones_table_is_not_squeezed_into_80_columns_without_a_terminal(capsys):
+    """Piped or redirected, the table keeps every name, weight and description whole."""
+    from tlsearch.backbones import specs
+    from tlsearch.cli import main
+
+    assert main(["backbones"]) == 0
+    out = capsys.readouterr().out
+    assert "…" not in out and "..." not in out
+    lines = out.splitlines()
+    for s in specs():
+        row = next((line for line in lines if line.startswith(f"│ {s.name} ")), None)
+        assert row is not None, s.name
+        assert str(s.default_weights) in row and s.description in row

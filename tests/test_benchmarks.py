@@ -61,3 +61,28 @@ def test_augmentation_benchmark_runs_each_setting(tmp_path):
     assert [row["setting"] for row in rows] == ["none", "fits", "fits+mixup", "wrong"]
     assert [row["cached"] for row in rows] == [True, False, False, False]
     assert "| training images | augmentation |" in r.stdout
+
+
+def test_a_peer_with_no_trial_in_budget_reads_so(monkeypatch):
+    """A loaded machine: the plain Optuna loop finished no trial in its budget. The table says
+    "none in budget" for it, and the targets do not crash dividing by its missing time."""
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
+    import run_benchmark as rb
+
+    none = {"test_accuracy_mean": None, "test_accuracy_se": None, "best_val_accuracy_mean": None,
+            "best_val_accuracy_min": None, "best_val_accuracy_max": None,
+            "trials_finished_mean": 0, "seconds_per_stage1_trial": None,
+            "seconds_per_stage1_trial_is": "none"}
+    mine = {**none, "test_accuracy_mean": 0.9, "best_val_accuracy_mean": 0.91,
+            "best_val_accuracy_min": 0.9, "best_val_accuracy_max": 0.92,
+            "trials_finished_mean": 12, "seconds_per_stage1_trial": 0.8,
+            "seconds_per_stage1_trial_is": "measured"}
+    peers = {"tlsearch": mine, "plain_optuna": none}
+    t = rb.targets({"peers": peers, "versus": {}, "tlsearch": [], "rss": None})
+    speed = t["stage1_trial_speedup_vs_plain_optuna"]
+    assert speed["value"] is None and speed["met"] is False
+    rows = {line.split("|")[1].strip(): line for line in rb.peer_table(peers)[2:]}
+    assert rows["plain_optuna"].count("none in budget") == 2
+    assert "none in budget" not in rows["tlsearch"] and "0.9100; 0.9000-0.9200" in rows["tlsearch"]
+    md = rb._targets_md([], {"targets": t})
+    assert "plain_optuna: none in budget" in md

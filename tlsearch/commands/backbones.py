@@ -19,5 +19,8 @@ def run(args) -> int:
     for s in specs():
         size = f"{s.default_size} px" if s.modality == "image" else "tokens"
         t.add_row(s.name, s.modality, str(s.default_weights), size, s.preprocessing, s.description)
-    Console().print(t)
+    out = Console()
+    if not out.is_terminal:  # a pipe or a file: no terminal width to fit, so nothing is cut
+        out = Console(width=1000)
+    out.print(t)
     return 0

@@ -35,6 +35,8 @@ def add_parser(sub):
     shown.add_argument("--json", action="store_true",
                        help="JSON lines on stdout: an event per trial start, stage, epoch, "
                             "feature progress and trial end, then the summary; messages on stderr")
+    p.add_argument("--no-estimate", action="store_true",
+                   help="skip the cost estimate printed before a new study's first trial")
     # set on the processes that --workers starts: run trials, leave the summary to the parent
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     return p
@@ -98,6 +100,10 @@ def _run(args) -> int:
         err.print(f"  skipped {len(prep.data.skipped)} unreadable files (data.skip_bad_files):\n"
                   + format_file_list(prep.data.skipped), highlight=False)
     err.print(f"  storage {redact_url(prep.storage_url)}; {prep.finished} trials already finished")
+    if not (args.no_estimate or args.quiet) and prep.finished == 0:
+        from tlsearch.search.estimate_text import startup_line
+
+        err.print(f"  {startup_line(prep.cfg, prep)}", highlight=False, soft_wrap=True)
     if args.workers > 1 or args.recycle_after:
         return _run_workers(args, cfg, prep, err, out)
     target = args.n_trials or cfg.n_trials

@@ -9,6 +9,7 @@ from rich.table import Table
 
 from tlsearch import space
 from tlsearch.config import load_config
+from tlsearch.errors import UserError
 from tlsearch.modalities import modality_of
 from tlsearch.search.storage import redact_url
 
@@ -18,6 +19,12 @@ def add_parser(sub):
     p.add_argument("study", help="the study file (YAML)")
     p.add_argument("--data", action="store_true", help="also read and check every data file")
     p.add_argument("--json", action="store_true", help="print the resolved config as JSON")
+    p.add_argument("--estimate", action="store_true",
+                   help="time a few batches per backbone and unfreeze depth on this machine and "
+                        "print the expected seconds per trial (reads the data)")
+    p.add_argument("--estimate-depths", type=int, metavar="N",
+                   help="with --estimate: time N depths per backbone (the shallowest and "
+                        "deepest among them), interpolate the rest (default 6)")
     return p
 
 
@@ -53,9 +60,21 @@ def run(args) -> int:
     for name, v in space.fixed_values(cfg, modality_name).items():
         t.add_row(name, f"fixed: {v!r}")
     out.print(t)
-    if args.data:
+    prep = None
+    if args.data or args.estimate:
+        from tlsearch._quiet import import_tensorflow_quietly
         from tlsearch.search.inputs import check_inputs
 
-        _, data = check_inputs(cfg)
+        import_tensorflow_quietly()
+        prep = check_inputs(cfg)
+        data = prep[1]
         out.print(f"  data       {data.summary()}; classes {data.class_names}")
+    if args.estimate:
+        from tlsearch.search.estimate import estimate
+        from tlsearch.search.estimate_text import format_estimate
+
+        if args.estimate_depths is not None and args.estimate_depths < 2:
+            raise UserError(f"`--estimate-depths`: expected 2 or more, got {args.estimate_depths}")
+        for line in format_estimate(estimate(cfg, depths=args.estimate_depths or 6, prep=prep)):
+            out.print(line, highlight=False, soft_wrap=True)
     return 0

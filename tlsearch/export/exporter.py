@@ -32,6 +32,7 @@ import numpy as np
 from tlsearch import modalities
 from tlsearch._hashing import sha256_file
 from tlsearch.errors import UserError
+from tlsearch.export.capture import convert_quietly
 from tlsearch.export.formats import FORMATS as _WRITERS
 from tlsearch.export.formats import OPTIONAL
 from tlsearch.modalities import Modality
@@ -244,8 +245,10 @@ def write_export(cfg, model, modality: Modality, out_dir: str | Path, record: di
 
         def check(name: str, rel: str, result: dict) -> None:
             if "skipped" in result:
-                report[name] = {"status": "skipped", "reason": result["skipped"]}
-                log(f"  {name:<12} skipped: {result['skipped']}")
+                report[name] = {"status": "skipped", "reason": result["skipped"],
+                                **({"details": result["details"]} if result.get("details")
+                                   else {})}
+                log(f"  {name:<12} {result.get('line') or 'skipped: ' + result['skipped']}")
                 return
             entry: dict[str, Any] = {"status": "ok", "path": rel}
             if "unverified" in result:
@@ -278,13 +281,7 @@ def write_export(cfg, model, modality: Modality, out_dir: str | Path, record: di
                     raise RuntimeError(f"the {fmt.name} export does not reproduce the model: "
                                        f"{report[fmt.name]}")
                 continue
-            try:
-                result = fmt.write(model, modality, cfg, target, probe)
-            except Exception as e:  # a converter that cannot handle this model: record, go on
-                target.unlink(missing_ok=True)
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-                result = {"skipped": f"conversion failed: {type(e).__name__}: {first}"}
-            check(fmt.name, fmt.path, result)
+            check(fmt.name, fmt.path, convert_quietly(fmt, model, modality, cfg, target, probe))
 
         metadata = _metadata(cfg, record, modality, report, work)
         if cfg.data.test is not None:

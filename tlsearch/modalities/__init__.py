@@ -39,6 +39,9 @@ class Modality:
     """What the rest of tlsearch needs to know about one kind of input."""
 
     name = ""
+    #: optional export formats this modality's models cannot be converted to: (the line the
+    #: terminal shows, the details metadata.json keeps)
+    unavailable_formats: dict[str, tuple[str, str]] = {}
 
     # ---- training
     def make_source(self, cfg: Any, data: Any, cache: Any, prefetch_unfrozen: int = 0) -> Any:

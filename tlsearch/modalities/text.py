@@ -244,6 +244,14 @@ class TextModality(Modality):
     """Raw strings in; the tokenizer is inside the model (:func:`build_raw_text_model`)."""
 
     name = "text"
+    # the tokenizer inside the model runs TensorFlow Text ops (RegexSplitWithOffsets,
+    # FastWordpieceTokenizeWithOffsets, ...) that neither converter has
+    unavailable_formats = {f: ("not available for text models (tokenizer ops)",
+                               "the tokenizer inside the model runs TensorFlow Text ops "
+                               "(RegexSplitWithOffsets, FastWordpieceTokenizeWithOffsets, ...) "
+                               "that tf2onnx and the LiteRT converter do not support; serve "
+                               "serving/1 (TensorFlow with tensorflow_text) or model.keras")
+                           for f in ("onnx", "litert")}
 
     def make_source(self, cfg, data, cache, prefetch_unfrozen=0):
         return TextBackboneSource({e.name: e for e in cfg.backbone_entries}, data,
