@@ -348,8 +348,10 @@ def run_tlsearch(s: Settings, data: dict, budget: float, max_trials: int | None 
             "chosen": chosen}
 
 
-def _tlsearch_test_accuracy(study_file: Path, number: int, data: dict) -> float:
-    """Trial ``number`` rebuilt from its stored weights (best epoch), on the test images."""
+def _tlsearch_test_accuracy(study_file: Path, number: int, data: dict, split: str = "test"
+                            ) -> float:
+    """Trial ``number`` rebuilt from its stored weights (best epoch), on the ``split`` images
+    (the held-out test images unless told otherwise)."""
     from tlsearch.config import load_config
     from tlsearch.export.evaluate import evaluate_trial
     from tlsearch.export.exporter import select_trial
@@ -357,8 +359,21 @@ def _tlsearch_test_accuracy(study_file: Path, number: int, data: dict) -> float:
 
     cfg = load_config(study_file)
     study = load_study(cfg)
-    got = evaluate_trial(cfg, study, select_trial(study, number), data["x_test"], data["y_test"])
+    got = evaluate_trial(cfg, study, select_trial(study, number), data[f"x_{split}"],
+                         study_labels(study, data, data[f"y_{split}"]))
     return float(got["accuracy"])
+
+
+def study_labels(study, data: dict, y):
+    """``y`` (indices into the data's ``class_names``) as indices into the study's classes: a
+    study orders its classes by name, not by the order of the data set's label ids."""
+    import numpy as np
+
+    from tlsearch.search.attrs import ATTR
+
+    classes = list(study.user_attrs[ATTR["classes"]])
+    names = [str(n) for n in data["class_names"]]
+    return np.array([classes.index(names[int(i)]) for i in y])
 
 
 RUNNERS = {"plain_optuna": run_plain_optuna, "keras_tuner": run_keras_tuner, "tlsearch": run_tlsearch}

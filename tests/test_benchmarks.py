@@ -86,3 +86,17 @@ def test_a_peer_with_no_trial_in_budget_reads_so(monkeypatch):
     assert "none in budget" not in rows["tlsearch"] and "0.9100; 0.9000-0.9200" in rows["tlsearch"]
     md = rb._targets_md([], {"targets": t})
     assert "plain_optuna: none in budget" in md
+
+
+def test_test_labels_follow_the_study_class_order():
+    """A study orders its classes by name; the data's label ids follow the data set's own order
+    (Fashion-MNIST: 0 is tshirt_top). Passing the ids unmapped scored a 0.82-validation model at
+    0.35 on the test images."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import peers
+
+    class Study:
+        user_attrs = {"tlsearch.classes": ["bag", "coat", "tshirt_top"]}
+
+    data = {"class_names": ["tshirt_top", "bag", "coat"]}
+    assert list(peers.study_labels(Study(), data, [0, 1, 2, 0])) == [2, 0, 1, 2]
