@@ -116,7 +116,7 @@ def test_workers_end_when_their_parent_is_killed(tmp_path, small_images):
         pids = {int(t.user_attrs[WORKER_ATTR].split(":")[1]) for t in running}
         parent.kill()
         parent.communicate(timeout=30)
-        _wait_for(lambda: not any(_alive(p) for p in pids), 30, "the workers to exit")
+        _wait_for(lambda: not any(_alive(p) for p in pids), 90, "the workers to exit")
     finally:
         parent.kill()
     stopped = [t for t in trials(url) if t.number in {r.number for r in running}]
@@ -276,3 +276,24 @@ def test_chaos_on_one_postgres_study(tmp_path, small_images, pg_url, monkeypatch
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
     fails = {t.number: t.user_attrs.get(FAILURE) for t in ts if t.state == TrialState.FAIL}
     print(f"chaos: {n} finished of {len(ts)} trials in {seconds:.0f} s; failed: {fails}")
+
+
+def test_a_heartbeat_lost_to_the_connection_is_skipped_not_raised(tmp_path, monkeypatch):
+    """Optuna beats from a thread: a dropped connection raised there, printed a traceback and
+    ended the heartbeat, so the running trial went stale and was retried elsewhere."""
+    from optuna.storages import RDBStorage
+    from sqlalchemy.exc import OperationalError
+
+    from tlsearch.config import parse_config
+    from tlsearch.search.storage import open_storage
+
+    cfg = parse_config({"name": "hb", "n_trials": 1, "data": {"path": "."},
+                        "backbones": ["tiny_cnn"]}, base_dir=tmp_path)
+    storage = open_storage(cfg, f"sqlite:///{tmp_path / 'hb.db'}")
+    lost = OperationalError("UPDATE trial_heartbeats", {}, Exception("server closed the connection"))
+    monkeypatch.setattr(RDBStorage, "record_heartbeat", lambda self, trial_id: (_ for _ in ()).throw(lost))
+    storage.record_heartbeat(0)  # skipped
+    monkeypatch.setattr(RDBStorage, "record_heartbeat",
+                        lambda self, trial_id: (_ for _ in ()).throw(ValueError("a bug")))
+    with pytest.raises(ValueError):
+        storage.record_heartbeat(0)

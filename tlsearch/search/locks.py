@@ -20,10 +20,9 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
 from tlsearch.errors import StorageError
-from tlsearch.search.storage import engine_kwargs, storage_error
+from tlsearch.search.storage import engine_kwargs, is_connection_error, storage_error
 
 __all__ = ["StudyLock", "study_lock", "is_connection_error", "retrying", "RETRY_DELAYS"]
 
@@ -32,17 +31,6 @@ T = TypeVar("T")
 #: seconds to wait before each new try after a lost connection (about a minute in all: a database
 #: restart, a failover)
 RETRY_DELAYS = (0.5, 1, 2, 4, 8, 15, 30)
-
-
-def is_connection_error(e: BaseException) -> bool:
-    """True for a database connection that was lost or refused, which a new one may cure."""
-    seen: BaseException | None = e
-    while seen is not None:  # Optuna wraps SQLAlchemy's errors (StorageInternalError)
-        if isinstance(seen, DBAPIError):
-            return bool(seen.connection_invalidated) or isinstance(
-                seen, (OperationalError, InterfaceError))
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 def retrying(fn: Callable[[], T], *, url: str, on_retry: Callable[[], None] = lambda: None,

@@ -13,7 +13,8 @@ from typing import Any
 
 from optuna.storages import RDBStorage
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import (ArgumentError, DBAPIError, InterfaceError, OperationalError,
+                            SQLAlchemyError)
 
 from tlsearch.config import StudyConfig
 from tlsearch.errors import StorageError
@@ -100,6 +101,36 @@ def check_url(url: str) -> None:
                            f"'@'; URL-encode it (%40 for @, as for : / ? # % and spaces)")
 
 
+def is_connection_error(e: BaseException) -> bool:
+    """True for a database connection that was lost or refused, which a new one may cure."""
+    seen: BaseException | None = e
+    while seen is not None:  # Optuna wraps SQLAlchemy's errors (StorageInternalError)
+        if isinstance(seen, DBAPIError):
+            return bool(seen.connection_invalidated) or isinstance(
+                seen, (OperationalError, InterfaceError))
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+
+class _Storage(RDBStorage):
+    """Optuna's RDB storage whose heartbeat survives a lost connection.
+
+    Optuna records a running trial's heartbeat from a thread; a database connection dropped under
+    it (a server restart, ``pg_terminate_backend``, an idle timeout) raised there, printed a
+    traceback and ended the heartbeat, so the trial went stale while it trained and another worker
+    failed and retried it. A beat lost to the connection is skipped instead: the pool replaces the
+    dead connection and the next beat, well inside the grace period, goes through.
+    """
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        try:
+            super().record_heartbeat(trial_id)
+        except Exception as e:
+            if not is_connection_error(e):
+                raise
+
+
 def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True) -> RDBStorage:
     """Optuna's RDB storage with heartbeats: a trial whose worker died is failed and retried."""
     url = url or cfg.storage_url
@@ -113,7 +144,7 @@ def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = 
                 max_retry=cfg.heartbeat.max_retry),
         )
     try:
-        return RDBStorage(url, engine_kwargs=engine_kwargs(url), **hb)
+        return _Storage(url, engine_kwargs=engine_kwargs(url), **hb)
     except (SQLAlchemyError, ImportError, ValueError) as e:
         raise storage_error(url, e) from None
 
