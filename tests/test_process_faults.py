@@ -297,3 +297,32 @@ def test_a_heartbeat_lost_to_the_connection_is_skipped_not_raised(tmp_path, monk
                         lambda self, trial_id: (_ for _ in ()).throw(ValueError("a bug")))
     with pytest.raises(ValueError):
         storage.record_heartbeat(0)
+
+
+def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_swept(tmp_path):
+    """Killed between creating its trial and its first beat, a worker leaves a RUNNING trial that
+    Optuna never calls stale (it has no heartbeat row): every other worker waited for it forever."""
+    import datetime
+
+    import optuna
+
+    from tlsearch.config import parse_config
+    from tlsearch.search.deaths import sweep_dead_workers
+    from tlsearch.search.storage import open_storage
+
+    cfg = parse_config({"name": "nobeat", "n_trials": 2, "data": {"path": "."},
+                        "backbones": ["tiny_cnn"],
+                        "heartbeat": {"interval": 1, "grace_period": 2}}, base_dir=tmp_path)
+    storage = open_storage(cfg, f"sqlite:///{tmp_path / 'nb.db'}")
+    study = optuna.create_study(study_name="nobeat", storage=storage)
+    old = optuna.trial.create_trial(state=TrialState.RUNNING, params={}, distributions={})
+    old.datetime_start = datetime.datetime.now() - datetime.timedelta(seconds=30)
+    fresh = optuna.trial.create_trial(state=TrialState.RUNNING, params={}, distributions={})
+    fresh.datetime_start = datetime.datetime.now()
+    study.add_trial(old)
+    study.add_trial(fresh)
+    assert sweep_dead_workers(study, None, "a test") == [0]
+    ts = study.get_trials(deepcopy=False)
+    assert ts[0].state == TrialState.FAIL
+    assert ts[0].user_attrs[FAILURE] == "worker died before its first heartbeat: swept by a test"
+    assert ts[1].state == TrialState.RUNNING  # still inside its grace period

@@ -79,6 +79,8 @@ def sweep_dead_workers(study: optuna.Study, retry: Callable | None,
             why = "worker died (no heartbeat)"
         elif is_dead_here(t.user_attrs.get(WORKER_ATTR)):
             why = "worker died"
+        elif _never_beat(storage, t):
+            why = "worker died before its first heartbeat"
         else:
             continue
         if _fail(study, t, f"{why}: swept by {who}", retry):
@@ -87,6 +89,34 @@ def sweep_dead_workers(study: optuna.Study, retry: Callable | None,
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     return failed
+
+
+def _never_beat(storage, t: FrozenTrial) -> bool:
+    """A RUNNING trial that no worker ever marked as its own and that has had no heartbeat for a
+    whole grace period since it started: its worker died between creating it and its first beat
+    (Optuna calls only trials with a recorded heartbeat stale, so this one would wait forever)."""
+    import datetime
+
+    storage = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
+    grace = getattr(storage, "grace_period", None) or (
+        2 * (getattr(storage, "get_heartbeat_interval", lambda: None)() or 0))
+    if not grace or t.user_attrs.get(WORKER_ATTR) or t.datetime_start is None:
+        return False
+    age = (datetime.datetime.now() - t.datetime_start).total_seconds()
+    return age > grace and not _has_heartbeat(storage, t._trial_id)
+
+
+def _has_heartbeat(storage, trial_id: int) -> bool:
+    """Whether Optuna's RDB storage holds a heartbeat row for the trial (True when it cannot
+    tell: then the trial is left alone)."""
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(storage.scoped_session) as session:
+            return models.TrialHeartbeatModel.where_trial_id(trial_id, session) is not None
+    except Exception:
+        return True
 
 
 def fail_trials_of(study: optuna.Study, pid: int, host: str, reason: str,
