@@ -166,7 +166,8 @@ def test_feature_cache_reused_across_trials_and_bounded(data, tmp_path):
 
 def test_a_third_stage_plugs_in_and_continues_the_step_count(data, tmp_path):
     """A stage is an object: a new one is a class added to the list, on the same global step."""
-    from tlsearch.train.stages import Stage, default_stages
+    from tlsearch.train.pipeline import default_stages
+    from tlsearch.train.stages import Stage
 
     class HeadAgain(Stage):
         number, name = 3, "head again"

@@ -143,7 +143,7 @@ def formats() -> list[str]:
     return sorted(_FORMATS)
 
 
-def _infer_format(path: Path) -> str:
+def infer_format(path: Path) -> str:
     _load_all()
     if path.is_dir():
         return next(f.name for f in _FORMATS.values() if f.is_dir)
@@ -162,7 +162,7 @@ def format_file_list(files: list[str], limit: int = 15) -> str:
     return shown + more
 
 
-def _fingerprint(*arrays, names: list[str]) -> str:
+def fingerprint(*arrays, names: list[str]) -> str:
     h = hashlib.sha256()
     for a in arrays:
         if a.dtype == object:
@@ -183,7 +183,7 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
     path = cfg.path if Path(cfg.path).is_absolute() else base_dir / cfg.path
     if not path.exists():
         raise DataError(f"`data.path`: {str(path)!r} does not exist")
-    fmt = cfg.format or _infer_format(path)
+    fmt = cfg.format or infer_format(path)
     if fmt not in _FORMATS:
         raise DataError(f"`data.format`: unknown format {fmt!r}; expected one of {formats()}")
     _check_pixel_range(getattr(cfg, "pixel_range", None), fmt)
@@ -232,7 +232,7 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
         tr, va = train_test_split(idx, test_size=n_val, stratify=y, random_state=seed)
         x_tr, y_tr, x_va, y_va = train.x[tr], y[tr], train.x[va], y[va]
     ds = Dataset(train.modality, x_tr, y_tr, x_va, y_va, class_names, skipped)
-    ds.fingerprint = _fingerprint(x_tr, y_tr, x_va, y_va, names=class_names)
+    ds.fingerprint = fingerprint(x_tr, y_tr, x_va, y_va, names=class_names)
     if getattr(cfg, "test", None) is not None:
         ds.x_test, ds.y_test, test_skipped = load_labelled(
             cfg, cfg.test, class_names, base_dir=base_dir, image_size=image_size, field="data.test")
@@ -260,7 +260,7 @@ def load_labelled(cfg, path: Path | str, class_names: list[str], *, base_dir: Pa
         path = base_dir / path
     if not path.exists():
         raise DataError(f"`{field}`: {str(path)!r} does not exist")
-    fmt = getattr(cfg, "format", None) or _infer_format(path)
+    fmt = getattr(cfg, "format", None) or infer_format(path)
     raw = _FORMATS[fmt].load(cfg, path, image_size)
     labels = [nfc(c) for c in raw.labels]
     unknown = sorted(set(labels) - set(class_names))

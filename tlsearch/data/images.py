@@ -216,7 +216,7 @@ def _refuse_dropped_classes(path: Path, class_dirs, labels, arrays, bad) -> None
         )
 
 
-def _resize_batch(x: np.ndarray, size: int) -> np.ndarray:
+def resize_batch(x: np.ndarray, size: int) -> np.ndarray:
     """uint8 images (N, H, W, 1 or 3) as (N, size, size, 3)."""
     if x.shape[-1] == 1:
         x = np.repeat(x, 3, axis=-1)
@@ -274,7 +274,7 @@ def load_npz(cfg, path: Path, image_size: int) -> RawData:
         x = pixels_to_uint8(x, getattr(cfg, "pixel_range", None))
     except ValueError as e:
         raise DataError(f"{str(path)!r}: array `{xk}` {e}") from None
-    return RawData(_resize_batch(x, image_size), labels, "image")
+    return RawData(resize_batch(x, image_size), labels, "image")
 
 
 def _shown_missing(v) -> str:

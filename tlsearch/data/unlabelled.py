@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlsearch.data import _fingerprint, _infer_format, format_file_list
+from tlsearch.data import fingerprint, infer_format, format_file_list
 from tlsearch.errors import DataError
 
 __all__ = ["load_unlabelled", "MIN_TARGET"]
@@ -38,7 +38,7 @@ def _images(cfg, path: Path, image_size: int, field: str) -> np.ndarray:
 
 
 def _npz(cfg, path: Path, image_size: int, field: str) -> np.ndarray:
-    from tlsearch.data.images import _resize_batch, pixels_to_uint8
+    from tlsearch.data.images import resize_batch, pixels_to_uint8
 
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -60,7 +60,7 @@ def _npz(cfg, path: Path, image_size: int, field: str) -> np.ndarray:
         x = pixels_to_uint8(x, getattr(cfg, "pixel_range", None))
     except ValueError as e:
         raise DataError(f"`{field}`: {str(path)!r}: array `{key}` {e}") from None
-    return _resize_batch(x, image_size)
+    return resize_batch(x, image_size)
 
 
 def _table(cfg, path: Path, fmt: str, field: str) -> np.ndarray:
@@ -92,7 +92,7 @@ def load_unlabelled(cfg, path: Path | str, *, base_dir: Path, image_size: int,
     if not path.exists():
         raise DataError(f"`{field}`: {str(path)!r} does not exist")
     try:
-        fmt = _infer_format(path) if path.is_dir() or not cfg.format else cfg.format
+        fmt = infer_format(path) if path.is_dir() or not cfg.format else cfg.format
     except DataError:
         raise DataError(f"`{field}`: cannot tell the format of {str(path)!r}: expected a folder of "
                         f"images, a .npz file or a .csv/.parquet/.jsonl table") from None
@@ -105,4 +105,4 @@ def load_unlabelled(cfg, path: Path | str, *, base_dir: Path, image_size: int,
     if len(x) < MIN_TARGET:
         raise DataError(f"`{field}`: {len(x)} examples in {str(path)!r}; domain adaptation needs at "
                         f"least {MIN_TARGET}")
-    return x, _fingerprint(x, names=["target"])
+    return x, fingerprint(x, names=["target"])

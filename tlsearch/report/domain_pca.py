@@ -36,7 +36,7 @@ def domain_pca_section(study, cfg) -> Section | None:
     from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, fetch_weights
     from tlsearch.search.inputs import check_inputs
     from tlsearch.train.cache import FeatureCache
-    from tlsearch.train.dann_stage import _head_outputs, target_split
+    from tlsearch.train.dann_stage import head_outputs, target_split
 
     s = Section("Source and target features, before and after adaptation (PCA)")
     try:
@@ -61,8 +61,8 @@ def domain_pca_section(study, cfg) -> Section | None:
     adapted = trial_params(bt).domain_lambda_max != "off"
     after = "after adaptation" if adapted else "the head's features (this trial did not adapt)"
     fig = make_subplots(rows=1, cols=2, subplot_titles=("backbone features (before)", after))
-    for col, (a, b) in enumerate(((f_va, f_t), (_head_outputs(weights, f_va)[0],
-                                                 _head_outputs(weights, f_t)[0])), 1):
+    for col, (a, b) in enumerate(((f_va, f_t), (head_outputs(weights, f_va)[0],
+                                                 head_outputs(weights, f_t)[0])), 1):
         pa, pb = pca_2d(a, b)
         for pts, name, color in ((pa, "source (validation)", "#4C72B0"),
                                  (pb, "target (held out)", "#DD8452")):

@@ -11,8 +11,11 @@ the same parameters) starts clean.
 from __future__ import annotations
 
 import copy
+import os
 import signal
+import socket
 import warnings
+from pathlib import Path
 from typing import Callable
 
 import optuna
@@ -21,7 +24,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tlsearch.search.attrs import ATTR, WORKER_ATTR
 
-__all__ = ["Retry", "sweep_dead_workers", "fail_trials_of", "signal_name", "is_dead_here"]
+__all__ = ["Retry", "sweep_dead_workers", "fail_trials_of", "signal_name", "is_dead_here",
+           "worker_id"]
 
 #: attributes of a failed trial that its retry must not inherit
 _NOT_INHERITED = (ATTR["failure"], ATTR["history"], WORKER_ATTR)
@@ -57,10 +61,37 @@ def _fail(study: optuna.Study, trial: FrozenTrial, reason: str, retry: Callable 
     return True
 
 
-def is_dead_here(ident: str | None) -> bool:
-    from tlsearch.search.workers import is_dead_here as dead
+def _start_ticks(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), so a reused pid is told apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return "?"
+    return stat.rsplit(")", 1)[1].split()[19]
 
-    return dead(ident)
+
+def worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
+
+
+def is_dead_here(ident: str | None) -> bool:
+    """True only when ``ident`` names a process on this host that no longer runs."""
+    if not ident:
+        return False
+    try:
+        host, pid_s, start = ident.rsplit(":", 2)
+        pid = int(pid_s)
+    except ValueError:
+        return False
+    if host != socket.gethostname():
+        return False  # another machine's worker: its heartbeat tells
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass
+    return start != "?" and _start_ticks(pid) not in ("?", start)
 
 
 def sweep_dead_workers(study: optuna.Study, retry: Callable | None,
@@ -107,14 +138,15 @@ def _never_beat(storage, t: FrozenTrial) -> bool:
 
 
 def _has_heartbeat(storage, trial_id: int) -> bool:
-    """Whether Optuna's RDB storage holds a heartbeat row for the trial (True when it cannot
-    tell: then the trial is left alone)."""
+    """Whether Optuna's RDB storage holds a heartbeat row for the trial (its ``trial_heartbeats``
+    table; True when it cannot tell: then the trial is left alone)."""
     try:
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
+        from sqlalchemy import text
 
-        with _create_scoped_session(storage.scoped_session) as session:
-            return models.TrialHeartbeatModel.where_trial_id(trial_id, session) is not None
+        with storage.engine.connect() as conn:
+            row = conn.execute(text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :t"),
+                               {"t": trial_id}).first()
+        return row is not None
     except Exception:
         return True
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import ctypes
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -35,7 +34,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tlsearch.search.attrs import WORKER_ATTR
-from tlsearch.search.deaths import Retry, sweep_dead_workers
+from tlsearch.search.deaths import Retry, is_dead_here, sweep_dead_workers, worker_id
 from tlsearch.search.locks import retrying, study_lock
 
 __all__ = [
@@ -56,39 +55,6 @@ __all__ = [
 ]
 
 RUN, WAIT, DONE = "run", "wait", "done"
-
-
-def _start_ticks(pid: int) -> str:
-    """The process's start time in clock ticks since boot (Linux), so a reused pid is told apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return "?"
-    return stat.rsplit(")", 1)[1].split()[19]
-
-
-def worker_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{_start_ticks(os.getpid())}"
-
-
-def is_dead_here(ident: str | None) -> bool:
-    """True only when ``ident`` names a process on this host that no longer runs."""
-    if not ident:
-        return False
-    try:
-        host, pid_s, start = ident.rsplit(":", 2)
-        pid = int(pid_s)
-    except ValueError:
-        return False
-    if host != socket.gethostname():
-        return False  # another machine's worker: its heartbeat tells
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        pass
-    return start != "?" and _start_ticks(pid) not in ("?", start)
 
 
 # ------------------------------------------------------------------------------------------------

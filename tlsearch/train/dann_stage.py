@@ -78,7 +78,7 @@ class DomainHeadStage(HeadStage):
         state.step += epochs
 
 
-def _head_outputs(weights: dict[str, list[np.ndarray]], f: np.ndarray
+def head_outputs(weights: dict[str, list[np.ndarray]], f: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray]:
     """(hidden features, class probabilities) of the stored head on pooled features."""
     w1, b1 = weights["clf_dense"]
@@ -109,9 +109,9 @@ def domain_report(state: TrialState, weights: dict[str, list[np.ndarray]]) -> di
     f_tr, f_va = state.source.frozen_outputs(p.backbone, 0, p)
     f_t = state.source.target_outputs(p.backbone, p)
     f_t = f_t[target_split(len(f_t), s.seed)[1]]
-    h_tr, _ = _head_outputs(weights, f_tr)
-    h_va, probs = _head_outputs(weights, f_va)
-    h_t, _ = _head_outputs(weights, f_t)
+    h_tr, _ = head_outputs(weights, f_tr)
+    h_va, probs = head_outputs(weights, f_va)
+    h_t, _ = head_outputs(weights, f_t)
     y = np.asarray(data.y_val)
     losses = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
     accuracy = float(np.mean(probs.argmax(1) == y))

@@ -25,9 +25,11 @@ from tlsearch.errors import NonFiniteLoss
 from tlsearch.params import OBJECTIVES, TrialParams
 from tlsearch.train.augment import dataset_augmenter
 from tlsearch.train.features import BackboneSource
-from tlsearch.train.stages import Stage, TrialState, default_stages
+from tlsearch.train.dann_stage import DomainHeadStage
+from tlsearch.train.stages import GradualFineTuneStage, Stage, TrialState
 
 __all__ = [
+    "default_stages",
     "Schedule",
     "EpochRecord",
     "TrialResult",
@@ -200,6 +202,12 @@ def _image_dataset(x, y, batch_size: int, *, augment=None, shuffle_seed: int | N
     if augment is not None:  # train.augment.dataset_augmenter: batches -> augmented batches
         ds = augment(ds)
     return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def default_stages() -> list[Stage]:
+    """The recipe: a head on the frozen backbone (domain-adversarial when the trial adapts, a plain
+    head otherwise), then the top blocks fine-tuned (gradually when ``unfreeze_every`` says so)."""
+    return [DomainHeadStage(), GradualFineTuneStage()]
 
 
 def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: BackboneSource,

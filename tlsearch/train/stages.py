@@ -20,7 +20,7 @@ from tlsearch.params import UNFREEZE_ALL, TrialParams
 from tlsearch.train.augment import augments
 
 __all__ = ["Stage", "HeadStage", "FineTuneStage", "GradualFineTuneStage", "TrialState",
-           "default_stages", "unfreeze_target", "unfreeze_phases", "stage2_rates"]
+           "unfreeze_target", "unfreeze_phases", "stage2_rates"]
 
 
 @dataclass
@@ -234,11 +234,3 @@ class GradualFineTuneStage(FineTuneStage):
         state.extra["restore_head"]()
         for units, epochs in phases:
             self.train(state, backbone, model, (x_tr, x_va), min(units, n), units > n, epochs)
-
-
-def default_stages() -> list[Stage]:
-    """The recipe: a head on the frozen backbone (domain-adversarial when the trial adapts), then
-    the top blocks fine-tuned (gradually when ``unfreeze_every`` says so)."""
-    from tlsearch.train.dann_stage import DomainHeadStage  # a HeadStage unless a trial adapts
-
-    return [DomainHeadStage(), GradualFineTuneStage()]
