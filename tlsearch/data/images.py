@@ -265,16 +265,23 @@ def load_npz(cfg, path: Path, image_size: int) -> RawData:
                 f"(labels read as missing: {MISSING_LABEL_NOTE})"
             )
         labels = [str(v) for v in values]
+    return RawData(npz_pixels(x, xk, repr(str(path)), getattr(cfg, "pixel_range", None),
+                              image_size), labels, "image")
+
+
+def npz_pixels(x: np.ndarray, key: str, where: str, pixel_range, image_size: int) -> np.ndarray:
+    """An .npz image array as uint8 RGB at ``image_size``: (N, H, W) or (N, H, W, 1|3), pixels
+    read as :func:`pixels_to_uint8` reads them; problems name ``where`` (the file) and ``key``."""
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise DataError(f"{str(path)!r}: images must be (N, H, W), (N, H, W, 1) or (N, H, W, 3); "
+        raise DataError(f"{where}: images must be (N, H, W), (N, H, W, 1) or (N, H, W, 3); "
                         f"got {x.shape}")
     try:
-        x = pixels_to_uint8(x, getattr(cfg, "pixel_range", None))
+        x = pixels_to_uint8(x, pixel_range)
     except ValueError as e:
-        raise DataError(f"{str(path)!r}: array `{xk}` {e}") from None
-    return RawData(resize_batch(x, image_size), labels, "image")
+        raise DataError(f"{where}: array `{key}` {e}") from None
+    return resize_batch(x, image_size)
 
 
 def _shown_missing(v) -> str:

@@ -38,7 +38,7 @@ def _images(cfg, path: Path, image_size: int, field: str) -> np.ndarray:
 
 
 def _npz(cfg, path: Path, image_size: int, field: str) -> np.ndarray:
-    from tlsearch.data.images import resize_batch, pixels_to_uint8
+    from tlsearch.data.images import npz_pixels
 
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -51,16 +51,8 @@ def _npz(cfg, path: Path, image_size: int, field: str) -> np.ndarray:
         raise
     except Exception as e:
         raise DataError(f"`{field}`: {str(path)!r}: not a readable .npz file ({e})") from None
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4 or x.shape[-1] not in (1, 3):
-        raise DataError(f"`{field}`: {str(path)!r}: images must be (N, H, W), (N, H, W, 1) or "
-                        f"(N, H, W, 3); got {x.shape}")
-    try:
-        x = pixels_to_uint8(x, getattr(cfg, "pixel_range", None))
-    except ValueError as e:
-        raise DataError(f"`{field}`: {str(path)!r}: array `{key}` {e}") from None
-    return resize_batch(x, image_size)
+    return npz_pixels(x, key, f"`{field}`: {str(path)!r}", getattr(cfg, "pixel_range", None),
+                      image_size)
 
 
 def _table(cfg, path: Path, fmt: str, field: str) -> np.ndarray:
