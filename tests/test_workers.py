@@ -242,7 +242,7 @@ def test_trial_of_a_dead_local_worker_is_swept_at_start(tmp_path, small_images):
     assert code == 0, out
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    from tlsearch.search.workers import _start_ticks
+    from tlsearch.search.deaths import _start_ticks
 
     s = optuna.load_study(study_name="tiny", storage=url)
     done = s.get_trials()[0]
