@@ -160,3 +160,15 @@ def test_interrupted_or_failing_run_still_ends_with_the_summary(study, capsys, m
     assert main(["run", str(study)]) == code
     out = capsys.readouterr().out
     assert reason in out and "resume:    run the same command again" in out
+
+
+def test_no_schedule_no_time_left_claimed():
+    """Progress built without the study's epochs (a library caller) must not claim '~0.0 s left'."""
+    from types import SimpleNamespace
+
+    p = Progress(Console(file=io.StringIO(), width=200), mode="plain")
+    p.start(None, 0)
+    p.trial_start(0, {"backbone": "tiny_cnn", "unfreeze_blocks": 0})
+    p.epoch(SimpleNamespace(step=0, stage=1, seconds=1.0, metrics={"loss": 1.0}))
+    assert p.trial_left() is None
+    p.close()

@@ -209,7 +209,7 @@ class Progress:
         """Seconds the running trial has left: this trial's epochs so far per stage, stage 2's
         from earlier trials when it has not started; None when nothing tells."""
         c = self.current
-        if not c:
+        if not c or not any(c["planned"].values()):  # no schedule given: nothing to tell
             return None
         left = 0.0
         for stage in (1, 2):
