@@ -87,3 +87,8 @@ def test_fences_name_the_edges():
     # all of a backbone's blocks is full fine-tuning: no fence to widen
     full = _cfg(["vgg16"], search={"unfreeze_blocks": {"low": 0, "high": 5}})
     assert not space.fences({"backbone": "vgg16", "unfreeze_blocks": 5}, full, "image", CAPS)
+    # no dropout below 0: its bottom is no fence, while the top of a 0..0.5 range is one
+    drop = _cfg(["resnet50"], search={"dropout": {"low": 0.0, "high": 0.5}})
+    assert not space.fences({"backbone": "resnet50", "dropout": 0.01}, drop, "image", CAPS)
+    assert space.fences({"backbone": "resnet50", "dropout": 0.49}, drop, "image", CAPS) == [
+        "best dropout=0.49 is the top of 0..0.5: widen the range"]

@@ -315,6 +315,11 @@ def fences(params: Mapping[str, Any], cfg: StudyConfig, modality: str,
         if (high_edge and name == "unfreeze_blocks" and caps is not None
                 and d.high == caps.get(backbone)):
             continue  # all of the backbone's blocks: full fine-tuning, no fence to widen
+        spec = PARAMS[name]
+        if high_edge and spec.high is not None and d.high >= spec.high:
+            continue  # the range already reaches the highest value the parameter takes
+        if low_edge and spec.low is not None and d.low <= spec.low:
+            continue  # nothing below the range: dropout 0.0, the smallest width
         if high_edge:
             out.append(f"best {name}={_fmt(value)} is the top of {_fmt(d.low)}..{_fmt(d.high)}: "
                        f"widen the range")
