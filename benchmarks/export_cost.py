@@ -116,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--repeats", type=int, default=3, help="fresh processes per way of loading")
     p.add_argument("--out", type=Path, help="write the numbers as JSON here")
+    p.add_argument("--keep", type=Path, help="leave the study and its export in this new folder")
     args = p.parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ["TLSEARCH_NO_ESTIMATE"] = "1"
     results: dict = {}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            tmp = args.keep.resolve()
         study = _study_file(tmp)
         results["train_seconds"] = round(_cli("run", str(study), "--quiet"), 1)
         export = tmp / "export"

@@ -5,18 +5,21 @@ head on a frozen pretrained backbone, then unfreezes its top blocks at a lower l
 
 The public surface is listed in ``__all__``: :func:`run` runs a study file, :func:`objective` hands
 its objective to an Optuna study of your own, :func:`load` opens an exported model. Names that need
-Optuna or TensorFlow are imported on first use, so ``import tlsearch``, ``tlsearch validate`` and
-``tlsearch backbones`` start without TensorFlow. KerasTuner users: :mod:`tlsearch.keras_tuner`.
+Optuna, TensorFlow or the study schema are imported on first use, so ``import tlsearch``,
+``tlsearch validate`` and ``tlsearch backbones`` start without TensorFlow, and ``tlsearch.load``
+without the schema. KerasTuner users: :mod:`tlsearch.keras_tuner`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tlsearch._register import register_layers_with_keras
-from tlsearch.config import StudyConfig, load_config, parse_config
 from tlsearch.errors import ConfigError, DataError, StorageError, TrialFailure, UserError
-from tlsearch.params import TrialParams
+
+if TYPE_CHECKING:
+    from tlsearch.config import StudyConfig, load_config, parse_config
+    from tlsearch.params import TrialParams
 
 __version__ = "0.1.0"
 
@@ -43,6 +46,12 @@ __all__ = [
 register_layers_with_keras()  # a model.keras loads with `import tlsearch` and Keras alone
 
 _LAZY = {
+    # the study schema (pydantic, SQLAlchemy's URL parser): 0.6 s that `tlsearch predict` and
+    # `tlsearch.load` do not need
+    "StudyConfig": "tlsearch.config",
+    "load_config": "tlsearch.config",
+    "parse_config": "tlsearch.config",
+    "TrialParams": "tlsearch.params",
     "run": "tlsearch.api",
     "objective": "tlsearch.api",
     "Objective": "tlsearch.api",

@@ -96,7 +96,7 @@ def run(args) -> int:
     try:
         from tlsearch._quiet import import_tensorflow_quietly
 
-        import_tensorflow_quietly()
+        import_tensorflow_quietly(lean=True)  # no scikit-learn: 1.4 s of a one-image predict
         from tlsearch.export.predict import load
 
         predictor = load(args.model)

@@ -101,8 +101,8 @@ class Predictor:
 
     # ---- prediction
 
-    def _run(self, batch: list) -> np.ndarray:
-        return self._kind.run(self.model, batch)
+    def _run(self, batch: list, only: bool = False) -> np.ndarray:
+        return self._kind.run(self.model, batch, only=only)
 
     def iter_predict(self, inputs, *, batch_size: int = DEFAULT_BATCH,
                      skip_errors: bool = False) -> Iterator[dict]:
@@ -110,6 +110,7 @@ class Predictor:
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         items = self._items(inputs)
+        only = len(items) <= batch_size
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
             ready: list = []
@@ -125,7 +126,7 @@ class Predictor:
                         raise InputError(f"{e} (pass --skip-errors, or skip_errors=True, to skip "
                                          f"unreadable inputs)") from None
                     results.append({"input": item.name, "error": str(e)})
-            probs = iter(self._run(ready)) if ready else iter(())
+            probs = iter(self._run(ready, only)) if ready else iter(())
             names_it = iter(names)
             for r in results:
                 yield r if r is not None else self._row(next(names_it), next(probs))

@@ -88,8 +88,9 @@ class Modality:
         """Whether ``x`` is one input rather than a list of them."""
         return False
 
-    def run(self, model: Any, batch: list) -> np.ndarray:
-        """Class probabilities for a batch of read inputs."""
+    def run(self, model: Any, batch: list, *, only: bool = False) -> np.ndarray:
+        """Class probabilities for a batch of read inputs; ``only``: the one batch of a call
+        (worth no traced graph)."""
         raise NotImplementedError
 
     def predict_all(self, model: Any, x: Any, batch: int = 64) -> np.ndarray:

@@ -297,7 +297,7 @@ class TextModality(Modality):
         raise InputError(f"input {i}: a text model takes strings or files (pathlib.Path), "
                          f"got {type(x).__name__}")
 
-    def run(self, model, batch):
+    def run(self, model, batch, *, only=False):
         import tensorflow as tf
 
         return np.asarray(model(tf.constant(batch, dtype=tf.string), training=False))
