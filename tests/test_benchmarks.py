@@ -63,6 +63,18 @@ def test_augmentation_benchmark_runs_each_setting(tmp_path):
     assert "| training images | augmentation |" in r.stdout
 
 
+@pytest.mark.timeout(300)
+def test_stage1_ratio_benchmark_reports_both_sides(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stage1_ratio.py"), "--tiny",
+                        "--plain-trials", "1", "--trials", "3", "--out", str(tmp_path / "s1.json")],
+                       env=env, capture_output=True, text=True, cwd=REPO / "benchmarks")
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = json.loads((tmp_path / "s1.json").read_text())
+    assert len(got["plain_loop_trial_seconds"]) == 1 and got["tlsearch_trials"] == 3
+    assert got["tlsearch_seconds_per_added_trial"] > 0 and got["ratio_warm"] > 0
+
+
 def test_a_peer_with_no_trial_in_budget_reads_so(monkeypatch):
     """A loaded machine: the plain Optuna loop finished no trial in its budget. The table says
     "none in budget" for it, and the targets do not crash dividing by its missing time."""
