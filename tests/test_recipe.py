@@ -300,14 +300,16 @@ def test_old_studies_resume_new_parameters_read_as_off():
 # ---------------------------------------------------------------------------- 5. the verdict
 
 
-def _fake_study(trials: list[tuple[object, float, float, int]], test: dict | None = None):
-    """A study of complete trials: (unfreeze_blocks, value, seconds, stored bytes) each."""
+def _fake_study(trials: list[tuple], test: dict | None = None):
+    """A study of complete trials: (unfreeze_blocks, value, seconds, stored bytes[, best stage])
+    each; the best stage defaults to 2 for a trial that unfreezes blocks."""
     study = optuna.create_study(direction="maximize")
-    for u, value, seconds, size in trials:
+    for u, value, seconds, size, *stage in trials:
         t = study.ask()
         t.set_user_attr("tlsearch.params", {"backbone": "tiny_cnn", "unfreeze_blocks": u})
         t.set_user_attr("tlsearch.seconds", seconds)
         t.set_user_attr("tlsearch.artifact", {"size": size})
+        t.set_user_attr("tlsearch.best_stage", stage[0] if stage else (2 if u else 1))
         study.tell(t, value)
     if test:
         study.set_user_attr("tlsearch.test", test)
@@ -337,3 +339,22 @@ def test_feature_extraction_or_fine_tuning_is_answered():
     assert line.startswith("feature extraction is enough")
     only_frozen = _fake_study([(0, 0.91, 2.0, 4000)])
     assert verdict_lines(only_frozen, cfg) == [] and SECTIONS[-1](only_frozen, cfg).note
+
+
+def test_a_best_epoch_in_stage_1_counts_for_feature_extraction():
+    """A trial that unfroze blocks but scored best at a stage-1 epoch got its value from a head on
+    frozen features: it must not make the verdict say that fine-tuning pays."""
+    from tlsearch.report.sections import frozen_vs_finetuned, verdict_lines
+
+    cfg = parse_config({"name": "t", "n_trials": 1, "data": {"path": "x"},
+                        "backbones": ["tiny_cnn"], "objective": "val_accuracy"})
+    study = _fake_study([(0, 0.80, 2.0, 4000), (9, 0.90, 20.0, 4000, 1), (4, 0.85, 20.0, 40000)])
+    c = frozen_vs_finetuned(study, cfg)
+    assert (c["frozen"]["trial"], c["fine-tuned"]["trial"]) == (1, 2)
+    assert c["frozen"]["median_seconds"] == 2.0  # what a head-only trial costs: unfreeze_blocks 0
+    (line,) = verdict_lines(study, cfg)
+    assert line.startswith("feature extraction is enough") and "#1" in line
+    assert "stage-1 epoch" in line
+    from tlsearch.report.sections import SECTIONS
+
+    assert "#1 (its stage 1; it went on to 9 blocks)" in SECTIONS[-1](study, cfg).html

@@ -230,12 +230,20 @@ def frozen_vs_finetuned(study, cfg) -> dict[str, dict] | None:
     fine-tuned one, each with what it cost: ``{"frozen": {...}, "fine-tuned": {...}}`` with the
     trial, its objective, its held-out test accuracy (where the study's test evaluation is of that
     trial), its seconds, the median seconds of its kind's complete trials and its stored weights'
-    size in bytes; None unless both kinds completed."""
+    size in bytes; None unless both kinds completed.
+
+    A trial's value is that of its best epoch, so a trial that unfroze blocks but scored best at a
+    stage-1 epoch got it from a head on frozen features: it counts as feature extraction (with
+    ``"stage1_of"``: the blocks it went on to unfreeze). What a trial of each kind costs is still
+    read from the trials that planned it (``unfreeze_blocks`` 0, or above 0)."""
     groups: dict[str, list] = {"frozen": [], "fine-tuned": []}
+    planned: dict[str, list] = {"frozen": [], "fine-tuned": []}
     for t in complete(study):
         unfrozen = t.user_attrs.get(ATTR["params"], {}).get("unfreeze_blocks", 0)
         if t.value is not None and math.isfinite(t.value):
-            groups["fine-tuned" if unfrozen else "frozen"].append(t)
+            tuned = bool(unfrozen) and t.user_attrs.get(ATTR["best_stage"]) != 1
+            groups["fine-tuned" if tuned else "frozen"].append(t)
+            planned["fine-tuned" if unfrozen else "frozen"].append(t)
     if not all(groups.values()):
         return None
     sign = better_sign(cfg.direction)
@@ -243,7 +251,8 @@ def frozen_vs_finetuned(study, cfg) -> dict[str, dict] | None:
     out = {}
     for kind, trials in groups.items():
         best = max(trials, key=lambda t: sign * t.value)
-        seconds = [t.user_attrs[ATTR["seconds"]] for t in trials if ATTR["seconds"] in t.user_attrs]
+        seconds = [t.user_attrs[ATTR["seconds"]] for t in planned[kind]
+                   if ATTR["seconds"] in t.user_attrs]
         out[kind] = {"trial": best.number, "value": best.value,
                      "test_accuracy": test.get("accuracy") if test.get("trial") == best.number
                      else None,
@@ -252,6 +261,8 @@ def frozen_vs_finetuned(study, cfg) -> dict[str, dict] | None:
                      "bytes": best.user_attrs.get(ARTIFACT_ATTR, {}).get("size"),
                      "unfreeze_blocks": best.user_attrs.get(ATTR["params"], {}).get(
                          "unfreeze_blocks", 0)}
+        if kind == "frozen" and out[kind]["unfreeze_blocks"]:
+            out[kind]["stage1_of"] = out[kind]["unfreeze_blocks"]
     return out
 
 
@@ -272,10 +283,14 @@ def verdict_lines(study, cfg) -> list[str]:
             f"{_ratio(ft['bytes'], fr['bytes'])} the stored weights")
     if gain > 0:
         return [f"fine-tuning pays: best fine-tuned trial #{ft['trial']} {cfg.objective} "
-                f"{ft['value']:.4f} vs {fr['value']:.4f} for the best frozen-only #{fr['trial']}, "
+                f"{ft['value']:.4f} vs {fr['value']:.4f} for the best "
+                f"{'head-only result' if fr.get('stage1_of') else 'frozen-only'} #{fr['trial']}, "
                 f"at {cost}"]
-    return [f"feature extraction is enough: the best frozen-only trial #{fr['trial']} "
-            f"({cfg.objective} {fr['value']:.4f}) is at least as good as the best fine-tuned "
+    which = (f"the best head-only result ({cfg.objective} {fr['value']:.4f}: trial "
+             f"#{fr['trial']} at a stage-1 epoch, which then fine-tuned {fr['stage1_of']} blocks "
+             f"without doing better)" if fr.get("stage1_of")
+             else f"the best frozen-only trial #{fr['trial']} ({cfg.objective} {fr['value']:.4f})")
+    return [f"feature extraction is enough: {which} is at least as good as the best fine-tuned "
             f"#{ft['trial']} ({ft['value']:.4f}), which costs {cost}"]
 
 
@@ -295,7 +310,9 @@ def _extraction_section(study, cfg) -> Section:
                   "study has not got both.")
         return s
     fr, ft = c["frozen"], c["fine-tuned"]
-    rows = [("best trial", f"#{fr['trial']}", f"#{ft['trial']} ({ft['unfreeze_blocks']} blocks)"),
+    first = (f"#{fr['trial']} (its stage 1; it went on to {fr['stage1_of']} blocks)"
+             if fr.get("stage1_of") else f"#{fr['trial']}")
+    rows = [("best trial", first, f"#{ft['trial']} ({ft['unfreeze_blocks']} blocks)"),
             (cfg.objective, f"{fr['value']:.4f}", f"{ft['value']:.4f}"),
             ("held-out test accuracy", _fmt(fr["test_accuracy"], ".4f"),
              _fmt(ft["test_accuracy"], ".4f")),
