@@ -15,7 +15,6 @@ import struct
 import unicodedata
 import zlib
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -63,8 +62,19 @@ def _predictor(image_size: int) -> Predictor:
     p.image_size, p.modality, p.classes = image_size, "image", ["a", "b"]
     p.metadata = {"input": {"image_size": image_size}}
     p._kind = modalities.get("image")
-    p.model = SimpleNamespace(predict_on_batch=lambda x: np.tile([0.25, 0.75], (len(x), 1)))
+    p.model = _FakeModel()
     return p
+
+
+class _FakeModel:
+    """Scores every image [0.25, 0.75], called as a Keras model is (one batch: eagerly; more:
+    ``predict_on_batch``)."""
+
+    def __call__(self, x, training=False):
+        return np.tile([0.25, 0.75], (len(x), 1))
+
+    def predict_on_batch(self, x):
+        return self(x)
 
 
 # --- 1. high bit depth -------------------------------------------------------------------------

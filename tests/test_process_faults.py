@@ -108,12 +108,17 @@ def test_killed_worker_and_swept_trials_record_why(tmp_path, small_images):
 
 
 def test_workers_end_when_their_parent_is_killed(tmp_path, small_images):
-    study = study_file(tmp_path, n_trials=6, heartbeat={"interval": 30, "grace_period": 600})
+    # a worker killed between creating a trial and marking it as its own leaves it RUNNING until
+    # the grace period has passed (then the rerun below sweeps it): keep that period short
+    study = study_file(tmp_path, n_trials=6, heartbeat={"interval": 5, "grace_period": 20})
     url = f"sqlite:///{tmp_path / 'tiny.db'}"
     parent = tlsearch("run", str(study), "--workers", "2", fake=3.0)
     try:
         running = _wait_for(lambda: _running(url), 120, "a running trial")
         pids = {int(t.user_attrs[WORKER_ATTR].split(":")[1]) for t in running}
+        # every worker, not only those holding a trial now: one may be claiming its next
+        kids = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+        pids |= {int(p) for p in kids.read_text().split()} if kids.exists() else set()
         parent.kill()
         parent.communicate(timeout=30)
         _wait_for(lambda: not any(_alive(p) for p in pids), 90, "the workers to exit")
