@@ -297,3 +297,13 @@ def deadline_callback(deadline: float):
                 raise BudgetSpent()
 
     return _Deadline()
+
+
+def report(result: dict, out: Path | None, *, indent: int = 2, default=None) -> None:
+    """Print a benchmark's result as JSON and, with ``--out``, write the same text there."""
+    import json
+
+    text = json.dumps(result, indent=indent, default=default)
+    print(text)
+    if out:
+        out.write_text(text + "\n")

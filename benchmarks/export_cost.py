@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import common
+
 REPO = Path(__file__).resolve().parent.parent
 STUDY = REPO / "studies" / "quickstart.yaml"
 
@@ -141,10 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         image = next((STUDY.parent / "data" / "fashion-sample" / "bag").iterdir())
         results["cli_predict_seconds"] = sorted(
             round(_cli("predict", str(export), str(image)), 2) for _ in range(args.repeats))
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    common.report(results, args.out)
     return 0
 
 

@@ -28,6 +28,8 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import common
+
 REPO = Path(__file__).resolve().parent.parent
 STUDY = REPO / "studies" / "quickstart.yaml"
 
@@ -88,12 +90,9 @@ def main(argv: list[str] | None = None) -> int:
         for prune_stage1 in (False, True):
             rows.append(_one(cfg, Path(tmp), prune_stage1))
             print(json.dumps(rows[-1]), flush=True)
-    text = json.dumps({"study": "studies/quickstart.yaml", "n_trials": cfg.n_trials,
-                       "seed": cfg.seed, "pruner": cfg.pruner.model_dump(), "rows": rows},
-                      indent=2, default=str)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    common.report({"study": "studies/quickstart.yaml", "n_trials": cfg.n_trials,
+                   "seed": cfg.seed, "pruner": cfg.pruner.model_dump(), "rows": rows},
+                  args.out, default=str)
     return 0
 
 

@@ -26,6 +26,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import yaml
 
+import common
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -83,10 +85,7 @@ def main(argv: list[str] | None = None) -> int:
             assert cli(["run", str(path)]) == 0, key
             results[key] = {**_best(path), "seconds": round(time.perf_counter() - t0, 1)}
             print(json.dumps({key: results[key]}), flush=True)
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    common.report(results, args.out)
     return 0
 
 

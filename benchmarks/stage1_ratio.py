@@ -77,10 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         "rss_growth_mb": round(mine["rss_growth_mb"], 1),
         "wall_seconds": round(time.perf_counter() - t0, 1),
     }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if a.out:
-        a.out.write_text(text + "\n")
+    common.report(result, a.out, indent=1)
     return 0
 
 

@@ -28,6 +28,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import numpy as np
 import pandas as pd
 
+import common
+
 REPO = Path(__file__).resolve().parent.parent
 STUDY = REPO / "studies" / "rotten-tomatoes-minilm.yaml"
 DATA = REPO / "studies" / "data" / "rotten-tomatoes"
@@ -111,10 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         probs = model.predict(test["text"].to_numpy(object), batch_size=64, verbose=0)
         pred = np.array(prep.data.class_names)[probs.argmax(1)]
         results["best_trial_test_accuracy"] = float((pred == test["label"].to_numpy()).mean())
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    common.report(results, args.out)
     return 0
 
 
