@@ -233,9 +233,9 @@ def frozen_vs_finetuned(study, cfg) -> dict[str, dict] | None:
     size in bytes; None unless both kinds completed.
 
     A trial's value is that of its best epoch, so a trial that unfroze blocks but scored best at a
-    stage-1 epoch got it from a head on frozen features: it counts as feature extraction (with
-    ``"stage1_of"``: the blocks it went on to unfreeze). What a trial of each kind costs is still
-    read from the trials that planned it (``unfreeze_blocks`` 0, or above 0)."""
+    stage-1 epoch got it from a head on frozen features: it counts as feature extraction (its
+    ``unfreeze_blocks`` then says what it went on to unfreeze). What a trial of each kind costs is
+    still read from the trials that planned it (``unfreeze_blocks`` 0, or above 0)."""
     groups: dict[str, list] = {"frozen": [], "fine-tuned": []}
     planned: dict[str, list] = {"frozen": [], "fine-tuned": []}
     for t in complete(study):
@@ -261,8 +261,6 @@ def frozen_vs_finetuned(study, cfg) -> dict[str, dict] | None:
                      "bytes": best.user_attrs.get(ARTIFACT_ATTR, {}).get("size"),
                      "unfreeze_blocks": best.user_attrs.get(ATTR["params"], {}).get(
                          "unfreeze_blocks", 0)}
-        if kind == "frozen" and out[kind]["unfreeze_blocks"]:
-            out[kind]["stage1_of"] = out[kind]["unfreeze_blocks"]
     return out
 
 
@@ -284,11 +282,11 @@ def verdict_lines(study, cfg) -> list[str]:
     if gain > 0:
         return [f"fine-tuning pays: best fine-tuned trial #{ft['trial']} {cfg.objective} "
                 f"{ft['value']:.4f} vs {fr['value']:.4f} for the best "
-                f"{'head-only result' if fr.get('stage1_of') else 'frozen-only'} #{fr['trial']}, "
+                f"{'head-only result' if fr['unfreeze_blocks'] else 'frozen-only'} #{fr['trial']}, "
                 f"at {cost}"]
     which = (f"the best head-only result ({cfg.objective} {fr['value']:.4f}: trial "
-             f"#{fr['trial']} at a stage-1 epoch, which then fine-tuned {fr['stage1_of']} blocks "
-             f"without doing better)" if fr.get("stage1_of")
+             f"#{fr['trial']} at a stage-1 epoch, which then fine-tuned {fr['unfreeze_blocks']} "
+             f"blocks without doing better)" if fr["unfreeze_blocks"]
              else f"the best frozen-only trial #{fr['trial']} ({cfg.objective} {fr['value']:.4f})")
     return [f"feature extraction is enough: {which} is at least as good as the best fine-tuned "
             f"#{ft['trial']} ({ft['value']:.4f}), which costs {cost}"]
@@ -310,8 +308,8 @@ def _extraction_section(study, cfg) -> Section:
                   "study has not got both.")
         return s
     fr, ft = c["frozen"], c["fine-tuned"]
-    first = (f"#{fr['trial']} (its stage 1; it went on to {fr['stage1_of']} blocks)"
-             if fr.get("stage1_of") else f"#{fr['trial']}")
+    first = (f"#{fr['trial']} (its stage 1; it went on to {fr['unfreeze_blocks']} blocks)"
+             if fr["unfreeze_blocks"] else f"#{fr['trial']}")
     rows = [("best trial", first, f"#{ft['trial']} ({ft['unfreeze_blocks']} blocks)"),
             (cfg.objective, f"{fr['value']:.4f}", f"{ft['value']:.4f}"),
             ("held-out test accuracy", _fmt(fr["test_accuracy"], ".4f"),
