@@ -8,7 +8,11 @@ Data: Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (28x28 grey, resized
 test split for validation, and another sample of the test split, disjoint from it, as the held-out
 test set that judges each peer's chosen model (never seen while choosing). The tiny CI settings
 fall back on the committed 600-image sample in ``studies/data/fashion-sample`` when the Debian
-package is absent.
+package is absent; there the three splits are drawn disjoint from the sample's 60 images per
+class, and a test split larger than what is left is cut to what is left.
+
+``TLSEARCH_FASHION_MNIST_DIR`` names another folder for the Debian files (the tests point it at an
+empty folder, so that they check the fallback whatever the machine has installed).
 """
 
 from __future__ import annotations
@@ -28,7 +32,8 @@ os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 logging.getLogger("tensorflow").setLevel(logging.ERROR)  # retracing notes: expected, many models
 
 REPO = Path(__file__).resolve().parent.parent
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+DEBIAN_FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+FASHION_DIR = Path(os.environ.get("TLSEARCH_FASHION_MNIST_DIR") or DEBIAN_FASHION_DIR)
 SAMPLE_DIR = REPO / "studies" / "data" / "fashion-sample"
 CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat",
            "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
@@ -129,7 +134,7 @@ def ensure_fashion_mnist() -> Path:
     if (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
         return FASHION_DIR
     apt = shutil.which("apt-get")
-    if apt and hasattr(os, "geteuid") and os.geteuid() == 0:
+    if FASHION_DIR == DEBIAN_FASHION_DIR and apt and hasattr(os, "geteuid") and os.geteuid() == 0:
         subprocess.run([apt, "install", "-y", "-q", "dataset-fashion-mnist"], check=False,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         if (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file():
@@ -161,15 +166,30 @@ def _read_sample() -> tuple[np.ndarray, np.ndarray]:
     return np.stack(xs), np.array(ys, dtype=np.int64)
 
 
-def _stratified(y: np.ndarray, n: int, rng: np.random.Generator, exclude=None) -> np.ndarray:
-    per = [n // len(CLASSES) + (1 if c < n % len(CLASSES) else 0) for c in range(len(CLASSES))]
+def _per_class(n: int) -> list[int]:
+    return [n // len(CLASSES) + (1 if c < n % len(CLASSES) else 0) for c in range(len(CLASSES))]
+
+
+def _stratified(y: np.ndarray, n: int, rng: np.random.Generator, exclude=None,
+                what: str = "split") -> np.ndarray:
     pick = []
-    for c, k in enumerate(per):
+    for c, k in enumerate(_per_class(n)):
         pool = np.flatnonzero(y == c)
         if exclude is not None:
             pool = np.setdiff1d(pool, exclude)
+        if k > len(pool):
+            raise SystemExit(f"the {what} asks for {k} images of class {CLASSES[c]!r} and only "
+                             f"{len(pool)} are left in the data ({n} images over {len(CLASSES)} "
+                             f"classes); ask for fewer")
         pick.append(rng.choice(pool, k, replace=False))
     return rng.permutation(np.concatenate(pick))
+
+
+def _sample_test_size(y: np.ndarray, used: int, wanted: int) -> int:
+    """The test split the committed sample can still give after ``used`` images per class went to
+    training and validation (the tiny settings rarely use the test split: it is cut, not refused)."""
+    left = min(int(np.sum(y == c)) for c in range(len(CLASSES))) - used
+    return max(0, min(wanted, left * len(CLASSES)))
 
 
 def _to_rgb(x: np.ndarray, size: int) -> np.ndarray:
@@ -197,9 +217,11 @@ def load_data(s: Settings) -> dict:
         source = "debian:dataset-fashion-mnist"
     else:
         x, y = _read_sample()
-        tr = _stratified(y, s.n_train, rng)
-        va = _stratified(y, s.n_val, rng, exclude=tr)
-        te = _stratified(y, s.n_test, rng, exclude=np.concatenate([tr, va]))
+        tr = _stratified(y, s.n_train, rng, what="training split")
+        va = _stratified(y, s.n_val, rng, exclude=tr, what="validation split")
+        used = max(_per_class(s.n_train)) + max(_per_class(s.n_val))
+        te = _stratified(y, _sample_test_size(y, used, s.n_test), rng,
+                         exclude=np.concatenate([tr, va]), what="test split")
         x_tr, y_tr, x_va, y_va, x_te, y_te = x[tr], y[tr], x[va], y[va], x[te], y[te]
         source = "studies/data/fashion-sample"
     return {

@@ -26,12 +26,14 @@ from __future__ import annotations
 import argparse
 import gzip
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+#: Debian's dataset-fashion-mnist folder, or the one TLSEARCH_FASHION_MNIST_DIR names
+FASHION_DIR = Path(os.environ.get("TLSEARCH_FASHION_MNIST_DIR") or "/usr/share/datasets/fashion-mnist")
 CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat",
            "sandal", "shirt", "sneaker", "bag", "ankle_boot"]
 #: colour photos bundled with scikit-image (no download); the microscopy, retina and space images

@@ -25,6 +25,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("TLSEARCH_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture
+def bench_env(tmp_path_factory) -> dict:
+    """The environment a benchmark script runs in from the tests: the repository importable and
+    Debian's Fashion-MNIST hidden (an empty folder in its place), so that the tiny runs take the
+    committed sample whatever this machine has installed, as on a newcomer's machine."""
+    return {**os.environ, "PYTHONPATH": str(REPO),
+            "TLSEARCH_FASHION_MNIST_DIR": str(tmp_path_factory.mktemp("no-debian-fashion-mnist"))}
+
+
 def make_image_folder(root: Path, classes=("circle", "square", "stripes"), per_class: int = 12,
                       size: int = 32, seed: int = 0) -> Path:
     """Learnable synthetic images: each class has its own pattern, plus noise."""

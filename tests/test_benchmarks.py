@@ -25,8 +25,8 @@ TARGETS = {"stage1_trial_speedup_vs_plain_optuna", "tlsearch_test_accuracy",
 
 
 @pytest.mark.timeout(600)
-def test_tiny_benchmark_reports_every_figure(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def test_tiny_benchmark_reports_every_figure(tmp_path, bench_env):
+    env = bench_env
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_benchmark.py"), "--tiny",
                         "--out", str(tmp_path)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -51,8 +51,8 @@ def test_tiny_benchmark_reports_every_figure(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_augmentation_benchmark_runs_each_setting(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def test_augmentation_benchmark_runs_each_setting(tmp_path, bench_env):
+    env = bench_env
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "augmentation_small_data.py"),
                         "--tiny", "--out", str(tmp_path / "aug.json")], env=env,
                        capture_output=True, text=True)
@@ -64,8 +64,8 @@ def test_augmentation_benchmark_runs_each_setting(tmp_path):
 
 
 @pytest.mark.timeout(300)
-def test_stage1_ratio_benchmark_reports_both_sides(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def test_stage1_ratio_benchmark_reports_both_sides(tmp_path, bench_env):
+    env = bench_env
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stage1_ratio.py"), "--tiny",
                         "--plain-trials", "1", "--trials", "3", "--out", str(tmp_path / "s1.json")],
                        env=env, capture_output=True, text=True, cwd=REPO / "benchmarks")
@@ -112,3 +112,27 @@ def test_test_labels_follow_the_study_class_order():
 
     data = {"class_names": ["tshirt_top", "bag", "coat"]}
     assert list(peers.study_labels(Study(), data, [0, 1, 2, 0])) == [2, 0, 1, 2]
+
+
+def test_tiny_sizes_fit_the_committed_sample_without_debian_data(tmp_path, monkeypatch):
+    """A newcomer's machine has no Debian Fashion-MNIST: the tiny sizes the benchmark scripts use
+    draw disjoint training, validation and test splits from the committed 600-image sample. The
+    test split used to keep its full-size default of 1,000 images and failed to draw."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import common
+
+    monkeypatch.setattr(common, "FASHION_DIR", tmp_path / "absent")
+    for s in (common.Settings(n_train=30, n_val=30, image_size=32, tiny=True),    # augmentation
+              common.Settings(n_train=60, n_val=30, image_size=32, tiny=True),    # LogME ranking
+              common.TINY):
+        d = common.load_data(s)
+        assert d["source"] == "studies/data/fashion-sample"
+        assert len(d["x_train"]) == s.n_train and len(d["x_val"]) == s.n_val
+        assert 0 < len(d["x_test"]) <= s.n_test
+        assert d["x_train"].shape[1:] == (32, 32, 3)
+    # the three splits never share an image
+    flat = {k: {im.tobytes() for im in d[k]} for k in ("x_train", "x_val", "x_test")}
+    assert not flat["x_train"] & flat["x_val"] and not flat["x_test"] & (flat["x_train"] | flat["x_val"])
+    # a size the sample cannot hold is refused by name, not with numpy's words
+    with pytest.raises(SystemExit, match="validation split asks for"):
+        common.load_data(common.Settings(n_train=300, n_val=400, image_size=32, tiny=True))

@@ -16,8 +16,8 @@ from tests.conftest import REPO
 
 
 @pytest.mark.timeout(300)
-def test_tiny_logme_ranking_reports_scores_accuracies_and_tau(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+def test_tiny_logme_ranking_reports_scores_accuracies_and_tau(tmp_path, bench_env):
+    env = bench_env
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "logme_ranking.py"), "--tiny",
                         "--out", str(tmp_path)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
