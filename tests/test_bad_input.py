@@ -57,6 +57,15 @@ def low_above_high(d):
     return [], "`low <= high` must hold, but got low=0.5, high=0.1"
 
 
+def two_bad_ranges_at_once(d):
+    """A bad log range and an out-of-bounds integer range are both reported, the second as the
+    study file writes it (it came alone, once the first was fixed, as ``Range(low=-5, ...)``)."""
+    _edit(d / "study.yaml", search__lr_stage1={"low": -1, "high": 0.01, "log": True},
+          search__unfreeze_blocks={"low": -5, "high": 2})
+    return [], ("a log range needs `low > 0`, but got low=-1\n"
+                "  - `search.unfreeze_blocks`: values must lie in [0, inf], got {low: -5, high: 2}")
+
+
 def log_range_from_zero(d):
     _edit(d / "study.yaml", search__lr_stage1={"low": 0.0, "high": 0.01, "log": True})
     return [], "a log range needs `low > 0`"
@@ -245,6 +254,18 @@ def npz_values_outside_pixel_range(d):
     return [], "values from 2 to 2, outside `data.pixel_range` [-1, 1]"
 
 
+def npz_with_no_examples(d):
+    """Zero examples: said as such (it read "found a single class []")."""
+    _npz_study(d, np.zeros((0, 8, 8, 3), np.uint8), np.zeros(0, np.int64))
+    return [], "arrays `x` and `y` hold no examples (0 images)"
+
+
+def dangling_symlink_in_a_class_folder(d):
+    """A link whose target is gone is a file the user meant to give: named, not dropped silently."""
+    (d / "images" / "circle" / "circle_999.png").symlink_to(d / "gone" / "circle_999.png")
+    return [], "circle_999.png: a link to"
+
+
 def npz_pixel_range_reversed(d):
     _npz_study(d, np.zeros((12, 8, 8, 3), np.float32), np.arange(12) % 2, pixel_range=[1, -1])
     return [], "`data.pixel_range`: expected [low, high] with low < high, got [1, -1]"
@@ -371,6 +392,14 @@ def malformed_url(d):
     return ["--storage", "postgres ql://nowhere"], "is not a database URL"
 
 
+def postgres_scheme(d):
+    """``postgres://`` (Heroku's and libpq's spelling) is no SQLAlchemy dialect: the refusal says
+    what to write instead, not "Can't load plugin"."""
+    return (["--storage", "postgres://user:secret@127.0.0.1/db"],
+            "postgresql+psycopg://user@host/db (SQLAlchemy "
+            "spells PostgreSQL 'postgresql', not 'postgres')")
+
+
 def unreachable_postgres(d):
     return (["--storage", "postgresql+psycopg://user:secret@127.0.0.1:1/db"],
             "cannot open postgresql+psycopg://user:***@127.0.0.1:1/db")
@@ -434,12 +463,13 @@ CASES = [
     single_class, too_few_images, npz_with_wrong_keys, npz_labels_do_not_match, not_an_npz,
     data_file_of_unknown_format,
     npz_floats_in_minus_one_to_one, npz_int16_beyond_255, npz_values_outside_pixel_range,
-    npz_pixel_range_reversed, pixel_range_for_an_image_folder, npz_nan_label,
+    npz_pixel_range_reversed, npz_with_no_examples, dangling_symlink_in_a_class_folder,
+    pixel_range_for_an_image_folder, npz_nan_label,
     npz_empty_string_label, decompression_bomb, skip_bad_files_would_drop_a_class,
     validation_class_differs_in_compatibility_form,
     csv_without_text_column, empty_csv, csv_with_an_empty_text, csv_not_utf8, csv_single_class,
     jsonl_bad_line, text_data_with_image_backbone, *MISSING_LABELS,
-    malformed_url, unreachable_postgres, changed_search_space, changed_classes,
+    malformed_url, postgres_scheme, two_bad_ranges_at_once, unreachable_postgres, changed_search_space, changed_classes,
     negative_seed, seed_above_32_bits, nan_dropout, infinite_dropout_bound, name_with_a_slash,
     union_noise, missing_budget_does_not_hide_a_bad_backbone, unset_port_variable,
     unclosed_ipv6_host, unencoded_at_in_password, sqlite_in_a_missing_folder,

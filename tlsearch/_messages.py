@@ -4,11 +4,12 @@ given, what was expected, and a "did you mean" for unknown keys."""
 from __future__ import annotations
 
 import difflib
+import re
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-__all__ = ["unknown_keys", "format_errors"]
+__all__ = ["unknown_keys", "format_errors", "without_refused", "concerns"]
 
 
 def unknown_keys(model: type[BaseModel], raw: Any, path: str) -> list[str]:
@@ -123,3 +124,33 @@ def format_errors(err: ValidationError) -> list[str]:
         if line is not None:
             problems.append(line)
     return problems
+
+
+def without_refused(raw: dict, e: ValidationError, fields: set[str]) -> tuple[set[str], dict]:
+    """The fields the schema refused (``search.dropout``, or a whole top-level key) and the
+    study without them, so that the rest is still checked: the ``search`` section keeps its
+    valid parameters (a bad range must not hide a second one)."""
+    bad: set[str] = set()
+    partial = {k: v for k, v in raw.items() if k in fields}
+    for err in e.errors():
+        loc = [str(x) for x in err["loc"]]
+        if not loc:
+            continue
+        if loc[0] == "search" and len(loc) > 1 and isinstance(partial.get("search"), dict):
+            bad.add(f"search.{loc[1]}")
+            partial["search"] = {k: v for k, v in partial["search"].items() if k != loc[1]}
+        else:
+            bad.add(loc[0])
+            partial.pop(loc[0], None)
+    return bad, partial
+
+
+def concerns(problem: str, bad: set[str]) -> bool:
+    """Whether ``problem`` is about a refused field (a cross-field check that read the stand-in
+    default of a refused search parameter says nothing true)."""
+    for k in bad:
+        if problem.startswith(f"`{k}`") or problem.startswith(f"`{k}."):
+            return True
+        if k.startswith("search.") and re.search(rf"\b{re.escape(k[7:])}\b", problem):
+            return True
+    return False

@@ -23,7 +23,7 @@ import yaml
 from pydantic import (Field, ValidationError, create_model, field_validator,
                       model_validator)
 
-from tlsearch._messages import format_errors, unknown_keys
+from tlsearch._messages import concerns, format_errors, unknown_keys, without_refused
 from tlsearch._schema import ParamSpec, Range, Section
 from tlsearch.config_checks import semantic_problems
 from tlsearch._urls import sqlite_beside, sqlite_url
@@ -299,8 +299,7 @@ def parse_config(raw: Any, *, source: str = "<study>", base_dir: Path | None = N
     except ValidationError as e:
         problems += format_errors(e)
         # the rest of the file is still checked: a wrong field must not hide a wrong backbone
-        bad = {str(err["loc"][0]) for err in e.errors() if err["loc"]}
-        partial = {k: v for k, v in raw.items() if k not in bad and k in StudyConfig.model_fields}
+        bad, partial = without_refused(raw, e, set(StudyConfig.model_fields))
         stand_in = {"name": "x", "data": {"path": "."}, "backbones": ["tiny_cnn"]}
         try:
             rest = StudyConfig.model_validate({**{k: stand_in[k] for k in bad & set(stand_in)},
@@ -308,8 +307,7 @@ def parse_config(raw: Any, *, source: str = "<study>", base_dir: Path | None = N
         except ValidationError:
             rest = None
         if rest is not None:
-            problems += [p for p in semantic_problems(rest)
-                         if not any(p.startswith(f"`{k}") for k in bad)]
+            problems += [p for p in semantic_problems(rest) if not concerns(p, bad)]
     if problems:
         raise ConfigError(source, problems)
     assert cfg is not None

@@ -137,6 +137,16 @@ def _choice_problems(p: Param, spec: Any) -> list[str]:
             for v in values if v not in p.choices]
 
 
+def shown(spec: Any) -> str:
+    """A search entry as the study file writes it: ``{low: -5, high: 2}``, not a Python repr."""
+    if isinstance(spec, Range):
+        parts = [f"low: {spec.low!r}", f"high: {spec.high!r}"]
+        parts += ["log: true"] if spec.log else []
+        parts += [f"step: {spec.step!r}"] if spec.step is not None else []
+        return "{" + ", ".join(parts) + "}"
+    return repr(spec)
+
+
 def _numeric_problems(p: Param, spec: Any) -> list[str]:
     if _only_words(spec, p):
         return []
@@ -151,11 +161,11 @@ def _numeric_problems(p: Param, spec: Any) -> list[str]:
     if b[0] < lo or b[1] > hi or (p.low_open and b[0] <= lo):
         shown_hi = "inf" if p.high is not None and p.high >= 10**6 else f"{hi:g}"
         problems.append(f"`search.{p.where}`: values must lie in {'(' if p.low_open else '['}"
-                        f"{lo:g}, {shown_hi}], got {spec!r}")
+                        f"{lo:g}, {shown_hi}], got {shown(spec)}")
     if p.kind == "int":
         values = [] if isinstance(spec, Range) else spec if isinstance(spec, list) else [spec]
         if isinstance(spec, Range) and not spec.is_int:
-            problems.append(f"`search.{p.where}`: expected integer bounds, got {spec!r}")
+            problems.append(f"`search.{p.where}`: expected integer bounds, got {shown(spec)}")
         if any(_is_number(v) and not float(v).is_integer() for v in values):
             problems.append(f"`search.{p.where}`: expected integers, got {spec!r}")
     return problems

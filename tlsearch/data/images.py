@@ -12,6 +12,8 @@ Arrays from an ``.npz`` file are taken only when their scale is unambiguous (see
 
 from __future__ import annotations
 
+import os
+
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -126,6 +128,8 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     if path.suffix.lower() not in IMAGE_SUFFIXES:
         raise ValueError(f"unsupported format {path.suffix or '(no suffix)'}; expected one of "
                          f"{', '.join(IMAGE_SUFFIXES)}")
+    if path.is_symlink() and not path.exists():
+        raise ValueError(f"a link to {os.readlink(path)!r}, which does not exist")
     if path.stat().st_size == 0:
         raise ValueError("empty file")
     try:
@@ -172,7 +176,11 @@ def load_image_folder(cfg, path: Path, image_size: int) -> RawData:
         raise DataError(f"{str(path)!r} has no class folders: expected {path}/<class>/<image files>")
     files, labels, problems = [], [], []
     for d in class_dirs:
-        found = sorted(f for f in d.rglob("*") if f.is_file() and not f.name.startswith("."))
+        # a dangling link is a file the user meant to give: refused or skipped by name, like
+        # any file that cannot be read (it was left out without a word)
+        found = sorted(f for f in d.rglob("*") if (f.is_file() or (f.is_symlink() and not
+                                                                    f.exists()))
+                       and not f.name.startswith("."))
         if not found:
             problems.append(f"{d}: empty class folder")
         files += found
@@ -247,6 +255,8 @@ def load_npz(cfg, path: Path, image_size: int) -> RawData:
         raise DataError(f"{str(path)!r}: not a readable .npz file ({e})") from None
     if len(x) != len(y):
         raise DataError(f"{str(path)!r}: {len(x)} images but {len(y)} labels")
+    if len(x) == 0:
+        raise DataError(f"{str(path)!r}: arrays `{xk}` and `{yk}` hold no examples (0 images)")
     if y.ndim != 1:
         raise DataError(f"{str(path)!r}: labels must be one per image (1-D), got shape {y.shape}")
     if names is not None and np.issubdtype(y.dtype, np.integer):

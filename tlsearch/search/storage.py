@@ -13,8 +13,8 @@ from typing import Any
 
 from optuna.storages import RDBStorage
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import (ArgumentError, DBAPIError, InterfaceError, OperationalError,
-                            SQLAlchemyError)
+from sqlalchemy.exc import (ArgumentError, DBAPIError, InterfaceError, NoSuchModuleError,
+                            OperationalError, SQLAlchemyError)
 
 from tlsearch.config import StudyConfig
 from tlsearch.errors import StorageError
@@ -96,6 +96,19 @@ def check_url(url: str) -> None:
     except ValueError:
         raise StorageError(f"storage: {shown!r}: cannot read its host and port (expected host, "
                            f"host:5432 or [::1]:5432, the port a number)") from None
+    try:
+        u.get_dialect()
+    except NoSuchModuleError:
+        backend = u.get_backend_name()
+        hint = ("postgresql+psycopg://user@host/db (SQLAlchemy spells PostgreSQL "
+                "'postgresql', not 'postgres')" if backend == "postgres" else
+                "sqlite:///study.db or postgresql+psycopg://user@host/db")
+        raise StorageError(f"storage: {shown!r}: SQLAlchemy knows no database "
+                           f"{u.drivername!r}; expected for example {hint}") from None
+    except ImportError as e:
+        raise StorageError(f"storage: {shown!r}: its driver is not installed ({e}); for "
+                           f"PostgreSQL use postgresql+psycopg://, whose driver tlsearch "
+                           f"installs") from None
     if _loose_at(url) or (u.host and "@" in u.host):
         raise StorageError(f"storage: {shown!r}: the user name or password holds an unencoded "
                            f"'@'; URL-encode it (%40 for @, as for : / ? # % and spaces)")
