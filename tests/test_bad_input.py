@@ -254,6 +254,11 @@ def npz_values_outside_pixel_range(d):
     return [], "values from 2 to 2, outside `data.pixel_range` [-1, 1]"
 
 
+def held_out_set_is_the_training_data(d):
+    _edit(d / "study.yaml", data__test="images")
+    return [], "`data.test`: all 18 of its examples are also in the training or validation data (overlap"
+
+
 def npz_with_no_examples(d):
     """Zero examples: said as such (it read "found a single class []")."""
     _npz_study(d, np.zeros((0, 8, 8, 3), np.uint8), np.zeros(0, np.int64))
@@ -464,6 +469,7 @@ CASES = [
     data_file_of_unknown_format,
     npz_floats_in_minus_one_to_one, npz_int16_beyond_255, npz_values_outside_pixel_range,
     npz_pixel_range_reversed, npz_with_no_examples, dangling_symlink_in_a_class_folder,
+    held_out_set_is_the_training_data,
     pixel_range_for_an_image_folder, npz_nan_label,
     npz_empty_string_label, decompression_bomb, skip_bad_files_would_drop_a_class,
     validation_class_differs_in_compatibility_form,

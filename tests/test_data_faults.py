@@ -311,3 +311,45 @@ def test_trial_completes_when_the_cache_folder_cannot_be_created(tmp_path, capsy
     assert shown.count("feature cache: cannot write") == 1, shown
     study = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
     assert [t.state.name for t in study.trials] == ["COMPLETE"]
+
+
+def test_test_data_that_is_the_training_data_is_refused_and_a_partial_overlap_counted(tmp_path):
+    """``data.test`` pointing at the training folder gave "held-out" figures of training images.
+    Overlap is found by content (the same image under another name is the same example)."""
+    make_image_folder(tmp_path / "images", per_class=6, size=8)
+    with pytest.raises(UserError, match=r"`data.test`: all 18 of its examples .*\(overlap"):
+        _load(tmp_path, "images", test="images")
+    # a test folder with 2 copies of training or validation images (renamed) and 4 new ones
+    make_image_folder(tmp_path / "test", per_class=2, size=8, seed=7)
+    for i, name in enumerate(["circle_000.png", "square_003.png"]):
+        cls = name.split("_")[0]
+        (tmp_path / "test" / cls / f"copy_{i}.png").write_bytes(
+            (tmp_path / "images" / cls / name).read_bytes())
+    ds = _load(tmp_path, "images", test="test")
+    assert len(ds.y_test) == 8
+    assert ds.warnings == [
+        "warning: `data.test`: 2 of its 8 examples are also in the training or validation data "
+        "(overlap: the same content); their test figures are not held out. Remove them from one "
+        "of the two."]
+    assert "8 held-out test images" in ds.summary()
+    for f in (tmp_path / "test").rglob("copy_*.png"):
+        f.unlink()
+    assert _load(tmp_path, "images", test="test").warnings == []
+
+
+def test_target_data_read_from_class_folders_says_so(tmp_path):
+    """A labelled tree as ``data.target``: its labels were ignored without a word and the number
+    of target examples never printed. It is read as one unlabelled pool, and the summary says so."""
+    make_image_folder(tmp_path / "images", per_class=6, size=8)
+    make_image_folder(tmp_path / "target", per_class=4, size=8, seed=3)
+    ds = _load(tmp_path, "images", target="target")
+    assert len(ds.x_target) == 12
+    assert ("12 unlabelled target images (`data.target`): the images of its 3 sub-folders "
+            "(circle, square, stripes) read as one unlabelled pool: folder names are not used as "
+            "labels") in ds.summary()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, f in enumerate(sorted((tmp_path / "target").rglob("*.png"))):
+        (flat / f"t{i}.png").write_bytes(f.read_bytes())
+    ds = _load(tmp_path, "images", target="flat")
+    assert ds.summary().endswith("; 12 unlabelled target images (`data.target`)")

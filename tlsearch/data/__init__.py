@@ -82,6 +82,11 @@ class Dataset:
     x_target: np.ndarray | None = None
     target_fingerprint: str = ""
     target_validation: bool = False
+    #: what reading the data noticed that the user should hear (one line each), e.g. test
+    #: examples that are also training examples
+    warnings: list[str] = field(default_factory=list)
+    #: how the target data was read (a count, and class folders whose names were not used)
+    target_note: str = ""
 
     @property
     def n_classes(self) -> int:
@@ -107,8 +112,13 @@ class Dataset:
 
     def summary(self) -> str:
         counts = np.bincount(self.y_train, minlength=self.n_classes)
-        return (f"{len(self.y_train)} training and {len(self.y_val)} validation {self.modality}s, "
+        line = (f"{len(self.y_train)} training and {len(self.y_val)} validation {self.modality}s, "
                 f"{self.n_classes} classes (smallest has {counts.min()} training examples)")
+        if self.y_test is not None:
+            line += f"; {len(self.y_test)} held-out test {self.modality}s"
+        if self.x_target is not None:
+            line += f"; {self.target_note or f'{len(self.x_target)} unlabelled target examples'}"
+        return line
 
 
 @dataclass(frozen=True)
@@ -237,17 +247,47 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
         ds.x_test, ds.y_test, test_skipped = load_labelled(
             cfg, cfg.test, class_names, base_dir=base_dir, image_size=image_size, field="data.test")
         ds.skipped += test_skipped
+        ds.warnings += _test_overlap(ds)
     if getattr(cfg, "target", None) is not None:
         from tlsearch.data.unlabelled import load_unlabelled
 
+        notes: list[str] = []
         ds.x_target, ds.target_fingerprint = load_unlabelled(cfg, cfg.target, base_dir=base_dir,
-                                                             image_size=image_size)
+                                                             image_size=image_size, notes=notes)
+        ds.target_note = "; ".join(notes)
         ds.target_validation = target_val is not None
         if ds.x_target.dtype != ds.x_train.dtype and (ds.x_target.dtype == object) != (
                 ds.x_train.dtype == object):
             raise DataError("`data.target`: the target data is not of the kind of `data.path` "
                             "(images and texts mixed)")
     return ds
+
+
+def _digests(x: np.ndarray) -> list[bytes]:
+    """One digest per example, of its content as the model sees it (decoded, resized pixels, or
+    the text): the same image under two names is the same example."""
+    if x.dtype == object or x.dtype.kind in "US":
+        return [hashlib.blake2b(str(v).encode(), digest_size=16).digest() for v in x]
+    return [hashlib.blake2b(np.ascontiguousarray(v).tobytes(), digest_size=16).digest() for v in x]
+
+
+def _test_overlap(ds: Dataset) -> list[str]:
+    """Refuse a ``data.test`` that holds only training or validation examples; warn, with the
+    count, where some are shared. Figures on examples the model was trained or chosen on are
+    not held-out figures."""
+    assert ds.x_test is not None
+    seen = set(_digests(ds.x_train)) | set(_digests(ds.x_val))
+    shared = sum(d in seen for d in _digests(ds.x_test))
+    n = len(ds.x_test)
+    if shared and shared == n:
+        raise DataError(f"`data.test`: all {n} of its examples are also in the training or "
+                        f"validation data (overlap: the same content); a held-out test set must "
+                        f"hold other examples")
+    if shared:
+        return [f"warning: `data.test`: {shared} of its {n} examples are also in the training or "
+                f"validation data (overlap: the same content); their test figures are not "
+                f"held out. Remove them from one of the two."]
+    return []
 
 
 def load_labelled(cfg, path: Path | str, class_names: list[str], *, base_dir: Path | None,

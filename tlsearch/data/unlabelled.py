@@ -21,11 +21,19 @@ __all__ = ["load_unlabelled", "MIN_TARGET"]
 MIN_TARGET = 8
 
 
-def _images(cfg, path: Path, image_size: int, field: str) -> np.ndarray:
+def _images(cfg, path: Path, image_size: int, field: str, notes: list[str]) -> np.ndarray:
     from tlsearch.data.images import IMAGE_SUFFIXES, decode_images
 
     files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith(".")
                    and f.suffix.lower() in IMAGE_SUFFIXES)
+    folders = sorted({f.relative_to(path).parts[0] for f in files if f.parent != path})
+    if folders:
+        # a labelled tree given as target data: read as one unlabelled pool, and said so (its
+        # labels were ignored without a word); labelled target data is data.target_validation
+        shown = ", ".join(folders[:5]) + (f" and {len(folders) - 5} more" if len(folders) > 5 else "")
+        notes.append(f"the images of its {len(folders)} sub-folders ({shown}) read as one "
+                     f"unlabelled pool: folder names are not used as labels (labelled target "
+                     f"data goes in `data.target_validation`)")
     if not files:
         raise DataError(f"`{field}`: {str(path)!r} holds no image files (expected one of "
                         f"{', '.join(IMAGE_SUFFIXES)}, in the folder or below it)")
@@ -76,8 +84,12 @@ def _table(cfg, path: Path, fmt: str, field: str) -> np.ndarray:
 
 
 def load_unlabelled(cfg, path: Path | str, *, base_dir: Path, image_size: int,
-                    field: str = "data.target") -> tuple[np.ndarray, str]:
-    """(inputs, fingerprint) of unlabelled data in the format of ``data.path``."""
+                    field: str = "data.target", notes: list[str] | None = None
+                    ) -> tuple[np.ndarray, str]:
+    """(inputs, fingerprint) of unlabelled data in the format of ``data.path``. ``notes``
+    receives one line saying what was read (the count, and how sub-folders were read)."""
+    notes = [] if notes is None else notes
+    said: list[str] = []
     path = Path(path)
     if not path.is_absolute():
         path = base_dir / path
@@ -89,7 +101,7 @@ def load_unlabelled(cfg, path: Path | str, *, base_dir: Path, image_size: int,
         raise DataError(f"`{field}`: cannot tell the format of {str(path)!r}: expected a folder of "
                         f"images, a .npz file or a .csv/.parquet/.jsonl table") from None
     if fmt == "image_folder":
-        x = _images(cfg, path, image_size, field)
+        x = _images(cfg, path, image_size, field, said)
     elif fmt == "npz":
         x = _npz(cfg, path, image_size, field)
     else:
@@ -97,4 +109,7 @@ def load_unlabelled(cfg, path: Path | str, *, base_dir: Path, image_size: int,
     if len(x) < MIN_TARGET:
         raise DataError(f"`{field}`: {len(x)} examples in {str(path)!r}; domain adaptation needs at "
                         f"least {MIN_TARGET}")
+    kind = "texts" if x.dtype == object else "images"
+    notes.append(f"{len(x)} unlabelled target {kind} (`{field}`)"
+                 + (f": {said[0]}" if said else ""))
     return x, fingerprint(x, names=["target"])

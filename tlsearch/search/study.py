@@ -105,7 +105,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     if create:
         check_sqlite_writable(url)
     modality, data = check_inputs(cfg)
-    for line in data.objective_warnings(cfg.objective):
+    for line in data.warnings + data.objective_warnings(cfg.objective):
         warn(line)
     cw_map = class_weight_map(cfg, data)
     check_objective(cfg, data)
