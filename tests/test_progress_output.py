@@ -172,3 +172,16 @@ def test_no_schedule_no_time_left_claimed():
     p.epoch(SimpleNamespace(step=0, stage=1, seconds=1.0, metrics={"loss": 1.0}))
     assert p.trial_left() is None
     p.close()
+
+
+def test_a_study_holding_more_than_n_trials_says_how_many(tmp_path, capsys):
+    """Run with n_trials 2, then again with --n-trials 1: the study holds 2 finished trials, and
+    the last line said "all 1 trials finished"."""
+    make_image_folder(tmp_path / "images", per_class=8)
+    study = write_study(tmp_path / "study.yaml", n_trials=2,
+                        training={"stage1_epochs": 1, "stage2_epochs": 0, "batch_size": 8})
+    assert main(["run", str(study)]) == 0
+    assert "all 2 trials finished" in capsys.readouterr().out
+    assert main(["run", str(study), "--n-trials", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "the study holds 2 finished trials (n_trials 1)" in out and "all 1 trials" not in out

@@ -66,3 +66,29 @@ def test_export_refuses_a_study_file_that_changed_what_was_trained(ran, tmp_path
     err = capsys.readouterr().err
     assert "data.image_size: was 32, now 24" in err
     assert not (tmp_path / "out").exists()
+
+
+def test_export_after_an_objective_edit_prints_no_stored_value_under_the_new_name(ran, tmp_path,
+                                                                                 capsys):
+    """It printed "(val_accuracy=1.104)", the stored loss under the new objective's name,
+    before refusing."""
+    write_study(ran, n_trials=1, search={"unfreeze_blocks": 1, "head_width": 8},
+                objective="val_accuracy")
+    capsys.readouterr()
+    assert main(["export", str(ran), "--out", str(tmp_path / "out"), "--formats", ""]) == 2
+    got = capsys.readouterr()
+    assert 'objective: was "val_loss", now "val_accuracy"' in got.err
+    assert "val_accuracy=" not in got.out + got.err
+
+
+def test_a_refused_export_does_not_create_the_artifacts_folder(ran, tmp_path, capsys):
+    """An export whose study lost its artifacts folder is refused, naming the missing weights;
+    it re-created an empty folder on the way."""
+    import shutil
+
+    cfg = load_config(ran)
+    shutil.rmtree(cfg.artifact_dir)
+    capsys.readouterr()
+    assert main(["export", str(ran), "--out", str(tmp_path / "out"), "--formats", ""]) == 2
+    assert "cannot be read (not found)" in capsys.readouterr().err
+    assert not cfg.artifact_dir.exists() and not (tmp_path / "out").exists()

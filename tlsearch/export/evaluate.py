@@ -29,7 +29,7 @@ def evaluate_trial(cfg: Any, study: Any, frozen: Any, x: np.ndarray, y: np.ndarr
     from tlsearch.search.attrs import ATTR
 
     model, modality = rebuild_model(cfg, study, frozen,
-                                    AtomicFileSystemArtifactStore(cfg.artifact_dir))
+                                    AtomicFileSystemArtifactStore(cfg.artifact_dir, create=False))
     probs = modality.predict_all(model, x)
     classes = list(study.user_attrs[ATTR["classes"]])
     return {"trial": frozen.number,

@@ -219,11 +219,13 @@ def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str
     which = "best trial" if trial is None else "trial"
     value = record["value"]
     shown = f"{value:.4g}" if isinstance(value, float) else str(value)
+    store = AtomicFileSystemArtifactStore(cfg.artifact_dir, create=False)
+    # rebuilt first: a study file whose objective changed is refused before its name is printed
+    # beside the stored value
+    model, modality = rebuild_model(cfg, study, frozen, store)
     log(f"exporting {which} #{frozen.number} of study {study.study_name!r} "
         f"({cfg.objective}={shown}) at its best epoch: step {record['best_step']} "
         f"(stage {record['best_stage']})")
-    store = AtomicFileSystemArtifactStore(cfg.artifact_dir)
-    model, modality = rebuild_model(cfg, study, frozen, store)
     return write_export(cfg, model, modality, out, record, formats=formats, force=force, log=log)
 
 

@@ -44,7 +44,7 @@ def domain_pca_section(study, cfg) -> Section | None:
         if bt.user_attrs.get(ATTR["best_stage"]) != 1:
             s.note = "The best trial's kept epoch is in stage 2: its head does not read the pooled features."
             return s
-        weights = fetch_weights(bt, AtomicFileSystemArtifactStore(cfg.artifact_dir))
+        weights = fetch_weights(bt, AtomicFileSystemArtifactStore(cfg.artifact_dir, create=False))
         modality, data = check_inputs(cfg)
     except UserError as e:
         s.note = f"Not available: {e}"

@@ -24,7 +24,7 @@ def evaluation_section(study, cfg, url) -> Section:
     s = Section("Best model")
     try:
         bt = select_trial(study)
-        model, modality = rebuild_model(cfg, study, bt, AtomicFileSystemArtifactStore(cfg.artifact_dir))
+        model, modality = rebuild_model(cfg, study, bt, AtomicFileSystemArtifactStore(cfg.artifact_dir, create=False))
         _, data = check_inputs(cfg)
     except UserError as e:
         s.note = f"Not available: {e}"

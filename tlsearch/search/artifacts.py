@@ -43,9 +43,12 @@ ARTIFACT_ATTR = "tlsearch.artifact"
 class AtomicFileSystemArtifactStore(FileSystemArtifactStore):
     """A :class:`FileSystemArtifactStore` whose writes are all-or-nothing."""
 
-    def __init__(self, base_path: str | Path) -> None:
+    def __init__(self, base_path: str | Path, *, create: bool = True) -> None:
+        """``create=False`` for readers (export, report, evaluate): a missing folder stays
+        missing, and reading from it fails by artifact, naming it."""
         try:
-            Path(base_path).mkdir(parents=True, exist_ok=True)
+            if create:
+                Path(base_path).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise UserError(f"artifacts folder {str(base_path)!r} cannot be created "
                             f"({e.strerror or e}); set `artifacts` in the study file to a folder "

@@ -63,6 +63,7 @@ def ending(summary: dict, reason: str, target: int | None) -> dict:
     summary["stopped"] = reason
     summary["target"] = target
     summary["left"] = left
+    summary["finished"] = finished
     return summary
 
 
@@ -74,7 +75,10 @@ def ending_lines(summary: dict, command: str) -> list[str]:
     left, target = summary.get("left"), summary.get("target")
     text = REASONS.get(reason, reason)
     if target is not None:
-        text += f"; {left} of {target} trials left" if left else f"; all {target} trials finished"
+        finished = summary.get("finished", target)
+        text += (f"; {left} of {target} trials left" if left else
+                 f"; all {target} trials finished" if finished == target else
+                 f"; the study holds {finished} finished trials (n_trials {target})")
     lines = [f"stopped:   {text}"]
     if left or target is None:
         lines.append(f"resume:    run the same command again ({command}): finished trials are "
