@@ -1,5 +1,6 @@
 """Stage-aware pruning: by default no trial is pruned before its first stage-2 epoch, and stage-2
-steps are compared with stage-2 steps; ``pruner.prune_stage1: true`` prunes during stage 1."""
+epochs are compared with stage-2 epochs; ``pruner.prune_stage1: true`` prunes during stage 1.
+(What the wrapper judges, the running best, is in test_pruning_judgement.py.)"""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_never_prunes_before_stage2_then_delegates():
     t = study.trials[0]
     assert t.state == optuna.trial.TrialState.PRUNED
     assert max(t.intermediate_values) == 3          # stage 1 (steps 0-2) survived
-    assert inner.asked == [3]                       # asked only from the stage-2 start on
+    assert inner.asked == [0]      # asked only from the stage-2 start on, as stage-2 epoch 0
 
 
 def test_trial_without_stage2_is_never_pruned():
@@ -62,20 +63,19 @@ def test_unwrapped_pruner_prunes_in_stage1():
 
 
 def test_median_compares_stage2_steps_only():
-    """A trial whose stage 1 was good but whose stage 2 is worse than the others' stage 2 is
-    pruned stage-aware; the plain median pruner keeps it (its best step is a stage-1 one)."""
+    """A trial whose stage 1 was poor and whose stage 2 is worse than the others' stage 2 is
+    pruned stage-aware at its first stage-2 epoch; the plain median pruner prunes it in stage 1."""
 
-    def run(pruner) -> optuna.trial.TrialState:
+    def run(pruner) -> int | None:
         study = optuna.create_study(pruner=pruner)
-        for _ in range(3):  # competitors: stage 1 poor, stage 2 good (0.5)
-            study.optimize(_objective(2, [1.0, 1.0, 0.5, 0.5]), n_trials=1)
-        study.optimize(_objective(2, [0.2, 0.2, 0.9, 0.9]), n_trials=1)
-        return study.trials[-1].state
+        for _ in range(3):  # competitors: stage 2 reaches 0.5
+            study.optimize(_objective(2, [1.0, 0.6, 0.5, 0.5]), n_trials=1)
+        study.optimize(_objective(2, [0.8, 0.8, 0.9, 0.9, 0.9]), n_trials=1)
+        return study.trials[-1].last_step
 
     median = dict(n_startup_trials=1, n_warmup_steps=0)
-    assert run(optuna.pruners.MedianPruner(**median)) == optuna.trial.TrialState.COMPLETE
-    assert run(StageAwarePruner(optuna.pruners.MedianPruner(**median))) == \
-        optuna.trial.TrialState.PRUNED
+    assert run(optuna.pruners.MedianPruner(**median)) == 1   # 0.8 against the others' 0.6
+    assert run(StageAwarePruner(optuna.pruners.MedianPruner(**median))) == 2
 
 
 def test_hyperband_inside_the_wrapper_runs():
