@@ -96,7 +96,16 @@ def test_make_pruner_wraps_by_default(tmp_path, prune_stage1, wrapped):
     assert isinstance(p, StageAwarePruner) == wrapped
 
 
-def _run_study(tmp_path, monkeypatch, unfreeze, n_trials=2, **pruner) -> list:
+class PruneFrom(optuna.pruners.BasePruner):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def prune(self, study, trial) -> bool:
+        return (trial.last_step or 0) >= self.step
+
+
+def _run_study(tmp_path, monkeypatch, unfreeze, n_trials=2, stage2_epochs=2, args=("--quiet",),
+               inner=None, **pruner) -> list:
     from tests.conftest import make_image_folder
     from tlsearch.cli import main
 
@@ -107,9 +116,10 @@ def _run_study(tmp_path, monkeypatch, unfreeze, n_trials=2, **pruner) -> list:
                         pruner={"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0,
                                 **pruner},
                         search={"unfreeze_blocks": unfreeze},
-                        training={"stage1_epochs": 2, "stage2_epochs": 2, "batch_size": 8})
-    monkeypatch.setattr(samplers, "_optuna_pruner", lambda cfg: AlwaysPrune())
-    assert main(["run", str(study), "--quiet"]) == 0
+                        training={"stage1_epochs": 2, "stage2_epochs": stage2_epochs,
+                                  "batch_size": 8})
+    monkeypatch.setattr(samplers, "_optuna_pruner", lambda cfg, *a: inner or AlwaysPrune())
+    assert main(["run", str(study), *args]) == 0
     return optuna.load_study(study_name=name,
                              storage=f"sqlite:///{tmp_path / (name + '.db')}").trials
 
@@ -131,3 +141,38 @@ def test_study_prune_stage1_prunes_at_once(tmp_path, monkeypatch):
     trials = _run_study(tmp_path, monkeypatch, 1, prune_stage1=True)
     assert trials and all(t.state == optuna.trial.TrialState.PRUNED for t in trials)
     assert all(sorted(t.intermediate_values) == [0] for t in trials)
+
+
+def test_study_never_prunes_a_trial_at_its_last_epoch(tmp_path, monkeypatch):
+    """Stage 2 of one epoch: the first stage-2 epoch is the trial's last, so even a pruner that
+    always prunes lets the trial complete with its best epoch and weights."""
+    trials = _run_study(tmp_path, monkeypatch, 1, stage2_epochs=1)
+    for t in trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert t.user_attrs[ATTR["last_step"]] == 2 == max(t.intermediate_values)
+        assert t.user_attrs[ATTR["best_step"]] in (0, 1, 2)
+
+
+def test_study_prune_stage1_spares_the_last_epoch_too(tmp_path, monkeypatch):
+    """Unwrapped (prune_stage1), a pruner that prunes from step 2 on meets the trial's last epoch
+    (2 + 1 epochs): the pipeline does not ask it there."""
+    trials = _run_study(tmp_path, monkeypatch, 1, stage2_epochs=1, prune_stage1=True,
+                        inner=PruneFrom(2))
+    assert trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(max(t.intermediate_values) == 2 for t in trials)
+
+
+def test_summary_says_when_most_trials_were_pruned(tmp_path, monkeypatch, capsys):
+    import json
+
+    _run_study(tmp_path, monkeypatch, 1, n_trials=2, args=("--json",))
+    summary = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+               if line.startswith("{")][-1]
+    p = summary["pruning"]
+    assert p["pruned"] == 2 and p["finished"] == 2
+    assert 0 < p["pruned_stage2_seconds"] <= p["stage2_seconds"]
+    _run_study(tmp_path, monkeypatch, 1, n_trials=3, args=())  # one more trial, plain output
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("pruned:"))
+    assert "3 of 3 finished trials were pruned" in line and "s of stage-2 training" in line
+    assert "`pruner:`" in line and "n_warmup_steps" in line
