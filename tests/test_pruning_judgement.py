@@ -124,3 +124,37 @@ def test_trial_without_stage2_is_no_competitor_nor_pruned():
     study = _study(inner=optuna.pruners.MedianPruner(n_startup_trials=0, n_warmup_steps=0))
     _add(study, DONE)
     assert _run(study, [0.9, 0.9, 0.9, 0.9, 0.9], stage2_at=None, last=4) is None
+
+
+@pytest.mark.slow
+def test_claims_hold_on_a_real_study(tmp_path):
+    """A real study of the tiny twin, pruned by the default wrapper around a median pruner that
+    starts at once: on the intermediate values it stores, no trial was pruned while its running
+    best was as good as the best trial completed before it, none at its last epoch, none before
+    its first stage-2 epoch plus warm-up; and the summary's pruning figures match the trials."""
+    from tests.conftest import make_image_folder, write_study
+    from tlsearch.cli import main
+    from tlsearch.search.attrs import ATTR
+    from tlsearch.search.stage_pruning import pruning_cost
+
+    make_image_folder(tmp_path / "images", per_class=8)
+    path = write_study(tmp_path / "s.yaml", n_trials=8,
+                       pruner={"type": "median", "n_startup_trials": 1, "n_warmup_steps": 0},
+                       training={"stage1_epochs": 2, "stage2_epochs": 3, "batch_size": 8},
+                       search={"unfreeze_blocks": {"low": 1, "high": 2}, "head_width": [8, 16],
+                               "lr_stage1": {"low": 3e-2, "high": 1e-1, "log": True},
+                               "lr_stage2": {"low": 1e-4, "high": 3e-2, "log": True}})
+    assert main(["run", str(path), "--quiet"]) == 0
+    trials = optuna.load_study(study_name="tiny",
+                               storage=f"sqlite:///{tmp_path / 'tiny.db'}").trials
+    assert len(trials) == 8
+    for t in trials:
+        assert t.user_attrs[LAST_STEP_ATTR] == 4
+        if t.state != TrialState.PRUNED:
+            continue
+        step = max(t.intermediate_values)
+        assert t.user_attrs[STAGE2_ATTR] == 2 <= step < 4  # stage 2, not its last epoch
+        before = [u.value for u in trials if u.number < t.number and u.state == TrialState.COMPLETE]
+        assert before and min(t.intermediate_values.values()) > min(before)
+        assert len(t.user_attrs[ATTR["history"]]) == step + 1
+    assert pruning_cost(trials)["pruned"] == sum(t.state == TrialState.PRUNED for t in trials)
