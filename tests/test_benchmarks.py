@@ -7,7 +7,6 @@ for the real runs).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 
@@ -48,6 +47,24 @@ def test_tiny_benchmark_reports_every_figure(tmp_path, bench_env):
     assert kinds == {"data", "backbones"}
     assert TARGETS <= set(f["targets"]) and all("met" in t for t in f["targets"].values())
     assert "| peer |" in (tmp_path / "results.md").read_text()
+
+
+@pytest.mark.timeout(300)
+def test_pruning_benchmark_judges_each_setting_on_test(tmp_path, bench_env):
+    env = bench_env
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "pruning_judged_on_test.py"),
+                        "--tiny", "--max-trials", "3", "--out", str(tmp_path / "p.json")],
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    got = json.loads((tmp_path / "p.json").read_text())
+    assert [row["setting"] for row in got["rows"]] == ["off", "old_default", "new_default"]
+    for row in got["rows"]:
+        assert row["completed"] + row["pruned"] == 3, row
+        assert 0.0 <= row["test_accuracy"] <= 1.0, row
+    s = got["summary"]
+    assert s["off"]["pruned_mean"] == 0
+    assert "at_least_as_good_as_off" in s["new_default"]
+    assert "at_least_as_good_as_old_default" in s["new_default"]
 
 
 @pytest.mark.timeout(300)

@@ -1,5 +1,6 @@
 """Stage-aware pruning: by default no trial is pruned before its first stage-2 epoch, and stage-2
-steps are compared with stage-2 steps; ``pruner.prune_stage1: true`` prunes during stage 1."""
+epochs are compared with stage-2 epochs; ``pruner.prune_stage1: true`` prunes during stage 1.
+(What the wrapper judges, the running best, is in test_pruning_judgement.py.)"""
 
 from __future__ import annotations
 
@@ -44,7 +45,7 @@ def test_never_prunes_before_stage2_then_delegates():
     t = study.trials[0]
     assert t.state == optuna.trial.TrialState.PRUNED
     assert max(t.intermediate_values) == 3          # stage 1 (steps 0-2) survived
-    assert inner.asked == [3]                       # asked only from the stage-2 start on
+    assert inner.asked == [0]      # asked only from the stage-2 start on, as stage-2 epoch 0
 
 
 def test_trial_without_stage2_is_never_pruned():
@@ -62,20 +63,19 @@ def test_unwrapped_pruner_prunes_in_stage1():
 
 
 def test_median_compares_stage2_steps_only():
-    """A trial whose stage 1 was good but whose stage 2 is worse than the others' stage 2 is
-    pruned stage-aware; the plain median pruner keeps it (its best step is a stage-1 one)."""
+    """A trial whose stage 1 was poor and whose stage 2 is worse than the others' stage 2 is
+    pruned stage-aware at its first stage-2 epoch; the plain median pruner prunes it in stage 1."""
 
-    def run(pruner) -> optuna.trial.TrialState:
+    def run(pruner) -> int | None:
         study = optuna.create_study(pruner=pruner)
-        for _ in range(3):  # competitors: stage 1 poor, stage 2 good (0.5)
-            study.optimize(_objective(2, [1.0, 1.0, 0.5, 0.5]), n_trials=1)
-        study.optimize(_objective(2, [0.2, 0.2, 0.9, 0.9]), n_trials=1)
-        return study.trials[-1].state
+        for _ in range(3):  # competitors: stage 2 reaches 0.5
+            study.optimize(_objective(2, [1.0, 0.6, 0.5, 0.5]), n_trials=1)
+        study.optimize(_objective(2, [0.8, 0.8, 0.9, 0.9, 0.9]), n_trials=1)
+        return study.trials[-1].last_step
 
     median = dict(n_startup_trials=1, n_warmup_steps=0)
-    assert run(optuna.pruners.MedianPruner(**median)) == optuna.trial.TrialState.COMPLETE
-    assert run(StageAwarePruner(optuna.pruners.MedianPruner(**median))) == \
-        optuna.trial.TrialState.PRUNED
+    assert run(optuna.pruners.MedianPruner(**median)) == 1   # 0.8 against the others' 0.6
+    assert run(StageAwarePruner(optuna.pruners.MedianPruner(**median))) == 2
 
 
 def test_hyperband_inside_the_wrapper_runs():
@@ -96,7 +96,16 @@ def test_make_pruner_wraps_by_default(tmp_path, prune_stage1, wrapped):
     assert isinstance(p, StageAwarePruner) == wrapped
 
 
-def _run_study(tmp_path, monkeypatch, unfreeze, n_trials=2, **pruner) -> list:
+class PruneFrom(optuna.pruners.BasePruner):
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def prune(self, study, trial) -> bool:
+        return (trial.last_step or 0) >= self.step
+
+
+def _run_study(tmp_path, monkeypatch, unfreeze, n_trials=2, stage2_epochs=2, args=("--quiet",),
+               inner=None, **pruner) -> list:
     from tests.conftest import make_image_folder
     from tlsearch.cli import main
 
@@ -107,9 +116,10 @@ def _run_study(tmp_path, monkeypatch, unfreeze, n_trials=2, **pruner) -> list:
                         pruner={"type": "median", "n_startup_trials": 0, "n_warmup_steps": 0,
                                 **pruner},
                         search={"unfreeze_blocks": unfreeze},
-                        training={"stage1_epochs": 2, "stage2_epochs": 2, "batch_size": 8})
-    monkeypatch.setattr(samplers, "_optuna_pruner", lambda cfg: AlwaysPrune())
-    assert main(["run", str(study), "--quiet"]) == 0
+                        training={"stage1_epochs": 2, "stage2_epochs": stage2_epochs,
+                                  "batch_size": 8})
+    monkeypatch.setattr(samplers, "_optuna_pruner", lambda cfg, *a: inner or AlwaysPrune())
+    assert main(["run", str(study), *args]) == 0
     return optuna.load_study(study_name=name,
                              storage=f"sqlite:///{tmp_path / (name + '.db')}").trials
 
@@ -131,3 +141,38 @@ def test_study_prune_stage1_prunes_at_once(tmp_path, monkeypatch):
     trials = _run_study(tmp_path, monkeypatch, 1, prune_stage1=True)
     assert trials and all(t.state == optuna.trial.TrialState.PRUNED for t in trials)
     assert all(sorted(t.intermediate_values) == [0] for t in trials)
+
+
+def test_study_never_prunes_a_trial_at_its_last_epoch(tmp_path, monkeypatch):
+    """Stage 2 of one epoch: the first stage-2 epoch is the trial's last, so even a pruner that
+    always prunes lets the trial complete with its best epoch and weights."""
+    trials = _run_study(tmp_path, monkeypatch, 1, stage2_epochs=1)
+    for t in trials:
+        assert t.state == optuna.trial.TrialState.COMPLETE
+        assert t.user_attrs[ATTR["last_step"]] == 2 == max(t.intermediate_values)
+        assert t.user_attrs[ATTR["best_step"]] in (0, 1, 2)
+
+
+def test_study_prune_stage1_spares_the_last_epoch_too(tmp_path, monkeypatch):
+    """Unwrapped (prune_stage1), a pruner that prunes from step 2 on meets the trial's last epoch
+    (2 + 1 epochs): the pipeline does not ask it there."""
+    trials = _run_study(tmp_path, monkeypatch, 1, stage2_epochs=1, prune_stage1=True,
+                        inner=PruneFrom(2))
+    assert trials and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    assert all(max(t.intermediate_values) == 2 for t in trials)
+
+
+def test_summary_says_when_most_trials_were_pruned(tmp_path, monkeypatch, capsys):
+    import json
+
+    _run_study(tmp_path, monkeypatch, 1, n_trials=2, args=("--json",))
+    summary = [json.loads(line) for line in capsys.readouterr().out.splitlines()
+               if line.startswith("{")][-1]
+    p = summary["pruning"]
+    assert p["pruned"] == 2 and p["finished"] == 2
+    assert 0 < p["pruned_stage2_seconds"] <= p["stage2_seconds"]
+    _run_study(tmp_path, monkeypatch, 1, n_trials=3, args=())  # one more trial, plain output
+    out = capsys.readouterr().out
+    line = next(x for x in out.splitlines() if x.startswith("pruned:"))
+    assert "3 of 3 finished trials were pruned" in line and "s of stage-2 training" in line
+    assert "`pruner:`" in line and "n_warmup_steps" in line

@@ -52,17 +52,21 @@ class SamplerConfig(Section):
 
 
 class PrunerConfig(Section):
-    """Which Optuna pruner stops unpromising trials, on one step count across both stages."""
+    """Which Optuna pruner stops unpromising trials. By default it judges each trial's running best
+    from its first stage-2 epoch on, counting stage-2 epochs (see ``tlsearch.search.stage_pruning``)."""
 
     type: Literal["median", "hyperband", "successive_halving", "percentile", "none"] = "median"
-    n_startup_trials: int = Field(3, ge=0, description="trials that are never pruned")
-    n_warmup_steps: int = Field(2, ge=0, description="epochs of each trial that are never pruned")
+    n_startup_trials: int = Field(3, ge=0, description="trials that fine-tuned to a stage-2 epoch "
+                                  "before any trial is pruned there")
+    n_warmup_steps: int = Field(1, ge=0, description="stage-2 epochs of each trial that are never "
+                                "pruned (epochs from step 0 with prune_stage1 or no stage 2)")
     percentile: float = Field(25.0, gt=0, lt=100)
     min_resource: int = Field(1, ge=1)
     reduction_factor: int = Field(3, ge=2)
     prune_stage1: bool = Field(
-        False, description="also prune during stage 1; by default no trial is pruned before its "
-        "first stage-2 epoch, and stage-2 steps are compared with stage-2 steps")
+        False, description="also prune during stage 1, on raw whole curves; by default no trial "
+        "is pruned before its first stage-2 epoch, and stage-2 epochs are compared with stage-2 "
+        "epochs")
 
 
 class HeartbeatConfig(Section):

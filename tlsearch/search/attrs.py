@@ -34,6 +34,7 @@ ATTR = {
     "prescreen": "tlsearch.prescreen",
     "mlflow_run": "tlsearch.mlflow_run",
     "stage2_step": "tlsearch.stage2_step",
+    "last_step": "tlsearch.last_step",  # trial: the global step of its last planned epoch
     "stopped": "tlsearch.stopped",
     "target": "tlsearch.target",  # study: the fingerprint of `data.target`
     "domain": "tlsearch.domain",  # trial: its domain-adaptation criterion and report

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-__all__ = ["REASONS", "HARD_TIMEOUT_NOTE", "Deadlines", "ending", "ending_lines"]
+__all__ = ["REASONS", "HARD_TIMEOUT_NOTE", "Deadlines", "ending", "ending_lines", "pruning_lines"]
 
 REASONS = {
     "n_trials": "n_trials reached",
@@ -79,9 +79,24 @@ def ending_lines(summary: dict, command: str) -> list[str]:
         text += (f"; {left} of {target} trials left" if left else
                  f"; all {target} trials finished" if finished == target else
                  f"; the study holds {finished} finished trials (n_trials {target})")
-    lines = [f"stopped:   {text}"]
+    lines = [*pruning_lines(summary), f"stopped:   {text}"]
     if left or target is None:
         lines.append(f"resume:    run the same command again ({command}): finished trials are "
                      f"kept and the study goes on" + ("" if target is not None else
                                                      " for another `timeout`"))
     return lines
+
+
+def pruning_lines(summary: dict) -> list[str]:
+    """When the pruner stopped most finished trials: how many, the stage-2 seconds they had
+    spent and then kept nothing of, and the study file's settings that loosen it."""
+    p = summary.get("pruning") or {}
+    pruned, finished = p.get("pruned", 0), p.get("finished", 0)
+    if not finished or 2 * pruned <= finished:
+        return []
+    spent, total = p.get("pruned_stage2_seconds", 0.0), p.get("stage2_seconds", 0.0)
+    share = f" ({spent / total:.0%} of all stage-2 training)" if total else ""
+    return [f"pruned:    {pruned} of {finished} finished trials were pruned; they had spent "
+            f"{spent:,.0f} s of stage-2 training{share} and kept nothing. To prune less, loosen "
+            f"the study file's `pruner:` (a larger n_warmup_steps or n_startup_trials, "
+            f"type: percentile with a higher percentile, or type: none)"]

@@ -64,18 +64,19 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
 
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     """The study file's pruner; unless ``pruner.prune_stage1`` (or a study without stage 2), inside a
-    :class:`~tlsearch.search.stage_pruning.StageAwarePruner` that waits for stage 2."""
-    inner = _optuna_pruner(cfg)
+    :class:`~tlsearch.search.stage_pruning.StageAwarePruner`, which judges running bests from
+    stage 2 on and hands it stage-2 epochs counted from 0."""
     if cfg.pruner.prune_stage1 or cfg.training.stage2_epochs == 0 or cfg.pruner.type == "none":
-        return inner
+        return _optuna_pruner(cfg, cfg.training.stage1_epochs + cfg.training.stage2_epochs)
+    inner = _optuna_pruner(cfg, cfg.training.stage2_epochs)  # it sees stage-2 epochs only
     from tlsearch.search.stage_pruning import StageAwarePruner
 
     return StageAwarePruner(inner)
 
 
-def _optuna_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
+def _optuna_pruner(cfg: StudyConfig, max_resource: int) -> optuna.pruners.BasePruner:
+    """The Optuna pruner of the study file; ``max_resource``: the epochs it sees of a trial."""
     p = cfg.pruner
-    max_resource = cfg.training.stage1_epochs + cfg.training.stage2_epochs
     if p.type == "none":
         return optuna.pruners.NopPruner()
     if p.type == "median":

@@ -36,12 +36,13 @@ from tlsearch.search.sqlite_probe import check_sqlite_writable
 from tlsearch.search.locks import is_connection_error, study_lock
 from tlsearch.search.quiet import quiet_interrupts
 from tlsearch.search.samplers import make_pruner, make_sampler
+from tlsearch.search.stage_pruning import pruning_cost
 from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing
 from tlsearch.search.tracking import Listeners, open_listeners
 from tlsearch.search.workers import DONE, WAIT, Claims
 from tlsearch.train.cache import FeatureCache
 from tlsearch.train.features import BackboneSource
-from tlsearch.train.pipeline import Schedule, clear_state, run_trial
+from tlsearch.train.pipeline import Schedule, clear_state, planned_steps, run_trial
 
 __all__ = [
     "PreparedStudy",
@@ -186,7 +187,8 @@ def make_objective(prep: PreparedStudy, progress: Progress,
     ``listeners`` (default: the study file's ``tracking:``) hear each trial's start, epochs and end.
     The global step of the trial's first stage-2 epoch is stored on it (``tlsearch.stage2_step``,
     what :class:`~tlsearch.search.stage_pruning.StageAwarePruner` reads) before that epoch is
-    reported. Past ``deadlines.hard`` the trial stops after its current batch, as PRUNED."""
+    reported, and the step of its last planned epoch (``tlsearch.last_step``) as it starts; no
+    pruner is asked at that last epoch. Past ``deadlines.hard`` the trial stops after its current batch, as PRUNED."""
     cfg, schedule = prep.cfg, prep.schedule
     hooks = open_listeners(cfg) if listeners is None else listeners
 
@@ -196,6 +198,8 @@ def make_objective(prep: PreparedStudy, progress: Progress,
         params = space.suggest(trial, cfg, prep.modality, prep.caps)
         shown = space.used(params, cfg, prep.modality)
         trial.set_user_attr(ATTR["params"], shown)
+        last_step = planned_steps(params, schedule) - 1
+        trial.set_user_attr(ATTR["last_step"], last_step)
         progress.trial_start(trial.number, shown)
         hooks.trial_start(trial, shown)
         history: list[dict] = []
@@ -207,7 +211,8 @@ def make_objective(prep: PreparedStudy, progress: Progress,
             progress.epoch(rec)
             hooks.epoch(trial, rec)
             trial.report(rec.value(schedule.objective), rec.step)
-            if trial.should_prune():
+            # a trial at its last epoch has spent its compute: it completes with its best epoch
+            if rec.step < last_step and trial.should_prune():
                 raise optuna.TrialPruned(f"pruned at step {rec.step} (stage {rec.stage})")
             if deadlines is not None:
                 deadlines.check()
@@ -347,6 +352,7 @@ def summarize(study: optuna.Study) -> dict:
     for t in trials:
         states[t.state.name] = states.get(t.state.name, 0) + 1
     out: dict[str, Any] = {"study": study.study_name, "trials": len(trials), "states": states}
+    out["pruning"] = pruning_cost(trials)
     try:
         bt = study.best_trial
     except ValueError:

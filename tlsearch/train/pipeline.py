@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, cast
 
 import numpy as np
 
@@ -34,6 +34,7 @@ __all__ = [
     "EpochRecord",
     "TrialResult",
     "run_trial",
+    "planned_steps",
     "class_weights",
     "build_trained_model",
     "clear_state",
@@ -208,6 +209,15 @@ def default_stages() -> list[Stage]:
     """The recipe: a head on the frozen backbone (domain-adversarial when the trial adapts, a plain
     head otherwise), then the top blocks fine-tuned (gradually when ``unfreeze_every`` says so)."""
     return [DomainHeadStage(), GradualFineTuneStage()]
+
+
+def planned_steps(params: TrialParams, schedule: Schedule,
+                  stages: list[Stage] | None = None) -> int:
+    """How many epochs a trial of ``params`` runs: the epochs of every stage that runs for it (its
+    last epoch is at global step ``planned_steps(...) - 1``)."""
+    state = TrialState(params=params, schedule=schedule, data=cast(Dataset, None), source=None,
+                       head=None, fit=lambda *a, **k: None)
+    return sum(stage.epochs(state) for stage in stages or default_stages() if stage.runs(state))
 
 
 def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: BackboneSource,
