@@ -165,6 +165,11 @@ def workers_zero(d):
     return ["--workers", "0"], "`--workers`: expected at least 1"
 
 
+def workers_beyond_memory(d):
+    """1,000 TensorFlow processes would all start at once and exhaust the machine."""
+    return ["--workers", "1000"], "`--workers 1000`: about 1000 x"
+
+
 # --- the data -----------------------------------------------------------------------------------
 
 def corrupt_image(d):
@@ -463,7 +468,7 @@ CASES = [
     unknown_key, unknown_nested_key, low_above_high, log_range_from_zero, unknown_backbone,
     wrong_type, missing_data_path, lr_stage2_above_lr_stage1, no_budget, grace_not_above_interval,
     split_out_of_range, empty_choices, unknown_objective, not_yaml,
-    class_weight_for_an_unknown_class, workers_zero,
+    class_weight_for_an_unknown_class, workers_zero, workers_beyond_memory,
     corrupt_image, truncated_image, empty_image, unsupported_format, empty_class_folder,
     single_class, too_few_images, npz_with_wrong_keys, npz_labels_do_not_match, not_an_npz,
     data_file_of_unknown_format,

@@ -402,3 +402,28 @@ def test_each_worker_gets_its_own_gpu_and_none_on_a_cpu(monkeypatch):
     assert visible_gpus() == ["2", "5"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
     assert visible_gpus() == []
+
+
+def test_the_workers_memory_plan(monkeypatch):
+    """On a 24 GB machine with a 400 MB starting process, 8 workers start (the chaos run's 8
+    tiny-twin workers); 1,000 are refused with how many fit; --allow-oversubscribe starts them
+    with a warning."""
+    import psutil
+
+    from tlsearch.errors import UserError
+    from tlsearch.search.workers import worker_memory_plan
+
+    class Mem:
+        available = 24 * 2**30
+
+    class Proc:
+        def memory_info(self):
+            return type("I", (), {"rss": 400 * 2**20})()
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: Mem())
+    monkeypatch.setattr(psutil, "Process", Proc)
+    assert worker_memory_plan(8) is None
+    with pytest.raises(UserError, match=r"`--workers 1000`: about 1000 x 1.0 GB = 1,000 GB .* "
+                                        r"24.0 GB available: use at most 24 workers here"):
+        worker_memory_plan(1000)
+    assert worker_memory_plan(1000, allow=True).startswith("warning: `--workers 1000`")

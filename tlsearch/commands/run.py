@@ -26,6 +26,9 @@ def add_parser(sub):
     p.add_argument("--n-trials", type=int, help="finished trials to reach in total (overrides)")
     p.add_argument("--workers", type=int, default=1, metavar="N",
                    help="worker processes on this machine, all on the one study (default 1)")
+    p.add_argument("--allow-oversubscribe", action="store_true",
+                   help="start --workers N even where the available memory cannot hold N "
+                        "workers (refused otherwise)")
     p.add_argument("--recycle-after", type=int, default=0, metavar="K",
                    help="run trials in worker processes that are replaced by fresh ones after K "
                         "trials each, returning what TensorFlow keeps per trial (default 0: never)")
@@ -81,6 +84,12 @@ def _run(args) -> int:
                         mode=mode, label="" if worker is None else f"worker {worker}",
                         epochs=(cfg.training.stage1_epochs, cfg.training.stage2_epochs),
                         timeout=cfg.hard_timeout or cfg.timeout)
+    if worker is None and args.workers > 1:
+        from tlsearch.search.workers import worker_memory_plan
+
+        said = worker_memory_plan(args.workers, allow=args.allow_oversubscribe)
+        if said:
+            warn_to.print(said, highlight=False)
     if worker is None:
         err.print(f"[bold]tlsearch[/] study [bold]{cfg.name}[/]: checking the data ...")
     check_tracking(cfg)  # a tracker that cannot work is refused before the study is created

@@ -264,3 +264,34 @@ def visible_gpus() -> list[str]:
         return []
     return [line.strip() for line in out.stdout.splitlines() if line.strip().isdigit()] \
         if out.returncode == 0 else []
+
+
+#: the least a TensorFlow worker process is planned at (measured: 0.9-1.1 GB for EfficientNet-Lite0
+#: at 96 px on 2,000 images; see BENCHMARKS.md)
+MIN_WORKER_BYTES = 2**30
+
+
+def worker_memory_plan(n: int, *, allow: bool = False) -> str | None:
+    """Refuse ``n`` workers that this machine's available memory cannot hold: each is planned at
+    twice this process's size once TensorFlow and the study are loaded (a worker adds the model,
+    its activations and the features), and at least :data:`MIN_WORKER_BYTES`. Returns a line to
+    print (the plan), or raises UserError; ``allow`` (``--allow-oversubscribe``) starts them
+    anyway, saying so."""
+    import psutil
+
+    from tlsearch.errors import UserError
+
+    each = max(MIN_WORKER_BYTES, 2 * psutil.Process().memory_info().rss)
+    free = psutil.virtual_memory().available
+    need = n * each
+    gb = 2**30
+    fits = max(1, int(free // each))
+    if need <= free:
+        return None
+    line = (f"`--workers {n}`: about {n} x {each / gb:.1f} GB = {need / gb:,.0f} GB of memory "
+            f"(a worker is planned at {each / gb:.1f} GB), and this machine has {free / gb:.1f} GB "
+            f"available")
+    if allow:
+        return f"warning: {line}; starting them anyway (--allow-oversubscribe)"
+    raise UserError(f"{line}: use at most {fits} workers here, or --allow-oversubscribe to start "
+                    f"them anyway")
