@@ -331,3 +331,30 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_swept(tmp_path)
     assert ts[0].state == TrialState.FAIL
     assert ts[0].user_attrs[FAILURE] == "worker died before its first heartbeat: swept by a test"
     assert ts[1].state == TrialState.RUNNING  # still inside its grace period
+
+
+def test_a_swallowed_interrupt_still_stops_the_run_at_its_next_safe_point(tmp_path, monkeypatch,
+                                                                          capsys):
+    """SIGTERM raises KeyboardInterrupt, which Python ignores when it lands in a weakref callback
+    ("Exception ignored in: <function WeakKeyDictionary...>"): an orphaned worker then went on
+    claiming and finishing trials. The stop request outlives the exception: the trial fails as
+    interrupted at its next epoch and no other trial starts."""
+    from tlsearch.search import endings
+    from tlsearch.search.progress import Progress
+
+    make_image_folder(tmp_path / "images", per_class=6, size=8)
+    study = study_file(tmp_path, n_trials=3)
+    real = Progress.epoch
+
+    def epoch_then_swallowed_sigterm(self, rec):
+        real(self, rec)
+        endings.STOP.set()  # what the handler does, its exception lost
+
+    monkeypatch.setattr(Progress, "epoch", epoch_then_swallowed_sigterm)
+    try:
+        assert main(["run", str(study)]) == 130
+    finally:
+        endings.STOP.clear()
+    got = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
+    assert [(t.state, t.user_attrs.get(FAILURE)) for t in got] == [(TrialState.FAIL, "interrupted")]
+    assert capsys.readouterr().err.count("interrupted:") == 1

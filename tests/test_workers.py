@@ -264,7 +264,8 @@ def test_trial_of_a_dead_local_worker_is_swept_at_start(tmp_path, small_images):
 @pytest.mark.parametrize("url, culprit", [
     ("postgresql+psycopg://user:secret@127.0.0.1:1/db", "cannot open postgresql+psycopg://user:***@127.0.0.1:1/db"),
     ("not a url at all", "is not a database URL"),
-    ("postgresql+nosuchdriver://u:secret@127.0.0.1/db", "cannot open"),
+    ("postgresql+nosuchdriver://u:secret@127.0.0.1/db",
+     "SQLAlchemy knows no database 'postgresql+nosuchdriver'"),
 ])
 def test_unusable_storage_exits_fast_with_a_clear_message(tmp_path, small_images, url, culprit):
     study = study_file(tmp_path, n_trials=2)

@@ -79,8 +79,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("interrupted: finished trials are saved; run the same command again to resume",
-              file=sys.stderr)
+        # a --workers worker is stopped by its parent, which says this once for all of them;
+        # one whose parent is gone says why it stopped
+        worker = getattr(args, "worker_index", None)
+        if worker is None:
+            print("interrupted: finished trials are saved; run the same command again to resume",
+                  file=sys.stderr)
+        else:
+            from tlsearch.search.workers import parent_gone
+
+            if parent_gone():
+                print(f"worker {worker}: its parent process is gone; stopped (finished trials "
+                      f"are saved)", file=sys.stderr)
         return 130
 
 

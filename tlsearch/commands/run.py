@@ -101,6 +101,8 @@ def _run(args) -> int:
                          max_here=args.recycle_after or None, who=f"worker {worker}")
         from tlsearch.search.workers import RECYCLE
 
+        if summary.get("stopped") == "interrupted":  # stopped at a safe point: as by Ctrl-C
+            raise KeyboardInterrupt
         return RECYCLE if summary.get("recycle") else 0
     err.print(f"  {prep.data.summary()}")
     if prep.data.skipped:
@@ -235,12 +237,17 @@ def _interrupt_on_sigterm() -> Iterator[None]:
     import signal
     import threading
 
+    from tlsearch.search.endings import STOP
+
     def interrupt(signum, frame):
         # once: a second SIGTERM (the parent's death is told twice) must not cut short the
-        # recording of the first one's trial
+        # recording of the first one's trial; STOP stays set, so that a KeyboardInterrupt that
+        # Python swallowed still stops the run at its next safe point
+        STOP.set()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
 
+    STOP.clear()  # a new run (the tests run several in one process)
     if threading.current_thread() is not threading.main_thread():
         yield
         return

@@ -8,9 +8,10 @@ running trial, which is then recorded as PRUNED with the reason (:data:`HARD_TIM
 
 from __future__ import annotations
 
+import threading
 import time
 
-__all__ = ["REASONS", "HARD_TIMEOUT_NOTE", "Deadlines", "ending", "ending_lines", "pruning_lines"]
+__all__ = ["REASONS", "HARD_TIMEOUT_NOTE", "STOP", "Deadlines", "ending", "ending_lines", "pruning_lines"]
 
 REASONS = {
     "n_trials": "n_trials reached",
@@ -28,6 +29,13 @@ class HardTimeout(Exception):
     """Raised inside a trial when ``hard_timeout`` has passed (the objective prunes the trial)."""
 
 
+#: set when this process is asked to stop (SIGTERM, or a worker's parent gone): the run stops at
+#: its next safe point, an epoch's or batch's end or before the next trial, even where the
+#: KeyboardInterrupt the signal raised was swallowed (Python ignores one raised inside a weakref
+#: callback, and a worker went on claiming trials on its own)
+STOP = threading.Event()
+
+
 class Deadlines:
     """The run's ``timeout`` (no new trial after it) and ``hard_timeout`` (the running trial
     stops), both in seconds from the start of this run."""
@@ -40,6 +48,8 @@ class Deadlines:
     def may_start(self) -> str | None:
         """None while a new trial may start, else the reason it may not."""
         now = time.monotonic()
+        if STOP.is_set():
+            return "interrupted"
         if self.hard is not None and now >= self.hard:
             return "hard_timeout"
         if self.soft is not None and now >= self.soft:
@@ -47,7 +57,10 @@ class Deadlines:
         return None
 
     def check(self) -> None:
-        """Inside a trial: raise :class:`HardTimeout` once ``hard_timeout`` has passed."""
+        """Inside a trial: raise :class:`HardTimeout` once ``hard_timeout`` has passed, and
+        KeyboardInterrupt once :data:`STOP` is set (the trial fails as ``interrupted``)."""
+        if STOP.is_set():
+            raise KeyboardInterrupt
         if self.hard is not None and time.monotonic() >= self.hard:
             raise HardTimeout(HARD_TIMEOUT_NOTE)
 

@@ -217,6 +217,12 @@ def wait_recycling(procs: list, start: Callable[[int], subprocess.Popen], *,
     return [int(c) for c in codes if c is not None]
 
 
+def parent_gone() -> bool:
+    """In a worker started by :func:`spawn_workers`: whether the parent that started it is gone."""
+    parent = os.environ.get("TLSEARCH_PARENT_PID", "")
+    return parent.isdigit() and os.getppid() != int(parent)
+
+
 def die_with_parent() -> None:
     """In a worker started by :func:`spawn_workers`: end (as by SIGTERM, so the running trial
     fails as ``interrupted``) when the parent dies, even by ``kill -9``, instead of running on
@@ -231,8 +237,11 @@ def die_with_parent() -> None:
             pass
 
     def watch() -> None:
+        from tlsearch.search.endings import STOP
+
         while os.getppid() == int(parent):
             time.sleep(1.0)
+        STOP.set()  # whatever became of the signal, the run stops at its next safe point
         os.kill(os.getpid(), signal.SIGTERM)
 
     threading.Thread(target=watch, name="tlsearch-parent-watch", daemon=True).start()
