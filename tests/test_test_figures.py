@@ -83,3 +83,100 @@ def test_test_figures_are_the_exported_models_at_its_stored_threshold(screening,
     result = json.loads(capsys.readouterr().out)
     assert result["sens_at_spec"] == pytest.approx(sens)
     assert result["operating_point"] == pytest.approx(point)
+
+
+# ------------------------------------------------------------------------ the positive class
+
+
+def test_the_positive_class_is_named_or_given_by_index(tmp_path):
+    make_image_folder(tmp_path / "images", classes=CLASSES, per_class=4)
+    named = write_study(tmp_path / "named.yaml", n_trials=1, objective="val_sens_at_spec",
+                        objective_params={"positive": "shirt"},
+                        training={"stage1_epochs": 1, "stage2_epochs": 0, "batch_size": 8},
+                        search={"unfreeze_blocks": 0, "head_width": 8})
+    assert main(["run", str(named)]) == 0
+    cfg = load_config(named)
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    assert study.user_attrs["tlsearch.objective_params"] == {"specificity": 0.9,
+                                                             "positive": SHIRT}
+    assert main(["export", str(named), "--out", str(tmp_path / "e"), "--formats", ""]) == 0
+    rule = json.loads((tmp_path / "e" / "metadata.json").read_text())["decision"]
+    assert (rule["positive"], rule["positive_class"]) == (SHIRT, "shirt")
+
+
+@pytest.mark.parametrize("positive", ["sock", 4, True])
+def test_a_positive_class_not_among_the_classes_is_refused_before_anything_is_written(
+        tmp_path, capsys, positive):
+    make_image_folder(tmp_path / "images", classes=CLASSES, per_class=4)
+    study = write_study(tmp_path / "s.yaml", n_trials=1, objective="val_sens_at_spec",
+                        objective_params={"positive": positive},
+                        search={"unfreeze_blocks": 0, "head_width": 8})
+    assert main(["run", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert "`objective_params.positive`" in err and str(list(CLASSES)) in err
+    assert "0..3" in err and repr(positive) in err
+    assert not (tmp_path / "tiny.db").exists()
+
+
+# ------------------------------------------------------------- the class-weighted validation loss
+
+
+def test_val_weighted_loss_weighs_by_the_studys_class_weights(tmp_path, image_folder):
+    """The value a trial reports is the loss with ``training.class_weight``'s weights, on the
+    validation examples, as its rebuilt model predicts them; the test figure uses the same."""
+    import numpy as np
+
+    from tlsearch import metrics as M
+    from tlsearch.export.exporter import rebuild_model
+    from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
+    from tlsearch.search.inputs import check_inputs
+
+    make_image_folder(tmp_path / "test-images", per_class=4, seed=7)
+    weights = {"circle": 6.0, "square": 1.0, "stripes": 0.5}
+    path = write_study(tmp_path / "s.yaml", n_trials=1, objective="val_weighted_loss",
+                       data={"test": "test-images"},
+                       training={"stage1_epochs": 2, "stage2_epochs": 0, "batch_size": 8,
+                                 "class_weight": weights},
+                       search={"unfreeze_blocks": 0, "head_width": 8})
+    assert main(["run", str(path)]) == 0
+    cfg = load_config(path)
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    best = study.best_trial
+    model, modality = rebuild_model(cfg, study, best, AtomicFileSystemArtifactStore(cfg.artifact_dir))
+    _, data = check_inputs(cfg)
+    p = modality.predict_all(model, data.x_val)
+    w = [weights[c] for c in data.class_names]
+    assert best.value == pytest.approx(M.weighted_crossentropy(p, data.y_val, w), rel=1e-4)
+    assert best.value != pytest.approx(M.weighted_crossentropy(p, data.y_val, "balanced"),
+                                       rel=1e-3)
+    pt = modality.predict_all(model, data.x_test)
+    test = study.user_attrs["tlsearch.test"]
+    assert test["weighted_loss"] == pytest.approx(M.weighted_crossentropy(pt, data.y_test, w))
+
+
+# ---------------------------------------------------------------------------- macro F1, once
+
+
+def test_every_macro_f1_is_the_same_number():
+    """The objective, the held-out evaluation and the report's macro average agree, and agree with
+    scikit-learn's f1_score(average="macro"): a class neither present nor predicted is left out,
+    a predicted class that never occurs scores 0."""
+    import numpy as np
+    from sklearn.metrics import f1_score
+
+    from tlsearch import metrics as M
+    from tlsearch.evaluation import evaluate_probabilities
+    from tlsearch.report.evaluation import macro_row
+
+    classes = ["a", "b", "c", "d"]
+    p = np.array([[.8, .1, .05, .05], [.1, .8, .05, .05], [.6, .3, .05, .05], [.2, .7, .05, .05],
+                  [.1, .1, .7, .1]])
+    y = np.array([0, 1, 1, 1, 0])  # "c" predicted, never present; "d" neither
+    pred = p.argmax(axis=1)
+    expected = f1_score(y, pred, average="macro", zero_division=0)
+    assert M.macro_f1(p, y) == pytest.approx(expected)
+    assert M.f1_of_labels(pred, y) == pytest.approx(expected)
+    assert evaluate_probabilities(p, y, classes)["macro_f1"] == pytest.approx(expected)
+    assert evaluate_probabilities(p, y, classes, objective="val_macro_f1")["macro_f1"] == \
+        pytest.approx(expected)
+    assert float(macro_row(y, pred)[3]) == pytest.approx(expected, abs=5e-4)
