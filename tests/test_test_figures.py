@@ -180,3 +180,55 @@ def test_every_macro_f1_is_the_same_number():
     assert evaluate_probabilities(p, y, classes, objective="val_macro_f1")["macro_f1"] == \
         pytest.approx(expected)
     assert float(macro_row(y, pred)[3]) == pytest.approx(expected, abs=5e-4)
+
+
+# ------------------------------------------------------------ every test evaluation is kept
+
+
+def test_a_resumed_study_whose_best_changes_keeps_every_test_evaluation(tmp_path, image_folder,
+                                                                        capsys):
+    from tlsearch.search.study import prepare
+
+    make_image_folder(tmp_path / "test-images", per_class=4, seed=7)
+    path = write_study(tmp_path / "s.yaml", n_trials=1, data={"test": "test-images"},
+                       sampler={"type": "random", "warm_start": False},
+                       training={"stage1_epochs": 3, "stage2_epochs": 0, "batch_size": 8},
+                       search={"unfreeze_blocks": 0, "head_width": 8,
+                               "lr_stage1": {"low": 1e-6, "high": 1e-1, "log": True},
+                               "lr_stage2": 1e-7})
+    cfg = load_config(path)
+    study = prepare(cfg).study
+    study.enqueue_trial({"lr_stage1": 1e-6})  # learns nothing: the first best is a poor one
+    assert main(["run", str(path)]) == 0
+    first = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    (before,) = first.user_attrs["tlsearch.tests"]
+    assert before["trial"] == 0 and "time" in before and "accuracy" in before
+    assert "the test set has judged" not in capsys.readouterr().out
+
+    first.enqueue_trial({"lr_stage1": 0.05})
+    assert main(["run", str(path), "--n-trials", "2"]) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    assert study.best_trial.number == 1, "precondition: the resumed run found a better trial"
+    history = study.user_attrs["tlsearch.tests"]
+    assert [e["trial"] for e in history] == [0, 1]
+    assert history[0] == before  # the first evaluation is kept as it was, time and figures
+    assert history[1]["time"] >= before["time"] and history[1]["n"] == 12
+    assert study.user_attrs["tlsearch.test"] == history[1]  # the latest, as before
+    assert "the test set has judged 2 trials (#0, #1)" in " ".join(out.split())
+    assert "no longer fully held out" in " ".join(out.split())
+
+    # a third run with the same best evaluates nothing again
+    assert main(["run", str(path), "--n-trials", "2"]) == 0
+    again = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    assert again.user_attrs["tlsearch.tests"] == history
+
+
+def test_a_study_stored_with_a_single_test_evaluation_still_reads():
+    from tlsearch.search.attrs import test_evaluations
+
+    study = optuna.create_study()
+    assert test_evaluations(study) == []
+    old = {"trial": 3, "n": 12, "accuracy": 0.75, "loss": 0.6}
+    study.set_user_attr("tlsearch.test", old)
+    assert test_evaluations(study) == [old]
