@@ -120,7 +120,7 @@ def judged_note(study: Any) -> str | None:
     """A line saying how many trials the held-out test set has judged, when more than one."""
     from tlsearch.search.attrs import test_evaluations
 
-    trials = sorted({e.get("trial") for e in test_evaluations(study)} - {None})
+    trials = sorted({int(e["trial"]) for e in test_evaluations(study) if e.get("trial") is not None})
     if len(trials) < 2:
         return None
     shown = ", ".join(f"#{t}" for t in trials)

@@ -324,7 +324,8 @@ def _evaluate_on_test(cfg, model, modality: Modality, record: dict,
     return result
 
 
-def decision_rule(cfg, classes: list[str], at_best: dict, params: dict | None = None) -> dict:
+def decision_rule(cfg, classes: list[str], at_best: dict, params: dict[str, Any] | None = None
+                  ) -> dict:
     """How predict turns probabilities into a label: the most probable class, or, for an
     objective that chose a threshold on validation (sensitivity at a required specificity ...),
     the positive class wherever its probability reaches that threshold. ``objective_params``
@@ -340,7 +341,7 @@ def decision_rule(cfg, classes: list[str], at_best: dict, params: dict | None = 
     threshold = at_best.get(f"{cfg.objective}_threshold")
     if not obj.threshold or threshold is None or not math.isfinite(threshold):
         return {"rule": "argmax", **judged}
-    positive = int(params["positive"])  # type: ignore[call-overload]
+    positive = int(params["positive"])  # type: ignore[arg-type]
     return {"rule": "threshold", "threshold": float(threshold),
             "positive": positive, "positive_class": classes[positive],
             "meaning": f"{classes[positive]!r} when its probability is at least the threshold, "

@@ -77,7 +77,7 @@ def evaluation_section(study, cfg, url) -> Section:
     return s
 
 
-def macro_row(y: np.ndarray, pred: np.ndarray) -> tuple[str, ...]:
+def macro_row(y: np.ndarray, pred: np.ndarray) -> tuple[str, str, str, str, str]:
     """The table's macro average over the classes present or predicted, F1 by the one definition
     every macro F1 uses (:func:`tlsearch.metrics.f1_of_labels`)."""
     from sklearn.metrics import precision_recall_fscore_support

@@ -6,6 +6,8 @@ has one home.
 
 from __future__ import annotations
 
+from typing import Any
+
 import optuna
 from optuna.trial import TrialState
 
@@ -56,7 +58,7 @@ def trial_params(frozen: optuna.trial.FrozenTrial) -> TrialParams:
     return TrialParams.from_dict(frozen.user_attrs[ATTR["params"]])
 
 
-def study_objective_params(cfg, study: optuna.Study) -> dict:
+def study_objective_params(cfg: Any, study: optuna.Study) -> dict:
     """The objective's parameters the study's trials were judged with: as stored when the study
     was prepared, or, for a study stored before they were, resolved from the study file and the
     stored classes (``class_weight: balanced`` then stays a word, weighed on the labels judged)."""
