@@ -232,3 +232,31 @@ def test_a_study_stored_with_a_single_test_evaluation_still_reads():
     old = {"trial": 3, "n": 12, "accuracy": 0.75, "loss": 0.6}
     study.set_user_attr("tlsearch.test", old)
     assert test_evaluations(study) == [old]
+
+
+def test_val_weighted_loss_weights_resolve_from_the_study():
+    """``auto`` weighs as training does (balanced on the training labels); explicit
+    ``objective_params.class_weight`` takes class names; a bad name is a clear error."""
+    import numpy as np
+
+    from tlsearch.config import parse_config
+    from tlsearch.data import Dataset
+    from tlsearch.errors import UserError
+    from tlsearch.search.inputs import resolve_objective_params
+
+    y = np.array([0] * 6 + [1] * 3 + [2] * 3)
+    data = Dataset("image", np.zeros((12, 1)), y, np.zeros((3, 1)), np.array([0, 1, 2]),
+                   ["a", "b", "c"])
+
+    def resolved(**study):
+        cfg = parse_config({"name": "t", "n_trials": 1, "data": {"path": "x"},
+                            "backbones": ["tiny_cnn"], "objective": "val_weighted_loss", **study})
+        return resolve_objective_params(cfg, data)["class_weight"]
+
+    assert resolved(training={"class_weight": "auto"}) == pytest.approx([12 / 18, 12 / 9, 12 / 9])
+    assert resolved() == pytest.approx([12 / 18, 12 / 9, 12 / 9])  # balanced on training labels
+    assert resolved(training={"class_weight": {"b": 3.0}}) == [1.0, 3.0, 1.0]
+    assert resolved(objective_params={"class_weight": {"c": 2.0, 0: 0.5}},
+                    training={"class_weight": "auto"}) == [0.5, 1.0, 2.0]
+    with pytest.raises(UserError, match=r"`objective_params.class_weight.z`.*\['a', 'b', 'c'\]"):
+        resolved(objective_params={"class_weight": {"z": 2.0}})
