@@ -103,3 +103,22 @@ def test_hyperband_maps_its_epoch_budget_onto_the_stages(hypermodel, recorder, t
         record = _record(tuner, t)
         assert [h["stage"] for h in record["history"]] == [1, 1, 2][:epochs]
     assert len(SEEN) == sum(t.hyperparameters.values["tuner/epochs"] for t in trials)
+
+
+def test_a_tuner_objective_other_than_the_studys_does_not_take_its_parameters(tmp_path,
+                                                                               image_folder):
+    """The study judges by val_weighted_loss with its class weights; a tuner judging by
+    val_macro_f1 gets that objective's own (none), not the study's."""
+    from types import SimpleNamespace
+
+    from tlsearch.keras_tuner import TransferHyperModel
+    from tlsearch.train.pipeline import Schedule
+
+    path = write_study(tmp_path / "s.yaml", objective="val_weighted_loss")
+    hm = TransferHyperModel.from_yaml(path)
+    hm._prep = SimpleNamespace(schedule=Schedule(objective="val_weighted_loss",
+                                                 objective_params={"class_weight": [1, 2, 3]}))
+    saver = SimpleNamespace(objective=SimpleNamespace(name="val_macro_f1"))
+    assert hm._schedule(None, [saver]).objective_params is None
+    same = SimpleNamespace(objective=SimpleNamespace(name="val_weighted_loss"))
+    assert hm._schedule(None, [same]).objective_params == {"class_weight": [1, 2, 3]}

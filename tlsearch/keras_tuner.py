@@ -133,7 +133,8 @@ class TransferHyperModel(kt.HyperModel):
                 raise kt.errors.FatalValueError(
                     f"objective {name!r}: TransferHyperModel judges trials by one of "
                     f"{list(OBJECTIVES)}")
-            schedule = replace(schedule, objective=name)
+            if name != schedule.objective:  # the study's parameters are its objective's
+                schedule = replace(schedule, objective=name, objective_params=None)
         if epochs is not None:
             first = min(int(epochs), schedule.stage1_epochs)
             schedule = replace(schedule, stage1_epochs=first, stage2_epochs=int(epochs) - first)

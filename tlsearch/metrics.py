@@ -9,6 +9,8 @@ per-epoch callback, the report and the exported predictor.
 
 Objectives
     :func:`macro_f1`, :func:`balanced_accuracy`, :func:`macro_auc`: each returns a float.
+    :func:`f1_of_labels` is the macro F1 of labels already decided (every place that reports a
+    macro F1 uses it); :func:`rates_of_labels` the sensitivity and specificity they reach.
     :func:`sensitivity_at_specificity`, :func:`specificity_at_sensitivity`: each returns a
     :class:`Score` ``(value, threshold)``; the threshold is chosen on these (validation)
     predictions, and :func:`apply_threshold` applies it to new predictions, so an exported model
@@ -39,7 +41,8 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
-__all__ = ["Score", "MetricWarning", "check_predictions", "accuracy", "macro_f1",
+__all__ = ["Score", "MetricWarning", "check_predictions", "accuracy", "macro_f1", "f1_of_labels",
+           "rates_of_labels",
            "balanced_accuracy", "macro_auc", "binary_auc", "pooled_auc",
            "sensitivity_at_specificity", "specificity_at_sensitivity", "apply_threshold",
            "weighted_crossentropy", "balanced_class_weights"]
@@ -101,18 +104,30 @@ def _positive_index(p: np.ndarray, positive: int) -> int:
 
 
 def macro_f1(p, y) -> float:
-    """The unweighted mean of per-class F1 of the argmax predictions.
-
-    Averaged over the classes that occur in ``y`` or in the predictions, as scikit-learn's
-    ``f1_score(average="macro")`` does: a class that is neither present nor predicted says nothing
-    about this model, while a predicted class that never occurs scores 0 (every prediction of it
-    is wrong).
-    """
+    """The macro F1 (:func:`f1_of_labels`) of the argmax predictions."""
     p, y = check_predictions(p, y)
     if not _finite(p):
         return math.nan
-    pred = np.argmax(p, axis=1)
+    return f1_of_labels(np.argmax(p, axis=1), y)
+
+
+def f1_of_labels(pred, y) -> float:
+    """Macro F1 of predicted labels: the one definition every figure uses (the objective, the
+    held-out test, ``tlsearch evaluate``, the report's macro average).
+
+    The unweighted mean of per-class F1 over the classes that occur in ``y`` or in ``pred``, as
+    scikit-learn's ``f1_score(average="macro")`` (no ``labels``) does: a class that is neither
+    present nor predicted says nothing about this model, while a predicted class that never
+    occurs scores 0 (every prediction of it is wrong). Every class averaged has ``2 tp + fp + fn
+    > 0``, so no division by zero arises; NaN when there are no labels at all.
+    """
+    pred = np.asarray(pred).astype(np.int64).reshape(-1)
+    y = np.asarray(y).astype(np.int64).reshape(-1)
+    if len(y) != len(pred):
+        raise ValueError(f"{len(pred)} predictions but {len(y)} labels")
     labels = np.union1d(y, pred)
+    if not len(labels):
+        return math.nan
     f1 = []
     for c in labels:
         tp = np.sum((pred == c) & (y == c))
@@ -120,6 +135,18 @@ def macro_f1(p, y) -> float:
         fn = np.sum((pred != c) & (y == c))
         f1.append(2 * tp / (2 * tp + fp + fn))
     return float(np.mean(f1))
+
+
+def rates_of_labels(pred, y, positive: int) -> tuple[float, float]:
+    """(sensitivity, specificity) of class ``positive`` in predicted labels: the share of its
+    examples predicted as it, and the share of the others predicted as something else (NaN where
+    ``y`` has none of them)."""
+    pred = np.asarray(pred).astype(np.int64).reshape(-1)
+    pos = np.asarray(y).astype(np.int64).reshape(-1) == int(positive)
+    said = pred == int(positive)
+    sens = float(np.mean(said[pos])) if pos.any() else math.nan
+    spec = float(np.mean(~said[~pos])) if (~pos).any() else math.nan
+    return sens, spec
 
 
 def balanced_accuracy(p, y) -> float:

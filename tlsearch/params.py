@@ -18,6 +18,7 @@ from tlsearch.metrics import Score
 
 __all__ = ["PREPROCESSING_MODES", "POOLING_MODES", "Param", "PARAMS", "Objective", "OBJECTIVES",
            "TrialParams", "UNFREEZE_ALL", "params_for", "objective", "objective_params", "compute",
+           "positive_index",
            "MODALITIES", "DOMAIN_PARAMS", "adapts"]
 
 #: the kinds of input a backbone takes; each has a :mod:`tlsearch.modalities` entry
@@ -247,6 +248,17 @@ def objective_params(obj: Objective, params: Mapping[str, object] | None) -> dic
         raise ValueError(f"objective {obj.name!r} takes no parameter {sorted(unknown)}; "
                          f"it takes {sorted(obj.params) or 'none'}")
     return {**obj.params, **given}
+
+
+def positive_index(value: object, classes: list[str]) -> int:
+    """``objective_params.positive`` as a class index: the class's name, or its index (the form
+    study files written before names were accepted use). ValueError names the classes."""
+    if isinstance(value, str) and value in classes:
+        return classes.index(value)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(classes):
+        return value
+    raise ValueError(f"expected a class name in {classes} or its index in 0..{len(classes) - 1}, "
+                     f"got {value!r}")
 
 
 def compute(name: str, p: Any, y: Any, params: Mapping[str, object] | None = None) -> Score:

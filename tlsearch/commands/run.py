@@ -276,7 +276,7 @@ def _after_study(out: Console | None, cfg, prep) -> dict:
         if out is not None:
             out.print(f"[yellow]fence:[/] {line}", highlight=False)
     if prep.data.x_test is not None:
-        from tlsearch.export.evaluate import evaluate_best_on_test, format_evaluation
+        from tlsearch.export.evaluate import evaluate_best_on_test, format_evaluation, judged_note
 
         result = evaluate_best_on_test(cfg, prep.study, prep.data)
         if result is not None:
@@ -284,6 +284,8 @@ def _after_study(out: Console | None, cfg, prep) -> dict:
             if out is not None:
                 out.print(format_evaluation(result, f"held-out test set (data.test), trial "
                                                     f"#{result['trial']}"), highlight=False)
+                if note := judged_note(prep.study):
+                    out.print(f"[yellow]note:[/] {note}", highlight=False, soft_wrap=True)
     return found
 
 

@@ -2,8 +2,14 @@
 
 The trial value is a best epoch on the validation set, and the best trial is the best of many on
 that same set: an estimate biased upward, the more so the more trials. A held-out test set
-(``data.test``) is evaluated once, for the chosen trial only, after the study and on export;
-``tlsearch evaluate`` does the same for an export on any labelled data.
+(``data.test``) is evaluated once for each trial that ends a run as the best, after the study and
+on export; ``tlsearch evaluate`` does the same for an export on any labelled data. Every figure is
+the one the exported model reaches: its labels are decided by the export's rule (a screening
+objective's threshold chosen on validation) and judged by the study's ``objective_params``.
+
+Each evaluation is kept on the study (trial, time, figures): a resumed study whose best trial
+changes has consulted its test set more than once, and says so, because a test set that picks
+between trials is no longer fully held out.
 """
 
 from __future__ import annotations
@@ -16,25 +22,27 @@ import numpy as np
 from tlsearch import modalities
 from tlsearch.data import load_labelled
 from tlsearch.errors import UserError
-from tlsearch.export.exporter import rebuild_model
-from tlsearch.evaluation import evaluate_probabilities
+from tlsearch.export.exporter import rebuild_model, trial_record
+from tlsearch.evaluation import describe_operating_point, evaluate_probabilities
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
 
-__all__ = ["evaluate_trial", "evaluate_export", "format_evaluation"]
+__all__ = ["evaluate_trial", "evaluate_export", "format_evaluation", "evaluate_best_on_test",
+           "judged_note"]
 
 
 def evaluate_trial(cfg: Any, study: Any, frozen: Any, x: np.ndarray, y: np.ndarray
                    ) -> dict[str, Any]:
-    """Trial ``frozen`` at its best epoch, rebuilt from its stored weights, on ``(x, y)``."""
-    from tlsearch.search.attrs import ATTR
-
+    """Trial ``frozen`` at its best epoch, rebuilt from its stored weights, on ``(x, y)``, deciding
+    as its export would (:func:`~tlsearch.export.exporter.decision_rule`)."""
     model, modality = rebuild_model(cfg, study, frozen,
                                     AtomicFileSystemArtifactStore(cfg.artifact_dir, create=False))
     probs = modality.predict_all(model, x)
-    classes = list(study.user_attrs[ATTR["classes"]])
+    record = trial_record(cfg, study, frozen)
+    rule = record["decision"]
     return {"trial": frozen.number,
-            **evaluate_probabilities(probs, y, classes, objective=cfg.objective,
-                                     objective_params=cfg.objective_params)}
+            **evaluate_probabilities(probs, y, record["classes"], objective=cfg.objective,
+                                     objective_params=rule.get("objective_params"),
+                                     decision=rule)}
 
 
 def evaluate_export(export_dir: str | Path, data_path: str | Path, *, batch_size: int = 64
@@ -52,10 +60,13 @@ def evaluate_export(export_dir: str | Path, data_path: str | Path, *, batch_size
     kind = modalities.get(predictor.modality)
     probs = np.concatenate([kind.run(predictor.model, list(x[i:i + batch_size]))
                             for i in range(0, len(x), batch_size)])
-    labels = np.array([predictor.label_index(p) for p in probs])
     meta = predictor.metadata
+    rule = meta.get("decision") or {"rule": "argmax"}
+    params = rule.get("objective_params")
+    if params is None and rule.get("rule") == "threshold":  # an export written before they were
+        params = {"positive": rule["positive"]}
     out = evaluate_probabilities(probs, y, predictor.classes, objective=meta.get("objective"),
-                                 labels=labels)
+                                 objective_params=params, decision=rule)
     if skipped:
         out["skipped"] = skipped
     return out
@@ -70,13 +81,19 @@ def format_evaluation(result: dict[str, Any], title: str) -> str:
             f"{result['macro_auc']:.4f}")
     rows = [f"  {c:<20} precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
             f"F1 {m['f1']:.3f}  support {m['support']}" for c, m in result["per_class"].items()]
-    return "\n".join([head, *rows])
+    point = describe_operating_point(result)
+    return "\n".join([head, *([point] if point else []), *rows])
 
 
 def evaluate_best_on_test(cfg: Any, study: Any, data: Any) -> dict[str, Any] | None:
     """After a study: its best trial evaluated once on ``data.test``, stored on the study (so the
-    report and export show it) and returned; None without a test set or a complete trial."""
-    from tlsearch.search.attrs import ATTR
+    report and export show it) and returned; None without a test set or a complete trial.
+
+    Every evaluation is appended to the study's history (:func:`~tlsearch.search.attrs.
+    test_evaluations`: trial, time, figures); a trial already evaluated is not evaluated again."""
+    import datetime as dt
+
+    from tlsearch.search.attrs import ATTR, test_evaluations
 
     if data.x_test is None:
         return None
@@ -84,9 +101,28 @@ def evaluate_best_on_test(cfg: Any, study: Any, data: Any) -> dict[str, Any] | N
         best = study.best_trial
     except ValueError:
         return None
-    stored = study.user_attrs.get(ATTR["test"])
-    if stored and stored.get("trial") == best.number:
-        return stored
+    history = test_evaluations(study)
+    done = next((e for e in reversed(history) if e.get("trial") == best.number), None)
+    if done is not None:
+        if study.user_attrs.get(ATTR["tests"]) is None:  # an older study: start its history
+            study.set_user_attr(ATTR["tests"], history)
+        if (study.user_attrs.get(ATTR["test"]) or {}).get("trial") != best.number:
+            study.set_user_attr(ATTR["test"], done)  # the best is an earlier best again
+        return done
     result = evaluate_trial(cfg, study, best, data.x_test, data.y_test)
+    result["time"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    study.set_user_attr(ATTR["tests"], [*history, result])
     study.set_user_attr(ATTR["test"], result)
     return result
+
+
+def judged_note(study: Any) -> str | None:
+    """A line saying how many trials the held-out test set has judged, when more than one."""
+    from tlsearch.search.attrs import test_evaluations
+
+    trials = sorted({int(e["trial"]) for e in test_evaluations(study) if e.get("trial") is not None})
+    if len(trials) < 2:
+        return None
+    shown = ", ".join(f"#{t}" for t in trials)
+    return (f"the test set has judged {len(trials)} trials ({shown}), one each time a run ended "
+            f"with a new best: it is no longer fully held out, and its figures are optimistic")

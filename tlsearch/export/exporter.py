@@ -36,9 +36,9 @@ from tlsearch.export.capture import convert_quietly
 from tlsearch.export.formats import FORMATS as _WRITERS
 from tlsearch.export.formats import OPTIONAL
 from tlsearch.modalities import Modality
-from tlsearch.params import OBJECTIVES, objective_params
+from tlsearch.params import OBJECTIVES, objective_params, positive_index
 from tlsearch.search.artifacts import ARTIFACT_ATTR, AtomicFileSystemArtifactStore, fetch_weights
-from tlsearch.search.attrs import ATTR, trial_params
+from tlsearch.search.attrs import ATTR, study_objective_params, trial_params
 from tlsearch.search.inputs import study_weights
 from tlsearch.search.resume import check_export, meaning
 from tlsearch.search.study import load_study
@@ -179,7 +179,8 @@ def trial_record(cfg, study, frozen) -> dict:
         "best_step": step,
         "best_stage": frozen.user_attrs.get(ATTR["best_stage"]),
         "metrics": {k: v for k, v in at_best.items() if k not in ("step", "stage", "seconds")},
-        "decision": decision_rule(cfg, list(study.user_attrs[ATTR["classes"]]), at_best),
+        "decision": decision_rule(cfg, list(study.user_attrs[ATTR["classes"]]), at_best,
+                                  study_objective_params(cfg, study)),
         "params": frozen.user_attrs.get(ATTR["params"], frozen.params),
         "classes": list(study.user_attrs[ATTR["classes"]]),
         "weights_artifact": {k: artifact[k] for k in ("id", "size", "sha256") if k in artifact},
@@ -305,38 +306,48 @@ def write_export(cfg, model, modality: Modality, out_dir: str | Path, record: di
 
 def _evaluate_on_test(cfg, model, modality: Modality, record: dict,
                       log: Callable[[str], None]) -> dict:
-    """The exported trial on the held-out test set (``data.test``): what production can expect."""
+    """The exported trial on the held-out test set (``data.test``): what production can expect,
+    decided by the export's own rule (a screening objective's stored threshold)."""
     from tlsearch.data import load_labelled
-    from tlsearch.evaluation import evaluate_probabilities
-    from tlsearch.metrics import apply_threshold
+    from tlsearch.evaluation import describe_operating_point, evaluate_probabilities
 
     classes = record["classes"]
     x, y, _ = load_labelled(cfg.data, cfg.data.test, classes, base_dir=cfg.base_dir,
                             image_size=cfg.data.image_size, field="data.test")
     probs = modality.predict_all(model, x)
     rule = record["decision"]
-    labels = (apply_threshold(probs, rule["threshold"], rule["positive"])
-              if rule["rule"] == "threshold" else None)
     result = evaluate_probabilities(probs, y, classes, objective=cfg.objective,
-                                    objective_params=cfg.objective_params, labels=labels)
+                                    objective_params=rule.get("objective_params"), decision=rule)
     log(f"  held-out test set: {result['n']} examples, accuracy {result['accuracy']:.4f}, "
         f"loss {result['loss']:.4f}")
+    point = describe_operating_point(result)
+    if point:
+        log(point)
     return result
 
 
-def decision_rule(cfg, classes: list[str], at_best: dict) -> dict:
+def decision_rule(cfg, classes: list[str], at_best: dict, params: dict[str, Any] | None = None
+                  ) -> dict:
     """How predict turns probabilities into a label: the most probable class, or, for an
     objective that chose a threshold on validation (sensitivity at a required specificity ...),
-    the positive class wherever its probability reaches that threshold."""
+    the positive class wherever its probability reaches that threshold. ``objective_params``
+    (the requirement, the positive class's index) comes along, so whoever evaluates the export
+    judges it as the study did; ``params`` are the study's resolved ones (by default, the study
+    file's)."""
     obj = OBJECTIVES[cfg.objective]
+    if params is None:
+        params = objective_params(obj, cfg.objective_params)
+        if "positive" in params:
+            params["positive"] = positive_index(params["positive"], classes)
+    judged = {"objective": cfg.objective, "objective_params": dict(params)}
     threshold = at_best.get(f"{cfg.objective}_threshold")
     if not obj.threshold or threshold is None or not math.isfinite(threshold):
-        return {"rule": "argmax"}
-    positive = int(objective_params(obj, cfg.objective_params)["positive"])  # type: ignore[call-overload]
-    return {"rule": "threshold", "objective": cfg.objective, "threshold": float(threshold),
+        return {"rule": "argmax", **judged}
+    positive = int(params["positive"])  # type: ignore[arg-type]
+    return {"rule": "threshold", "threshold": float(threshold),
             "positive": positive, "positive_class": classes[positive],
             "meaning": f"{classes[positive]!r} when its probability is at least the threshold, "
-                       f"otherwise the most probable other class"}
+                       f"otherwise the most probable other class", **judged}
 
 
 def _metadata(cfg, record: dict, modality: Modality, report, root: Path) -> dict:

@@ -133,12 +133,9 @@ class Predictor:
 
     def label_index(self, p: np.ndarray) -> int:
         """The predicted class of one row of probabilities, by the export's decision rule."""
-        rule = self.metadata.get("decision") or {"rule": "argmax"}
-        if rule.get("rule") == "threshold":
-            from tlsearch.metrics import apply_threshold
+        from tlsearch.evaluation import decide
 
-            return int(apply_threshold(p[None, :], rule["threshold"], rule["positive"])[0])
-        return int(np.argmax(p))
+        return int(decide(np.asarray(p)[None, :], self.metadata.get("decision"))[0])
 
     def _row(self, name: str, p: np.ndarray) -> dict:
         k = self.label_index(p)

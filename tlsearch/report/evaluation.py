@@ -7,7 +7,9 @@ import html
 import numpy as np
 
 from tlsearch.errors import UserError
-from tlsearch.export.exporter import rebuild_model, select_trial
+from tlsearch.evaluation import decide
+from tlsearch.export.exporter import rebuild_model, select_trial, trial_record
+from tlsearch.metrics import f1_of_labels
 from tlsearch.report.parts import Section, style, table
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
 from tlsearch.search.attrs import ATTR
@@ -45,7 +47,7 @@ def evaluation_section(study, cfg, url) -> Section:
             "validation examples. Optimistic: the same examples chose this trial among all the "
             "others; give `data.test` for an honest number")
     probs = modality.predict_all(model, x)
-    pred = probs.argmax(axis=1)
+    pred = decide(probs, trial_record(cfg, study, bt)["decision"])  # as its export decides
     k = len(classes)
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     p, r, f, n = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
@@ -69,8 +71,17 @@ def evaluation_section(study, cfg, url) -> Section:
     s.figure.update_layout(width=size + 90)
     rows = [(html.escape(c), f"{p[i]:.3f}", f"{r[i]:.3f}", f"{f[i]:.3f}", str(int(n[i])))
             for i, c in enumerate(classes)]
-    mp, mr, mf, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
-    rows.append(("<b>macro average</b>", f"{mp:.3f}", f"{mr:.3f}", f"{mf:.3f}", str(len(y))))
+    rows.append(macro_row(y, pred))
     s.html = table(["class", "precision", "recall", "F1", "support"], rows, escape=False,
                     numeric=True)
     return s
+
+
+def macro_row(y: np.ndarray, pred: np.ndarray) -> tuple[str, str, str, str, str]:
+    """The table's macro average over the classes present or predicted, F1 by the one definition
+    every macro F1 uses (:func:`tlsearch.metrics.f1_of_labels`)."""
+    from sklearn.metrics import precision_recall_fscore_support
+
+    mp, mr, _, _ = precision_recall_fscore_support(y, pred, average="macro", zero_division=0)
+    return ("<b>macro average</b>", f"{mp:.3f}", f"{mr:.3f}", f"{f1_of_labels(pred, y):.3f}",
+            str(len(y)))

@@ -11,14 +11,15 @@ from tlsearch.backbones import build_backbone, resolve_weights
 from tlsearch.config import StudyConfig
 from tlsearch.data import Dataset, load_dataset
 from tlsearch.errors import UserError
-from tlsearch.params import OBJECTIVES, objective_params
+from tlsearch.metrics import balanced_class_weights
+from tlsearch.params import OBJECTIVES, objective_params, positive_index
 from tlsearch.search.artifacts import probe_writable
 from tlsearch.search.storage import redact_url
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.pipeline import class_weights
 
 __all__ = ["prescreen", "config_snapshot", "check_inputs", "check_writable", "study_weights", "caps",
-           "check_objective", "class_weight_map"]
+           "check_objective", "class_weight_map", "resolve_objective_params"]
 
 
 def prescreen(cfg: StudyConfig, source: BackboneSource, data: Dataset,
@@ -98,18 +99,57 @@ def caps(cfg: StudyConfig, source: BackboneSource) -> dict[str, int]:
 
 
 def check_objective(cfg: StudyConfig, data: Dataset) -> None:
-    """A screening objective needs a positive class that exists."""
+    """The objective's parameters fit the data (a screening objective's positive class exists)."""
+    resolve_objective_params(cfg, data)
+
+
+def resolve_objective_params(cfg: StudyConfig, data: Dataset) -> dict[str, object]:
+    """The objective's parameters as trials are judged by them: a screening objective's
+    ``positive`` as the class's index (the study file may name the class or give its index),
+    and ``val_weighted_loss``'s class weights as one weight per class: ``objective_params.
+    class_weight`` where given, else the study's ``training.class_weight`` (the weights training
+    uses, ``auto`` included), else ``balanced`` on the training labels. UserError names the
+    field."""
     obj = OBJECTIVES[cfg.objective]
-    if not obj.binary:
-        return
-    positive = objective_params(obj, cfg.objective_params)["positive"]
-    if not isinstance(positive, int) or not 0 <= positive < data.n_classes:
-        raise UserError(f"`objective_params.positive`: expected a class index in "
-                        f"0..{data.n_classes - 1} (classes {data.class_names}), got {positive!r}")
-    if data.n_classes > 2 and "positive" not in (cfg.objective_params or {}):
-        raise UserError(f"`objective`: {cfg.objective} judges one positive class against the "
-                        f"rest; with {data.n_classes} classes, name it: objective_params: "
-                        f"{{positive: <index in {data.class_names}>}}")
+    given = dict(cfg.objective_params or {})
+    params = objective_params(obj, given)
+    if obj.binary:
+        try:
+            params["positive"] = positive_index(params["positive"], data.class_names)
+        except ValueError as e:
+            raise UserError(f"`objective_params.positive`: {e}") from None
+        if data.n_classes > 2 and "positive" not in given:
+            raise UserError(f"`objective`: {cfg.objective} judges one positive class against the "
+                            f"rest; with {data.n_classes} classes, name it: objective_params: "
+                            f"{{positive: <one of {data.class_names}>}}")
+    if "class_weight" in obj.params:
+        params["class_weight"] = _objective_class_weights(cfg, data, given.get("class_weight"))
+    return params
+
+
+def _objective_class_weights(cfg: StudyConfig, data: Dataset, given: object) -> list[float]:
+    k = data.n_classes
+    if given is None:
+        by_index = class_weight_map(cfg, data)
+        if by_index is not None:
+            return [float(by_index.get(c, 1.0)) for c in range(k)]
+        given = "balanced"
+    if given in ("balanced", "auto"):
+        cw = balanced_class_weights(data.y_train, k)
+        return [float(cw.get(c, 0.0)) for c in range(k)]
+    if isinstance(given, dict):
+        out = [1.0] * k
+        for key, w in given.items():
+            try:
+                out[positive_index(key, data.class_names)] = float(w)
+            except ValueError as e:
+                raise UserError(f"`objective_params.class_weight.{key}`: {e} and a number "
+                                f"weight, got {w!r}") from None
+        return out
+    if isinstance(given, (list, tuple)) and len(given) == k:
+        return [float(w) for w in given]
+    raise UserError(f"`objective_params.class_weight`: expected `balanced`, a mapping of class "
+                    f"to weight or {k} weights, got {given!r}")
 
 
 def class_weight_map(cfg: StudyConfig, data: Dataset) -> dict[int, float] | None:

@@ -28,7 +28,7 @@ from tlsearch.search.attrs import ATTR, FINISHED
 from tlsearch.search.failures import FailureGuard, as_trial_failure
 from tlsearch.search.endings import HARD_TIMEOUT_NOTE, Deadlines, HardTimeout, ending
 from tlsearch.search.inputs import caps as study_caps
-from tlsearch.search.inputs import (check_inputs, check_objective, check_writable,
+from tlsearch.search.inputs import (check_inputs, check_writable, resolve_objective_params,
                                     class_weight_map, config_snapshot, prescreen, study_weights)
 from tlsearch.search.progress import Progress
 from tlsearch.search.resume import check_resume, meaning
@@ -109,7 +109,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     for line in data.warnings + data.objective_warnings(cfg.objective):
         warn(line)
     cw_map = class_weight_map(cfg, data)
-    check_objective(cfg, data)
+    judged_by = resolve_objective_params(cfg, data)
     cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), warn=warn) \
         if cfg.cache.enabled else None
     kind = modalities.get(modality)
@@ -142,6 +142,8 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
                 study = None
             if study is not None:
                 check_resume(study, cfg, sig, now)
+                if ATTR["objective_params"] not in study.user_attrs:  # stored before they were
+                    study.set_user_attr(ATTR["objective_params"], judged_by)
             else:
                 study = optuna.create_study(
                     study_name=cfg.name, storage=storage, direction=cfg.direction,  # type: ignore[arg-type]
@@ -150,7 +152,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
                 for key, value in (("space", sig), ("classes", data.class_names),
                                    ("modality", modality), ("config", config_snapshot(cfg)),
                                    ("data", data.fingerprint), ("meaning", now), ("caps", caps),
-                                   ("prescreen", ranking),
+                                   ("prescreen", ranking), ("objective_params", judged_by),
                                    *((("target", data.target_fingerprint),)
                                      if data.x_target is not None else ())):
                     study.set_user_attr(ATTR[key], value)
@@ -162,7 +164,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     schedule = Schedule(
         stage1_epochs=cfg.training.stage1_epochs, stage2_epochs=cfg.training.stage2_epochs,
         batch_size=cfg.training.batch_size, objective=cfg.objective,
-        objective_params=cfg.objective_params, class_weight=cw_map,
+        objective_params=judged_by, class_weight=cw_map,
         keep_bn_frozen=cfg.training.keep_bn_frozen, seed=cfg.seed,
         domain_selection=domain_selection(data),
     )

@@ -54,7 +54,8 @@ class Schedule:
     stage2_epochs: int = 5
     batch_size: int = 32
     objective: str = "val_loss"
-    #: the objective's parameters (``specificity`` for ``val_sens_at_spec`` ...), defaults omitted
+    #: the objective's parameters (``specificity`` for ``val_sens_at_spec`` ...); a study passes
+    #: them resolved (``search.inputs.resolve_objective_params``), None takes the defaults
     objective_params: dict | None = None
     class_weight: dict[int, float] | None = None
     keep_bn_frozen: bool = True
