@@ -226,7 +226,7 @@ def make_objective(prep: PreparedStudy, progress: Progress,
 
         try:
             result = run_trial(params, schedule, prep.data, prep.source, on_epoch, progress.stage,
-                               on_batch=on_batch)
+                               on_batch=on_batch, number=trial.number)
         except HardTimeout as e:
             trial.set_user_attr(ATTR["stopped"], HARD_TIMEOUT_NOTE)
             raise optuna.TrialPruned(HARD_TIMEOUT_NOTE) from e

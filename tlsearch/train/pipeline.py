@@ -23,7 +23,7 @@ import numpy as np
 from tlsearch.data import Dataset
 from tlsearch.errors import NonFiniteLoss
 from tlsearch.params import OBJECTIVES, TrialParams
-from tlsearch.train.augment import dataset_augmenter
+from tlsearch.train.augment import EpochBatches, dataset_augmenter
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.dann_stage import DomainHeadStage
 from tlsearch.train.stages import GradualFineTuneStage, Stage, TrialState
@@ -192,18 +192,11 @@ def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, histo
     return _Hook()
 
 
-def _image_dataset(x, y, batch_size: int, *, augment=None, shuffle_seed: int | None = None,
-                   sample_weight=None):
+def _image_dataset(x, y, batch_size: int):
+    """Validation batches beside augmented training (:class:`~tlsearch.train.augment.EpochBatches`)."""
     import tensorflow as tf
 
-    parts = (x, y) if sample_weight is None else (x, y, sample_weight)
-    ds = tf.data.Dataset.from_tensor_slices(parts)
-    if shuffle_seed is not None:
-        ds = ds.shuffle(len(x), seed=shuffle_seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    if augment is not None:  # train.augment.dataset_augmenter: batches -> augmented batches
-        ds = augment(ds)
-    return ds.prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def default_stages() -> list[Stage]:
@@ -225,12 +218,15 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
               on_epoch: Callable[[EpochRecord], None] | None = None,
               on_stage: Callable[[int], None] | None = None,
               stages: list[Stage] | None = None,
-              on_batch: Callable[[int, int, int | None, dict], None] | None = None) -> TrialResult:
+              on_batch: Callable[[int, int, int | None, dict], None] | None = None,
+              number: int = 0) -> TrialResult:
     """Train one configuration through its stages and return its best epoch.
 
     ``on_epoch`` is called after every epoch and may raise to stop the trial (a pruner does).
     ``on_batch(stage, batches done, batches per epoch, logs)`` after every training batch (or
     group of batches run in one call) may read the running metrics, or raise to stop.
+    ``number`` (the trial's) and the schedule's seed key the trial's augmentation: each epoch
+    and batch draws its own transforms, the same on every run.
     Raises :class:`~tlsearch.errors.NonFiniteLoss` when the loss becomes NaN or infinite.
     """
     import keras
@@ -251,7 +247,7 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     tracker = _Tracker(schedule.objective, schedule.maximize, keep_last=label_free)
     history: list[EpochRecord] = []
     bs = schedule.batch_size
-    augment = dataset_augmenter(params, schedule.seed)
+    augment = dataset_augmenter(params, schedule.seed, number)
     state = TrialState(params=params, schedule=schedule, data=data, source=source, head=head,
                        fit=lambda *a, **k: None)
 
@@ -261,6 +257,9 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
         ``rates``: per-variable multiples of ``lr`` (:mod:`tlsearch.train.rates`)."""
         if lr is not None:  # a pooled head comes compiled, at its trial's rate
             source.compiler(model, lr, rates=rates)
+        start, steps = state.step, None
+        if isinstance(x_train, EpochBatches):  # augmented: these epochs' own orders and draws
+            x_train, steps = x_train.dataset(start, epochs), x_train.steps
         own = None if hasattr(x_train, "element_spec") else \
             source.batches(params, x_train, x_val, y_tr, y_va, sw, bs, schedule.seed)
         if own is not None:  # text: batches of similar length
@@ -275,9 +274,9 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
             callbacks.insert(0, ValidationMetrics(
                 x_val, None if hasattr(x_val, "element_spec") else y_va, [schedule.objective],
                 {schedule.objective: schedule.objective_params or {}}))
-        start = state.step
         if hasattr(x_train, "element_spec"):  # a tf.data pipeline carries its own labels
             model.fit(x_train, validation_data=x_val, epochs=start + epochs, initial_epoch=start,
+                      steps_per_epoch=steps, shuffle=False,  # the pipeline orders its batches
                       callbacks=callbacks, verbose=0)
         else:
             model.fit(x_train, y_tr, sample_weight=sw, validation_data=(x_val, y_va),
@@ -288,9 +287,8 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     def model_inputs():
         if augment is None:
             return source.inputs(params)
-        return (_image_dataset(data.x_train, y_tr, bs, augment=augment, shuffle_seed=schedule.seed,
-                               sample_weight=sw),
-                _image_dataset(data.x_val, y_va, bs))
+        parts = (data.x_train, y_tr) if sw is None else (data.x_train, y_tr, sw)
+        return EpochBatches(augment, parts, bs), _image_dataset(data.x_val, y_va, bs)
 
     state.fit = fit
     state.extra["inputs"] = model_inputs
