@@ -57,7 +57,7 @@ def _value(folder: Path, name: str, cache: Path, entry: dict, unfreeze: int) -> 
 
 @pytest.mark.parametrize("field, first, second, unfreeze", [
     ("preprocessing", {"preprocessing": "none"}, {"preprocessing": "unit"}, 0),
-    ("block_ends", {}, {"block_ends": "^c1$"}, 1),
+    ("block_ends", {}, {"block_ends": "^c[12]$"}, 1),
 ])
 def test_an_entry_that_computes_otherwise_gets_its_own_features(folder, tmp_path, field, first,
                                                                 second, unfreeze):
