@@ -16,13 +16,13 @@ from typing import Any, Callable
 import numpy as np
 
 from tlsearch.backbones import Backbone, build_backbone, resolve_weights
+from tlsearch.backbones.frozen import FEATURE_VERSION, FrozenPart, frozen_part
 from tlsearch.data import Dataset
 from tlsearch.params import OBJECTIVES, TrialParams
-from tlsearch.train.cache import MMAP_BYTES, FeatureCache, cache_key
+from tlsearch.train.cache import MMAP_BYTES, FeatureCache, cache_key, check_rows, rows_differ
 
 __all__ = ["BackboneSource", "boundary_name", "Compiler", "FEATURE_VERSION"]
 
-FEATURE_VERSION = 1  # bump when the way frozen outputs are computed changes
 #: boundaries computed ahead of need are kept in memory up to this much in all; beyond it they are
 #: filled in place on disk (up to half the cache's limit) and read back memory-mapped
 _PREFETCH_BYTES = 1 << 30
@@ -79,6 +79,11 @@ class Compiler:
 def _rows(x: Any, a: int, b: int) -> Any:
     """Rows ``a:b`` of an input: an array, or a dict of token arrays."""
     return {k: v[a:b] for k, v in x.items()} if isinstance(x, dict) else x[a:b]
+
+
+def _pick(x: Any, rows: np.ndarray) -> Any:
+    """Rows ``rows`` (indices) of an input: an array, or a dict of token arrays."""
+    return {k: v[rows] for k, v in x.items()} if isinstance(x, dict) else x[rows]
 
 
 def boundary_name(n_unfrozen: int) -> str:
@@ -207,17 +212,18 @@ class BackboneSource:
             del bb
         return self._max_unfreeze[name]
 
+    def frozen_part(self, name: str, boundary: str, params: TrialParams | None,
+                    data: str | None = None) -> FrozenPart:
+        """What the frozen output ``boundary`` of backbone ``name`` is computed from: the
+        declaration that the study's stored meaning reads too."""
+        return frozen_part(self.entries[name], weights=self.weights(name)[1],
+                           image_size=self.image_size, data=data or self.dataset.fingerprint,
+                           seed=self.seed, output=boundary,
+                           trial_options=self.key_options(params, boundary))
+
     def _key(self, name: str, boundary: str, params: TrialParams | None,
              data: str | None = None) -> str:
-        import keras
-
-        _, fingerprint = self.weights(name)
-        if fingerprint == "random":
-            fingerprint = f"random:seed={self.seed}"
-        return cache_key(backbone=name, weights=fingerprint, size=self.image_size,
-                         data=data or self.dataset.fingerprint, boundary=boundary,
-                         options=self.key_options(params, boundary), keras=keras.__version__,
-                         version=FEATURE_VERSION)
+        return cache_key(**self.frozen_part(name, boundary, params, data).key_parts())
 
     def target_inputs(self, params: TrialParams | None):
         """The unlabelled target data as the backbone's model takes it (text: token arrays)."""
@@ -242,8 +248,13 @@ class BackboneSource:
             f = np.concatenate(parts).astype(np.float32)
             return f, np.zeros((0, *f.shape[1:]), np.float32)
 
+        def check(arrays):
+            return self.check_stored(arrays, (self.target_inputs(params), None),
+                                     lambda bb: bb.model.output, name, params, None)
+
         key = self._key(name, "pooled", params, data="target:" + data.target_fingerprint)
-        return self.cache.get_or_compute(key, compute, describe=f"{name} target pooled")[0]
+        return self.cache.get_or_compute(key, compute, describe=f"{name} target pooled",
+                                         check=check)[0]
 
     def frozen_outputs(self, name: str, n_unfrozen: int, params: TrialParams | None = None,
                        backbone: Backbone | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -292,8 +303,42 @@ class BackboneSource:
             finally:
                 cache.discard()
 
+        def check(arrays):
+            return self.check_stored(
+                arrays, self.inputs(params),
+                lambda bb: bb.model.output if n_unfrozen == 0 else bb.boundary_output(n_unfrozen),
+                name, params, backbone)
+
         key = self._key(name, boundary_name(n_unfrozen), params)
-        return cache.get_or_compute(key, compute, describe=f"{name} {boundary_name(n_unfrozen)}")
+        return cache.get_or_compute(key, compute, describe=f"{name} {boundary_name(n_unfrozen)}",
+                                    check=check)
+
+    def check_stored(self, arrays: tuple[np.ndarray, np.ndarray], inputs: tuple[Any, Any],
+                     output: Callable[[Backbone], Any], name: str, params: TrialParams | None,
+                     backbone: Backbone | None) -> str | None:
+        """The read guard: recompute the first and last stored row of each split through the
+        frozen backbone, run as the fill runs it (``predict``: inference mode), and say why they
+        differ from the stored ones (None: they agree). It catches an entry that a key missing
+        some input served to the wrong study."""
+        import keras
+
+        bb = backbone or self.build(name, params)
+        model = keras.Model(bb.model.input, output(bb))
+        for stored, x in zip(arrays, inputs):
+            rows = check_rows(len(stored))
+            if x is None or not len(rows):
+                continue
+            got = self.predict_rows(model, _pick(x, rows))[0]
+            why = rows_differ(self.comparable(_pick(x, rows), np.asarray(stored[rows])),
+                              self.comparable(_pick(x, rows), got))
+            if why is not None:
+                return why
+        return None
+
+    def comparable(self, x: Any, out: np.ndarray) -> np.ndarray:
+        """The part of frozen outputs ``out`` of inputs ``x`` that means something (text: the
+        real tokens' positions, not the padding's)."""
+        return out
 
     def _predict_into(self, model: Any, wanted: list[int], staged: set[int],
                       n_rows: tuple[int, int], name: str, params: TrialParams | None):
