@@ -207,3 +207,51 @@ def test_the_read_guard_checks_target_features_too(folder, tmp_path, monkeypatch
     got = sources[1].target_outputs("mine")
     assert sources[1].cache.rejected == 1
     assert not np.allclose(theirs, got, rtol=1e-3)
+
+
+# --- a study's stored meaning: the same declaration, and studies stored before still resume ----
+
+def _stored_before(meaning: dict, path_entries: dict) -> dict:
+    """A meaning as the previous format stored it: per backbone only its weights, and for a
+    ``.keras`` entry its preprocessing and block_ends as the study file wrote them."""
+    old = {k: v for k, v in meaning.items()
+           if k not in ("meaning.version", "data.resize") and not (
+               k.startswith("backbones.") and not k.endswith(".weights"))}
+    for name, entry in path_entries.items():
+        old[f"backbones.{name}.preprocessing"] = entry.get("preprocessing")
+        old[f"backbones.{name}.block_ends"] = entry.get("block_ends")
+    return old
+
+
+@pytest.mark.parametrize("backbone", ["keras file", "tiny_cnn"])
+def test_a_study_stored_with_the_previous_meaning_still_resumes(folder, tmp_path, capsys,
+                                                                backbone):
+    entry = {"name": "mine", "path": str(folder / "mine.keras")}
+    settings = dict(
+        name="old", data={"path": str(folder / "images"), "validation_split": 0.25,
+                          "image_size": 16},
+        backbones=[entry] if backbone == "keras file" else ["tiny_cnn"],
+        training={"stage1_epochs": 1, "stage2_epochs": 0, "batch_size": 8},
+        search={"unfreeze_blocks": 0, "head_width": 8})
+    study_file = write_study(tmp_path / "old.yaml", n_trials=1, **settings)
+    assert main(["run", str(study_file)]) == 0
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    study = optuna.load_study(study_name="old", storage=storage)
+    from tlsearch.search.attrs import ATTR
+
+    now = study.user_attrs[ATTR["meaning"]]
+    assert now["meaning.version"] == 2
+    assert {f"backbones.{'mine' if backbone == 'keras file' else 'tiny_cnn'}.{f}"
+            for f in ("weights", "preprocessing", "block_ends", "build_options")} <= set(now)
+    study.set_user_attr(ATTR["meaning"], _stored_before(
+        now, {"mine": {}} if backbone == "keras file" else {}))
+    write_study(study_file, n_trials=2, **settings)
+    assert main(["run", str(study_file)]) == 0
+    assert len(optuna.load_study(study_name="old", storage=storage).trials) == 2
+    if backbone == "keras file":  # what the old format recorded is still held against it
+        write_study(study_file, n_trials=3, **{**settings, "backbones": [
+            {**entry, "preprocessing": "unit"}]})
+        capsys.readouterr()
+        assert main(["run", str(study_file)]) == 2
+        assert 'backbones.mine.preprocessing: was "none", now "unit"' in capsys.readouterr().err
+        assert len(optuna.load_study(study_name="old", storage=storage).trials) == 2
