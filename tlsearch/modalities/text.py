@@ -199,6 +199,10 @@ class TextBackboneSource(BackboneSource):
                 out[b, :g.shape[1]] = g
         return outs
 
+    def recompute(self, model, x) -> np.ndarray:
+        """Rows for the read guard, batched by length as the fill batches them."""
+        return self.predict_rows(model, x)[0]
+
     def comparable(self, x, out: np.ndarray) -> np.ndarray:
         """Boundary activations at the real tokens only: a batch's padding positions hold
         whatever its longest text made of them."""

@@ -20,6 +20,9 @@ from tlsearch.backbones.frozen import FEATURE_VERSION, FrozenPart, frozen_part
 from tlsearch.data import Dataset
 from tlsearch.params import OBJECTIVES, TrialParams
 from tlsearch.train.cache import MMAP_BYTES, FeatureCache, cache_key, check_rows, rows_differ
+from tlsearch.train.rows import concat as _concat
+from tlsearch.train.rows import pick as _pick
+from tlsearch.train.rows import rows as _rows
 
 __all__ = ["BackboneSource", "boundary_name", "Compiler", "FEATURE_VERSION"]
 
@@ -76,16 +79,6 @@ class Compiler:
         self(model, lr, steps_per_execution=16)
 
 
-def _rows(x: Any, a: int, b: int) -> Any:
-    """Rows ``a:b`` of an input: an array, or a dict of token arrays."""
-    return {k: v[a:b] for k, v in x.items()} if isinstance(x, dict) else x[a:b]
-
-
-def _pick(x: Any, rows: np.ndarray) -> Any:
-    """Rows ``rows`` (indices) of an input: an array, or a dict of token arrays."""
-    return {k: v[rows] for k, v in x.items()} if isinstance(x, dict) else x[rows]
-
-
 def boundary_name(n_unfrozen: int) -> str:
     return "pooled" if n_unfrozen == 0 else f"below-top-{n_unfrozen}"
 
@@ -115,6 +108,8 @@ class BackboneSource:
         self._heads = None
         self._tops = None
         self._acceleration = None
+        #: the backbone the read guard recomputes rows with (built once for several entries)
+        self._checker: tuple[tuple[str, str], Backbone] | None = None
         #: called as ``on_features(what, rows done, rows in all, unit)`` while frozen outputs are
         #: computed (a progress display); it only watches
         self.on_features: Callable[[str, int, int, str], None] | None = None
@@ -317,23 +312,29 @@ class BackboneSource:
                      output: Callable[[Backbone], Any], name: str, params: TrialParams | None,
                      backbone: Backbone | None) -> str | None:
         """The read guard: recompute the first and last stored row of each split through the
-        frozen backbone, run as the fill runs it (``predict``: inference mode), and say why they
-        differ from the stored ones (None: they agree). It catches an entry that a key missing
-        some input served to the wrong study."""
+        frozen backbone, in inference mode as the fill runs it, in one small batch, and say why
+        they differ from the stored ones (None: they agree). It catches an entry that a key
+        missing some input served to the wrong study."""
         import keras
 
-        bb = backbone or self.build(name, params)
-        model = keras.Model(bb.model.input, output(bb))
-        for stored, x in zip(arrays, inputs):
-            rows = check_rows(len(stored))
-            if x is None or not len(rows):
-                continue
-            got = self.predict_rows(model, _pick(x, rows))[0]
-            why = rows_differ(self.comparable(_pick(x, rows), np.asarray(stored[rows])),
-                              self.comparable(_pick(x, rows), got))
-            if why is not None:
-                return why
-        return None
+        picked = [(np.asarray(stored[rows]), _pick(x, rows))
+                  for stored, x in zip(arrays, inputs) if x is not None
+                  for rows in [check_rows(len(stored))] if len(rows)]
+        if not picked:
+            return None
+        if backbone is None:
+            opts = self.options(params)
+            if self._checker is None or self._checker[0] != (name, repr(opts)):
+                self._checker = ((name, repr(opts)), self.build(name, params))
+            backbone = self._checker[1]
+        model = keras.Model(backbone.model.input, output(backbone))
+        x = _concat([x for _, x in picked])
+        stored = np.concatenate([s for s, _ in picked])
+        return rows_differ(self.comparable(x, stored), self.comparable(x, self.recompute(model, x)))
+
+    def recompute(self, model: Any, x: Any) -> np.ndarray:
+        """``model``'s output on a few rows ``x`` for the read guard: one call, inference mode."""
+        return np.asarray(model(x, training=False), np.float32)
 
     def comparable(self, x: Any, out: np.ndarray) -> np.ndarray:
         """The part of frozen outputs ``out`` of inputs ``x`` that means something (text: the
