@@ -104,3 +104,31 @@ def test_backbones_table_is_not_squeezed_into_80_columns_without_a_terminal(caps
         row = next((line for line in lines if line.startswith(f"│ {s.name} ")), None)
         assert row is not None, s.name
         assert str(s.default_weights) in row and s.description in row
+
+
+@pytest.mark.parametrize("kind", ["sequential", "functional"])
+def test_a_keras_file_is_one_flat_graph_that_computes_the_users_network_and_cuts(tmp_path, kind):
+    """Its layers are copies wired onto the backbone's input: a cut below the top blocks reads
+    the backbone's own graph (a reused layer's ``output`` is its first graph's)."""
+    import keras
+
+    keras.utils.set_random_seed(0)
+    layers = [keras.layers.Conv2D(4, 3, padding="same", activation="relu", name=n)
+              for n in ("c1", "c2", "c3")]
+    if kind == "sequential":
+        user = keras.Sequential([keras.Input((16, 16, 3)), *layers])
+    else:
+        inp = keras.Input((16, 16, 3))
+        x = inp
+        for layer in layers:
+            x = layer(x)
+        user = keras.Model(inp, x)
+    user.save(tmp_path / "mine.keras")
+    bb = build_backbone(BackboneEntry(name="mine", path=tmp_path / "mine.keras"), 16)
+    x = np.random.default_rng(0).uniform(0, 255, (3, 16, 16, 3)).astype(np.float32)
+    np.testing.assert_allclose(bb.model.predict(x, verbose=0),
+                               user.predict(x, verbose=0).mean(axis=(1, 2)), rtol=1e-5, atol=1e-5)
+    assert bb.max_unfreeze == 3 and bb.can_cut(1)
+    bottom, top = bb.split(1)
+    np.testing.assert_allclose(top.predict(bottom.predict(x, verbose=0), verbose=0),
+                               bb.model.predict(x, verbose=0), rtol=1e-5, atol=1e-5)

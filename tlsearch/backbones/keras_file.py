@@ -2,8 +2,10 @@
 spec is made per study-file entry, since its name, preprocessing and blocks come from the entry.
 
 The file is loaded with ``safe_mode=True``: a ``.keras`` file that carries Python code (a ``Lambda``
-layer's bytecode) is refused rather than executed. The network is re-wired onto a fresh input with
-its own layers, so that it is one flat graph that can be frozen and unfrozen block by block.
+layer's bytecode) is refused rather than executed. The network is re-wired onto a fresh input as
+copies of its layers (same configuration, same weights), so that it is one flat graph that can be
+frozen, unfrozen and cut block by block: a layer called a second time would keep its first graph
+as its ``output``, which a cut below the top blocks reads.
 """
 
 from __future__ import annotations
@@ -54,11 +56,20 @@ def build_from_keras_file(path: str, image_size: int, preprocessing: str):
         raise UserError(f"could not load the Keras file {path!r} safely: {e}") from None
     inp = keras.Input((image_size, image_size, 3), name="image")
     x = Preprocess(preprocessing, name="preprocess")(inp)
+    copies: list[tuple] = []
+
+    def fresh(layer):
+        copy = layer.__class__.from_config(layer.get_config())
+        copies.append((layer, copy))
+        return copy
+
     if isinstance(user, keras.Sequential):
         for layer in user.layers:
-            x = layer(x)
+            x = fresh(layer)(x)
     else:
-        x = keras.models.clone_model(user, input_tensors=x, clone_function=lambda layer: layer).output
+        x = user._run_through_graph(x, operation_fn=fresh)
+    for layer, copy in copies:
+        copy.set_weights(layer.get_weights())
     if len(x.shape) == 4:
         x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     elif len(x.shape) != 2:

@@ -199,6 +199,18 @@ class TextBackboneSource(BackboneSource):
                 out[b, :g.shape[1]] = g
         return outs
 
+    def recompute(self, model, x) -> np.ndarray:
+        """Rows for the read guard, batched by length as the fill batches them."""
+        return self.predict_rows(model, x)[0]
+
+    def comparable(self, x, out: np.ndarray) -> np.ndarray:
+        """Boundary activations at the real tokens only: a batch's padding positions hold
+        whatever its longest text made of them."""
+        if out.ndim != 3:
+            return out
+        real = np.arange(out.shape[1])[None, :] < sequence_lengths(x)[:, None]
+        return np.where(real[..., None], out, 0)
+
     def target_inputs(self, params: TrialParams | None):
         """The unlabelled target texts, tokenized (their features are cached, so once a study)."""
         if params is None:

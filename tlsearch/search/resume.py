@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import optuna
 
 from tlsearch import space
+from tlsearch.backbones.frozen import frozen_part
 from tlsearch.config import StudyConfig
 from tlsearch.errors import SpaceChangedError
 from tlsearch.search.attrs import ATTR
@@ -28,6 +29,9 @@ NEW_STUDY = ("Give the study a new `name` (or another `storage`) to start a new 
 
 #: the parts of a study's meaning that need its data to be known (not checked by export)
 _DATA_FIELDS = ("data", "classes", "data.target")  # not re-read by export
+#: the meaning's format: 2 takes every backbone's fields from :class:`FrozenPart
+#: <tlsearch.backbones.frozen.FrozenPart>`; a meaning without it (1) recorded fewer fields
+VERSION_KEY, VERSION = "meaning.version", 2
 
 
 def meaning(cfg: StudyConfig, weights: Mapping[str, str], *, data: str | None = None,
@@ -35,10 +39,13 @@ def meaning(cfg: StudyConfig, weights: Mapping[str, str], *, data: str | None = 
     """Everything that changes what a trial computes, as plain JSON values.
 
     ``weights`` maps each backbone to its weights fingerprint (a content hash for files, the name
-    for hub presets); ``data`` is the data's fingerprint.
+    for hub presets); ``data`` is the data's fingerprint. What each backbone's frozen part
+    computes from is :func:`~tlsearch.backbones.frozen.frozen_part`, the declaration the feature
+    cache's key is made of.
     """
     t = cfg.training
     out: dict[str, Any] = {
+        VERSION_KEY: VERSION,
         "objective": cfg.objective,
         "direction": cfg.direction,
         "objective_params": cfg.objective_params or {},
@@ -50,15 +57,32 @@ def meaning(cfg: StudyConfig, weights: Mapping[str, str], *, data: str | None = 
         "data.image_size": cfg.data.image_size,
     }
     for e in cfg.backbone_entries:
-        out[f"backbones.{e.name}.weights"] = weights.get(e.name)
-        if e.path is not None:
-            out[f"backbones.{e.name}.preprocessing"] = e.preprocessing
-            out[f"backbones.{e.name}.block_ends"] = e.block_ends
-    if data is not None:
-        out["data"] = data
+        out.update(frozen_part(e, weights=weights.get(e.name), image_size=cfg.data.image_size,
+                               data=data, seed=cfg.seed).meaning(e.name))
     if classes is not None:
         out["classes"] = classes
     return json.loads(json.dumps(out, default=str))
+
+
+def _comparable(stored: Mapping[str, Any], now: Mapping[str, Any],
+                cfg: StudyConfig) -> tuple[Mapping[str, Any], set[str]]:
+    """(stored meaning, keys to compare with ``now``). A meaning stored in format 1 recorded, per
+    backbone, its weights, and for a ``.keras`` file its preprocessing and block_ends as written
+    (unset: None); the fields format 2 added are not held against such a study."""
+    if stored.get(VERSION_KEY) is not None:
+        return stored, set(stored) | set(now)
+    old = dict(stored)
+    keys = set(stored) | {k for k in now if not k.startswith("backbones.")} - {VERSION_KEY,
+                                                                              "data.resize"}
+    for e in cfg.backbone_entries:
+        keys.add(f"backbones.{e.name}.weights")
+        if e.path is not None:
+            for f, unset in (("preprocessing", "none"), ("block_ends", "")):
+                k = f"backbones.{e.name}.{f}"
+                keys.add(k)
+                if old.get(k, unset) is None:
+                    old[k] = unset  # what the builder reads an unset field as
+    return old, keys
 
 
 def _changes(stored: Mapping[str, Any], now: Mapping[str, Any], keys: set[str]) -> list[str]:
@@ -90,7 +114,8 @@ def check_resume(study: optuna.Study, cfg: StudyConfig, signature: dict[str, str
         if not lines:
             study.set_user_attr(ATTR["meaning"], now)
     else:
-        lines += _changes(stored, now, set(stored) | set(now))
+        stored, keys = _comparable(stored, now, cfg)
+        lines += _changes(stored, now, keys)
     if lines:
         shown = "\n".join(f"  - {line}" for line in lines)
         raise SpaceChangedError(
@@ -104,8 +129,8 @@ def check_export(study: optuna.Study, cfg: StudyConfig, now: dict[str, Any]) -> 
     stored = study.user_attrs.get(ATTR["meaning"])
     if stored is None:
         return  # stored before meanings were kept: the weights' shapes are still checked
-    keys = (set(stored) | set(now)) - set(_DATA_FIELDS)
-    lines = _changes(stored, now, keys)
+    stored, keys = _comparable(stored, now, cfg)
+    lines = _changes(stored, now, keys - set(_DATA_FIELDS))
     if lines:
         shown = "\n".join(f"  - {line}" for line in lines)
         raise SpaceChangedError(

@@ -35,11 +35,34 @@ from typing import Callable, Literal
 
 import numpy as np
 
-__all__ = ["FeatureCache", "cache_key", "cache_usage", "clear_cache"]
+__all__ = ["FeatureCache", "cache_key", "cache_usage", "clear_cache", "check_rows", "rows_differ"]
 
 _MEMORY_LIMIT = 4 << 30  # bytes of features kept in this process (memory-mapped ones not counted)
 #: entries larger than this are read memory-mapped: the pages are read as training touches them
 MMAP_BYTES = 64 << 20
+
+
+#: how far a recomputed row may lie from a stored one, relative to the rows' largest value:
+#: float32 rounding in another batch is ~1e-6 of it, features computed from anything else differ
+#: by far more than this
+CHECK_RTOL = 1e-3
+
+
+def check_rows(n: int) -> np.ndarray:
+    """The rows of a split of ``n`` that the read guard recomputes: the first and the last."""
+    return np.unique([0, n - 1]) if n else np.zeros(0, np.int64)
+
+
+def rows_differ(stored: np.ndarray, got: np.ndarray, rtol: float = CHECK_RTOL) -> str | None:
+    """Why recomputed rows ``got`` are not the ``stored`` ones (None: they agree)."""
+    stored, got = np.asarray(stored, np.float64), np.asarray(got, np.float64)
+    if stored.shape != got.shape:
+        return f"shape {stored.shape[1:]} stored, {got.shape[1:]} now"
+    scale = max(float(np.abs(stored).max(initial=0)), float(np.abs(got).max(initial=0)), 1e-6)
+    diff = float(np.abs(stored - got).max(initial=0))
+    if not np.isfinite(diff) or diff > rtol * scale:
+        return f"largest difference {diff:.3g} on values up to {scale:.3g}"
+    return None
 
 
 def cache_key(**parts) -> str:
@@ -86,14 +109,33 @@ class FeatureCache:
         self._memory: OrderedDict[str, tuple[np.ndarray, np.ndarray]] = OrderedDict()
         self._staged: dict[str, tuple[Path, str]] = {}
         self.hits = self.misses = 0
+        #: entries read from disk that the read guard checked, and those it found wrong
+        self.checks = self.rejected = 0
 
     def get_or_compute(self, key: str, compute: Callable[[], tuple[np.ndarray, np.ndarray]],
-                       describe: str = "") -> tuple[np.ndarray, np.ndarray]:
+                       describe: str = "",
+                       check: Callable[[tuple[np.ndarray, np.ndarray]], str | None] | None = None,
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        """The arrays stored under ``key``, or ``compute()``'s, stored. ``check`` guards a read
+        from disk: it recomputes a few stored rows and says why they differ (None: they agree);
+        an entry that differs was made for other inputs, and is discarded and computed again."""
         if key in self._memory:
             self._memory.move_to_end(key)
             self.hits += 1
             return self._memory[key]
         arrays = self._read(key)
+        if arrays is not None and check is not None:
+            self.checks += 1
+            why = check(arrays)
+            if why is not None:
+                self.rejected += 1
+                self.warn(f"feature cache: the stored {describe or key} are not what the frozen "
+                          f"backbone computes now from the same rows ({why}): they were computed "
+                          f"for other inputs under the same key. Discarding them and computing "
+                          f"them again.")
+                arrays = None
+                assert self.root is not None
+                shutil.rmtree(self.root / key, ignore_errors=True)
         if arrays is None:
             self.misses += 1
             arrays = compute()

@@ -16,13 +16,16 @@ from typing import Any, Callable
 import numpy as np
 
 from tlsearch.backbones import Backbone, build_backbone, resolve_weights
+from tlsearch.backbones.frozen import FEATURE_VERSION, FrozenPart, frozen_part
 from tlsearch.data import Dataset
 from tlsearch.params import OBJECTIVES, TrialParams
-from tlsearch.train.cache import MMAP_BYTES, FeatureCache, cache_key
+from tlsearch.train.cache import MMAP_BYTES, FeatureCache, cache_key, check_rows, rows_differ
+from tlsearch.train.rows import concat as _concat
+from tlsearch.train.rows import pick as _pick
+from tlsearch.train.rows import rows as _rows
 
 __all__ = ["BackboneSource", "boundary_name", "Compiler", "FEATURE_VERSION"]
 
-FEATURE_VERSION = 1  # bump when the way frozen outputs are computed changes
 #: boundaries computed ahead of need are kept in memory up to this much in all; beyond it they are
 #: filled in place on disk (up to half the cache's limit) and read back memory-mapped
 _PREFETCH_BYTES = 1 << 30
@@ -76,11 +79,6 @@ class Compiler:
         self(model, lr, steps_per_execution=16)
 
 
-def _rows(x: Any, a: int, b: int) -> Any:
-    """Rows ``a:b`` of an input: an array, or a dict of token arrays."""
-    return {k: v[a:b] for k, v in x.items()} if isinstance(x, dict) else x[a:b]
-
-
 def boundary_name(n_unfrozen: int) -> str:
     return "pooled" if n_unfrozen == 0 else f"below-top-{n_unfrozen}"
 
@@ -110,6 +108,8 @@ class BackboneSource:
         self._heads = None
         self._tops = None
         self._acceleration = None
+        #: the backbone the read guard recomputes rows with (built once for several entries)
+        self._checker: tuple[tuple[str, str], Backbone] | None = None
         #: called as ``on_features(what, rows done, rows in all, unit)`` while frozen outputs are
         #: computed (a progress display); it only watches
         self.on_features: Callable[[str, int, int, str], None] | None = None
@@ -207,17 +207,18 @@ class BackboneSource:
             del bb
         return self._max_unfreeze[name]
 
+    def frozen_part(self, name: str, boundary: str, params: TrialParams | None,
+                    data: str | None = None) -> FrozenPart:
+        """What the frozen output ``boundary`` of backbone ``name`` is computed from: the
+        declaration that the study's stored meaning reads too."""
+        return frozen_part(self.entries[name], weights=self.weights(name)[1],
+                           image_size=self.image_size, data=data or self.dataset.fingerprint,
+                           seed=self.seed, output=boundary,
+                           trial_options=self.key_options(params, boundary))
+
     def _key(self, name: str, boundary: str, params: TrialParams | None,
              data: str | None = None) -> str:
-        import keras
-
-        _, fingerprint = self.weights(name)
-        if fingerprint == "random":
-            fingerprint = f"random:seed={self.seed}"
-        return cache_key(backbone=name, weights=fingerprint, size=self.image_size,
-                         data=data or self.dataset.fingerprint, boundary=boundary,
-                         options=self.key_options(params, boundary), keras=keras.__version__,
-                         version=FEATURE_VERSION)
+        return cache_key(**self.frozen_part(name, boundary, params, data).key_parts())
 
     def target_inputs(self, params: TrialParams | None):
         """The unlabelled target data as the backbone's model takes it (text: token arrays)."""
@@ -242,8 +243,13 @@ class BackboneSource:
             f = np.concatenate(parts).astype(np.float32)
             return f, np.zeros((0, *f.shape[1:]), np.float32)
 
+        def check(arrays):
+            return self.check_stored(arrays, (self.target_inputs(params), None),
+                                     lambda bb: bb.model.output, name, params, None)
+
         key = self._key(name, "pooled", params, data="target:" + data.target_fingerprint)
-        return self.cache.get_or_compute(key, compute, describe=f"{name} target pooled")[0]
+        return self.cache.get_or_compute(key, compute, describe=f"{name} target pooled",
+                                         check=check)[0]
 
     def frozen_outputs(self, name: str, n_unfrozen: int, params: TrialParams | None = None,
                        backbone: Backbone | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -292,8 +298,48 @@ class BackboneSource:
             finally:
                 cache.discard()
 
+        def check(arrays):
+            return self.check_stored(
+                arrays, self.inputs(params),
+                lambda bb: bb.model.output if n_unfrozen == 0 else bb.boundary_output(n_unfrozen),
+                name, params, backbone)
+
         key = self._key(name, boundary_name(n_unfrozen), params)
-        return cache.get_or_compute(key, compute, describe=f"{name} {boundary_name(n_unfrozen)}")
+        return cache.get_or_compute(key, compute, describe=f"{name} {boundary_name(n_unfrozen)}",
+                                    check=check)
+
+    def check_stored(self, arrays: tuple[np.ndarray, np.ndarray], inputs: tuple[Any, Any],
+                     output: Callable[[Backbone], Any], name: str, params: TrialParams | None,
+                     backbone: Backbone | None) -> str | None:
+        """The read guard: recompute the first and last stored row of each split through the
+        frozen backbone, in inference mode as the fill runs it, in one small batch, and say why
+        they differ from the stored ones (None: they agree). It catches an entry that a key
+        missing some input served to the wrong study."""
+        import keras
+
+        picked = [(np.asarray(stored[rows]), _pick(x, rows))
+                  for stored, x in zip(arrays, inputs) if x is not None
+                  for rows in [check_rows(len(stored))] if len(rows)]
+        if not picked:
+            return None
+        if backbone is None:
+            opts = self.options(params)
+            if self._checker is None or self._checker[0] != (name, repr(opts)):
+                self._checker = ((name, repr(opts)), self.build(name, params))
+            backbone = self._checker[1]
+        model = keras.Model(backbone.model.input, output(backbone))
+        x = _concat([x for _, x in picked])
+        stored = np.concatenate([s for s, _ in picked])
+        return rows_differ(self.comparable(x, stored), self.comparable(x, self.recompute(model, x)))
+
+    def recompute(self, model: Any, x: Any) -> np.ndarray:
+        """``model``'s output on a few rows ``x`` for the read guard: one call, inference mode."""
+        return np.asarray(model(x, training=False), np.float32)
+
+    def comparable(self, x: Any, out: np.ndarray) -> np.ndarray:
+        """The part of frozen outputs ``out`` of inputs ``x`` that means something (text: the
+        real tokens' positions, not the padding's)."""
+        return out
 
     def _predict_into(self, model: Any, wanted: list[int], staged: set[int],
                       n_rows: tuple[int, int], name: str, params: TrialParams | None):
