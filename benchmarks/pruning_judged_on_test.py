@@ -174,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget-seconds", type=float, default=160.0)
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--max-trials", type=int, default=None, help="also stop a study at N trials")
+    p.add_argument("--n-train", type=int, default=common.FULL.n_train)
+    p.add_argument("--n-val", type=int, default=common.FULL.n_val)
+    p.add_argument("--image-size", type=int, default=common.FULL.image_size)
     p.add_argument("--tiny", action="store_true", help="tiny_cnn on the sample data, seconds")
     p.add_argument("--out", type=Path, help="write the numbers as JSON here")
     args = p.parse_args(argv)
@@ -183,7 +186,9 @@ def main(argv: list[str] | None = None) -> int:
         budget, max_trials = 60.0, args.max_trials or 4
         base = replace(common.TINY, stage1_epochs=2, stage2_epochs=3)
     else:
-        budget, max_trials, base = args.budget_seconds, args.max_trials, common.FULL
+        budget, max_trials = args.budget_seconds, args.max_trials
+        base = replace(common.FULL, n_train=args.n_train, n_val=args.n_val,
+                       image_size=args.image_size)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
