@@ -35,7 +35,7 @@ from tlsearch.search.resume import check_resume, meaning
 from tlsearch.search.sqlite_probe import check_sqlite_writable
 from tlsearch.search.locks import is_connection_error, study_lock
 from tlsearch.search.quiet import quiet_interrupts
-from tlsearch.search.samplers import make_pruner, make_sampler
+from tlsearch.search.samplers import make_pruner, make_sampler, pruning_note
 from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing
 from tlsearch.search.tracking import Listeners, open_listeners
 from tlsearch.search.workers import DONE, WAIT, Claims
@@ -109,6 +109,9 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
         warn(line)
     cw_map = class_weight_map(cfg, data)
     check_objective(cfg, data)
+    note = pruning_note(cfg)
+    if note is not None:
+        warn(note)
     cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), warn=warn) \
         if cfg.cache.enabled else None
     kind = modalities.get(modality)
