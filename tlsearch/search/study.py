@@ -247,6 +247,8 @@ def make_objective(prep: PreparedStudy, progress: Progress,
         trial.set_user_attr(ATTR["best_step"], result.best_step)
         trial.set_user_attr(ATTR["best_stage"], result.best_stage)
         trial.set_user_attr(ATTR["seconds"], round(result.seconds, 3))
+        if result.value_se is not None:
+            trial.set_user_attr(ATTR["value_se"], result.value_se)
         trial.set_user_attr(ATTR["cached"], result.cached)
         if result.domain is not None:
             trial.set_user_attr(ATTR["domain"], result.domain)
