@@ -281,10 +281,10 @@ def noise(c: dict[str, dict]) -> float | None:
     ``sqrt(se_frozen^2 + se_fine-tuned^2)``, None unless both trials stored one. Both are measured
     on the same validation examples, whose errors the two trials partly share, so this is if
     anything larger than the true one: a gap beyond it is no accident of the split."""
-    ses = [c[k].get("se") for k in ("frozen", "fine-tuned")]
-    if any(se is None or not math.isfinite(se) for se in ses):
+    a, b = (c[k].get("se") for k in ("frozen", "fine-tuned"))
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
         return None
-    return math.hypot(*ses)
+    return math.hypot(float(a), float(b))
 
 
 def verdict_lines(study, cfg) -> list[str]:
