@@ -414,3 +414,29 @@ def test_trials_store_the_standard_error_of_their_value(tmp_path, image_folder):
                 assert se == pytest.approx((t.value * (1 - t.value) / 9) ** 0.5)
             else:
                 assert 0.0 < se < t.value
+
+
+def test_value_se_per_objective():
+    """Binomial for accuracy, the standard error of the mean for the loss, a seeded bootstrap for
+    the rest (shrinking as the validation set grows)."""
+    from tlsearch.train.validation import value_se
+
+    rng = np.random.default_rng(0)
+
+    def preds(n):
+        y = rng.integers(0, 3, n)
+        p = rng.dirichlet(np.ones(3), n)
+        p[np.arange(n), y] += 0.5
+        return p / p.sum(1, keepdims=True), y
+
+    p, y = preds(400)
+    a = np.mean(p.argmax(1) == y)
+    assert value_se("val_accuracy", p, y) == pytest.approx(np.sqrt(a * (1 - a) / 400))
+    losses = -np.log(p[np.arange(400), y])
+    assert value_se("val_loss", p, y) == pytest.approx(losses.std(ddof=1) / 20)
+    assert value_se("val_loss", p, np.eye(3)[y]) == value_se("val_loss", p, y)  # one-hot labels
+    small = value_se("val_macro_f1", *preds(100))
+    large = value_se("val_macro_f1", *preds(1600))
+    assert 0 < large < small / 2
+    assert value_se("val_macro_f1", p, y) == value_se("val_macro_f1", p, y)  # seeded
+    assert np.isnan(value_se("val_loss", p[:1], y[:1]))

@@ -88,8 +88,14 @@ def predict_validation(model, validation_data, y_val=None, batch_size: int = 256
     with its labels (so a shuffling dataset stays aligned)."""
     if not _is_dataset(validation_data):
         assert y_val is not None
-        return np.asarray(model.predict(validation_data, batch_size=batch_size, verbose=0)), \
-            np.asarray(y_val)
+        # called eagerly, batch by batch: model.predict sets up an epoch iterator and traces a
+        # function for every new model, which costs more than a small head's whole pass
+        x = validation_data
+        n = len(next(iter(x.values())) if isinstance(x, dict) else x)
+        out = [np.asarray(model(
+            {k: v[i:i + batch_size] for k, v in x.items()} if isinstance(x, dict)
+            else x[i:i + batch_size], training=False)) for i in range(0, n, batch_size)]
+        return np.concatenate(out), np.asarray(y_val)
     ps, ys = [], []
     for batch in validation_data:
         if isinstance(batch, tuple) and len(batch) >= 2:
