@@ -225,3 +225,66 @@ def test_dev_is_flagged_when_the_domains_do_not_overlap():
     diag = dev_diagnostics(w)
     assert not diag["reliable"]
     assert diag["effective_sample_size"] < 20 or diag["mean_weight"] < 0.5
+
+
+def _separable_trial(n_source: int = 120, n_target: int = 80, n_target_val: int = 40):
+    """A trial whose source and target features separate perfectly (first axis +5 vs -5) while the
+    class sits on the second axis in both domains; the study has labelled target data."""
+    from types import SimpleNamespace
+
+    from tlsearch.data import Dataset
+    from tlsearch.params import TrialParams
+    from tlsearch.train.pipeline import Schedule
+
+    rng = np.random.default_rng(4)
+
+    def domain(n, shift):
+        y = np.arange(n) % 2
+        f = rng.normal(size=(n, 4)) * 0.5
+        f[:, 0] += shift
+        f[:, 1] += np.where(y == 1, 2.0, -2.0)
+        return f.astype(np.float32), y.astype(np.int64)
+
+    f_s, y_s = domain(n_source, 5.0)
+    f_tv, y_tv = domain(n_target_val, -5.0)
+    f_t, _ = domain(n_target, -5.0)
+    data = Dataset("image", np.zeros((n_source, 1)), y_s, np.zeros((n_target_val, 1)), y_tv,
+                   ["a", "b"])
+    data.target_validation = True
+    source = SimpleNamespace(frozen_outputs=lambda name, k, p: (f_s, f_tv),
+                             target_outputs=lambda name, p: f_t)
+    state = SimpleNamespace(params=TrialParams("tiny_cnn", domain_lambda_max=0.5),
+                            schedule=Schedule(seed=0), data=data, source=source)
+    w2 = np.zeros((4, 2), np.float32)
+    w2[1] = [-2.0, 2.0]
+    weights = {"clf_dense": [np.eye(4, dtype=np.float32), np.full(4, 10.0, np.float32)],
+               "clf_out": [w2, np.array([20.0, -20.0], np.float32)]}
+    return state, weights
+
+
+def test_domain_report_with_target_labels_compares_source_with_target():
+    """With `data.target_validation` the validation data *is* target data: the domain classifier
+    and DEV must see the source's features on one side, not the target's on both (a domain
+    accuracy of 0.6 where the domains separate perfectly, a DEV risk of -3235)."""
+    from tlsearch.train.dann_stage import domain_report
+
+    state, weights = _separable_trial()
+    r = domain_report(state, weights)
+    assert r["on"] == "target_validation"
+    assert r["val_accuracy"] == 1.0  # judged on the labelled target data, as before
+    assert r["domain_accuracy"] > 0.95
+    assert r["dev_risk"] is not None and 0.0 <= r["dev_risk"] <= 10.0, r["dev_risk"]
+    assert r["dev_reliable"] is False  # the domains do not overlap: DEV rests on nothing
+
+
+def test_dev_risk_stays_within_the_losses_when_the_weights_blow_up():
+    """Importance weights far from their expected mean of 1 (here 1e3 to 1e6: what a
+    discriminator that separates the domains gives the examples it calls target): the control
+    variate extrapolates to a mean weight of 1 and gave -40065 from losses between 0.004 and 2.8.
+    A weighted mean of losses cannot leave their range."""
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        w = 10 ** rng.uniform(3, 6, 40)
+        losses = rng.exponential(0.5, 40)
+        risk = dev_risk(np.zeros((40, 1)), losses, np.zeros((10, 1)), weights=w)
+        assert losses.min() <= risk <= losses.max(), (seed, risk)

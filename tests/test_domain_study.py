@@ -257,3 +257,50 @@ def test_keras_tuner_refuses_label_free_selection(tmp_path):
 
     with pytest.raises(UserError, match="`data.target` without `data.target_validation`"):
         TransferHyperModel(load_config(_da_study(tmp_path)))
+
+
+# ---- pruning without target labels -------------------------------------------------------------
+
+
+def _without_pruner_section(study: Path) -> Path:
+    raw = yaml.safe_load(study.read_text())
+    raw.pop("pruner", None)  # the default pruner, as a user who never wrote one gets it
+    study.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return study
+
+
+def test_label_free_study_does_not_prune_on_the_source_loss(tmp_path, capsys):
+    """The epochs report the source validation loss, but a label-free trial is judged by
+    bound_proxy on its last epoch: the default pruner would drop the adapted trials (their source
+    loss is the higher one) for the wrong reason. Pruning is off, and start-up says why."""
+    import optuna
+
+    from tlsearch.config import load_config
+    from tlsearch.search.samplers import make_pruner
+
+    study = _without_pruner_section(_da_study(tmp_path, n_trials=4))
+    cfg = load_config(study)
+    assert cfg.pruner.type == "median"  # what the file leaves to the default
+    assert isinstance(make_pruner(cfg), optuna.pruners.NopPruner)
+    assert main(["run", str(study)]) == 0
+    out = capsys.readouterr()
+    said = (out.out + out.err).replace("\n", " ")
+    assert said.count("pruning off") == 1 and "bound_proxy" in said
+    s = _load(study, "da")
+    assert [t.state.name for t in s.trials] == ["COMPLETE"] * 4
+    # with labelled target data every epoch reports the value that judges the trial: it prunes
+    labelled = cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"target_validation": Path("target-val")})})
+    assert not isinstance(make_pruner(labelled), optuna.pruners.NopPruner)
+
+
+def test_a_pruner_asked_for_on_a_label_free_study_is_refused(tmp_path, capsys):
+    study = _da_study(tmp_path, pruner={"type": "median"})
+    assert main(["validate", str(study)]) == 2
+    err = capsys.readouterr().err
+    assert "`pruner.type`" in err and "bound_proxy" in err
+    assert main(["run", str(study)]) == 2
+    assert not (tmp_path / "da.db").exists()  # nothing written
+    raw = yaml.safe_load(study.read_text())
+    study.write_text(yaml.safe_dump({**raw, "pruner": {"type": "none"}}))
+    assert main(["validate", str(study)]) == 0

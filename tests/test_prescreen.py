@@ -169,3 +169,57 @@ def test_a_study_searches_only_the_kept_backbones(tmp_path, image_folder):
     kept = ranking[0][0]
     assert {t.user_attrs["tlsearch.params"]["backbone"] for t in s.trials} == {kept}
     assert "backbone" not in s.trials[0].params  # one backbone left: not a searched parameter
+
+
+def _text_csv(path, n: int = 40):
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    pos, neg = ["good film", "great movie", "fun and fine"], ["bad film", "awful movie", "dull"]
+    y = np.arange(n) % 2
+    texts = [f"{(pos if v else neg)[rng.integers(3)]} . the plot was fine" for v in y]
+    pd.DataFrame({"text": texts, "label": np.where(y == 1, "pos", "neg")}).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("max_length, scored", [([16, 24], {16, 24}),
+                                                 ({"low": 8, "high": 24}, {8, 24})])
+def test_a_text_study_prescreens_each_pooling_and_max_length_it_can_choose(tmp_path, max_length,
+                                                                          scored):
+    """Text features depend on the trial's pooling and max_length: each backbone is scored with
+    every combination the study can choose (a range: its two ends) and ranked by its best. (It
+    ended every text study in a raw ValueError, which `validate` let through.) A choice a backbone
+    refuses (a decoder's `cls` pooling) is left out of its scores."""
+    import optuna
+
+    from conftest import write_study
+    from tlsearch.cli import main
+    from tlsearch.config import load_config
+
+    _text_csv(tmp_path / "reviews.csv")
+    study = write_study(tmp_path / "t.yaml", name="tp", n_trials=1,
+                        data={"path": "reviews.csv", "validation_split": 0.25},
+                        backbones=["tiny_bert", "tiny_gpt2"],
+                        prescreen={"method": "logme", "keep": 1},
+                        training={"stage1_epochs": 1, "stage2_epochs": 0, "batch_size": 8},
+                        search={"unfreeze_blocks": 0, "head_width": 8,
+                                "pooling": "mean", "max_length": max_length})
+    assert main(["validate", "--data", str(study)]) == 0
+    assert main(["run", str(study)]) == 0
+    cfg = load_config(study)
+    s = optuna.load_study(study_name=cfg.name, storage=cfg.storage_url)
+    ranking = s.user_attrs["tlsearch.prescreen"]
+    assert sorted(n for n, _ in ranking) == ["tiny_bert", "tiny_gpt2"]
+    assert all(np.isfinite(score) for _, score in ranking)
+    kept = ranking[0][0]
+    assert {t.user_attrs["tlsearch.params"]["backbone"] for t in s.trials} == {kept}
+    # the ranking is each backbone's best over the choices, and every choice was scored
+    from tlsearch.search.inputs import prescreen_options
+
+    opts = prescreen_options(cfg, "text")
+    assert {o["max_length"] for o in opts} == scored and {o["pooling"] for o in opts} == {"mean"}
+    both = cfg.model_copy(update={"search": cfg.search.model_copy(
+        update={"pooling": ["cls", "mean"]})})
+    opts = prescreen_options(both, "text")
+    assert {o["pooling"] for o in opts} == {"cls", "mean"} and len(opts) == 4
+    assert prescreen_options(both, "image") == [{}]

@@ -326,6 +326,7 @@ def test_output_samples_match_the_code(site, text_export, capsys):
         elif first.startswith("verdict:"):
             src = (REPO / "tlsearch" / "report" / "sections.py").read_text()
             assert "fine-tuning pays" in src and "feature extraction is enough" in src
+            assert "no clear difference" in src
         elif first.startswith("exporting best trial"):
             _check_export_sample(body, site, capsys)
         elif first == "tlsearch/":

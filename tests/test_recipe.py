@@ -301,15 +301,19 @@ def test_old_studies_resume_new_parameters_read_as_off():
 
 
 def _fake_study(trials: list[tuple], test: dict | None = None):
-    """A study of complete trials: (unfreeze_blocks, value, seconds, stored bytes[, best stage])
-    each; the best stage defaults to 2 for a trial that unfreezes blocks."""
+    """A study of complete trials: (unfreeze_blocks, value, seconds, stored bytes[, best stage[,
+    standard error of the value]]) each; the best stage defaults to 2 for a trial that unfreezes
+    blocks."""
     study = optuna.create_study(direction="maximize")
     for u, value, seconds, size, *stage in trials:
+        stage, se = (stage + [None, None])[:2]
         t = study.ask()
+        if se is not None:
+            t.set_user_attr("tlsearch.value_se", se)
         t.set_user_attr("tlsearch.params", {"backbone": "tiny_cnn", "unfreeze_blocks": u})
         t.set_user_attr("tlsearch.seconds", seconds)
         t.set_user_attr("tlsearch.artifact", {"size": size})
-        t.set_user_attr("tlsearch.best_stage", stage[0] if stage else (2 if u else 1))
+        t.set_user_attr("tlsearch.best_stage", stage if stage else (2 if u else 1))
         study.tell(t, value)
     if test:
         study.set_user_attr("tlsearch.test", test)
@@ -358,3 +362,81 @@ def test_a_best_epoch_in_stage_1_counts_for_feature_extraction():
     from tlsearch.report.sections import SECTIONS
 
     assert "#1 (its stage 1; it went on to 9 blocks)" in SECTIONS[-1](study, cfg).html
+
+
+def test_a_verdict_within_the_noise_says_no_clear_difference():
+    """0.90 against 0.88 on 100 validation examples (binomial standard errors 0.030 and 0.032):
+    the 0.02 gap is within one standard error of the difference, so neither side 'pays'."""
+    from tlsearch.report.sections import SECTIONS, verdict_lines
+
+    cfg = parse_config({"name": "t", "n_trials": 1, "data": {"path": "x"},
+                        "backbones": ["tiny_cnn"], "objective": "val_accuracy"})
+    se = lambda p, n=100: (p * (1 - p) / n) ** 0.5  # noqa: E731
+    close = _fake_study([(0, 0.88, 2.0, 4000, None, se(0.88)),
+                         (2, 0.90, 20.0, 40000, None, se(0.90))])
+    (line,) = verdict_lines(close, cfg)
+    assert line.startswith("no clear difference"), line
+    assert "0.9000 ± 0.0300" in line and "0.8800 ± 0.0325" in line
+    assert "within one standard error" in line and "10.0x the seconds" in line
+    assert "0.9000 ± 0.0300" in SECTIONS[-1](close, cfg).html
+    # a clear gap keeps the verdict, now with its standard errors
+    clear = _fake_study([(0, 0.70, 2.0, 4000, None, se(0.70)),
+                         (2, 0.90, 20.0, 40000, None, se(0.90))])
+    (line,) = verdict_lines(clear, cfg)
+    assert line.startswith("fine-tuning pays") and "± 0.0300" in line
+    frozen_clear = _fake_study([(0, 0.90, 2.0, 4000, None, se(0.90)),
+                                (2, 0.70, 20.0, 40000, None, se(0.70))])
+    (line,) = verdict_lines(frozen_clear, cfg)
+    assert line.startswith("feature extraction is enough")
+    # the same gap with ten times the examples is clear
+    big = _fake_study([(0, 0.88, 2.0, 4000, None, se(0.88, 1000)),
+                       (2, 0.90, 20.0, 40000, None, se(0.90, 1000))])
+    assert verdict_lines(big, cfg)[0].startswith("fine-tuning pays")
+
+
+def test_trials_store_the_standard_error_of_their_value(tmp_path, image_folder):
+    """A real study: each trial stores the standard error of its value over the validation
+    examples (binomial for accuracy, of the mean per-example loss for the loss)."""
+    from conftest import write_study
+    from tlsearch.cli import main
+
+    for objective in ("val_accuracy", "val_loss"):
+        study = write_study(tmp_path / f"{objective}.yaml", name=objective, n_trials=2,
+                            objective=objective,
+                            training={"stage1_epochs": 2, "stage2_epochs": 1, "batch_size": 8},
+                            search={"unfreeze_blocks": [0, 1], "head_width": 8})
+        assert main(["run", str(study), "--quiet"]) == 0
+        s = optuna.load_study(study_name=objective,
+                              storage=f"sqlite:///{tmp_path / (objective + '.db')}")
+        for t in s.trials:
+            se = t.user_attrs["tlsearch.value_se"]
+            if objective == "val_accuracy":  # 9 validation images (a 0.25 split of 36)
+                assert se == pytest.approx((t.value * (1 - t.value) / 9) ** 0.5)
+            else:
+                assert 0.0 < se < t.value
+
+
+def test_value_se_per_objective():
+    """Binomial for accuracy, the standard error of the mean for the loss, a seeded bootstrap for
+    the rest (shrinking as the validation set grows)."""
+    from tlsearch.train.validation import value_se
+
+    rng = np.random.default_rng(0)
+
+    def preds(n):
+        y = rng.integers(0, 3, n)
+        p = rng.dirichlet(np.ones(3), n)
+        p[np.arange(n), y] += 0.5
+        return p / p.sum(1, keepdims=True), y
+
+    p, y = preds(400)
+    a = np.mean(p.argmax(1) == y)
+    assert value_se("val_accuracy", p, y) == pytest.approx(np.sqrt(a * (1 - a) / 400))
+    losses = -np.log(p[np.arange(400), y])
+    assert value_se("val_loss", p, y) == pytest.approx(losses.std(ddof=1) / 20)
+    assert value_se("val_loss", p, np.eye(3)[y]) == value_se("val_loss", p, y)  # one-hot labels
+    small = value_se("val_macro_f1", *preds(100))
+    large = value_se("val_macro_f1", *preds(1600))
+    assert 0 < large < small / 2
+    assert value_se("val_macro_f1", p, y) == value_se("val_macro_f1", p, y)  # seeded
+    assert np.isnan(value_se("val_loss", p[:1], y[:1]))

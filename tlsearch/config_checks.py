@@ -100,10 +100,17 @@ def domain_problems(cfg: Any) -> list[str]:
                             "stage2_epochs: 0, or give labelled target data in "
                             "`data.target_validation`")
         if cfg.objective != "val_loss":
-            problems.append(f"`objective`: without `data.target_validation` trials are pruned on "
-                            f"the source validation loss and judged by a label-free risk proxy "
-                            f"(lower is better), not by {cfg.objective}; use val_loss or give "
-                            f"`data.target_validation`")
+            problems.append(f"`objective`: without `data.target_validation` each epoch reports "
+                            f"the source validation loss and trials are judged by a label-free "
+                            f"risk proxy (lower is better), not by {cfg.objective}; use val_loss "
+                            f"or give `data.target_validation`")
+        if "type" in cfg.pruner.model_fields_set and cfg.pruner.type != "none":
+            problems.append(f"`pruner.type`: without `data.target_validation` trials are judged "
+                            f"by bound_proxy on their last epoch, but a pruner judges the source "
+                            f"validation loss each epoch reports, and would remove the adapted "
+                            f"trials first; got {cfg.pruner.type!r}: set `pruner: {{type: none}}` "
+                            f"or leave `pruner` out (then nothing is pruned), or give labelled "
+                            f"target data in `data.target_validation`")
     return problems
 
 

@@ -26,7 +26,8 @@ def domain_section(study, cfg) -> Section | None:
         "each trial's kept head, on the validation data ("
         + ("the labelled target data" if labelled else "the source: no target labels") +
         "), and a fresh linear classifier's accuracy at telling the head's features of the two "
-        "domains apart (0.5: aligned). Without target labels the trial value is bound_proxy = "
+        "domains apart (source "
+        + ("training" if labelled else "validation") + " against held-out target; 0.5: aligned). Without target labels the trial value is bound_proxy = "
         "validation error + (2 x domain accuracy - 1), a heuristic that cannot guarantee target "
         "accuracy; DEV is shown for comparison and is unreliable when the domains barely overlap.")
     if not trials:

@@ -52,7 +52,11 @@ def domain_pca_section(study, cfg) -> Section | None:
     p = trial_params(bt)
     cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), warn=lambda *a: None)
     source = modalities.get(modality).make_source(cfg, data, cache)
-    f_va = np.asarray(source.frozen_outputs(p.backbone, 0, p)[1])
+    # the validation split is target data when the study has target labels: the source side is
+    # then the source training split
+    labelled = bool(data.target_validation)
+    f_va = np.asarray(source.frozen_outputs(p.backbone, 0, p)[0 if labelled else 1])
+    split = "training" if labelled else "validation"
     f_t = np.asarray(source.target_outputs(p.backbone, p))
     f_t = f_t[target_split(len(f_t), cfg.seed)[1]]
     rng = np.random.default_rng(cfg.seed)
@@ -64,12 +68,12 @@ def domain_pca_section(study, cfg) -> Section | None:
     for col, (a, b) in enumerate(((f_va, f_t), (head_outputs(weights, f_va)[0],
                                                  head_outputs(weights, f_t)[0])), 1):
         pa, pb = pca_2d(a, b)
-        for pts, name, color in ((pa, "source (validation)", "#4C72B0"),
+        for pts, name, color in ((pa, f"source ({split})", "#4C72B0"),
                                  (pb, "target (held out)", "#DD8452")):
             fig.add_scatter(x=pts[:, 0], y=pts[:, 1], mode="markers", name=name,
                             marker=dict(size=4, color=color, opacity=0.6), legendgroup=name,
                             showlegend=col == 1, row=1, col=col)
-    s.intro = (f"Trial #{bt.number}: {len(f_va)} source validation and {len(f_t)} held-out target "
+    s.intro = (f"Trial #{bt.number}: {len(f_va)} source {split} and {len(f_t)} held-out target "
                f"examples, each panel projected on its own first two principal axes. Overlapping "
                f"clouds mean features that do not give the domain away; they do not show that the "
                f"classes line up across domains.")

@@ -228,9 +228,10 @@ def _gain_section(study, cfg) -> Section:
 def frozen_vs_finetuned(study, cfg) -> dict[str, dict] | None:
     """The best complete frozen-only trial (``unfreeze_blocks`` 0: feature extraction) and the best
     fine-tuned one, each with what it cost: ``{"frozen": {...}, "fine-tuned": {...}}`` with the
-    trial, its objective, its held-out test accuracy (where the study's test evaluation is of that
-    trial), its seconds, the median seconds of its kind's complete trials and its stored weights'
-    size in bytes; None unless both kinds completed.
+    trial, its objective and the standard error of it over the validation examples (None where
+    the trial did not store one), its held-out test accuracy (where the study's test evaluation
+    is of that trial), its seconds, the median seconds of its kind's complete trials and its stored
+    weights' size in bytes; None unless both kinds completed.
 
     A trial's value is that of its best epoch, so a trial that unfroze blocks but scored best at a
     stage-1 epoch got it from a head on frozen features: it counts as feature extraction (its
@@ -259,6 +260,7 @@ def frozen_vs_finetuned(study, cfg) -> dict[str, dict] | None:
                      "seconds": best.user_attrs.get(ATTR["seconds"]),
                      "median_seconds": statistics.median(seconds) if seconds else None,
                      "bytes": best.user_attrs.get(ARTIFACT_ATTR, {}).get("size"),
+                     "se": best.user_attrs.get(ATTR["value_se"]),
                      "unfreeze_blocks": best.user_attrs.get(ATTR["params"], {}).get(
                          "unfreeze_blocks", 0)}
     return out
@@ -268,10 +270,28 @@ def _ratio(a, b) -> str:
     return f"{a / b:.1f}x" if a and b else "?x"
 
 
+def _with_se(side: dict) -> str:
+    """A side's value, with its standard error where it was measured."""
+    se = side.get("se")
+    return f"{side['value']:.4f}" + (f" ± {se:.4f}" if se is not None else "")
+
+
+def noise(c: dict[str, dict]) -> float | None:
+    """The standard error of the difference between the two sides of :func:`frozen_vs_finetuned`:
+    ``sqrt(se_frozen^2 + se_fine-tuned^2)``, None unless both trials stored one. Both are measured
+    on the same validation examples, whose errors the two trials partly share, so this is if
+    anything larger than the true one: a gap beyond it is no accident of the split."""
+    a, b = (c[k].get("se") for k in ("frozen", "fine-tuned"))
+    if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+        return None
+    return math.hypot(float(a), float(b))
+
+
 def verdict_lines(study, cfg) -> list[str]:
     """One line: does fine-tuning beat feature extraction on this study, and at what cost (the
     run summary prints it; the report's section leads with it). Empty unless both kinds of trial
-    completed."""
+    completed. A gap smaller than one standard error of the difference (:func:`noise`) is "no
+    clear difference": the validation data cannot tell the two apart."""
     c = frozen_vs_finetuned(study, cfg)
     if c is None:
         return []
@@ -279,17 +299,23 @@ def verdict_lines(study, cfg) -> list[str]:
     gain = better_sign(cfg.direction) * (ft["value"] - fr["value"])
     cost = (f"{_ratio(ft['median_seconds'], fr['median_seconds'])} the seconds per trial and "
             f"{_ratio(ft['bytes'], fr['bytes'])} the stored weights")
+    frozen_kind = "head-only result" if fr["unfreeze_blocks"] else "frozen-only"
+    se = noise(c)
+    if se is not None and abs(gain) < se:
+        return [f"no clear difference: best fine-tuned trial #{ft['trial']} {cfg.objective} "
+                f"{_with_se(ft)} vs {_with_se(fr)} for the best {frozen_kind} #{fr['trial']}, "
+                f"within one standard error of the difference ({se:.4f}); fine-tuning costs "
+                f"{cost}"]
     if gain > 0:
         return [f"fine-tuning pays: best fine-tuned trial #{ft['trial']} {cfg.objective} "
-                f"{ft['value']:.4f} vs {fr['value']:.4f} for the best "
-                f"{'head-only result' if fr['unfreeze_blocks'] else 'frozen-only'} #{fr['trial']}, "
+                f"{_with_se(ft)} vs {_with_se(fr)} for the best {frozen_kind} #{fr['trial']}, "
                 f"at {cost}"]
-    which = (f"the best head-only result ({cfg.objective} {fr['value']:.4f}: trial "
+    which = (f"the best head-only result ({cfg.objective} {_with_se(fr)}: trial "
              f"#{fr['trial']} at a stage-1 epoch, which then fine-tuned {fr['unfreeze_blocks']} "
              f"blocks without doing better)" if fr["unfreeze_blocks"]
-             else f"the best frozen-only trial #{fr['trial']} ({cfg.objective} {fr['value']:.4f})")
+             else f"the best frozen-only trial #{fr['trial']} ({cfg.objective} {_with_se(fr)})")
     return [f"feature extraction is enough: {which} is at least as good as the best fine-tuned "
-            f"#{ft['trial']} ({ft['value']:.4f}), which costs {cost}"]
+            f"#{ft['trial']} ({_with_se(ft)}), which costs {cost}"]
 
 
 def _fmt(v, spec: str, unit: str = "") -> str:
@@ -311,7 +337,8 @@ def _extraction_section(study, cfg) -> Section:
     first = (f"#{fr['trial']} (its stage 1; it went on to {fr['unfreeze_blocks']} blocks)"
              if fr["unfreeze_blocks"] else f"#{fr['trial']}")
     rows = [("best trial", first, f"#{ft['trial']} ({ft['unfreeze_blocks']} blocks)"),
-            (cfg.objective, f"{fr['value']:.4f}", f"{ft['value']:.4f}"),
+            (cfg.objective + (" ± standard error" if noise(c) is not None else ""),
+             _with_se(fr), _with_se(ft)),
             ("held-out test accuracy", _fmt(fr["test_accuracy"], ".4f"),
              _fmt(ft["test_accuracy"], ".4f")),
             ("seconds (best trial)", _fmt(fr["seconds"], ".1f"), _fmt(ft["seconds"], ".1f")),

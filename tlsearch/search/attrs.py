@@ -45,6 +45,7 @@ ATTR = {
     "stopped": "tlsearch.stopped",
     "target": "tlsearch.target",  # study: the fingerprint of `data.target`
     "domain": "tlsearch.domain",  # trial: its domain-adaptation criterion and report
+    "value_se": "tlsearch.value_se",  # trial: the standard error of its value (validation)
 }
 
 #: the user attribute naming the process that runs a trial: ``host:pid:start``

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from tlsearch import modalities, space
 from tlsearch.backbones import build_backbone, resolve_weights
 from tlsearch.config import StudyConfig
@@ -18,8 +20,31 @@ from tlsearch.search.storage import redact_url
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.pipeline import class_weights
 
-__all__ = ["prescreen", "config_snapshot", "check_inputs", "check_writable", "study_weights", "caps",
-           "check_objective", "class_weight_map", "resolve_objective_params"]
+__all__ = ["prescreen", "prescreen_options", "config_snapshot", "check_inputs", "check_writable",
+           "study_weights", "caps", "check_objective", "class_weight_map",
+           "resolve_objective_params"]
+
+
+def prescreen_options(cfg: StudyConfig, modality: str) -> list[dict]:
+    """The choices a backbone's pooled features depend on, as the study can make them: for text,
+    every ``pooling`` x ``max_length`` combination (a range of ``max_length``: its two ends, each
+    costing a forward pass over the training texts); for images, one empty set of choices."""
+    from tlsearch._schema import Range
+    from tlsearch.params import PARAMS
+
+    if modality != "text":
+        return [{}]
+    entries = space.space_entries(cfg, modality)
+    choices = {}
+    for name in ("pooling", "max_length"):
+        spec = entries.get(name, PARAMS[name].default)
+        if isinstance(spec, Range):
+            values = sorted({int(spec.low), int(spec.high)})
+        else:
+            values = list(dict.fromkeys(spec if isinstance(spec, list) else [spec]))
+        choices[name] = values
+    return [{"pooling": p, "max_length": int(m)}
+            for p in choices["pooling"] for m in choices["max_length"]]
 
 
 def prescreen(cfg: StudyConfig, source: BackboneSource, data: Dataset,
@@ -27,25 +52,48 @@ def prescreen(cfg: StudyConfig, source: BackboneSource, data: Dataset,
     """The study file with only the ``prescreen.keep`` best-ranked backbones, and the whole
     ranking (best first). Scored on the training examples' frozen pooled features only (never the
     validation labels), which the cached stage-1 trials reuse: the ranking costs the forward pass
-    the study needs anyway, plus seconds. Deterministic, so every worker keeps the same ones."""
-    from tlsearch.prescreen import rank_backbones
+    the study needs anyway, plus seconds. Deterministic, so every worker keeps the same ones.
+
+    Where the pooled features depend on choices the study makes (text: pooling and
+    ``max_length``, :func:`prescreen_options`), each backbone is scored with every choice and
+    ranked by its best: a backbone is worth keeping if some recipe the study can try suits it."""
+    from tlsearch.params import TrialParams
+    from tlsearch.prescreen import METHODS, rank_backbones
     from tlsearch.train.cache import FeatureCache
 
     p = cfg.prescreen
     names = [e.name for e in cfg.backbone_entries]
     if p is None or len(names) <= p.keep:
         return cfg, []
+    options = prescreen_options(cfg, data.modality)
+
+    def best_features(name: str):
+        scored, refused = [], None
+        for opts in options:
+            params = TrialParams(name, **opts) if opts else None
+            try:
+                f = source.frozen_outputs(name, 0, params)[0]
+            except UserError as e:  # a choice this backbone refuses (a decoder's `cls` pooling)
+                refused = e
+                continue
+            scored.append((METHODS[p.method](f, data.y_train), f))
+        if not scored:
+            assert refused is not None
+            raise refused
+        return max(scored, key=lambda r: r[0] if np.isfinite(r[0]) else -np.inf)[1]
+
     if source.cache is None:  # cache.enabled: false: features for the ranking only, in memory
         source.cache = FeatureCache(None, 1 << 62)
         try:
-            feats = {n: (source.frozen_outputs(n, 0)[0], data.y_train) for n in names}
+            feats = {n: (best_features(n), data.y_train) for n in names}
         finally:
             source.cache = None
     else:
-        feats = {n: (source.frozen_outputs(n, 0)[0], data.y_train) for n in names}
+        feats = {n: (best_features(n), data.y_train) for n in names}
     ranking = rank_backbones(feats, len(names), method=p.method)
     kept = {n for n, _ in ranking[:p.keep]}
-    warn(f"  prescreen ({p.method}): " + ", ".join(
+    over = f", best of {len(options)} pooling x max_length choices" if len(options) > 1 else ""
+    warn(f"  prescreen ({p.method}{over}): " + ", ".join(
         f"{n} {s:.4f}{'' if n in kept else ' (dropped)'}" for n, s in ranking))
     entries = [e for e in cfg.backbone_entries if e.name in kept]
     return cfg.model_copy(update={"backbones": entries}), ranking

@@ -11,7 +11,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from tlsearch.config import StudyConfig
 
-__all__ = ["TrialSeededSampler", "make_sampler", "make_pruner"]
+__all__ = ["TrialSeededSampler", "make_sampler", "make_pruner", "pruning_note"]
 
 
 class TrialSeededSampler(optuna.samplers.BaseSampler):
@@ -62,10 +62,32 @@ def make_sampler(cfg: StudyConfig) -> optuna.samplers.BaseSampler:
                                              multivariate=True, group=True), seed)
 
 
+def _label_free(cfg: StudyConfig) -> bool:
+    return cfg.data.target is not None and cfg.data.target_validation is None
+
+
+def pruning_note(cfg: StudyConfig) -> str | None:
+    """Why this study prunes nothing although its file asked for no such thing, said once at
+    start-up; None when it prunes as its file says."""
+    if _label_free(cfg) and cfg.pruner.type != "none":
+        return (f"pruning off: without `data.target_validation` a trial is judged by "
+                f"{cfg.value_name} on its last epoch, which the source validation loss its epochs "
+                f"report does not measure (it would prune the adapted trials first)")
+    return None
+
+
 def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     """The study file's pruner; unless ``pruner.prune_stage1`` (or a study without stage 2), inside a
     :class:`~tlsearch.search.stage_pruning.StageAwarePruner`, which judges running bests from
-    stage 2 on and hands it stage-2 epochs counted from 0."""
+    stage 2 on and hands it stage-2 epochs counted from 0.
+
+    A study with ``data.target`` and no labelled target data prunes nothing: its epochs report
+    the *source* validation loss, but its trials are judged by the label-free ``bound_proxy`` of
+    their last epoch, and adaptation trades source loss for alignment, so a pruner on the source
+    loss removes exactly the adapted trials (:func:`pruning_note` says so at start-up; a pruner
+    the file asks for is refused by :func:`tlsearch.config_checks.domain_problems`)."""
+    if _label_free(cfg):
+        return optuna.pruners.NopPruner()
     if cfg.pruner.prune_stage1 or cfg.training.stage2_epochs == 0 or cfg.pruner.type == "none":
         return _optuna_pruner(cfg, cfg.training.stage1_epochs + cfg.training.stage2_epochs)
     inner = _optuna_pruner(cfg, cfg.training.stage2_epochs)  # it sees stage-2 epochs only

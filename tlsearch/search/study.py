@@ -35,7 +35,7 @@ from tlsearch.search.resume import check_resume, meaning
 from tlsearch.search.sqlite_probe import check_sqlite_writable
 from tlsearch.search.locks import is_connection_error, study_lock
 from tlsearch.search.quiet import quiet_interrupts
-from tlsearch.search.samplers import make_pruner, make_sampler
+from tlsearch.search.samplers import make_pruner, make_sampler, pruning_note
 from tlsearch.search.stage_pruning import pruning_cost
 from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing
 from tlsearch.search.tracking import Listeners, open_listeners
@@ -110,6 +110,9 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
         warn(line)
     cw_map = class_weight_map(cfg, data)
     judged_by = resolve_objective_params(cfg, data)
+    note = pruning_note(cfg)
+    if note is not None:
+        warn(note)
     cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), warn=warn) \
         if cfg.cache.enabled else None
     kind = modalities.get(modality)
@@ -251,6 +254,8 @@ def make_objective(prep: PreparedStudy, progress: Progress,
         trial.set_user_attr(ATTR["best_step"], result.best_step)
         trial.set_user_attr(ATTR["best_stage"], result.best_stage)
         trial.set_user_attr(ATTR["seconds"], round(result.seconds, 3))
+        if result.value_se is not None:
+            trial.set_user_attr(ATTR["value_se"], result.value_se)
         trial.set_user_attr(ATTR["cached"], result.cached)
         if result.domain is not None:
             trial.set_user_attr(ATTR["domain"], result.domain)

@@ -90,6 +90,14 @@ def dev_risk(source_val_features, source_val_losses, target_features, *,
     lowers the variance that large weights bring. Unbiased under covariate shift in feature space
     with exact weights; see the module notes for what it does not promise. ``weights`` skips the
     discriminator (computed by :func:`dev_weights`).
+
+    The control variate extrapolates the weighted loss to a mean weight of 1, so when the weights'
+    mean is far from 1 (domains a discriminator separates: weights of 1e-6 or 1e6) the estimate is
+    unbounded; it gave -40065 from losses between 0.004 and 2.8. The paper regularises the
+    discriminator (here: its strength chosen on held-out log loss, :func:`_discriminator`) but does
+    not bound the result; here it is clipped to the range of the losses it reweights, where any
+    weighted mean of them lies. ``dev_reliable`` (:func:`dev_diagnostics`) says when that happened
+    for a reason.
     """
     losses = np.asarray(source_val_losses, dtype=np.float64).ravel()
     w = (dev_weights(source_val_features, target_features,
@@ -100,9 +108,11 @@ def dev_risk(source_val_features, source_val_losses, target_features, *,
     wl = w * losses
     var_w = np.var(w, ddof=1)
     if not var_w > 0:  # all weights equal: nothing to correct
-        return float(np.mean(wl))
-    eta = -np.cov(wl, w, ddof=1)[0, 1] / var_w
-    return float(np.mean(wl) + eta * np.mean(w) - eta)
+        risk = float(np.mean(wl))
+    else:
+        eta = -np.cov(wl, w, ddof=1)[0, 1] / var_w
+        risk = float(np.mean(wl) + eta * np.mean(w) - eta)
+    return float(np.clip(risk, losses.min(), losses.max()))
 
 
 def dev_diagnostics(weights) -> dict[str, Any]:

@@ -89,18 +89,26 @@ def head_outputs(weights: dict[str, list[np.ndarray]], f: np.ndarray
     return h, z / z.sum(axis=1, keepdims=True)
 
 
+def _losses(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Per-example cross-entropy of class probabilities for integer labels."""
+    return -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
+
+
 def domain_report(state: TrialState, weights: dict[str, list[np.ndarray]]) -> dict[str, Any]:
     """How the kept head sees both domains, from its weights on the cached pooled features.
 
     * ``val_loss``, ``val_accuracy`` on the validation data: the source's, or the labelled target
       data when the study has it (``on`` says which);
     * ``domain_accuracy``: a fresh linear domain classifier on the head's hidden features of
-      validation vs held-out target examples (0.5: the domains look alike to it);
+      source vs held-out target examples (0.5: the domains look alike to it). The source side is
+      the source validation split; with labelled target data, which takes the validation split's
+      place, it is the source training split (the only source examples there are);
     * ``bound_proxy``: validation error + (2 x domain_accuracy - 1), the two measurable terms of
       Ben-David et al.'s bound on the target error: the label-free criterion;
     * ``dev_risk`` with ``dev_reliable``, ``dev_effective_sample_size``, ``dev_mean_weight``:
-      Deep Embedded Validation (You et al., 2019), for comparison; unreliable when the features of
-      the domains barely overlap (:mod:`tlsearch.train.dann_selection`).
+      Deep Embedded Validation (You et al., 2019), for comparison, on the same source examples and
+      their losses; unreliable when the features of the domains barely overlap
+      (:mod:`tlsearch.train.dann_selection`).
     """
     from tlsearch.train.dann_selection import (dev_diagnostics, dev_risk, dev_weights,
                                                heldout_domain_accuracy)
@@ -109,21 +117,30 @@ def domain_report(state: TrialState, weights: dict[str, list[np.ndarray]]) -> di
     f_tr, f_va = state.source.frozen_outputs(p.backbone, 0, p)
     f_t = state.source.target_outputs(p.backbone, p)
     f_t = f_t[target_split(len(f_t), s.seed)[1]]
-    h_tr, _ = head_outputs(weights, f_tr)
+    h_tr, probs_tr = head_outputs(weights, f_tr)
     h_va, probs = head_outputs(weights, f_va)
     h_t, _ = head_outputs(weights, f_t)
     y = np.asarray(data.y_val)
-    losses = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
+    losses = _losses(probs, y)
     accuracy = float(np.mean(probs.argmax(1) == y))
-    dacc = heldout_domain_accuracy(h_va, h_t, seed=s.seed)
+    labelled = bool(data.target_validation)
+    if labelled:
+        # the validation data is target data: the source side is the source's only labelled
+        # examples, the training split (the head has seen them, so DEV's losses are optimistic)
+        h_src, src_losses, h_fit = h_tr, _losses(probs_tr, np.asarray(data.y_train)), None
+    else:
+        h_src, src_losses, h_fit = h_va, losses, h_tr
+    dacc = heldout_domain_accuracy(h_src, h_t, seed=s.seed)
     out: dict[str, Any] = {
-        "adapted": adapts(p), "on": "target_validation" if data.target_validation else "source",
+        "adapted": adapts(p), "on": "target_validation" if labelled else "source",
         "val_loss": float(losses.mean()), "val_accuracy": accuracy,
         "domain_accuracy": dacc, "bound_proxy": (1.0 - accuracy) + (2.0 * dacc - 1.0),
         "held_out_target": int(len(h_t)),
     }
-    w = dev_weights(h_va, h_t, source_train_features=h_tr, seed=s.seed)
-    out["dev_risk"] = dev_risk(h_va, losses, h_t, weights=w)
+    # with source training features the discriminator is fitted on them (as in the paper) and
+    # the weighted examples are new to it; without (they are the weighted examples), cross-fitted
+    w = dev_weights(h_src, h_t, source_train_features=h_fit, seed=s.seed)
+    out["dev_risk"] = dev_risk(h_src, src_losses, h_t, weights=w)
     out.update({"dev_" + k: v for k, v in dev_diagnostics(w).items()})
     return {k: (None if isinstance(v, float) and not math.isfinite(v) else v)
             for k, v in out.items()}

@@ -118,6 +118,10 @@ class TrialResult:
     #: with ``data.target``: the criterion and how the kept head sees both domains
     #: (:func:`tlsearch.train.dann_stage.domain_report`)
     domain: dict | None = None
+    #: the standard error of ``value`` over the validation examples
+    #: (:func:`tlsearch.train.validation.value_se`); None where it was not measured (a DANN
+    #: epoch, a label-free value)
+    value_se: float | None = None
 
     def history_dicts(self) -> list[dict]:
         return [r.to_dict() for r in self.history]
@@ -140,6 +144,8 @@ class _Tracker:
         self.keep_last = keep_last
         self.best: EpochRecord | None = None
         self.weights: dict[str, list[np.ndarray]] = {}
+        #: the standard error of the best epoch's value, where it was measured
+        self.se: float | None = None
 
     def update(self, record: EpochRecord, layers: list) -> None:
         v = record.value(self.objective)
@@ -150,6 +156,7 @@ class _Tracker:
             if (v <= b) if self.maximize else (v >= b):
                 return
         self.best = record
+        self.se = None
         self.weights = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in layers
                         if layer.weights}
 
@@ -161,7 +168,10 @@ class _Tracker:
 
 
 def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, history: list,
-                    keys: tuple[str, ...] = METRIC_KEYS, on_batch=None):
+                    keys: tuple[str, ...] = METRIC_KEYS, on_batch=None, spread=None):
+    """The Keras callback that records each epoch, keeps the best, and hands it on.
+    ``spread(model, record)``, when given, measures the standard error of an epoch that becomes
+    the best (:func:`_spread`: on improving epochs only)."""
     import keras
 
     class _Hook(keras.callbacks.Callback):
@@ -186,6 +196,8 @@ def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, histo
                     f"at step {rec.step} (stage {stage}); try a lower learning rate"
                 )
             tracker.update(rec, layers)
+            if spread is not None and tracker.best is rec:
+                tracker.se = spread(self.model, rec)
             if on_epoch is not None:
                 on_epoch(rec)
 
@@ -197,6 +209,25 @@ def _image_dataset(x, y, batch_size: int):
     import tensorflow as tf
 
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _spread(schedule: Schedule, x_val, y_val, batch_size: int):
+    """``(model, epoch record) -> the standard error of the epoch's value`` over the validation
+    examples (:func:`tlsearch.train.validation.value_se`). ``val_accuracy``'s is binomial, read
+    off the epoch; the others take one pass over the validation data."""
+    n = len(y_val)
+
+    def measure(model, rec: EpochRecord) -> float:
+        from tlsearch.train.validation import predict_validation, value_se
+
+        if schedule.objective == "val_accuracy":
+            a = rec.value("val_accuracy")
+            return math.sqrt(a * (1.0 - a) / n) if n > 1 and 0.0 <= a <= 1.0 else math.nan
+        p, y = predict_validation(model, x_val, None if hasattr(x_val, "element_spec") else y_val,
+                                  batch_size)
+        return value_se(schedule.objective, p, y, schedule.objective_params)
+
+    return measure
 
 
 def default_stages() -> list[Stage]:
@@ -266,7 +297,8 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
             x_train, x_val, _ = own
         callbacks = [*(own[2] if own is not None else ()),
                      _epoch_callback(stage, tracker, layers, on_epoch, history,
-                                     schedule.metric_keys, on_batch)]
+                                     schedule.metric_keys, on_batch,
+                                     None if label_free else _spread(schedule, x_val, y_va, bs))]
         if OBJECTIVES[schedule.objective].needs_callback:
             from tlsearch.train.validation import ValidationMetrics
 
@@ -305,10 +337,12 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     best = tracker.best
     if best is None:
         raise NonFiniteLoss("no epoch produced a finite objective")
+    se = tracker.se if tracker.se is not None and math.isfinite(tracker.se) else None
     result = TrialResult(
         value=best.value(schedule.objective), best_step=best.step, best_stage=best.stage,
         history=history, weights=tracker.weights, unfrozen_blocks=state.unfrozen,
         cached=state.use_cache and state.cached, seconds=time.perf_counter() - t0,
+        value_se=None if label_free else se,
     )
     if schedule.domain_selection and best.stage == 1 and state.use_cache:
         from tlsearch.train.dann_stage import domain_report
