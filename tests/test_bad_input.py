@@ -161,6 +161,19 @@ def class_weight_for_an_unknown_class(d):
     return [], "`training.class_weight`: unknown classes ['triangle']"
 
 
+def specificity_above_one(d):
+    """It passed the checks, created the study and failed its first trial with a traceback."""
+    _edit(d / "study.yaml", objective="val_sens_at_spec",
+          objective_params={"specificity": 1.5, "positive": "circle"})
+    return [], "`objective_params`: `specificity`: expected a required specificity in (0, 1], got 1.5"
+
+
+def negative_class_weight_for_the_objective(d):
+    _edit(d / "study.yaml", objective="val_weighted_loss",
+          objective_params={"class_weight": {"circle": -1, "square": 1}})
+    return [], "`objective_params`: `class_weight`: expected `balanced`, a mapping of class"
+
+
 def workers_zero(d):
     return ["--workers", "0"], "`--workers`: expected at least 1"
 
@@ -468,7 +481,8 @@ CASES = [
     unknown_key, unknown_nested_key, low_above_high, log_range_from_zero, unknown_backbone,
     wrong_type, missing_data_path, lr_stage2_above_lr_stage1, no_budget, grace_not_above_interval,
     split_out_of_range, empty_choices, unknown_objective, not_yaml,
-    class_weight_for_an_unknown_class, workers_zero, workers_beyond_memory,
+    class_weight_for_an_unknown_class, specificity_above_one,
+    negative_class_weight_for_the_objective, workers_zero, workers_beyond_memory,
     corrupt_image, truncated_image, empty_image, unsupported_format, empty_class_folder,
     single_class, too_few_images, npz_with_wrong_keys, npz_labels_do_not_match, not_an_npz,
     data_file_of_unknown_format,
