@@ -271,7 +271,7 @@ def _param_problem(name: str, v: object) -> str | None:
         if v in ("balanced", "auto"):
             return None
         if weights is None or not all(number(w) and float(w) >= 0 for w in weights) \
-                or not any(float(w) > 0 for w in weights):  # type: ignore[arg-type]
+                or not any(float(w) > 0 for w in weights):
             return (f"expected `balanced`, a mapping of class to weight or a list of weights, "
                     f"each a number >= 0 and not all 0, got {v!r}")
     return None
