@@ -22,7 +22,7 @@ if os.environ.get("TLSEARCH_TEST_FAKE_TRIAL"):
     _SECONDS = float(os.environ["TLSEARCH_TEST_FAKE_TRIAL"])
 
     def _fake_run_trial(params, schedule, data, source, on_epoch=None, on_stage=None,
-                        stages=None, on_batch=None):
+                        stages=None, on_batch=None, **_):
         steps = schedule.stage1_epochs + schedule.stage2_epochs
         value = abs(np.log10(params.lr_stage1) + 2.5) + params.dropout
         history = []
