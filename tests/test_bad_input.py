@@ -165,13 +165,13 @@ def specificity_above_one(d):
     """It passed the checks, created the study and failed its first trial with a traceback."""
     _edit(d / "study.yaml", objective="val_sens_at_spec",
           objective_params={"specificity": 1.5, "positive": "circle"})
-    return [], "`objective_params`: `specificity`: expected a required specificity in (0, 1], got 1.5"
+    return [], "`objective_params.specificity`: expected a required specificity in (0, 1], got 1.5"
 
 
 def negative_class_weight_for_the_objective(d):
     _edit(d / "study.yaml", objective="val_weighted_loss",
           objective_params={"class_weight": {"circle": -1, "square": 1}})
-    return [], "`objective_params`: `class_weight`: expected `balanced`, a mapping of class"
+    return [], "`objective_params.class_weight`: expected `balanced`, a mapping of class"
 
 
 def workers_zero(d):

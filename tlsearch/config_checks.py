@@ -12,7 +12,7 @@ import math
 from typing import Any
 
 from tlsearch._schema import Range
-from tlsearch.params import OBJECTIVES, PARAMS, Param, objective_params
+from tlsearch.params import OBJECTIVES, PARAMS, ObjectiveParamsError, Param, objective_params
 
 __all__ = ["semantic_problems", "search_problems", "numeric_bounds"]
 
@@ -31,6 +31,8 @@ def semantic_problems(cfg: Any) -> list[str]:
     if cfg.objective in OBJECTIVES:
         try:
             objective_params(OBJECTIVES[cfg.objective], cfg.objective_params)
+        except ObjectiveParamsError as e:
+            problems += e.problems
         except ValueError as e:
             problems.append(f"`objective_params`: {e}")
     for i, entry in enumerate(cfg.backbone_entries):

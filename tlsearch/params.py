@@ -247,24 +247,31 @@ def objective_params(obj: Objective, params: Mapping[str, object] | None) -> dic
     if unknown:
         raise ValueError(f"objective {obj.name!r} takes no parameter {sorted(unknown)}; "
                          f"it takes {sorted(obj.params) or 'none'}")
-    problems = [f"`{k}`: {why}" for k, v in given.items() if (why := _param_problem(k, v))]
+    problems = [f"`objective_params.{k}`: {why}" for k, v in given.items()
+                if (why := _param_problem(k, v))]
     if problems:
-        raise ValueError("; ".join(problems))
+        raise ObjectiveParamsError(problems)
     return {**obj.params, **given}
+
+
+class ObjectiveParamsError(ValueError):
+    """Objective parameters out of range: one problem a line, each naming its field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def _param_problem(name: str, v: object) -> str | None:
     """What is wrong with one objective parameter's value, or None: checked before the study is
-    created (a specificity of 1.5 failed the first trial with Optuna's traceback)."""
+    created (a specificity of 1.5 failed the first trial with Optuna's traceback). ``positive``
+    is checked against the classes once the data is read (:func:`positive_index`)."""
     def number(x: object) -> bool:
         return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
     if name in ("specificity", "sensitivity"):
         if not (number(v) and 0.0 < float(v) <= 1.0):  # type: ignore[arg-type]
             return f"expected a required {name} in (0, 1], got {v!r}"
-    elif name == "positive":
-        if isinstance(v, bool) or not isinstance(v, (int, str)) or (isinstance(v, int) and v < 0):
-            return f"expected a class name or its index (0, 1, ...), got {v!r}"
     elif name == "class_weight":
         weights = list(v.values()) if isinstance(v, Mapping) else v if isinstance(v, list) \
             else None
