@@ -21,7 +21,7 @@ from tlsearch.train.features import BackboneSource
 from tlsearch.train.pipeline import class_weights
 
 __all__ = ["prescreen", "prescreen_options", "config_snapshot", "check_inputs", "check_writable",
-           "study_weights", "caps", "check_objective", "class_weight_map",
+           "study_weights", "caps", "class_weight_map",
            "resolve_objective_params"]
 
 
@@ -144,11 +144,6 @@ def caps(cfg: StudyConfig, source: BackboneSource) -> dict[str, int]:
     if space.max_unfreeze_searched(cfg) == 0:
         return {}
     return {e.name: source.max_unfreeze(e.name) for e in cfg.backbone_entries}
-
-
-def check_objective(cfg: StudyConfig, data: Dataset) -> None:
-    """The objective's parameters fit the data (a screening objective's positive class exists)."""
-    resolve_objective_params(cfg, data)
 
 
 def resolve_objective_params(cfg: StudyConfig, data: Dataset) -> dict[str, object]:
