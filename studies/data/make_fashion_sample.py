@@ -2,9 +2,12 @@
 
 Fashion-MNIST (MIT licence) comes from Debian's ``dataset-fashion-mnist`` package
 (``apt-get install dataset-fashion-mnist``). The sample in ``fashion-sample/`` was made with the
-defaults below and is committed, so the quickstart needs no download.
+defaults below and is committed, so the quickstart needs no download. Its held-out test set,
+``fashion-test/``, holds 40 images a class from Fashion-MNIST's own test split (images the training
+sample cannot contain):
 
     python studies/data/make_fashion_sample.py --per-class 60 --out studies/data/fashion-sample
+    python studies/data/make_fashion_sample.py --split test --per-class 40 --out studies/data/fashion-test
 """
 
 from __future__ import annotations
