@@ -79,6 +79,7 @@ def _study_file(tmp: Path) -> Path:
     spec = yaml.safe_load(STUDY.read_text())
     spec["n_trials"] = 1
     spec["data"]["path"] = str(STUDY.parent / spec["data"]["path"])
+    spec["data"].pop("test", None)  # export cost only: the test set is not read
     spec["training"].update(stage1_epochs=1, stage2_epochs=1)
     spec["search"]["unfreeze_blocks"] = 6
     spec["storage"] = f"sqlite:///{tmp}/export-bench.db"

@@ -13,11 +13,14 @@ from tlsearch.cli import main
 @pytest.mark.slow
 def test_quickstart_end_to_end_beats_training_from_scratch(tmp_path, capsys):
     raw = yaml.safe_load((REPO / "studies" / "quickstart.yaml").read_text())
-    raw["data"]["path"] = str(REPO / "studies" / raw["data"]["path"])
+    for key in ("path", "test"):  # the study file's folders, read from the repository
+        raw["data"][key] = str(REPO / "studies" / raw["data"][key])
     study_file = tmp_path / "quickstart.yaml"
     study_file.write_text(yaml.safe_dump(raw))
     assert main(["run", str(study_file)]) == 0
-    assert "optuna-dashboard" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "optuna-dashboard" in out
+    assert "held-out test set (data.test)" in out  # the chosen trial judged on unseen images
     study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{tmp_path}/quickstart.db")
     finished = [t for t in study.trials if t.state.is_finished()]
     assert len(finished) == raw["n_trials"]
@@ -26,7 +29,8 @@ def test_quickstart_end_to_end_beats_training_from_scratch(tmp_path, capsys):
     acc = next(h["val_accuracy"] for h in best.user_attrs["tlsearch.history"] if h["step"] == step)
 
     # the same data and head on a small network trained from random weights, every block training
-    scratch = dict(raw, name="scratch", n_trials=1, backbones=["tiny_cnn"],
+    data = {k: v for k, v in raw["data"].items() if k != "test"}
+    scratch = dict(raw, name="scratch", data=data, n_trials=1, backbones=["tiny_cnn"],
                    training={"stage1_epochs": 2, "stage2_epochs": 10, "batch_size": 32,
                              "keep_bn_frozen": False},
                    search={"unfreeze_blocks": 4, "head_width": 128, "dropout": 0.2,
