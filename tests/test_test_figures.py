@@ -182,6 +182,28 @@ def test_every_macro_f1_is_the_same_number():
     assert float(macro_row(y, pred)[3]) == pytest.approx(expected, abs=5e-4)
 
 
+def test_held_out_figures_carry_their_standard_errors():
+    """Test figures come with how far they would move on another test set of the same size: the
+    binomial error of accuracy and the standard error of the mean crossentropy, printed as ±."""
+    import numpy as np
+
+    from tlsearch.evaluation import evaluate_probabilities
+    from tlsearch.export.evaluate import format_evaluation
+
+    p = np.array([[.9, .1], [.2, .8], [.6, .4], [.3, .7], [.55, .45]])
+    y = np.array([0, 1, 1, 1, 0])
+    out = evaluate_probabilities(p, y, ["a", "b"])
+    assert out["accuracy"] == pytest.approx(0.8)
+    assert out["accuracy_se"] == pytest.approx((0.8 * 0.2 / 5) ** 0.5)
+    ce = -np.log(p[np.arange(5), y])
+    assert out["loss_se"] == pytest.approx(np.std(ce, ddof=1) / 5 ** 0.5)
+    line = format_evaluation(out, "test").splitlines()[0]
+    assert f"accuracy 0.8000 ± {out['accuracy_se']:.4f}" in line
+    assert f"± {out['loss_se']:.4f}" in line
+    old = {k: v for k, v in out.items() if not k.endswith("_se")}  # stored before: no ±
+    assert "±" not in format_evaluation(old, "test").splitlines()[0]
+
+
 # ------------------------------------------------------------ every test evaluation is kept
 
 

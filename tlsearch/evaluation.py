@@ -56,6 +56,7 @@ def evaluate_probabilities(probs: np.ndarray, y: np.ndarray, classes: list[str],
         "accuracy": float(np.mean(pred == y)),
         "macro_f1": f1_of_labels(pred, y),
         "macro_auc": float(auc),
+        **_standard_errors(probs, y, pred),
         "per_class": {c: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
                           "support": int(n[i])} for i, c in enumerate(classes)},
     }
@@ -70,6 +71,20 @@ def evaluate_probabilities(probs: np.ndarray, y: np.ndarray, classes: list[str],
                                                                               objective_params),
                                 decision))
     return out
+
+
+def _standard_errors(probs: np.ndarray, y: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """How far accuracy and loss would move on another sample of the same size: the binomial
+    ``sqrt(a (1 - a) / n)`` and the standard error of the mean per-example crossentropy (NaN with
+    fewer than two examples)."""
+    n = len(y)
+    if n < 2:
+        return {"accuracy_se": float("nan"), "loss_se": float("nan")}
+    a = float(np.mean(pred == y))
+    p = np.clip(probs / np.sum(probs, axis=1, keepdims=True), 1e-7, 1 - 1e-7)
+    ce = -np.log(p[np.arange(n), np.asarray(y, dtype=np.int64)])
+    return {"accuracy_se": float(np.sqrt(a * (1 - a) / n)),
+            "loss_se": float(np.std(ce, ddof=1) / np.sqrt(n))}
 
 
 def _operating_point(name: str, pred: np.ndarray, y: np.ndarray, classes: list[str],

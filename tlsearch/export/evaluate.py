@@ -76,13 +76,20 @@ def format_evaluation(result: dict[str, Any], title: str) -> str:
     """A few plain lines: the headline numbers, then one line per class."""
     if not result:
         raise UserError("nothing was evaluated")
-    head = (f"{title}: {result['n']} examples, accuracy {result['accuracy']:.4f}, loss "
-            f"{result['loss']:.4f}, macro F1 {result['macro_f1']:.4f}, macro AUC "
+    head = (f"{title}: {result['n']} examples, accuracy {result['accuracy']:.4f}"
+            f"{_se(result, 'accuracy_se')}, loss {result['loss']:.4f}{_se(result, 'loss_se')}, "
+            f"macro F1 {result['macro_f1']:.4f}, macro AUC "
             f"{result['macro_auc']:.4f}")
     rows = [f"  {c:<20} precision {m['precision']:.3f}  recall {m['recall']:.3f}  "
             f"F1 {m['f1']:.3f}  support {m['support']}" for c, m in result["per_class"].items()]
     point = describe_operating_point(result)
     return "\n".join([head, *([point] if point else []), *rows])
+
+
+def _se(result: dict[str, Any], key: str) -> str:
+    """`` ± 0.0207`` where the standard error is known (results stored before it was kept: "")."""
+    se = result.get(key)
+    return f" ± {se:.4f}" if isinstance(se, float) and se == se else ""
 
 
 def evaluate_best_on_test(cfg: Any, study: Any, data: Any) -> dict[str, Any] | None:

@@ -52,9 +52,10 @@ def evaluation_section(study, cfg, url) -> Section:
     cm = confusion_matrix(y, pred, labels=list(range(k)))
     p, r, f, n = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
     acc = float((pred == y).mean())
+    acc_se = (acc * (1 - acc) / len(y)) ** 0.5 if len(y) > 1 else float("nan")
     s.intro = (f"Trial #{bt.number} at its best epoch (step {bt.user_attrs.get(ATTR['best_step'])}),"
                f" rebuilt from its stored weights, on the {len(y)} {where}: accuracy "
-               f"{acc:.3f}. Rows are the true class, columns the predicted one.")
+               f"{acc:.3f} ± {acc_se:.3f} (standard error). Rows are the true class, columns the predicted one.")
     row_sum = cm.sum(axis=1, keepdims=True)
     share = np.divide(cm, row_sum, out=np.zeros_like(cm, dtype=float), where=row_sum > 0)
     fig = go.Figure(go.Heatmap(
