@@ -30,6 +30,7 @@ import numpy as np
 
 from tlsearch import modalities
 from tlsearch._hashing import sha256_file
+from tlsearch.data import Dataset
 from tlsearch.errors import UserError
 from tlsearch.export.capture import convert_quietly
 from tlsearch.export.card import CARD_FILE, model_card
@@ -304,7 +305,7 @@ def write_export(cfg, model, modality: Modality, out_dir: str | Path, record: di
 
 
 def _evaluate_on_test(cfg, model, modality: Modality, record: dict,
-                      log: Callable[[str], None], dataset=None) -> dict:
+                      log: Callable[[str], None], dataset: Dataset | None = None) -> dict:
     """The exported trial on the held-out test set (``data.test``): what production can expect,
     decided by the export's own rule (a screening objective's stored threshold), with the
     standard errors of its figures. ``dataset``: the study's data, already read with its test
@@ -313,7 +314,7 @@ def _evaluate_on_test(cfg, model, modality: Modality, record: dict,
     from tlsearch.evaluation import describe_operating_point, evaluate_probabilities
 
     classes = record["classes"]
-    if dataset is not None and dataset.x_test is not None:
+    if dataset is not None and dataset.x_test is not None and dataset.y_test is not None:
         x, y = dataset.x_test, dataset.y_test
     else:
         x, y, _ = load_labelled(cfg.data, cfg.data.test, classes, base_dir=cfg.base_dir,

@@ -14,11 +14,17 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from tlsearch.errors import UserError
+
+if TYPE_CHECKING:
+    import optuna
+
+    from tlsearch.config import DataConfig, StudyConfig
+    from tlsearch.data import Dataset
 
 __all__ = ["study_facts", "data_provenance", "test_errors", "versions"]
 
@@ -43,7 +49,8 @@ def versions(modality: str, onnx: bool = False) -> dict[str, str]:
     return out
 
 
-def study_facts(cfg: Any, study: Any, frozen: Any) -> dict[str, Any]:
+def study_facts(cfg: StudyConfig, study: optuna.Study, frozen: optuna.trial.FrozenTrial
+                ) -> dict[str, Any]:
     """What the study knows about trial ``frozen`` beyond its figures: the standard error of its
     value, the objective's parameters it was judged by, where it sits against the fences of the
     search space, the study's data fingerprint, and which trials the test set has judged."""
@@ -78,14 +85,14 @@ def _counts(y: np.ndarray, classes: list[str]) -> dict[str, int]:
     return {c: int(n) for c, n in zip(classes, np.bincount(y, minlength=len(classes)))}
 
 
-def _paths(data_cfg: Any) -> dict[str, str]:
+def _paths(data_cfg: DataConfig) -> dict[str, str]:
     """The data's paths as the study file writes them (relative to it, unless written absolute)."""
     return {name: str(getattr(data_cfg, name)) for name in
             ("path", "validation", "test", "target", "target_validation")
             if getattr(data_cfg, name, None) is not None}
 
 
-def _split(cfg: Any) -> dict[str, Any]:
+def _split(cfg: StudyConfig) -> dict[str, Any]:
     d = cfg.data
     given = d.target_validation if d.target_validation is not None else d.validation
     if given is not None:
@@ -94,7 +101,8 @@ def _split(cfg: Any) -> dict[str, Any]:
     return {"method": "stratified random", "seed": cfg.seed, "validation_split": d.validation_split}
 
 
-def data_provenance(cfg: Any, record: dict, log: Callable[[str], None]) -> tuple[dict, Any]:
+def data_provenance(cfg: StudyConfig, record: dict, log: Callable[[str], None]
+                    ) -> tuple[dict, Dataset | None]:
     """(``metadata["data"]``, the :class:`~tlsearch.data.Dataset` read, or None when it could not
     be read or is not the data the study was run on)."""
     from tlsearch.data import fingerprint, load_dataset
@@ -140,8 +148,8 @@ def data_provenance(cfg: Any, record: dict, log: Callable[[str], None]) -> tuple
     return out, ds
 
 
-def test_errors(objective: str, probs: np.ndarray, y: np.ndarray, result: dict,
-                params: dict | None) -> dict[str, float]:
+def test_errors(objective: str, probs: np.ndarray, y: np.ndarray, result: dict[str, Any],
+                params: dict[str, Any] | None) -> dict[str, float]:
     """Standard errors of the test figures: how far they would move on another test set of the
     same size. Accuracy binomial, loss the standard error of a mean, and the study's objective
     bootstrapped where it is neither (not for a screening objective, whose figure is at a stored
