@@ -112,7 +112,7 @@ def data_provenance(cfg: StudyConfig, record: dict, log: Callable[[str], None]
     try:
         ds = load_dataset(cfg.data, base_dir=cfg.base_dir, image_size=cfg.data.image_size,
                           seed=cfg.seed)
-    except UserError as e:
+    except (UserError, OSError, ValueError) as e:  # the weights are exported without it
         # the study file's folder left out: the record names paths as the study file gives them
         out["not_read"] = str(e).splitlines()[0].replace(f"{cfg.base_dir}{os.sep}", "")
         log(f"  data: not read at export ({out['not_read']}); its counts are not recorded")
