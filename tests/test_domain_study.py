@@ -170,6 +170,9 @@ def test_label_free_study_adapts_and_records_the_domain_game(tmp_path):
     assert meta["domain_adaptation"]["adapted"] is True
     assert meta["domain_adaptation"]["target_fingerprint"] == s.user_attrs["tlsearch.target"]
     assert meta["domain_adaptation"]["criterion"] == "bound_proxy"
+    assert meta["data"]["examples"]["target"] == 36
+    assert meta["data"]["target_fingerprint"] == s.user_attrs["tlsearch.target"]
+    assert "chosen without target labels" in (out / "MODEL_CARD.md").read_text()
     import keras
 
     import tlsearch

@@ -288,6 +288,9 @@ def test_tiny_text_study_end_to_end(tmp_path, text_csv):
     out = tmp_path / "export"
     assert main(["export", str(study), "--out", str(out), "--formats", ""]) == 0
     predictor = tlsearch.load(out)
+    versions = predictor.metadata["versions"]  # what loading a text export needs
+    assert versions["keras-hub"] and versions["tensorflow-text"]
+    assert predictor.metadata["data"]["examples"] == {"train": 36, "validation": 12}
     texts = ["a great fun film", "dull and awful acting"]
     rows = predictor.predict(texts)
     probs = predictor.predict_proba(texts)

@@ -20,7 +20,6 @@ import datetime as _dt
 import json
 import math
 import os
-import platform
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -31,10 +30,14 @@ import numpy as np
 
 from tlsearch import modalities
 from tlsearch._hashing import sha256_file
+from tlsearch.data import Dataset
 from tlsearch.errors import UserError
 from tlsearch.export.capture import convert_quietly
+from tlsearch.export.card import CARD_FILE, model_card
 from tlsearch.export.formats import FORMATS as _WRITERS
 from tlsearch.export.formats import OPTIONAL
+from tlsearch.export.integrity import SEALED_FROM, seal
+from tlsearch.export.provenance import data_provenance, study_facts, test_errors, versions
 from tlsearch.modalities import Modality
 from tlsearch.params import OBJECTIVES, objective_params, positive_index
 from tlsearch.search.artifacts import ARTIFACT_ATTR, AtomicFileSystemArtifactStore, fetch_weights
@@ -58,7 +61,9 @@ __all__ = [
 TOLERANCE = 1e-4
 #: optional formats, in the order they are written
 FORMATS = OPTIONAL
-METADATA_VERSION = 1
+#: 2: metadata.json's content is sealed (:mod:`tlsearch.export.integrity`) and says where the
+#: export came from (``data``, ``value_se``, the test figures' ``se``)
+METADATA_VERSION = SEALED_FROM
 
 
 # ---------------------------------------------------------------------------------------------
@@ -121,22 +126,12 @@ class ExportResult:
     metadata: dict = field(default_factory=dict)
 
 
-def _versions(extra: tuple[str, ...] = ()) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("tlsearch", "keras", "tensorflow", "optuna", "numpy", *extra):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            pass
-    return out
-
-
 def _files_under(root: Path) -> dict[str, dict]:
+    """Every file of the export with its size and SHA-256: all but metadata.json (sealed
+    itself) and the model card (documentation its readers may add to)."""
     out = {}
     for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != "metadata.json":
+        if p.is_file() and p.relative_to(root).as_posix() not in ("metadata.json", CARD_FILE):
             out[p.relative_to(root).as_posix()] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     return out
 
@@ -185,6 +180,7 @@ def trial_record(cfg, study, frozen) -> dict:
         "classes": list(study.user_attrs[ATTR["classes"]]),
         "weights_artifact": {k: artifact[k] for k in ("id", "size", "sha256") if k in artifact},
         **_domain_record(study, frozen),
+        **study_facts(cfg, study, frozen),
     }
 
 
@@ -240,6 +236,8 @@ def write_export(cfg, model, modality: Modality, out_dir: str | Path, record: di
     _prepare_out(out, force)
     probe = modality.probe(cfg)
     reference = np.asarray(model.predict(probe, verbose=0))
+    data, dataset = data_provenance(cfg, record, log)
+    record = {**record, "data": data}
 
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -288,8 +286,10 @@ def write_export(cfg, model, modality: Modality, out_dir: str | Path, record: di
 
         metadata = _metadata(cfg, record, modality, report, work)
         if cfg.data.test is not None:
-            metadata["test"] = _evaluate_on_test(cfg, model, modality, record, log)
+            metadata["test"] = _evaluate_on_test(cfg, model, modality, record, log, dataset)
+        metadata = seal(metadata)
         (work / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
+        (work / CARD_FILE).write_text(model_card(metadata, out.name))
         umask = os.umask(0)
         os.umask(umask)
         work.chmod(0o777 & ~umask)  # mkdtemp makes it private; an export is meant to be shared
@@ -305,19 +305,25 @@ def write_export(cfg, model, modality: Modality, out_dir: str | Path, record: di
 
 
 def _evaluate_on_test(cfg, model, modality: Modality, record: dict,
-                      log: Callable[[str], None]) -> dict:
+                      log: Callable[[str], None], dataset: Dataset | None = None) -> dict:
     """The exported trial on the held-out test set (``data.test``): what production can expect,
-    decided by the export's own rule (a screening objective's stored threshold)."""
+    decided by the export's own rule (a screening objective's stored threshold), with the
+    standard errors of its figures. ``dataset``: the study's data, already read with its test
+    set (else the test set is read here)."""
     from tlsearch.data import load_labelled
     from tlsearch.evaluation import describe_operating_point, evaluate_probabilities
 
     classes = record["classes"]
-    x, y, _ = load_labelled(cfg.data, cfg.data.test, classes, base_dir=cfg.base_dir,
-                            image_size=cfg.data.image_size, field="data.test")
+    if dataset is not None and dataset.x_test is not None and dataset.y_test is not None:
+        x, y = dataset.x_test, dataset.y_test
+    else:
+        x, y, _ = load_labelled(cfg.data, cfg.data.test, classes, base_dir=cfg.base_dir,
+                                image_size=cfg.data.image_size, field="data.test")
     probs = modality.predict_all(model, x)
     rule = record["decision"]
     result = evaluate_probabilities(probs, y, classes, objective=cfg.objective,
                                     objective_params=rule.get("objective_params"), decision=rule)
+    result["se"] = test_errors(cfg.objective, probs, y, result, rule.get("objective_params"))
     log(f"  held-out test set: {result['n']} examples, accuracy {result['accuracy']:.4f}, "
         f"loss {result['loss']:.4f}")
     point = describe_operating_point(result)
@@ -351,9 +357,7 @@ def decision_rule(cfg, classes: list[str], at_best: dict, params: dict[str, Any]
 
 
 def _metadata(cfg, record: dict, modality: Modality, report, root: Path) -> dict:
-    extra: tuple[str, ...] = ()
-    if report.get("onnx", {}).get("status") in ("ok", "unverified"):
-        extra = ("tf2onnx", "onnx", "onnxruntime")
+    onnx = report.get("onnx", {}).get("status") in ("ok", "unverified")
     classes = record["classes"]
     return {
         "format_version": METADATA_VERSION,
@@ -361,10 +365,15 @@ def _metadata(cfg, record: dict, modality: Modality, report, root: Path) -> dict
         **{k: record[k] for k in ("study", "trial") if k in record},
         "objective": record.get("objective", cfg.objective),
         "direction": record.get("direction", cfg.direction),
-        **{k: record.get(k) for k in ("value", "best_step", "best_stage")},
+        **{k: record.get(k) for k in ("value", "value_se", "best_step", "best_stage")},
         "metrics": record.get("metrics", {}),
         "decision": record.get("decision", {"rule": "argmax"}),
+        "objective_params": record.get("objective_params",
+                                       record.get("decision", {}).get("objective_params")),
+        "fences": record.get("fences", []),
+        "judged_trials": record.get("judged_trials", []),
         "params": record.get("params", {}),
+        "data": record.get("data", {}),
         "modality": modality.name,
         "classes": classes,
         "input": modality.input_spec(cfg),
@@ -376,7 +385,7 @@ def _metadata(cfg, record: dict, modality: Modality, report, root: Path) -> dict
         **({"source": record["source"]} if "source" in record else {}),
         **({"domain_adaptation": record["domain_adaptation"]}
            if "domain_adaptation" in record else {}),
-        "versions": _versions(extra),
+        "versions": versions(modality.name, onnx),
         "files": _files_under(root),
         "load": {
             "python": "import tlsearch; tlsearch.load(DIR).predict([...])  (checks every file)",

@@ -1,7 +1,8 @@
 """Predict with an exported model: ``tlsearch.load(DIR).predict(inputs)``.
 
 The predictor reads ``metadata.json`` for the class names and the input the model expects, checks
-``model.keras`` against the SHA-256 recorded there (a damaged or swapped file is refused), and
+``model.keras`` against the SHA-256 recorded there (a damaged or swapped file is refused) and
+``metadata.json``'s own content against its seal (an edited class order is refused), and
 decodes inputs in batches, so a folder of a million images never sits in memory at once.
 
 Inputs, for image models: image files, folders of images (searched recursively), arrays of shape
@@ -62,13 +63,20 @@ class Predictor:
 
     def _verify(self, model_path: Path) -> None:
         """Every file the export lists has the SHA-256 metadata.json records, model.keras among
-        them; an export without its list of files is refused, not trusted."""
+        them, and metadata.json's own content is what the export wrote (its classes, input and
+        decision rule; :mod:`tlsearch.export.integrity`); an export without its list of files
+        is refused, not trusted."""
+        import sys
+
         from tlsearch._hashing import sha256_file
+        from tlsearch.export.integrity import check_seal
 
         files = self.metadata.get("files")
         if not isinstance(files, dict) or "model.keras" not in files:
             raise UserError(f"{str(self.path / 'metadata.json')!r} has no list of its files and "
                             f"their SHA-256: the export cannot be verified; export it again")
+        check_seal(self.metadata, self.path / "metadata.json",
+                   lambda line: print(line, file=sys.stderr))
         for rel, info in files.items():
             f = self.path / rel
             if not f.is_file():
