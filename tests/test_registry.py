@@ -1,0 +1,124 @@
+"""The one registry mechanism: names, refusals, and third-party entries through entry points.
+
+A fake installed package is a ``<name>-<version>.dist-info`` folder (with ``entry_points.txt``)
+and a module beside it, in a folder put on ``sys.path``: what ``pip install --target`` leaves.
+Each test uses its own entry-point group, so the real registries are not touched in-process.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+from tlsearch._registry import PluginWarning, Registry
+
+
+def fake_package(site: Path, dist: str, entry_points: dict[str, dict[str, str]],
+                 modules: dict[str, str], version: str = "0.1.0") -> Path:
+    """An installed package ``dist`` in ``site``: its entry points ``{group: {name: value}}`` and
+    its modules ``{module name: source}``."""
+    info = site / f"{dist.replace('-', '_')}-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
+    (info / "entry_points.txt").write_text("".join(
+        f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items())
+        for group, eps in entry_points.items()))
+    for name, source in modules.items():
+        (site / f"{name}.py").write_text(textwrap.dedent(source))
+    return site
+
+
+@pytest.fixture
+def group(monkeypatch, tmp_path):
+    """A fresh entry-point group, a registry of it holding one built-in entry, and a site folder
+    on sys.path where fake packages go."""
+    name = f"tlsearch.test_{uuid.uuid4().hex[:8]}"
+    reg: Registry[str] = Registry("gadget", name)
+    reg.register("builtin", "B")
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    # the modules below find the registry through this module attribute
+    mod = f"_registry_under_test_{name.rsplit('_', 1)[1]}"
+    monkeypatch.setitem(sys.modules, mod, type(sys)(mod))
+    sys.modules[mod].reg = reg  # type: ignore[attr-defined]
+    return name, reg, site, mod
+
+
+def test_names_lookups_and_refusals():
+    reg: Registry[int] = Registry("gadget", f"tlsearch.test_{uuid.uuid4().hex[:8]}")
+    reg.register("widget", 1)
+    reg.register("sprocket", 2)
+    assert reg.names() == ["sprocket", "widget"]
+    assert list(reg) == ["widget", "sprocket"]  # registration order
+    assert reg["widget"] == 1 and "sprocket" in reg and "gear" not in reg and len(reg) == 2
+    assert reg.get("gear") is None and reg.get("gear", 7) == 7  # a Mapping's get
+    with pytest.raises(ValueError, match="gadget 'widget' is already registered"):
+        reg.register("widget", 3)
+    assert reg["widget"] == 1
+    with pytest.raises(KeyError, match="unknown gadget 'widgte'; did you mean 'widget'"):
+        reg["widgte"]
+    with pytest.raises(KeyError, match=r"unknown gadget 'zz'; expected one of \['sprocket', "):
+        reg["zz"]
+    reg["widget"] = 5  # replacing on purpose (as a test's monkeypatch does)
+    del reg["sprocket"]
+    assert dict(reg) == {"widget": 5}
+
+
+def test_plugins_load_on_first_use_as_module_or_function(group):
+    name, reg, site, mod = group
+    fake_package(site, "gadgets-extra", {name: {"mod": "gadgets_mod", "fn": "gadgets_fn:setup"}},
+                 {"gadgets_mod": f"import {mod}\n{mod}.reg.register('from_module', 'M')\n",
+                  "gadgets_fn": f"""
+                      import {mod}
+                      def setup():
+                          assert 'builtin' in {mod}.reg  # a plugin may look entries up
+                          {mod}.reg.register('from_function', 'F')
+                      """}, version="2.0")
+    assert "gadgets_mod" not in sys.modules  # nothing loaded before first use
+    assert reg.names() == ["builtin", "from_function", "from_module"]
+    assert reg["from_module"] == "M" and reg["from_function"] == "F"
+    assert reg.origin("from_module") == ("gadgets-extra", "2.0")
+    assert reg.origin("builtin") is None
+    assert list(reg)[0] == "builtin"  # built-ins first
+
+
+def test_a_broken_plugin_warns_naming_its_package_and_the_rest_still_works(group):
+    name, reg, site, mod = group
+    fake_package(site, "gadgets-good", {name: {"good": "gadgets_good"}},
+                 {"gadgets_good": f"import {mod}\n{mod}.reg.register('good', 'G')\n"})
+    fake_package(site, "gadgets-broken", {name: {"broken": "gadgets_broken",
+                                                 "odd": "gadgets_odd:VALUE"}},
+                 {"gadgets_broken": f"import {mod}\n{mod}.reg.register('half', 'H')\n"
+                                    f"import a_module_nobody_installed\n",
+                  "gadgets_odd": "VALUE = 3\n"})
+    with pytest.warns(PluginWarning) as caught:
+        assert reg.names() == ["builtin", "good"]  # 'half' went with its failed plugin
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2, messages
+    assert "package 'gadgets-broken'" in messages[0]
+    assert "ModuleNotFoundError: No module named 'a_module_nobody_installed'" in messages[0]
+    assert "gadgets_odd:VALUE is neither a module nor a function taking nothing" in messages[1]
+    assert reg["good"] == "G"
+
+
+def test_a_broken_backbone_package_leaves_tlsearch_backbones_working(tmp_path):
+    """The real command, in a fresh process: a package whose backbone entry point fails to import
+    is named in a warning; every other backbone is still listed and the command succeeds."""
+    site = fake_package(tmp_path / "site", "tlsearch-broken-backbone",
+                        {"tlsearch.backbones": {"broken": "tlsearch_broken_backbone"}},
+                        {"tlsearch_broken_backbone": "raise RuntimeError('weights server down')\n"})
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    r = subprocess.run([sys.executable, "-m", "tlsearch.cli", "backbones"], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "tiny_cnn" in r.stdout and "resnet50" in r.stdout
+    assert "PluginWarning" in r.stderr and "'tlsearch-broken-backbone'" in r.stderr
+    assert "RuntimeError: weights server down" in r.stderr
