@@ -122,3 +122,24 @@ def test_a_broken_backbone_package_leaves_tlsearch_backbones_working(tmp_path):
     assert "tiny_cnn" in r.stdout and "resnet50" in r.stdout
     assert "PluginWarning" in r.stderr and "'tlsearch-broken-backbone'" in r.stderr
     assert "RuntimeError: weights server down" in r.stderr
+
+
+def test_a_plugin_backbones_package_version_keys_its_cached_features(monkeypatch):
+    """Features computed by another package's code are not reused after that package changes
+    (a new version), as they are not across Keras versions; tlsearch's own keys stay as they
+    were."""
+    import tlsearch.backbones
+    from tlsearch.backbones.frozen import frozen_part
+    from tlsearch.config import BackboneEntry
+
+    def key(plugin):
+        monkeypatch.setattr(tlsearch.backbones, "origin", lambda name: plugin)
+        return frozen_part(BackboneEntry(name="tiny_cnn"), weights="random", image_size=32,
+                           data="d").key_parts()
+
+    own, v1, v2 = key(None), key(("tlsearch-small-cnn", "0.1.0")), key(("tlsearch-small-cnn", "0.2"))
+    assert "tlsearch-small-cnn" not in own["versions"]
+    assert v1["versions"]["tlsearch-small-cnn"] == "0.1.0"
+    assert own != v1 != v2
+    assert {k: v for k, v in v1.items() if k != "versions"} == \
+        {k: v for k, v in own.items() if k != "versions"}
