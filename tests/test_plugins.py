@@ -51,7 +51,9 @@ def test_the_readme_backbone_package_installs_lists_and_runs_in_a_study(tmp_path
     row = next((line for line in listed.stdout.splitlines() if "│ small_cnn " in line), None)
     assert row is not None, listed.stdout
     assert "an example of a backbone package" in row and "image" in row
-    assert "tiny_cnn" in listed.stdout  # the built-in ones are still there
+    assert "tlsearch-small-cnn 0.1.0" in row  # the package it comes from
+    tiny = next(line for line in listed.stdout.splitlines() if "│ tiny_cnn " in line)
+    assert "│ tlsearch " in tiny  # the built-in ones are still there, tlsearch's own
     assert "Warning" not in listed.stderr, listed.stderr
 
     make_image_folder(tmp_path / "images", per_class=8)

@@ -7,6 +7,7 @@ Each test uses its own entry-point group, so the real registries are not touched
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -99,14 +100,18 @@ def test_a_broken_plugin_warns_naming_its_package_and_the_rest_still_works(group
                  {"gadgets_broken": f"import {mod}\n{mod}.reg.register('half', 'H')\n"
                                     f"import a_module_nobody_installed\n",
                   "gadgets_odd": "VALUE = 3\n"})
+    fake_package(site, "gadgets-clash", {name: {"clash": "gadgets_clash"}},
+                 {"gadgets_clash": f"import {mod}\n{mod}.reg.register('builtin', 'C')\n"})
     with pytest.warns(PluginWarning) as caught:
         assert reg.names() == ["builtin", "good"]  # 'half' went with its failed plugin
-    messages = sorted(str(w.message) for w in caught)
-    assert len(messages) == 2, messages
+    messages = sorted(str(w.message) for w in caught)  # by entry point: broken, clash, odd
+    assert len(messages) == 3, messages
     assert "package 'gadgets-broken'" in messages[0]
     assert "ModuleNotFoundError: No module named 'a_module_nobody_installed'" in messages[0]
-    assert "gadgets_odd:VALUE is neither a module nor a function taking nothing" in messages[1]
-    assert reg["good"] == "G"
+    assert "package 'gadgets-clash'" in messages[1]
+    assert "ValueError: gadget 'builtin' is already registered" in messages[1]
+    assert "gadgets_odd:VALUE is neither a module nor a function taking nothing" in messages[2]
+    assert reg["good"] == "G" and reg["builtin"] == "B"  # a built-in is never replaced
 
 
 def test_a_broken_backbone_package_leaves_tlsearch_backbones_working(tmp_path):
@@ -143,3 +148,57 @@ def test_a_plugin_backbones_package_version_keys_its_cached_features(monkeypatch
     assert own != v1 != v2
     assert {k: v for k, v in v1.items() if k != "versions"} == \
         {k: v for k, v in own.items() if k != "versions"}
+
+
+def test_each_of_the_four_registries_takes_entries_from_its_own_group(tmp_path):
+    """One installed package with an entry point in each group the README names; a fresh
+    process sees each entry where tlsearch looks it up."""
+    site = fake_package(tmp_path / "site", "tlsearch-fakes", {
+        "tlsearch.backbones": {"net": "fake_net"},
+        "tlsearch.modalities": {"audio": "fake_audio"},
+        "tlsearch.data_formats": {"rows": "fake_rows"},
+        "tlsearch.export_formats": {"fmt": "fake_fmt:setup"},
+    }, {
+        "fake_net": """
+            from tlsearch.backbones import BackboneSpec, register
+            register(BackboneSpec(name="fake_net", builder=print, default_weights=None))
+            """,
+        "fake_audio": """
+            from tlsearch.modalities.registry import Modality, register
+            class Audio(Modality):
+                name = "audio"
+            register(Audio())
+            """,
+        "fake_rows": """
+            from tlsearch.data.formats import register_format
+            @register_format("rows", suffixes=(".rows",))
+            def load(cfg, path, image_size):
+                raise NotImplementedError
+            """,
+        "fake_fmt": """
+            from tlsearch.export.formats import Format, register
+            def setup():
+                register(Format("fake", "model.fake", lambda *a: {"skipped": "a fake"}))
+            """,
+    })
+    code = textwrap.dedent("""
+        import json
+        from pathlib import Path
+        import tlsearch.backbones, tlsearch.data, tlsearch.modalities
+        from tlsearch.export.exporter import FORMATS
+        print(json.dumps({
+            "backbone": tlsearch.backbones.get("fake_net").name,
+            "origin": tlsearch.backbones.origin("fake_net"),
+            "modalities": tlsearch.modalities.names(),
+            "format": tlsearch.data.infer_format(Path("table.rows")),
+            "export": list(FORMATS),
+        }))
+        """)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)])}
+    r = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "Warning" not in r.stderr, r.stderr[-3000:]
+    assert json.loads(r.stdout) == {
+        "backbone": "fake_net", "origin": ["tlsearch-fakes", "0.1.0"],
+        "modalities": ["audio", "image", "text"], "format": "rows",
+        "export": ["onnx", "litert", "fake"]}
