@@ -126,3 +126,28 @@ def test_the_checker_sees_a_lazy_import_up():
     graph = import_graph()
     assert "tlsearch.layers" in graph["tlsearch._register"]  # inside _register()
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+def test_listing_and_validating_import_no_tensorflow(tmp_path):
+    """The packages import their registries' built-in modules when imported; none of those may
+    start TensorFlow or Keras, so listing backbones and validating a study stay instant."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import make_image_folder, write_study
+
+    make_image_folder(tmp_path / "images", per_class=4)
+    study = write_study(tmp_path / "study.yaml")
+    code = ("import sys, contextlib, io\n"
+            "from tlsearch.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['backbones']) == 0 and main(['validate', sys.argv[1]]) == 0\n"
+            "import tlsearch.data, tlsearch.modalities, tlsearch.export.formats as f\n"
+            "assert tlsearch.data.formats() and tlsearch.modalities.names() and f.OPTIONAL\n"
+            "print(sorted(m for m in ('tensorflow', 'keras', 'keras_hub') if m in sys.modules))\n")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    r = subprocess.run([sys.executable, "-c", code, str(study)], env=env, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "[]"
