@@ -327,3 +327,56 @@ def test_a_hugging_face_gpt2_folder_loads_and_matches_the_reference(tmp_path):
     got = bb.model.predict(tokens, verbose=0)
     ref = _numpy_gpt2(w, tokens["token_ids"], tokens["padding_mask"].sum(1), layers=2, heads=2)
     np.testing.assert_allclose(got, ref, atol=2e-4)
+
+
+@pytest.mark.slow  # two processes import keras-hub and trace the tokenizer: ~25 s on 2 cores
+def test_a_raw_string_decoder_model_saved_with_either_module_path_loads_in_a_fresh_process(
+        tmp_path):
+    """The decoders' preprocessor moved from ``tlsearch.backbones.decoders`` beside
+    ``tlsearch.layers``. Saved models name it by its registered Keras name, which did not change,
+    and record the module it came from: one saved before the move (the old module path) loads as
+    well as a new one, in a process that imports ``tlsearch.layers`` only."""
+    import zipfile
+
+    import keras
+
+    from tlsearch.backbones.decoders import DecoderTextPreprocessor, tiny_gpt2_tokenizer
+    from tlsearch.decoder_preprocessor import DecoderTextPreprocessor as Moved
+    from tlsearch.layers import RawTextModel, TextPooling
+
+    assert DecoderTextPreprocessor is Moved
+    assert keras.saving.get_registered_name(Moved) == "tlsearch>DecoderTextPreprocessor"
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((8,), dtype="int32", name="token_ids")
+    mask = keras.Input((8,), dtype="bool", name="padding_mask")
+    hidden = keras.layers.Embedding(512, 4)(ids)
+    out = keras.layers.Dense(2, activation="softmax")(TextPooling("last")(hidden, mask))
+    token_model = keras.Model({"token_ids": ids, "padding_mask": mask}, out)
+    model = RawTextModel(DecoderTextPreprocessor(tiny_gpt2_tokenizer(), sequence_length=8),
+                         token_model)
+    texts = np.array(["a great fun film", "dull and awful acting"], dtype=object)
+    expected = model.predict(texts, verbose=0)
+    new, old = tmp_path / "new.keras", tmp_path / "old.keras"
+    model.save(new)
+    with zipfile.ZipFile(new) as z:
+        files = {n: z.read(n) for n in z.namelist()}
+    config = files["config.json"].decode()
+    assert '"module": "tlsearch.decoder_preprocessor"' in config
+    files["config.json"] = config.replace('"module": "tlsearch.decoder_preprocessor"',
+                                          '"module": "tlsearch.backbones.decoders"').encode()
+    with zipfile.ZipFile(old, "w") as z:
+        for name, data in files.items():
+            z.writestr(name, data)
+    np.save(tmp_path / "texts.npy", texts.astype(str))
+    code = ("import sys, numpy as np, keras, tlsearch.layers\n"
+            "for path in sys.argv[2:]:\n"
+            "    m = keras.models.load_model(path)\n"
+            "    print(path, m.predict(np.load(sys.argv[1]).astype(object), verbose=0).tolist())\n"
+            "    assert 'tlsearch.backbones' not in sys.modules, 'loaded from above'\n")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "texts.npy"), str(new), str(old)],
+                       cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    lines = r.stdout.strip().splitlines()
+    assert len(lines) == 2
+    for line in lines:
+        np.testing.assert_allclose(json.loads(line.split(" ", 1)[1]), expected, atol=1e-6)

@@ -1,4 +1,8 @@
-"""SHA-256 of files, read in chunks: weights files, artifacts and exports can be large."""
+"""SHA-256 of files: weights files, artifacts and exports can be large, so never read whole.
+
+The digests key the feature cache and the checksums in ``metadata.json`` and artifact records that
+users have on disk: they are the plain SHA-256 of the file's bytes, however it is read.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,6 @@ __all__ = ["sha256_file"]
 
 
 def sha256_file(path: str | Path) -> str:
-    h = hashlib.sha256()
+    """The hex SHA-256 of a file's bytes, read in chunks by :func:`hashlib.file_digest`."""
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()

@@ -137,7 +137,9 @@ class RawTextModel(keras.Model):
     def from_config(cls, config):
         config = dict(config)
         if "DecoderTextPreprocessor" in str(config.get("preprocessor", {}).get("class_name")):
-            import tlsearch.backbones.decoders  # noqa: F401  (registers the decoders' preprocessor)
+            # registers the decoders' preprocessor; a module beside this one, since it needs
+            # keras-hub, which loading an image model does not
+            import tlsearch.decoder_preprocessor  # noqa: F401
         pre = keras.saving.deserialize_keras_object(config.pop("preprocessor"))
         model = keras.saving.deserialize_keras_object(config.pop("token_model"))
         return cls(pre, model, **config)

@@ -4,6 +4,10 @@
 (:func:`spec_for`: a registered name, or a user's ``.keras`` file), resolves the weights through the
 family's own hook (``imagenet``, a file, a hub id, or none), builds the network, groups its layers
 into blocks and records the fingerprint that keys the feature cache.
+
+The built-in families register their entries when this package imports them (below);
+:mod:`~tlsearch.backbones.registry` imports none of them, so nothing imports itself back. An
+installed package adds its own through the ``tlsearch.backbones`` entry-point group.
 """
 
 from __future__ import annotations
@@ -13,17 +17,22 @@ from pathlib import Path
 from typing import Any
 
 from tlsearch.backbones.base import Backbone, file_sha256, group_blocks
-from tlsearch.backbones.registry import BackboneSpec, BuildRequest, get, names, register, specs
+from tlsearch.backbones.registry import (BackboneSpec, BuildRequest, get, names, origin, register,
+                                         specs)
 from tlsearch.errors import UserError
+
+# Importing the families registers their entries; none imports TensorFlow at import time.
+# keras_file is a family too, but its entries are made per study-file entry (spec_for).
+from tlsearch.backbones import efficientnet_lite, keras_apps, text, tiny  # noqa: E402, F401
 
 __all__ = [
     "Backbone",
     "BackboneSpec",
     "BuildRequest",
     "build_backbone",
-    "describe_entry",
     "get",
     "names",
+    "origin",
     "register",
     "specs",
     "spec_for",
@@ -69,16 +78,6 @@ def resolve_weights(entry, base_dir: Path | None = None) -> tuple[str | None, st
             f"backbone {entry.name!r}: `weights: {w}` is neither a file that exists nor one of: {expected}"
         )
     return str(path), "sha256:" + file_sha256(path)
-
-
-def describe_entry(entry) -> dict:
-    """Static facts about an entry for messages and metadata, without building it."""
-    spec = spec_for(entry)
-    out = {"name": entry.name, "modality": spec.modality, "preprocessing": spec.preprocessing,
-           "default_size": spec.default_size}
-    if entry.path is not None:
-        out["source"] = str(entry.path)
-    return out
 
 
 def build_backbone(entry, image_size: int, *, seed: int = 0, base_dir: Path | None = None,

@@ -53,7 +53,8 @@ class FrozenPart:
     data: str | None = _meaning("data")
     #: which output: ``pooled`` or a freeze boundary (``below-top-N``)
     output: str = _meaning(None, "every output of the frozen part is its own cache entry")
-    #: the libraries that compute it and :data:`FEATURE_VERSION`
+    #: the libraries that compute it (a third-party backbone's package among them) and
+    #: :data:`FEATURE_VERSION`
     versions: dict = _meaning(None, "an upgrade changes rounding, not what a trial means; a study "
                                     "stays resumable across one")
 
@@ -91,15 +92,19 @@ def frozen_part(entry: Any, *, weights: str | None, image_size: int, data: str |
                 trial_options: dict | None = None) -> FrozenPart:
     """The declaration for study-file backbone ``entry``: ``weights`` is its fingerprint
     (:func:`~tlsearch.backbones.resolve_weights`), ``data`` the data's."""
-    from tlsearch.backbones import spec_for
+    from tlsearch.backbones import origin, spec_for
 
     spec = spec_for(entry)
     if weights == "random":
         weights = f"random:seed={seed}"
+    versions = dict(_versions())
+    plugin = origin(spec.name) if entry.path is None else None
+    if plugin is not None:  # a backbone of another package: its code computes the features too
+        versions[plugin[0]] = plugin[1]
     return FrozenPart(
         backbone=f"{spec.family}:{spec.name}", weights=weights, preprocessing=spec.preprocessing,
         block_ends=spec.blocks,
         build_options={f: getattr(entry, f) for f in spec.entry_options},
         trial_options=dict(trial_options or {}), image_size=int(image_size), resize=RESIZE,
-        data=data, output=output, versions=dict(_versions()),
+        data=data, output=output, versions=versions,
     )

@@ -3,20 +3,23 @@
 Each entry carries what the pipeline needs to know about a pretrained network without building it:
 its modality, its own preprocessing, its default input size, how its layers group into blocks (the
 units that are unfrozen together) and how to build it. Adding a backbone is one ``register`` call in
-one module of this package. Building is deferred: listing or validating backbones imports no
-TensorFlow.
+one module of this package (imported by the package's ``__init__``), or in an installed package
+that names its module in the ``tlsearch.backbones`` entry-point group (see
+:mod:`tlsearch._registry`). This module imports no family. Building is deferred: listing or
+validating backbones imports no TensorFlow.
 """
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
+from tlsearch._registry import Registry
 from tlsearch.params import PREPROCESSING_MODES
 
-__all__ = ["BackboneSpec", "BuildRequest", "register", "get", "names", "specs", "PREPROCESSING"]
+__all__ = ["BackboneSpec", "BuildRequest", "register", "get", "names", "specs", "origin",
+           "PREPROCESSING"]
 
 PREPROCESSING = tuple(PREPROCESSING_MODES)
 
@@ -69,41 +72,30 @@ class BackboneSpec:
     entry_options: tuple[str, ...] = ()
 
 
-_REGISTRY: dict[str, BackboneSpec] = {}
+_BACKBONES: Registry[BackboneSpec] = Registry("backbone", "tlsearch.backbones")
 
 
 def register(spec: BackboneSpec) -> BackboneSpec:
     """Add a backbone. A name is registered once: a second registration is a bug."""
-    if spec.name in _REGISTRY:
-        raise ValueError(f"backbone {spec.name!r} is already registered")
     if spec.preprocessing not in PREPROCESSING:
         raise ValueError(f"{spec.name}: unknown preprocessing {spec.preprocessing!r}")
-    _REGISTRY[spec.name] = spec
-    return spec
-
-
-def _load_all() -> None:
-    # Importing the modules registers their entries; none of them imports TensorFlow at import time.
-    from tlsearch.backbones import efficientnet_lite, keras_apps, text, tiny  # noqa: F401
-    # keras_file is a family too, but its entries are made per study-file entry (spec_for)
+    return _BACKBONES.register(spec.name, spec)
 
 
 def names() -> list[str]:
-    _load_all()
-    return sorted(_REGISTRY)
+    return _BACKBONES.names()
 
 
 def specs() -> list[BackboneSpec]:
-    _load_all()
-    return [_REGISTRY[n] for n in sorted(_REGISTRY)]
+    return [_BACKBONES[n] for n in _BACKBONES.names()]
 
 
 def get(name: str) -> BackboneSpec:
-    """The spec registered as ``name``; an unknown name fails listing the close ones."""
-    _load_all()
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        close = difflib.get_close_matches(name, list(_REGISTRY), n=3, cutoff=0.5)
-        tip = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-        raise KeyError(f"unknown backbone {name!r}{tip}") from None
+    """The spec registered as ``name``; an unknown name fails (KeyError) listing the close ones."""
+    return _BACKBONES[name]
+
+
+def origin(name: str) -> tuple[str, str] | None:
+    """(package, version) of the installed package that registered backbone ``name``; None for
+    tlsearch's own."""
+    return _BACKBONES.origin(name)

@@ -17,12 +17,12 @@ layers, so the tokenizer can travel inside an exported model that takes raw stri
 identical for WordPiece checkpoints, which the tests check against ``transformers``).
 
 Decoders (``gpt2``, ``gpt2_medium``, the ``tiny_gpt2`` twin) take the same ``weights`` values and
-cut the same way, with three differences (details in :mod:`tlsearch.backbones.decoders`):
+cut the same way, with three differences (details in :mod:`tlsearch.decoder_preprocessor`):
 
 * pooling is ``last`` (the default) or ``mean``, never ``cls``: a decoder's first token has read
   nothing of the text (see :func:`pooling_modes`);
 * their inputs are ``token_ids`` and ``padding_mask`` only (no ``segment_ids``), right-padded, made
-  by :class:`~tlsearch.backbones.decoders.DecoderTextPreprocessor`;
+  by :class:`~tlsearch.decoder_preprocessor.DecoderTextPreprocessor`;
 * the final layer normalization after the last decoder layer (GPT-2 is pre-norm) is in no block
   and stays frozen: it is an affine map that the head's first dense layer absorbs exactly, since
   both ``last`` and ``mean`` pooling are linear.
@@ -72,7 +72,7 @@ class TextFamily:
     #: whether keras-hub converts a Hugging Face checkpoint of this family
     from_hf: bool = True
     #: a decoder (causal) family: ``preprocessor`` is unused, inputs come from ``tokenizer`` (a class
-    #: in keras_hub.tokenizers) through :class:`~tlsearch.backbones.decoders.DecoderTextPreprocessor`
+    #: in keras_hub.tokenizers) through :class:`~tlsearch.decoder_preprocessor.DecoderTextPreprocessor`
     decoder: bool = False
     tokenizer: str = ""
 
@@ -287,7 +287,8 @@ def make_preprocessor(name: str, weights: str | None, max_length: int):
         tok = keras_hub.tokenizers.BertTokenizer(vocabulary=TINY_VOCAB, lowercase=True)
         return keras_hub.models.BertTextClassifierPreprocessor(tok, sequence_length=max_length)
     if name == "tiny_gpt2":
-        from tlsearch.backbones.decoders import DecoderTextPreprocessor, tiny_gpt2_tokenizer
+        from tlsearch.backbones.decoders import tiny_gpt2_tokenizer
+        from tlsearch.decoder_preprocessor import DecoderTextPreprocessor
 
         return DecoderTextPreprocessor(tiny_gpt2_tokenizer(), sequence_length=max_length)
     spec_family = _SPEC_FAMILY[name]
@@ -296,7 +297,7 @@ def make_preprocessor(name: str, weights: str | None, max_length: int):
         default = _DEFAULTS[name]
         weights = str(_minilm_folder()) if default == MINILM_PACKAGE else default
     if fam.decoder:
-        from tlsearch.backbones.decoders import DecoderTextPreprocessor
+        from tlsearch.decoder_preprocessor import DecoderTextPreprocessor
 
         tok = getattr(keras_hub.tokenizers, fam.tokenizer).from_preset(weights)
         return DecoderTextPreprocessor(tok, sequence_length=max_length)

@@ -1,8 +1,9 @@
-"""Datasets: the one place a data format is registered, and the split every format shares.
+"""Datasets: reading any registered data format, and the split every format shares.
 
 A format is a function ``load(cfg, path, image_size) -> RawData`` registered under a name with the
-file suffixes it claims. Everything is read, checked and split *before* the first trial: a corrupt
-file is reported at start, naming it, never in the middle of a trial.
+file suffixes it claims (:mod:`tlsearch.data.formats`, the registry; the built-in formats register
+when this package imports them below). Everything is read, checked and split *before* the first
+trial: a corrupt file is reported at start, naming it, never in the middle of a trial.
 
 Labels are text. They are normalised to Unicode NFC, so "café" typed on one system and "café"
 (e + combining accent) from a folder made on another are one class; a label that is missing,
@@ -17,49 +18,24 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
+from tlsearch.data.formats import (FORMATS, MISSING_LABEL_NOTE, MISSING_LABELS, RawData,
+                                   fingerprint, format_file_list, formats, infer_format,
+                                   is_missing_label, register_format)
 from tlsearch.errors import DataError
 
-__all__ = ["Dataset", "RawData", "register_format", "formats", "load_dataset", "load_labelled", "format_file_list",
-           "MISSING_LABELS", "is_missing_label"]
+# Importing the built-in formats registers them.
+from tlsearch.data import images, text  # noqa: E402, F401
 
-#: Label values that mean "no label", compared after stripping spaces and ignoring case: the
-#: spellings pandas reads as missing by default, as CSV, Parquet, JSON and NumPy files write them.
-#: They are refused rather than made a class, so a class really named "NA" or "None" needs another
-#: name: a silent class "nan" costs far more than a rename.
-MISSING_LABELS = frozenset({
-    "", "nan", "-nan", "na", "n/a", "#n/a", "#n/a n/a", "#na", "null", "none", "<na>", "nat",
-    "1.#ind", "-1.#ind", "1.#qnan", "-1.#qnan",
-})
-MISSING_LABEL_NOTE = "empty, NaN, NA, N/A, None, null and the like, in any case"
-
-
-def is_missing_label(v) -> bool:
-    """Whether a label value read from a file stands for a missing label (see MISSING_LABELS)."""
-    if v is None or type(v).__name__ in ("NAType", "NaTType"):  # pandas' missing markers
-        return True
-    if isinstance(v, (float, np.floating)):
-        return math.isnan(v)
-    if isinstance(v, (str, np.str_)):
-        return v.strip().casefold() in MISSING_LABELS
-    return False
+__all__ = ["Dataset", "RawData", "register_format", "formats", "load_dataset", "load_labelled",
+           "format_file_list", "MISSING_LABELS", "MISSING_LABEL_NOTE", "is_missing_label",
+           "infer_format", "fingerprint"]
 
 
 def nfc(label: str) -> str:
     return unicodedata.normalize("NFC", label)
-
-
-@dataclass
-class RawData:
-    """What a format reader returns: inputs, string labels, and what it skipped."""
-
-    x: np.ndarray
-    labels: list[str]
-    modality: str
-    skipped: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -121,83 +97,18 @@ class Dataset:
         return line
 
 
-@dataclass(frozen=True)
-class _Format:
-    name: str
-    load: Callable
-    suffixes: tuple[str, ...]
-    is_dir: bool = False
-
-
-_FORMATS: dict[str, _Format] = {}
-
-
-def register_format(name: str, *, suffixes: tuple[str, ...] = (), is_dir: bool = False):
-    """Decorator: register ``load(data_cfg, path, image_size) -> RawData`` as format ``name``."""
-
-    def deco(fn: Callable) -> Callable:
-        if name in _FORMATS:
-            raise ValueError(f"data format {name!r} is already registered")
-        _FORMATS[name] = _Format(name, fn, suffixes, is_dir)
-        return fn
-
-    return deco
-
-
-def _load_all() -> None:
-    from tlsearch.data import images, text  # noqa: F401
-
-
-def formats() -> list[str]:
-    _load_all()
-    return sorted(_FORMATS)
-
-
-def infer_format(path: Path) -> str:
-    _load_all()
-    if path.is_dir():
-        return next(f.name for f in _FORMATS.values() if f.is_dir)
-    name = path.name.lower()
-    for f in _FORMATS.values():
-        if any(name.endswith(s) for s in f.suffixes):
-            return f.name
-    known = sorted(s for f in _FORMATS.values() for s in f.suffixes)
-    raise DataError(f"`data.path`: cannot tell the format of {str(path)!r}: expected a folder of "
-                    f"class folders or a file ending in one of {known}; or set `data.format`")
-
-
-def format_file_list(files: list[str], limit: int = 15) -> str:
-    shown = "\n".join(f"    {f}" for f in files[:limit])
-    more = f"\n    ... and {len(files) - limit} more" if len(files) > limit else ""
-    return shown + more
-
-
-def fingerprint(*arrays, names: list[str]) -> str:
-    h = hashlib.sha256()
-    for a in arrays:
-        if a.dtype == object:
-            for s in a:
-                h.update(str(s).encode("utf-8") + b"\0")
-        else:
-            h.update(str((a.shape, a.dtype)).encode())
-            h.update(np.ascontiguousarray(a).tobytes())
-    h.update("\0".join(names).encode())
-    return h.hexdigest()
-
-
 def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
     """Read, check and split the data described by a :class:`~tlsearch.config.DataConfig`."""
     from sklearn.model_selection import train_test_split
 
-    _load_all()
     path = cfg.path if Path(cfg.path).is_absolute() else base_dir / cfg.path
     if not path.exists():
         raise DataError(f"`data.path`: {str(path)!r} does not exist")
     fmt = cfg.format or infer_format(path)
-    if fmt not in _FORMATS:
+    if fmt not in FORMATS:
         raise DataError(f"`data.format`: unknown format {fmt!r}; expected one of {formats()}")
     _check_pixel_range(getattr(cfg, "pixel_range", None), fmt)
-    reader = _FORMATS[fmt].load
+    reader = FORMATS[fmt].load
     train = reader(cfg, path, image_size)
     train.labels = [nfc(c) for c in train.labels]
     skipped = list(train.skipped)
@@ -294,14 +205,13 @@ def load_labelled(cfg, path: Path | str, class_names: list[str], *, base_dir: Pa
                   image_size: int, field: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """Labelled examples in any registered format, labels mapped onto known ``class_names``
     (a held-out test set, or the data given to ``tlsearch evaluate``). Returns (x, y, skipped)."""
-    _load_all()
     path = Path(path)
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     if not path.exists():
         raise DataError(f"`{field}`: {str(path)!r} does not exist")
     fmt = getattr(cfg, "format", None) or infer_format(path)
-    raw = _FORMATS[fmt].load(cfg, path, image_size)
+    raw = FORMATS[fmt].load(cfg, path, image_size)
     labels = [nfc(c) for c in raw.labels]
     unknown = sorted(set(labels) - set(class_names))
     if unknown:

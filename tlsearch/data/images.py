@@ -19,8 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tlsearch.data import (MISSING_LABEL_NOTE, RawData, format_file_list, is_missing_label,
-                           register_format)
+from tlsearch.data.formats import (MISSING_LABEL_NOTE, RawData, format_file_list,
+                                   is_missing_label, register_format)
 from tlsearch.errors import DataError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tlsearch.data import fingerprint, infer_format, format_file_list
+from tlsearch.data.formats import fingerprint, format_file_list, infer_format
 from tlsearch.errors import DataError
 
 __all__ = ["load_unlabelled", "MIN_TARGET"]

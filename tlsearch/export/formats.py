@@ -4,7 +4,9 @@ A writer takes the trained Keras model, the study's modality and config, the fil
 write and the probe inputs, writes its format, loads it back and returns its predictions on the
 probe (``{"predictions": {name: array}, ...}``), or ``{"skipped": reason}`` when its converter is
 missing. The exporter compares every format's predictions with the Keras model's. Adding a format
-is one :func:`register` call here.
+is one :func:`register` call here, or in an installed package that names its module in the
+``tlsearch.export_formats`` entry-point group (see :mod:`tlsearch._registry`); a plugin's formats
+are written after the built-in ones, and are optional unless ``required``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Format", "FORMATS", "OPTIONAL", "register", "run_litert", "litert_interpreter",
-           "predict_keras_file"]
+from tlsearch._registry import Registry
+
+__all__ = ["Format", "FORMATS", "OPTIONAL", "optional", "register", "run_litert",
+           "litert_interpreter", "predict_keras_file"]
 
 
 @dataclass(frozen=True)
@@ -29,14 +33,13 @@ class Format:
     required: bool = False
 
 
-FORMATS: dict[str, Format] = {}
+#: every format, in the order they are written (a mapping: name -> Format)
+FORMATS: Registry[Format] = Registry("export format", "tlsearch.export_formats")
 
 
 def register(fmt: Format) -> Format:
-    if fmt.name in FORMATS:
-        raise ValueError(f"export format {fmt.name!r} is already registered")
-    FORMATS[fmt.name] = fmt
-    return fmt
+    """Add an export format; a name is registered once."""
+    return FORMATS.register(fmt.name, fmt)
 
 
 def predict_keras_file(path: Path, probe: np.ndarray) -> np.ndarray:
@@ -145,5 +148,15 @@ register(Format("saved_model", "serving/1", _write_saved_model, required=True))
 register(Format("onnx", "model.onnx", _write_onnx))
 register(Format("litert", "model.tflite", _write_litert))
 
-#: the formats a user may leave out (``--formats``)
-OPTIONAL = tuple(name for name, f in FORMATS.items() if not f.required)
+
+def __getattr__(name: str) -> Any:
+    # OPTIONAL is computed when first asked for, not at import: the plugins' formats are only
+    # known once the entry points are loaded, and a plugin's module imports this one.
+    if name == "OPTIONAL":
+        return optional()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def optional() -> tuple[str, ...]:
+    """The formats a user may leave out (``--formats``), plugins' included."""
+    return tuple(name for name, f in FORMATS.items() if not f.required)

@@ -13,7 +13,7 @@ import numpy as np
 
 from tlsearch.data.images import resize_pixels
 from tlsearch.errors import InputError
-from tlsearch.modalities import InputItem, Modality, failing, register
+from tlsearch.modalities.registry import InputItem, Modality, failing, register
 
 __all__ = ["ImageModality"]
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from tlsearch.backbones import spec_for
 from tlsearch.errors import InputError
-from tlsearch.modalities import InputItem, Modality, failing, register
+from tlsearch.modalities.registry import InputItem, Modality, failing, register
 from tlsearch.params import TrialParams
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.pipeline import build_trained_model
