@@ -22,6 +22,7 @@ import numpy as np
 
 from tlsearch.data import Dataset
 from tlsearch.errors import NonFiniteLoss
+from tlsearch.metrics import balanced_class_weights
 from tlsearch.params import OBJECTIVES, TrialParams
 from tlsearch.train.augment import EpochBatches, dataset_augmenter
 from tlsearch.train.features import BackboneSource
@@ -40,6 +41,9 @@ __all__ = [
     "clear_state",
     "METRIC_KEYS",
 ]
+
+#: the balanced weights of ``training.class_weight: auto`` (one function, in tlsearch.metrics)
+class_weights = balanced_class_weights
 
 #: the per-epoch numbers every trial's history keeps: the training loss and the Keras-computed
 #: objectives (a study's own callback objective, and its threshold, are added to them)
@@ -125,12 +129,6 @@ class TrialResult:
 
     def history_dicts(self) -> list[dict]:
         return [r.to_dict() for r in self.history]
-
-
-def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Balanced weights ``n / (k * count)``, as scikit-learn's ``class_weight='balanced'``."""
-    counts = np.bincount(y, minlength=n_classes).astype(float)
-    return {i: float(len(y) / (n_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
 
 
 class _Tracker:
