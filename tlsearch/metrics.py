@@ -27,6 +27,13 @@ exactly: AUC counts a tied positive/negative pair as one half (as scikit-learn d
 threshold never separates tied scores, so the sensitivity and specificity it claims are the ones
 :func:`apply_threshold` reproduces.
 
+Where scikit-learn computes the same number to the last bit, it computes it here (the macro F1,
+the balanced accuracy), imported on first use so that ``tlsearch predict``, which needs only
+:func:`apply_threshold` from this module, starts without it. The rest stays in NumPy because
+scikit-learn's number differs: its ROC AUC (a trapezoid sum) differs from the rank form in the
+last bits, which would change trials' recorded values; its ``log_loss`` clips at machine epsilon,
+not at Keras' 1e-7; its balanced class weights refuse a class with no examples.
+
 The catalogue of objectives that names these functions is :data:`tlsearch.params.OBJECTIVES`;
 ``tlsearch.train.validation.ValidationMetrics`` computes them after every epoch. Importing this
 module does not import TensorFlow.
@@ -125,16 +132,11 @@ def f1_of_labels(pred, y) -> float:
     y = np.asarray(y).astype(np.int64).reshape(-1)
     if len(y) != len(pred):
         raise ValueError(f"{len(pred)} predictions but {len(y)} labels")
-    labels = np.union1d(y, pred)
-    if not len(labels):
+    if not len(y):
         return math.nan
-    f1 = []
-    for c in labels:
-        tp = np.sum((pred == c) & (y == c))
-        fp = np.sum((pred == c) & (y != c))
-        fn = np.sum((pred != c) & (y == c))
-        f1.append(2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(f1))
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(y, pred, average="macro"))
 
 
 def rates_of_labels(pred, y, positive: int) -> tuple[float, float]:
@@ -158,8 +160,13 @@ def balanced_accuracy(p, y) -> float:
     p, y = check_predictions(p, y)
     if not _finite(p):
         return math.nan
-    pred = np.argmax(p, axis=1)
-    return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+    from sklearn.metrics import balanced_accuracy_score
+
+    # its notes on labels that lack classes (a predicted class absent from y, one class only)
+    # are no news here: a class absent from y has no recall and is left out, as documented
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"sklearn\.")
+        return float(balanced_accuracy_score(y, np.argmax(p, axis=1)))
 
 
 def _average_ranks(s: np.ndarray) -> np.ndarray:
@@ -302,10 +309,15 @@ def apply_threshold(p, threshold: float, positive: int = 1) -> np.ndarray:
 
 
 def balanced_class_weights(y, n_classes: int) -> dict[int, float]:
-    """``n / (k * count)`` per class present in ``y`` (scikit-learn's ``class_weight="balanced"``)."""
+    """Balanced weights ``n / (k * count)`` for every class ``0 .. n_classes - 1``: the training
+    weights of ``training.class_weight: auto`` and the ``"balanced"`` of
+    :func:`weighted_crossentropy`.
+
+    scikit-learn's ``compute_class_weight("balanced")`` where every class occurs; a class with no
+    example in ``y`` (which scikit-learn refuses) weighs 0.0, so it still has an entry."""
     y = np.asarray(y).astype(np.int64).reshape(-1)
-    counts = np.bincount(y, minlength=n_classes)
-    return {c: len(y) / (n_classes * int(counts[c])) for c in range(n_classes) if counts[c]}
+    counts = np.bincount(y, minlength=n_classes).astype(float)
+    return {c: float(len(y) / (n_classes * n)) if n else 0.0 for c, n in enumerate(counts)}
 
 
 def weighted_crossentropy(p, y, class_weight: Mapping[int, float] | Sequence[float] | str | None

@@ -18,7 +18,7 @@ from tlsearch.params import OBJECTIVES, objective_params, positive_index
 from tlsearch.search.artifacts import probe_writable
 from tlsearch.search.storage import redact_url
 from tlsearch.train.features import BackboneSource
-from tlsearch.train.pipeline import class_weights
+from tlsearch.metrics import balanced_class_weights as class_weights
 
 __all__ = ["prescreen", "prescreen_options", "config_snapshot", "check_inputs", "check_writable",
            "study_weights", "caps", "class_weight_map",

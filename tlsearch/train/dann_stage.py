@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from tlsearch.params import adapts
-from tlsearch.train.stages import HeadStage, TrialState
+from tlsearch.train.context import TrialContext
+from tlsearch.train.stages import HeadStage
 
 __all__ = ["DomainHeadStage", "target_split", "domain_report", "LABEL_FREE", "TARGET_LABELS",
            "DOMAIN_KEYS"]
@@ -50,7 +51,7 @@ def target_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 class DomainHeadStage(HeadStage):
     """Stage 1: the plain head (:class:`HeadStage`), or a DANN head when the trial adapts."""
 
-    def run(self, state: TrialState) -> None:
+    def run(self, state: TrialContext) -> None:
         if not adapts(state.params):
             return super().run(state)
         import keras
@@ -71,7 +72,7 @@ class DomainHeadStage(HeadStage):
         y_tr = keras.utils.to_categorical(data.y_train, data.n_classes)
         y_va = keras.utils.to_categorical(data.y_val, data.n_classes)
         epochs = self.epochs(state)
-        hook = state.extra["epoch_callback"](self.number, [head.dense, head.out], DOMAIN_KEYS)
+        hook = state.epoch_callback(self.number, [head.dense, head.out], DOMAIN_KEYS)
         fit_dann(model, np.asarray(f_tr), y_tr, np.asarray(f_t), epochs=epochs,
                  initial_epoch=state.step, batch_size=s.batch_size,
                  validation_data=(np.asarray(f_va), y_va), callbacks=[hook], seed=s.seed)
@@ -94,7 +95,7 @@ def _losses(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
 
 
-def domain_report(state: TrialState, weights: dict[str, list[np.ndarray]]) -> dict[str, Any]:
+def domain_report(state: TrialContext, weights: dict[str, list[np.ndarray]]) -> dict[str, Any]:
     """How the kept head sees both domains, from its weights on the cached pooled features.
 
     * ``val_loss``, ``val_accuracy`` on the validation data: the source's, or the labelled target

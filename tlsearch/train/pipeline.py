@@ -16,17 +16,26 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
 from tlsearch.data import Dataset
 from tlsearch.errors import NonFiniteLoss
+from tlsearch.metrics import balanced_class_weights
 from tlsearch.params import OBJECTIVES, TrialParams
-from tlsearch.train.augment import EpochBatches, dataset_augmenter
+from tlsearch.train.augment import Augmenter, EpochBatches, dataset_augmenter
+from tlsearch.train.context import Inputs, TrialContext, TrialPlan
+from tlsearch.train.dann_stage import LABEL_FREE, DomainHeadStage, domain_report
 from tlsearch.train.features import BackboneSource
-from tlsearch.train.dann_stage import DomainHeadStage
-from tlsearch.train.stages import GradualFineTuneStage, Stage, TrialState
+from tlsearch.train.schedule import METRIC_KEYS, Schedule
+from tlsearch.train.stages import GradualFineTuneStage, Stage
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+    from tlsearch.train.heads import Head
 
 __all__ = [
     "default_stages",
@@ -41,42 +50,8 @@ __all__ = [
     "METRIC_KEYS",
 ]
 
-#: the per-epoch numbers every trial's history keeps: the training loss and the Keras-computed
-#: objectives (a study's own callback objective, and its threshold, are added to them)
-METRIC_KEYS = ("loss", *(n for n, o in OBJECTIVES.items() if not o.needs_callback))
-
-
-@dataclass(frozen=True)
-class Schedule:
-    """The fixed part of the schedule and how epochs are judged."""
-
-    stage1_epochs: int = 5
-    stage2_epochs: int = 5
-    batch_size: int = 32
-    objective: str = "val_loss"
-    #: the objective's parameters (``specificity`` for ``val_sens_at_spec`` ...); a study passes
-    #: them resolved (``search.inputs.resolve_objective_params``), None takes the defaults
-    objective_params: dict | None = None
-    class_weight: dict[int, float] | None = None
-    keep_bn_frozen: bool = True
-    seed: int = 0
-    #: with ``data.target``: how trials are judged, ``train.dann_stage.TARGET_LABELS`` (the
-    #: objective on labelled target data, best epoch) or ``LABEL_FREE`` (a label-free proxy on
-    #: the last epoch); "" without target data
-    domain_selection: str = ""
-
-    @property
-    def maximize(self) -> bool:
-        return OBJECTIVES[self.objective].direction == "maximize"
-
-    @property
-    def metric_keys(self) -> tuple[str, ...]:
-        """What each epoch records: :data:`METRIC_KEYS`, plus the objective computed by the
-        validation callback (and the threshold it chose) when Keras does not compute it."""
-        o = OBJECTIVES[self.objective]
-        if not o.needs_callback:
-            return METRIC_KEYS
-        return (*METRIC_KEYS, o.name, *([f"{o.name}_threshold"] if o.threshold else []))
+#: the balanced weights of ``training.class_weight: auto`` (one function, in tlsearch.metrics)
+class_weights = balanced_class_weights
 
 
 @dataclass
@@ -127,12 +102,6 @@ class TrialResult:
         return [r.to_dict() for r in self.history]
 
 
-def class_weights(y: np.ndarray, n_classes: int) -> dict[int, float]:
-    """Balanced weights ``n / (k * count)``, as scikit-learn's ``class_weight='balanced'``."""
-    counts = np.bincount(y, minlength=n_classes).astype(float)
-    return {i: float(len(y) / (n_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
-
-
 class _Tracker:
     """Keeps the best epoch's value and the weights of the layers that were training then."""
 
@@ -147,7 +116,7 @@ class _Tracker:
         #: the standard error of the best epoch's value, where it was measured
         self.se: float | None = None
 
-    def update(self, record: EpochRecord, layers: list) -> None:
+    def update(self, record: EpochRecord, layers: list[keras.layers.Layer]) -> None:
         v = record.value(self.objective)
         if not math.isfinite(v):
             return
@@ -160,15 +129,19 @@ class _Tracker:
         self.weights = {layer.name: [np.array(w) for w in layer.get_weights()] for layer in layers
                         if layer.weights}
 
-    def restore(self, layers: list) -> None:
+    def restore(self, layers: list[keras.layers.Layer]) -> None:
         """Put the best epoch's weights back into ``layers`` (the next stage goes on from them)."""
         for layer in layers:
             if layer.name in self.weights:
                 layer.set_weights(self.weights[layer.name])
 
 
-def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, history: list,
-                    keys: tuple[str, ...] = METRIC_KEYS, on_batch=None, spread=None):
+def _epoch_callback(stage: int, tracker: _Tracker, layers: list[keras.layers.Layer],
+                    on_epoch: Callable[[EpochRecord], None] | None, history: list[EpochRecord],
+                    keys: tuple[str, ...] = METRIC_KEYS,
+                    on_batch: Callable[[int, int, int | None, dict], None] | None = None,
+                    spread: Callable[[keras.Model, EpochRecord], float] | None = None
+                    ) -> keras.callbacks.Callback:
     """The Keras callback that records each epoch, keeps the best, and hands it on.
     ``spread(model, record)``, when given, measures the standard error of an epoch that becomes
     the best (:func:`_spread`: on improving epochs only)."""
@@ -204,20 +177,21 @@ def _epoch_callback(stage: int, tracker: _Tracker, layers: list, on_epoch, histo
     return _Hook()
 
 
-def _image_dataset(x, y, batch_size: int):
+def _image_dataset(x: np.ndarray, y: np.ndarray, batch_size: int) -> tf.data.Dataset:
     """Validation batches beside augmented training (:class:`~tlsearch.train.augment.EpochBatches`)."""
     import tensorflow as tf
 
     return tf.data.Dataset.from_tensor_slices((x, y)).batch(batch_size).prefetch(tf.data.AUTOTUNE)
 
 
-def _spread(schedule: Schedule, x_val, y_val, batch_size: int):
+def _spread(schedule: Schedule, x_val: Inputs, y_val: np.ndarray,
+            batch_size: int) -> Callable[[keras.Model, EpochRecord], float]:
     """``(model, epoch record) -> the standard error of the epoch's value`` over the validation
     examples (:func:`tlsearch.train.validation.value_se`). ``val_accuracy``'s is binomial, read
     off the epoch; the others take one pass over the validation data."""
     n = len(y_val)
 
-    def measure(model, rec: EpochRecord) -> float:
+    def measure(model: keras.Model, rec: EpochRecord) -> float:
         from tlsearch.train.validation import predict_validation, value_se
 
         if schedule.objective == "val_accuracy":
@@ -240,9 +214,80 @@ def planned_steps(params: TrialParams, schedule: Schedule,
                   stages: list[Stage] | None = None) -> int:
     """How many epochs a trial of ``params`` runs: the epochs of every stage that runs for it (its
     last epoch is at global step ``planned_steps(...) - 1``)."""
-    state = TrialState(params=params, schedule=schedule, data=cast(Dataset, None), source=None,
-                       head=None, fit=lambda *a, **k: None)
-    return sum(stage.epochs(state) for stage in stages or default_stages() if stage.runs(state))
+    plan = TrialPlan(params, schedule)
+    return sum(stage.epochs(plan) for stage in stages or default_stages() if stage.runs(plan))
+
+
+class _RunningTrial(TrialContext):
+    """The trial's :class:`~tlsearch.train.context.TrialContext`: trains through Keras' ``fit``
+    on the one global step, records every epoch in :attr:`history` and keeps the best epoch's
+    weights in :attr:`tracker`."""
+
+    def __init__(self, params: TrialParams, schedule: Schedule, data: Dataset,
+                 source: BackboneSource, head: Head, *, y_train: np.ndarray, y_val: np.ndarray,
+                 sample_weight: np.ndarray | None, augment: Augmenter | None,
+                 on_epoch: Callable[[EpochRecord], None] | None,
+                 on_batch: Callable[[int, int, int | None, dict], None] | None) -> None:
+        super().__init__(params, schedule, data, source, head)
+        #: one-hot labels, and the class weights as per-example weights (None: unweighted)
+        self.y_train, self.y_val, self.sample_weight = y_train, y_val, sample_weight
+        self.augment = augment
+        self.on_epoch, self.on_batch = on_epoch, on_batch
+        #: label-free selection keeps the last epoch and measures no standard error
+        self.label_free = schedule.domain_selection == LABEL_FREE
+        self.tracker = _Tracker(schedule.objective, schedule.maximize, keep_last=self.label_free)
+        self.history: list[EpochRecord] = []
+
+    def fit(self, model: keras.Model, x_train: Inputs, x_val: Inputs, *, stage: int,
+            lr: float | None, layers: list[keras.layers.Layer], epochs: int,
+            rates: dict[int, float] | None = None) -> None:
+        s, bs, y_tr, y_va, sw = (self.schedule, self.schedule.batch_size, self.y_train,
+                                 self.y_val, self.sample_weight)
+        if lr is not None:  # a pooled head comes compiled, at its trial's rate
+            self.source.compiler(model, lr, rates=rates)
+        start, steps = self.step, None
+        if isinstance(x_train, EpochBatches):  # augmented: these epochs' own orders and draws
+            x_train, steps = x_train.dataset(start, epochs), x_train.steps
+        own = None if hasattr(x_train, "element_spec") else \
+            self.source.batches(self.params, x_train, x_val, y_tr, y_va, sw, bs, s.seed)
+        if own is not None:  # text: batches of similar length
+            x_train, x_val, _ = own
+        callbacks = [*(own[2] if own is not None else ()),
+                     _epoch_callback(stage, self.tracker, layers, self.on_epoch, self.history,
+                                     s.metric_keys, self.on_batch,
+                                     None if self.label_free else _spread(s, x_val, y_va, bs))]
+        if OBJECTIVES[s.objective].needs_callback:
+            from tlsearch.train.validation import ValidationMetrics
+
+            # first: the epoch hook (best epoch, pruning) reads what it writes into the logs
+            callbacks.insert(0, ValidationMetrics(
+                x_val, None if hasattr(x_val, "element_spec") else y_va, [s.objective],
+                {s.objective: s.objective_params or {}}))
+        if hasattr(x_train, "element_spec"):  # a tf.data pipeline carries its own labels
+            model.fit(x_train, validation_data=x_val, epochs=start + epochs, initial_epoch=start,
+                      steps_per_epoch=steps, shuffle=False,  # the pipeline orders its batches
+                      callbacks=callbacks, verbose=0)
+        else:
+            model.fit(x_train, y_tr, sample_weight=sw, validation_data=(x_val, y_va),
+                      batch_size=bs, epochs=start + epochs, initial_epoch=start, shuffle=True,
+                      callbacks=callbacks, verbose=0)
+        self.step = start + epochs
+
+    def inputs(self) -> tuple[Inputs, Inputs]:
+        if self.augment is None:
+            return self.source.inputs(self.params)
+        bs, data = self.schedule.batch_size, self.data
+        parts = ((data.x_train, self.y_train) if self.sample_weight is None
+                 else (data.x_train, self.y_train, self.sample_weight))
+        return EpochBatches(self.augment, parts, bs), _image_dataset(data.x_val, self.y_val, bs)
+
+    def restore_head(self) -> None:
+        self.tracker.restore(self.head.layers)
+
+    def epoch_callback(self, stage: int, layers: list[keras.layers.Layer],
+                       extra_keys: tuple[str, ...]) -> keras.callbacks.Callback:
+        return _epoch_callback(stage, self.tracker, layers, self.on_epoch, self.history,
+                               (*self.schedule.metric_keys, *extra_keys))
 
 
 def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: BackboneSource,
@@ -272,61 +317,9 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     if schedule.class_weight:
         sw = np.array([schedule.class_weight.get(int(c), 1.0) for c in data.y_train], dtype=np.float32)
     head = Head(params.head_width, params.dropout, data.n_classes, schedule.seed)
-    from tlsearch.train.dann_stage import LABEL_FREE
-
-    label_free = schedule.domain_selection == LABEL_FREE
-    tracker = _Tracker(schedule.objective, schedule.maximize, keep_last=label_free)
-    history: list[EpochRecord] = []
-    bs = schedule.batch_size
     augment = dataset_augmenter(params, schedule.seed, number)
-    state = TrialState(params=params, schedule=schedule, data=data, source=source, head=head,
-                       fit=lambda *a, **k: None)
-
-    def fit(model, x_train, x_val, *, stage: int, lr: float | None, layers: list,
-            epochs: int, rates: dict[int, float] | None = None) -> None:
-        """Train ``epochs`` more epochs from the trial's global step, then move the step on.
-        ``rates``: per-variable multiples of ``lr`` (:mod:`tlsearch.train.rates`)."""
-        if lr is not None:  # a pooled head comes compiled, at its trial's rate
-            source.compiler(model, lr, rates=rates)
-        start, steps = state.step, None
-        if isinstance(x_train, EpochBatches):  # augmented: these epochs' own orders and draws
-            x_train, steps = x_train.dataset(start, epochs), x_train.steps
-        own = None if hasattr(x_train, "element_spec") else \
-            source.batches(params, x_train, x_val, y_tr, y_va, sw, bs, schedule.seed)
-        if own is not None:  # text: batches of similar length
-            x_train, x_val, _ = own
-        callbacks = [*(own[2] if own is not None else ()),
-                     _epoch_callback(stage, tracker, layers, on_epoch, history,
-                                     schedule.metric_keys, on_batch,
-                                     None if label_free else _spread(schedule, x_val, y_va, bs))]
-        if OBJECTIVES[schedule.objective].needs_callback:
-            from tlsearch.train.validation import ValidationMetrics
-
-            # first: the epoch hook (best epoch, pruning) reads what it writes into the logs
-            callbacks.insert(0, ValidationMetrics(
-                x_val, None if hasattr(x_val, "element_spec") else y_va, [schedule.objective],
-                {schedule.objective: schedule.objective_params or {}}))
-        if hasattr(x_train, "element_spec"):  # a tf.data pipeline carries its own labels
-            model.fit(x_train, validation_data=x_val, epochs=start + epochs, initial_epoch=start,
-                      steps_per_epoch=steps, shuffle=False,  # the pipeline orders its batches
-                      callbacks=callbacks, verbose=0)
-        else:
-            model.fit(x_train, y_tr, sample_weight=sw, validation_data=(x_val, y_va),
-                      batch_size=bs, epochs=start + epochs, initial_epoch=start, shuffle=True,
-                      callbacks=callbacks, verbose=0)
-        state.step = start + epochs
-
-    def model_inputs():
-        if augment is None:
-            return source.inputs(params)
-        parts = (data.x_train, y_tr) if sw is None else (data.x_train, y_tr, sw)
-        return EpochBatches(augment, parts, bs), _image_dataset(data.x_val, y_va, bs)
-
-    state.fit = fit
-    state.extra["inputs"] = model_inputs
-    state.extra["restore_head"] = lambda: tracker.restore(head.layers)
-    state.extra["epoch_callback"] = lambda stage, layers, extra_keys: _epoch_callback(
-        stage, tracker, layers, on_epoch, history, (*schedule.metric_keys, *extra_keys))
+    state = _RunningTrial(params, schedule, data, source, head, y_train=y_tr, y_val=y_va,
+                          sample_weight=sw, augment=augment, on_epoch=on_epoch, on_batch=on_batch)
     for stage in stages or default_stages():
         if not stage.runs(state):
             continue
@@ -334,19 +327,18 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
             on_stage(stage.number)
         stage.run(state)
 
+    tracker, label_free = state.tracker, state.label_free
     best = tracker.best
     if best is None:
         raise NonFiniteLoss("no epoch produced a finite objective")
     se = tracker.se if tracker.se is not None and math.isfinite(tracker.se) else None
     result = TrialResult(
         value=best.value(schedule.objective), best_step=best.step, best_stage=best.stage,
-        history=history, weights=tracker.weights, unfrozen_blocks=state.unfrozen,
+        history=state.history, weights=tracker.weights, unfrozen_blocks=state.unfrozen,
         cached=state.use_cache and state.cached, seconds=time.perf_counter() - t0,
         value_se=None if label_free else se,
     )
     if schedule.domain_selection and best.stage == 1 and state.use_cache:
-        from tlsearch.train.dann_stage import domain_report
-
         result.domain = {"criterion": schedule.domain_selection,
                          **domain_report(state, tracker.weights)}
         if label_free:

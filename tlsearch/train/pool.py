@@ -23,9 +23,15 @@ different traced model, so it needs its own key here.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from tlsearch.backbones import Backbone
+    from tlsearch.params import TrialParams
+    from tlsearch.train.context import TrialContext
+    from tlsearch.train.heads import Head
 
 __all__ = ["TopPool", "PooledTop", "PooledStage2", "fit_on_boundary"]
 
@@ -33,7 +39,7 @@ __all__ = ["TopPool", "PooledTop", "PooledStage2", "fit_on_boundary"]
 class PooledTop:
     """One backbone, its top ``n`` blocks trainable, cut at their boundary; built once."""
 
-    def __init__(self, backbone: Any, n: int, keep_bn_frozen: bool) -> None:
+    def __init__(self, backbone: Backbone, n: int, keep_bn_frozen: bool) -> None:
         self.backbone = backbone
         self.n = n
         names = backbone.freeze(n, keep_bn_frozen=keep_bn_frozen)
@@ -53,7 +59,8 @@ class PooledTop:
 class PooledStage2:
     """Boundary -> top blocks -> head, compiled once; :meth:`reset` makes it a fresh trial's."""
 
-    def __init__(self, top: PooledTop, width: int, n_classes: int, compile_fn: Callable) -> None:
+    def __init__(self, top: PooledTop, width: int, n_classes: int,
+                 compile_fn: Callable[..., None]) -> None:
         import keras
 
         from tlsearch.train.heads import HEAD_LAYERS, Head, RateDropout
@@ -72,7 +79,7 @@ class PooledStage2:
         """The layers whose weights a trial keeps: the head's and the unfrozen blocks'."""
         return [self.head.dense, self.head.out, *self.top.layers]
 
-    def reset(self, head: Any, dropout: float, lr: float) -> None:
+    def reset(self, head: Head, dropout: float, lr: float) -> None:
         """Pretrained top blocks, ``head``'s weights and dropout seed state, a fresh optimizer."""
         self.top.reset()
         for mine, theirs in ((self.head.dense, head.dense), (self.head.out, head.out)):
@@ -91,13 +98,14 @@ class TopPool:
     """The study's stage-2 models on boundaries, one per (backbone, options, depth, BN policy)
     and head shape; a depth that cannot be cut is remembered as such."""
 
-    def __init__(self, build: Callable[[str, Any], Any], compile_fn: Callable) -> None:
+    def __init__(self, build: Callable[[str, TrialParams | None], Backbone],
+                 compile_fn: Callable[..., None]) -> None:
         self.build = build
         self.compile_fn = compile_fn
         self._tops: dict[tuple, PooledTop | None] = {}
 
     def top(self, name: str, options: dict, n: int, keep_bn_frozen: bool,
-            params: Any = None) -> PooledTop | None:
+            params: TrialParams | None = None) -> PooledTop | None:
         key = (name, tuple(sorted(options.items())), int(n), bool(keep_bn_frozen))
         if key not in self._tops:
             backbone = self.build(name, params)
@@ -115,7 +123,7 @@ class TopPool:
         return sum(len(t.models) for t in self._tops.values() if t is not None)
 
 
-def fit_on_boundary(state: Any, n: int, *, stage: int, lr: float, epochs: int) -> bool:
+def fit_on_boundary(state: TrialContext, n: int, *, stage: int, lr: float, epochs: int) -> bool:
     """Train the top ``n`` blocks and the head on cached boundary activations, through a pooled
     model. Returns False (nothing done) when the backbone cannot be cut there."""
     p, s = state.params, state.schedule
@@ -130,7 +138,7 @@ def fit_on_boundary(state: Any, n: int, *, stage: int, lr: float, epochs: int) -
     for layer, dim in ((head.dense, top.top.output.shape[-1]), (head.out, p.head_width)):
         if not layer.built:  # stage 1 trained a pooled copy: give this one its initial weights
             layer.build((None, int(dim)))
-    state.extra["restore_head"]()  # the trial's head now holds the best stage-1 weights
+    state.restore_head()  # the trial's head now holds the best stage-1 weights
     pooled = source.tops.get(top, p.head_width, state.data.n_classes)
     pooled.reset(head, p.dropout, lr)
     state.fit(pooled.model, b_tr, b_va, stage=stage, lr=None, layers=pooled.layers, epochs=epochs)

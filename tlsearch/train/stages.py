@@ -2,55 +2,32 @@
 whether it can run on cached features.
 
 :func:`~tlsearch.train.pipeline.run_trial` runs a list of stages in order on one
-:class:`TrialState`; each stage trains through :meth:`TrialState.fit`, which counts one global
-step across all stages (a stage starts at the step the previous one ended), so a pruner sees one
-curve. A new stage (domain adaptation, gradual unfreezing) is a new :class:`Stage` subclass added
-to the list, not a new branch in ``run_trial``: :class:`GradualFineTuneStage` (ULMFiT's gradual
-unfreezing) is one.
+:class:`~tlsearch.train.context.TrialContext` (everything a stage reads and asks for is typed
+there); each stage trains through :meth:`TrialContext.fit`, which counts one global step across
+all stages (a stage starts at the step the previous one ended), so a pruner sees one curve. A new
+stage (domain adaptation, gradual unfreezing) is a new :class:`Stage` subclass added to the list,
+not a new branch in ``run_trial``: :class:`GradualFineTuneStage` (ULMFiT's gradual unfreezing) is
+one.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING
 
-from tlsearch.backbones import Backbone
-from tlsearch.data import Dataset
 from tlsearch.params import UNFREEZE_ALL, TrialParams
-from tlsearch.train.augment import augments
+from tlsearch.train.context import Inputs, TrialContext, TrialPlan
+
+if TYPE_CHECKING:
+    import keras
+
+    from tlsearch.backbones import Backbone
 
 __all__ = ["Stage", "HeadStage", "FineTuneStage", "GradualFineTuneStage", "TrialState",
-           "unfreeze_target", "unfreeze_phases", "stage2_rates"]
+           "TrialContext", "TrialPlan", "unfreeze_target", "blocks_to_unfreeze",
+           "unfreeze_phases", "stage2_rates"]
 
-
-@dataclass
-class TrialState:
-    """What the stages of one trial share: the data, the head, the best epoch so far, the step."""
-
-    params: TrialParams
-    schedule: Any  # train.pipeline.Schedule
-    data: Dataset
-    source: Any  # train.features.BackboneSource
-    head: Any  # train.heads.Head
-    fit: Callable[..., None]
-    #: the global step the next stage starts at
-    step: int = 0
-    backbone: Backbone | None = None
-    #: whether every stage that ran could run on cached features
-    cached: bool = True
-    #: trainable blocks at the end of the trial (what the stored weights cover)
-    unfrozen: int = 0
-    extra: dict = field(default_factory=dict)
-
-    @property
-    def use_cache(self) -> bool:
-        """Cached features serve this trial (a cache exists and no augmentation changes pixels)."""
-        return self.source.cache is not None and not augments(self.params)
-
-    def get_backbone(self) -> Backbone:
-        if self.backbone is None:
-            self.backbone = self.source.build_uncached(self.params.backbone, self.params)
-        return self.backbone
+#: the former name of :class:`~tlsearch.train.context.TrialContext`
+TrialState = TrialContext
 
 
 class Stage:
@@ -59,14 +36,15 @@ class Stage:
     number = 0
     name = ""
 
-    def epochs(self, state: TrialState) -> int:
+    def epochs(self, plan: TrialPlan) -> int:
+        """How many epochs this stage trains in a trial of ``plan``'s parameters and schedule."""
         raise NotImplementedError
 
-    def runs(self, state: TrialState) -> bool:
+    def runs(self, plan: TrialPlan) -> bool:
         """Whether this stage trains at all in this trial (its parameters are sampled only then)."""
-        return self.epochs(state) > 0
+        return self.epochs(plan) > 0
 
-    def run(self, state: TrialState) -> None:
+    def run(self, state: TrialContext) -> None:
         raise NotImplementedError
 
 
@@ -79,10 +57,10 @@ class HeadStage(Stage):
 
     number, name = 1, "head"
 
-    def epochs(self, state: TrialState) -> int:
-        return int(state.schedule.stage1_epochs)
+    def epochs(self, plan: TrialPlan) -> int:
+        return int(plan.schedule.stage1_epochs)
 
-    def run(self, state: TrialState) -> None:
+    def run(self, state: TrialContext) -> None:
         p, s = state.params, state.schedule
         if state.use_cache:
             f_tr, f_va = state.source.frozen_outputs(p.backbone, 0, p)
@@ -101,18 +79,27 @@ class HeadStage(Stage):
         backbone = state.get_backbone()
         backbone.freeze(0)
         model = assemble_model(backbone, state.head)
-        x_tr, x_va = state.extra["inputs"]()
+        x_tr, x_va = state.inputs()
         state.fit(model, x_tr, x_va, stage=self.number, lr=p.lr_stage1,
                   layers=state.head.layers, epochs=self.epochs(state))
         state.cached = False
 
 
+def blocks_to_unfreeze(unfreeze_blocks: int | str, blocks: int) -> int:
+    """The blocks a trial's ``unfreeze_blocks`` trains on a backbone of ``blocks`` blocks: the
+    number asked for, capped at the block count (a searched range may go past a small backbone's),
+    and every block for ``all``. The one place the cap is applied."""
+    if unfreeze_blocks == UNFREEZE_ALL:
+        return int(blocks)
+    return min(int(unfreeze_blocks), int(blocks))
+
+
 def unfreeze_target(params: TrialParams, backbone: Backbone) -> tuple[int, bool]:
-    """(blocks, stem) that stage 2 trains: ``unfreeze_blocks`` capped at the backbone's block count;
-    ``all`` is every block plus the layers in none (a text model's embeddings)."""
-    if params.unfreeze_blocks == UNFREEZE_ALL:
-        return backbone.max_unfreeze, bool(backbone.stem)
-    return min(int(params.unfreeze_blocks), backbone.max_unfreeze), False
+    """(blocks, stem) that stage 2 trains: ``unfreeze_blocks`` capped at the backbone's block count
+    (:func:`blocks_to_unfreeze`); ``all`` is every block plus the layers in none (a text model's
+    embeddings)."""
+    n = blocks_to_unfreeze(params.unfreeze_blocks, backbone.max_unfreeze)
+    return n, params.unfreeze_blocks == UNFREEZE_ALL and bool(backbone.stem)
 
 
 def unfreeze_phases(units: int, every: int, epochs: int) -> list[tuple[int, int]]:
@@ -131,7 +118,8 @@ def unfreeze_phases(units: int, every: int, epochs: int) -> list[tuple[int, int]
     return out
 
 
-def stage2_rates(backbone: Backbone, layers: list, decay: float) -> dict[int, float] | None:
+def stage2_rates(backbone: Backbone, layers: list[keras.layers.Layer],
+                 decay: float) -> dict[int, float] | None:
     """Per-variable multiples of ``lr_stage2`` for layer-wise decay: ``decay ** depth`` for each
     block (the top one at 1, see :meth:`Backbone.depths`), 1 for the head; None when ``decay``
     is 1."""
@@ -155,20 +143,20 @@ class FineTuneStage(Stage):
 
     number, name = 2, "fine-tune"
 
-    def epochs(self, state: TrialState) -> int:
-        return int(state.schedule.stage2_epochs)
+    def epochs(self, plan: TrialPlan) -> int:
+        return int(plan.schedule.stage2_epochs)
 
-    def runs(self, state: TrialState) -> bool:
-        u = state.params.unfreeze_blocks
-        return self.epochs(state) > 0 and (u == UNFREEZE_ALL or int(u) > 0)
+    def runs(self, plan: TrialPlan) -> bool:
+        u = plan.params.unfreeze_blocks
+        return self.epochs(plan) > 0 and (u == UNFREEZE_ALL or int(u) > 0)
 
-    def run(self, state: TrialState) -> None:
+    def run(self, state: TrialContext) -> None:
         from tlsearch.train.pool import fit_on_boundary
 
         p = state.params
         if (state.use_cache and p.unfreeze_blocks != UNFREEZE_ALL
                 and float(p.lr_decay) == 1.0 and state.source.compiler.optimizer is None):
-            n = min(int(p.unfreeze_blocks), state.source.max_unfreeze(p.backbone))
+            n = blocks_to_unfreeze(p.unfreeze_blocks, state.source.max_unfreeze(p.backbone))
             state.unfrozen = n
             if fit_on_boundary(state, n, stage=self.number, lr=p.lr_stage2,
                                epochs=self.epochs(state)):
@@ -176,11 +164,11 @@ class FineTuneStage(Stage):
         backbone = state.get_backbone()
         n, stem = unfreeze_target(state.params, backbone)
         model, x_tr, x_va = self.model_for(state, backbone, n, stem)
-        state.extra["restore_head"]()
+        state.restore_head()
         self.train(state, backbone, model, (x_tr, x_va), n, stem, self.epochs(state))
 
-    def model_for(self, state: TrialState, backbone: Backbone, n: int,
-                  stem: bool) -> tuple[Any, Any, Any]:
+    def model_for(self, state: TrialContext, backbone: Backbone, n: int,
+                  stem: bool) -> tuple[keras.Model, Inputs, Inputs]:
         """(model, train inputs, validation inputs) for training the top ``n`` blocks (and the
         stem): the top on cached boundary activations where it can, else the whole network."""
         import keras
@@ -194,12 +182,12 @@ class FineTuneStage(Stage):
             inp = keras.Input(b_tr.shape[1:], name="boundary")
             return keras.Model(inp, state.head(top(inp)), name="top_on_boundary"), b_tr, b_va
         model = assemble_model(backbone, state.head)
-        x_tr, x_va = state.extra["inputs"]()
+        x_tr, x_va = state.inputs()
         state.cached = False
         return model, x_tr, x_va
 
-    def train(self, state: TrialState, backbone: Backbone, model: Any, inputs: tuple, n: int,
-              stem: bool, epochs: int) -> None:
+    def train(self, state: TrialContext, backbone: Backbone, model: keras.Model,
+              inputs: tuple[Inputs, Inputs], n: int, stem: bool, epochs: int) -> None:
         """Make the top ``n`` blocks (and the stem) trainable, compile at ``lr_stage2`` with the
         layer-wise rates, and train ``epochs`` epochs from the trial's global step."""
         p, s = state.params, state.schedule
@@ -222,7 +210,7 @@ class GradualFineTuneStage(FineTuneStage):
     ``unfreeze_every: 0`` is :class:`FineTuneStage`.
     """
 
-    def run(self, state: TrialState) -> None:
+    def run(self, state: TrialContext) -> None:
         every = int(state.params.unfreeze_every)
         if every <= 0:
             return super().run(state)
@@ -231,6 +219,6 @@ class GradualFineTuneStage(FineTuneStage):
         phases = unfreeze_phases(n + int(stem), every, self.epochs(state))
         last = phases[-1][0]
         model, x_tr, x_va = self.model_for(state, backbone, min(last, n), last > n)
-        state.extra["restore_head"]()
+        state.restore_head()
         for units, epochs in phases:
             self.train(state, backbone, model, (x_tr, x_va), min(units, n), units > n, epochs)
