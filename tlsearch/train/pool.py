@@ -30,10 +30,9 @@ import numpy as np
 if TYPE_CHECKING:
     from tlsearch.backbones import Backbone
     from tlsearch.params import TrialParams
-    from tlsearch.train.context import TrialContext
     from tlsearch.train.heads import Head
 
-__all__ = ["TopPool", "PooledTop", "PooledStage2", "fit_on_boundary"]
+__all__ = ["TopPool", "PooledTop", "PooledStage2"]
 
 
 class PooledTop:
@@ -122,24 +121,3 @@ class TopPool:
     def __len__(self) -> int:
         return sum(len(t.models) for t in self._tops.values() if t is not None)
 
-
-def fit_on_boundary(state: TrialContext, n: int, *, stage: int, lr: float, epochs: int) -> bool:
-    """Train the top ``n`` blocks and the head on cached boundary activations, through a pooled
-    model. Returns False (nothing done) when the backbone cannot be cut there."""
-    p, s = state.params, state.schedule
-    source = state.source
-    top = source.tops.top(p.backbone, source.options(p), n, s.keep_bn_frozen, p)
-    if top is None:
-        return False
-    # reset before the boundaries are read: computing a missing one runs this backbone
-    top.reset()
-    b_tr, b_va = source.frozen_outputs(p.backbone, n, p, backbone=top.backbone)
-    head = state.head
-    for layer, dim in ((head.dense, top.top.output.shape[-1]), (head.out, p.head_width)):
-        if not layer.built:  # stage 1 trained a pooled copy: give this one its initial weights
-            layer.build((None, int(dim)))
-    state.restore_head()  # the trial's head now holds the best stage-1 weights
-    pooled = source.tops.get(top, p.head_width, state.data.n_classes)
-    pooled.reset(head, p.dropout, lr)
-    state.fit(pooled.model, b_tr, b_va, stage=stage, lr=None, layers=pooled.layers, epochs=epochs)
-    return True

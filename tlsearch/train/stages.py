@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from tlsearch.backbones import Backbone
 
 __all__ = ["Stage", "HeadStage", "FineTuneStage", "GradualFineTuneStage", "TrialState",
-           "TrialContext", "TrialPlan", "unfreeze_target", "blocks_to_unfreeze",
+           "TrialContext", "fit_on_boundary", "TrialPlan", "unfreeze_target", "blocks_to_unfreeze",
            "unfreeze_phases", "stage2_rates"]
 
 #: the former name of :class:`~tlsearch.train.context.TrialContext`
@@ -151,8 +151,6 @@ class FineTuneStage(Stage):
         return self.epochs(plan) > 0 and (u == UNFREEZE_ALL or int(u) > 0)
 
     def run(self, state: TrialContext) -> None:
-        from tlsearch.train.pool import fit_on_boundary
-
         p = state.params
         if (state.use_cache and p.unfreeze_blocks != UNFREEZE_ALL
                 and float(p.lr_decay) == 1.0 and state.source.compiler.optimizer is None):
@@ -222,3 +220,25 @@ class GradualFineTuneStage(FineTuneStage):
         state.restore_head()
         for units, epochs in phases:
             self.train(state, backbone, model, (x_tr, x_va), min(units, n), units > n, epochs)
+
+
+def fit_on_boundary(state: TrialContext, n: int, *, stage: int, lr: float, epochs: int) -> bool:
+    """Train the top ``n`` blocks and the head on cached boundary activations, through a pooled
+    model. Returns False (nothing done) when the backbone cannot be cut there."""
+    p, s = state.params, state.schedule
+    source = state.source
+    top = source.tops.top(p.backbone, source.options(p), n, s.keep_bn_frozen, p)
+    if top is None:
+        return False
+    # reset before the boundaries are read: computing a missing one runs this backbone
+    top.reset()
+    b_tr, b_va = source.frozen_outputs(p.backbone, n, p, backbone=top.backbone)
+    head = state.head
+    for layer, dim in ((head.dense, top.top.output.shape[-1]), (head.out, p.head_width)):
+        if not layer.built:  # stage 1 trained a pooled copy: give this one its initial weights
+            layer.build((None, int(dim)))
+    state.restore_head()  # the trial's head now holds the best stage-1 weights
+    pooled = source.tops.get(top, p.head_width, state.data.n_classes)
+    pooled.reset(head, p.dropout, lr)
+    state.fit(pooled.model, b_tr, b_va, stage=stage, lr=None, layers=pooled.layers, epochs=epochs)
+    return True
