@@ -84,7 +84,7 @@ def _npz_rows(path: Path, rows: list[int], dest: Path) -> None:
         n = len(z["x"] if "x" in z.files else z["x_train"])
         arrays = {k: (z[k][rows] if z[k].ndim and len(z[k]) == n and k != "class_names"
                       else z[k]) for k in z.files}
-    np.savez_compressed(dest, **arrays)  # type: ignore[arg-type]
+    np.savez_compressed(dest, **arrays)
 
 
 def _table(cfg: StudyConfig, x: np.ndarray, y: np.ndarray, classes: list[str], dest: Path) -> None:
@@ -104,6 +104,7 @@ def write_splits(cfg: StudyConfig, out: Path, *, copy: bool = False,
     splits = made_splits(cfg)
     if not splits:
         given = cfg.data.target_validation or cfg.data.validation
+        assert given is not None  # made_splits makes a validation split otherwise
         raise UserError(f"`data.validation`: study {cfg.name!r} splits nothing off `data.path`: "
                         f"its validation data is {str(cfg.resolve(given))!r} (given as files) "
                         f"and it has no `data.test_split`; there is nothing to write")

@@ -18,12 +18,14 @@ def add_parser(sub):
 
 
 def run(args) -> int:
+    from tlsearch._quiet import import_tensorflow_quietly
     from tlsearch.config import load_config
     from tlsearch.splits import check_out, write_splits
 
     out = Path(args.out)
     check_out(out, args.force)  # before the data is read
     cfg = load_config(args.study)
+    import_tensorflow_quietly()  # images are resized with TensorFlow's op, as in training
     written, ds = write_splits(cfg, out, copy=args.copy, force=args.force)
     for w in written:
         print(f"{w.split:<11} {w.n:>6} examples  {w.path}")

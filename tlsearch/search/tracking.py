@@ -227,15 +227,15 @@ class MLflowListener(Listener):
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def on_trial_end(self, trial: Any, state: str, value: float | None) -> None:
-        key = _key(trial)
-        run_id = self.runs.get(key)
+        trial_key = _key(trial)
+        run_id = self.runs.get(trial_key)
         if run_id is None:
             return
         attrs = trial.user_attrs
-        self._log_params(key, dict(trial.params))  # the user's own parameters too
-        del self.runs[key]
-        self.logged.pop(key, None)
-        self.stage.pop(key, None)
+        self._log_params(trial_key, dict(trial.params))  # the user's own parameters too
+        del self.runs[trial_key]
+        self.logged.pop(trial_key, None)
+        self.stage.pop(trial_key, None)
         tags = {"tlsearch.state": state}
         for key in ("best_step", "best_stage", "failure"):
             if ATTR[key] in attrs:
@@ -288,8 +288,8 @@ def _summary_metadata(plugin: str):
 
 
 class TensorBoardListener(Listener):
-    """``log_dir/<study>-<id>/trial-NNNN/``: each metric per global step, the stage as a scalar, and a text
-    note at the step where each stage starts. Written with TensorFlow's own summary ops, so
+    """``log_dir/<study>-<id>/trial-NNNN/``: each metric per global step, the stage as a scalar,
+    and a text note at the step where each stage starts. Written with TensorFlow's own summary ops, so
     workers need no ``tensorboard`` package; viewing the logs does (``tensorboard --logdir``)."""
 
     def __init__(self, cfg: StudyConfig) -> None:

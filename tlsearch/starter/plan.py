@@ -8,12 +8,14 @@ that ``tlsearch validate`` would refuse is a bug here, never the user's problem.
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import yaml
 
 from tlsearch.config import StudyConfig, parse_config
+from tlsearch.data import Dataset
 from tlsearch.errors import UserError
 from tlsearch.starter.recipe import (Recipe, Timing, choose_backbones, choose_image_size,
                                      make_recipe)
@@ -40,14 +42,14 @@ def _parse(recipe: Recipe, out_dir: Path) -> StudyConfig:
     return parse_config(recipe.study, source="the study file being written", base_dir=out_dir)
 
 
-def _caps(cfg: StudyConfig, data) -> dict[str, int]:
+def _caps(cfg: StudyConfig, data: Dataset) -> dict[str, int]:
     from tlsearch import modalities
 
     source = modalities.get(data.modality).make_source(cfg, data, None)
     return {e.name: source.max_unfreeze(e.name) for e in cfg.backbone_entries}
 
 
-def _timing(cfg: StudyConfig, data) -> Timing:
+def _timing(cfg: StudyConfig, data: Dataset) -> Timing:
     import keras
 
     from tlsearch.search.estimate import estimate
@@ -76,11 +78,10 @@ def plan(data: Path | str, out: Path, *, backbones: list[str] | None = None,
     import_tensorflow_quietly()
     ds = read(s, size or 32)
     out_dir = out.parent
-    choices = dict(out_dir=out_dir, backbones=names, backbones_why=names_why, image_size=size,
-                   image_size_why=size_why, minutes=minutes)
-    cfg = _parse(make_recipe(s, **choices), out_dir)  # type: ignore[arg-type]
-    caps = _caps(cfg, ds)
-    recipe = make_recipe(s, caps=caps, **choices)  # type: ignore[arg-type]
+    choose = partial(make_recipe, s, out_dir=out_dir, backbones=names, backbones_why=names_why,
+                     image_size=size, image_size_why=size_why, minutes=minutes)
+    caps = _caps(_parse(choose(), out_dir), ds)
+    recipe = choose(caps=caps)
     timing = None
     if timed:
         log("timing a few batches on this machine (--no-estimate skips it) ...")
@@ -88,7 +89,7 @@ def plan(data: Path | str, out: Path, *, backbones: list[str] | None = None,
             timing = _timing(_parse(recipe, out_dir), ds)
         except Exception as e:  # noqa: BLE001 - without a timing the budget is a count
             log(f"the estimate failed ({type(e).__name__}: {e}); the budget is a trial count")
-        recipe = make_recipe(s, caps=caps, timing=timing, **choices)  # type: ignore[arg-type]
+        recipe = choose(caps=caps, timing=timing)
     text = render(recipe)
     parse_config(yaml.safe_load(text), source=str(out), base_dir=out_dir)
     return text, s
