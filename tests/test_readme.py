@@ -326,7 +326,7 @@ def test_python_blocks_run_as_pasted(site):
     pets = optuna.load_study(study_name="pets", storage=f"sqlite:///{site / 'pets.db'}")
     finished = [t for t in pets.trials if t.state.is_finished()]
     assert len(finished) >= 2 + 5  # `tlsearch.run` twice, then the user's CMA-ES study
-    assert (site / "best-model" / "metadata.json").is_file()  # KerasTuner's export
+    assert (site / "kt-model" / "metadata.json").is_file()  # KerasTuner's export
 
 
 def test_python_blocks_need_nothing_defined():

@@ -21,6 +21,8 @@ def _quotes() -> list[str]:
         f"`make quickstart` {e['wall_time']}",
         f"{e['n_trials']} trials, {e['complete']} complete and {e['pruned']} pruned",
         f"best val_loss {best['val_loss']:.4f}, val accuracy {best['val_accuracy']:.3f}",
+        f"splits/validation` on the exported best trial gives back its val_loss "
+        f"{best['val_loss']:.4f} and val accuracy {best['val_accuracy']:.3f}",
         f"({e['n_validation']} for validation) the verdict is \"{v['kind']}\"",
         f"val_loss {ft['val_loss']:.4f} ± {ft['se']:.4f} against {ho['val_loss']:.4f} ± "
         f"{ho['se']:.4f} for the best head-only result",
