@@ -109,8 +109,9 @@ def _splits(s: DataSurvey, r: Recipe) -> tuple[float | None, float]:
         r.why["data.test_split"] = (f"{s.n} examples are enough to hold {_TEST_SHARE:g} out as a "
                                     f"test set that judges the chosen trial once")
     elif s.test is None:
-        r.why["data.test_split"] = (f"no test split: {s.n} examples are too few to spare one (from "
-                                    f"{TEST_SPLIT_FROM}); add `test:` data to measure the winner")
+        r.why["data.test_split"] = (f"{s.n} examples are too few to spare a test set (one is "
+                                    f"split off from {TEST_SPLIT_FROM}); give `test:` data to "
+                                    f"measure the chosen trial")
     val = 0.25 if s.n < 1000 else 0.2 if s.n < 10000 else 0.1
     r.why["data.validation_split"] = (f"{val:g} of {s.n} examples judge the trials (stratified, "
                                       f"seeded); a larger share where data is scarce")
@@ -208,7 +209,8 @@ def _search(s: DataSurvey, r: Recipe, n_train: int, caps: dict[str, int] | None)
     large = n_train >= 5000
     search["head_width"] = [128, 256, 512] if large else [64, 128, 256]
     search["dropout"] = {"low": 0.0, "high": 0.5 if large else 0.7}
-    r.why["search.dropout"] = "wider on small data, where the head overfits first"
+    r.why["search.dropout"] = ("up to 0.5: with this much data the head overfits less" if large
+                               else "up to 0.7 on small data, where the head overfits first")
     search["lr_stage1"] = {"low": 3.0e-4, "high": 1.0e-2, "log": True}
     search["lr_stage2"] = {"low": 1.0e-5, "high": 3.0e-4, "log": True}
     r.why["search.lr_stage2"] = "below every stage-1 rate: fine-tuning must not wreck the features"
