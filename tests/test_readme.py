@@ -1,11 +1,14 @@
 """Every code block of README.md runs, or is checked, as written.
 
-The blocks run in a scratch folder laid out as the README assumes (``studies/quickstart.yaml``,
-``study.yaml``, ``export/fashion``, ``shoe.jpg``, ``photos/``), with tiny studies (``tiny_cnn``,
-``tiny_bert``) in place of the real data. Each block is matched to one check by its first line; a
-block that no check claims fails the test, so a new block comes with its check. What cannot run
-here (Docker, curl against a server, PostgreSQL, a cluster) is checked against the code: the
-subcommands and flags exist, the SavedModel has the signature the request names.
+The blocks run in a scratch folder laid out as the README assumes (``studies/quickstart.yaml``
+with some of the quickstart's own images in ``studies/data/fashion-sample``, ``study.yaml``,
+``export/fashion``, ``shoe.jpg``, ``photos/``), with tiny studies (``tiny_cnn``, ``tiny_bert``) in
+place of the real backbones. Each Python block runs in a fresh interpreter, as pasted, with
+nothing defined for it; a block preceded by ``<!-- not run: why -->`` is skipped, and the reason
+must be given. Each block is matched to one check by its first line; a block that no check claims
+fails the test, so a new block comes with its check. What cannot run here (Docker, curl against a
+server, PostgreSQL, a cluster) is checked against the code: the subcommands and flags exist, the
+SavedModel has the signature the request names and takes the body the README builds.
 """
 
 from __future__ import annotations
@@ -33,7 +36,12 @@ from tlsearch.config import parse_config
 README = (REPO / "README.md").read_text()
 BLOCKS = [(lang, body) for lang, body in
           re.findall(r"^```(\w*)\n(.*?)^```", README, re.S | re.M)]
-CLASSES = ("bag", "sneaker", "stripes")
+#: Python blocks with the reason they are not run, if any (``<!-- not run: why -->`` before them)
+PYTHON = [(why, body) for why, body in
+          re.findall(r"^(?:<!-- not run: (.+?) -->\n)?```python\n(.*?)^```", README, re.S | re.M)]
+#: classes of the quickstart's images the scratch folder holds (files the README names among them)
+CLASSES = ("bag", "sandal", "sneaker")
+SAMPLE = REPO / "studies" / "data" / "fashion-sample"
 
 
 def _first(body: str) -> str:
@@ -51,8 +59,11 @@ def site(tmp_path_factory):
     os.chdir(root)
     os.environ["TLSEARCH_CACHE_DIR"] = str(root / "cache")
     try:
-        make_image_folder(root / "studies" / "data" / "fashion-sample", classes=CLASSES,
-                          per_class=8)
+        for c in CLASSES:  # the quickstart's own images: the README names some of them
+            dest = root / "studies" / "data" / "fashion-sample" / c
+            dest.mkdir(parents=True)
+            for f in sorted((SAMPLE / c).iterdir())[:12]:
+                shutil.copy(f, dest / f.name)
         write_study(root / "studies" / "quickstart.yaml", name="quickstart", n_trials=2,
                     data={"path": "data/fashion-sample", "validation_split": 0.25,
                           "image_size": 32},
@@ -130,6 +141,12 @@ def _commands(body: str) -> list[str]:
 def _run_tlsearch(cmd: str, site: Path, capsys) -> None:
     cmd = cmd.split(" | ")[0]  # `| jq ...`: the tlsearch part
     cmd = re.sub(r"\s+#.*$", "", cmd)
+    if cmd.startswith("tlsearch init ") and " && " in cmd:
+        first, *rest = cmd.split(" && ")
+        _check_init(shlex.split(first)[1:], site, capsys)
+        for part in rest:  # the study `init` wrote: test_init.py runs one (slow: real weights)
+            _check_flags(shlex.split(part)[1:], capsys)
+        return
     argv = shlex.split(cmd)[1:]
     sub = argv[0]
     if sub in ("dashboard",) or "--workers" in argv or "chest-xray" in cmd or "flowers" in cmd:
@@ -146,6 +163,38 @@ def _run_tlsearch(cmd: str, site: Path, capsys) -> None:
         assert got.out.strip(), cmd
 
 
+def _check_init(argv: list[str], site: Path, capsys) -> None:
+    """`tlsearch init data/`, in a folder of its own with the quickstart's images as `data/`:
+    the study file it writes validates (test_init.py runs one such study)."""
+    first = site / "first"
+    shutil.rmtree(first, ignore_errors=True)
+    shutil.copytree(site / "studies" / "data" / "fashion-sample", first / "data")
+    old = Path.cwd()
+    os.chdir(first)
+    try:
+        assert main(argv) == 0, capsys.readouterr().err[-2000:]
+        assert main(["validate", "study.yaml"]) == 0
+    finally:
+        os.chdir(old)
+    raw = yaml.safe_load((first / "study.yaml").read_text())
+    assert raw["data"]["path"] == "data" and raw["backbones"] == ["efficientnet_lite0"]
+
+
+def _check_body(block: str, site: Path) -> None:
+    """The request body the README builds with Python: run as written, then given to the
+    SavedModel's default signature as TensorFlow Serving would (one instance a row)."""
+    import tensorflow as tf
+
+    script = block[:block.index("> body.json") + len("> body.json")]
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    r = subprocess.run(["bash", "-c", script], cwd=site, env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    instances = json.loads((site / "body.json").read_text())["instances"]
+    loaded = tf.saved_model.load(str(site / "export" / "fashion" / "serving" / "1"))
+    out = loaded.signatures["serving_default"](image=tf.constant(instances, tf.float32))
+    assert out["probabilities"].shape == (1, len(CLASSES))
+
+
 def _check_external(cmd: str, site: Path, capsys) -> None:
     word = cmd.split()[0]
     if word == "make":
@@ -158,6 +207,8 @@ def _check_external(cmd: str, site: Path, capsys) -> None:
         assert m and (site / m.group(1) / "1" / "saved_model.pb").is_file(), cmd
     elif word == "curl":
         _check_request(cmd, site)
+        if "-d @" in cmd:  # the file the block before it wrote
+            assert (site / cmd.split("-d @")[1].split()[0]).is_file(), cmd
     elif word == "export":  # the environment variable tlsearch reads
         name = cmd.split()[1].split("=")[0]
         assert name in (REPO / "tlsearch" / "commands" / "run.py").read_text()
@@ -187,8 +238,11 @@ def test_shell_blocks_run(site, capsys):
     for lang, body in BLOCKS:
         if lang != "bash" and not (lang == "" and body.startswith("tlsearch run")):
             continue
+        if body.startswith("python -c"):  # builds a request body, then sends it
+            _check_body(body, site)
+            body = body[body.index("> body.json") + len("> body.json"):].strip() + "\n"
         commands = _commands(body)
-        if commands[0].startswith("curl"):  # one request over several lines
+        if commands[0].startswith("curl") and "-d @" not in body:  # one request, several lines
             commands = [body]
         for cmd in commands:
             seen += 1
@@ -242,44 +296,58 @@ def test_class_weight_omitted_means_no_weighting(site):
 # ---------------------------------------------------------------------------- python blocks
 
 
-def _python(body: str, site: Path) -> str:
-    """A Python block made to run here: smaller budgets, a local database for PostgreSQL's."""
-    code = body.replace("n_trials=50", "n_trials=1").replace("n_trials=40", "n_trials=1")
-    code = code.replace("max_epochs=10", "max_epochs=2")
-    code = code.replace('"postgresql+psycopg://tlsearch@db/tlsearch"',
-                        repr(f"sqlite:///{site / 'scratch' / 'api.db'}"))
-    try:
-        import cmaes  # noqa: F401
-    except ImportError:  # CMA-ES is an optional dependency of Optuna's: any sampler shows it
-        code = code.replace("optuna.samplers.CmaEsSampler(seed=0, warn_independent_sampling=False)",
-                            "optuna.samplers.RandomSampler(seed=0)")
-    return code
+def _fresh(code: str, cwd: Path, pythonpath: str) -> subprocess.CompletedProcess:
+    """``code`` in a new interpreter, as a user pastes it: nothing defined beforehand."""
+    env = {**os.environ, "PYTHONPATH": pythonpath}
+    return subprocess.run([sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True,
+                          text=True)
 
 
-def test_python_blocks_run(site):
-    (site / "scratch").mkdir(exist_ok=True)
-    ns: dict = {"images": np.zeros((2, 40, 50, 3), np.uint8)}
+def _installed() -> str:
+    """The path a user's installed tlsearch is on: the repository, then what the tests have."""
+    return os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+
+
+@pytest.mark.slow
+def test_python_blocks_run_as_pasted(site):
+    """Each Python block, in order, in its own fresh interpreter in the scratch folder."""
+    import optuna
+
+    # every `not run` note sits right before a Python block, and says why
+    assert README.count("<!-- not run:") == sum(bool(why.strip()) for why, _ in PYTHON)
     ran = 0
-    for lang, body in BLOCKS:
-        if lang != "python":
-            continue
-        first = _first(body)
-        if first.startswith("import tensorflow as tf"):
-            continue  # plain TensorFlow, in a fresh process: the next test
-        if first == "# tlsearch_small_cnn.py":
+    for why, body in PYTHON:
+        if why or "tf.saved_model.load" in body:
+            continue  # plain TensorFlow, without tlsearch: test_savedmodel_from_plain_tensorflow
+        if body.lstrip().startswith("# tlsearch_small_cnn.py"):
             continue  # another package's module: test_plugins.py installs and runs it
-        if first.startswith("import keras_tuner"):
-            body = body.replace('"best-model"', repr(str(site / "scratch" / "kt-model")))
-        code = _python(body, site)
-        exec(compile(code, "README.md", "exec"), ns)
+        r = _fresh(body, site, _installed())
+        assert r.returncode == 0, f"README block failed:\n{body}\n{r.stderr[-3000:]}"
         ran += 1
-        if first.startswith("def my_objective"):
-            ns["study"].optimize(ns["my_objective"], n_trials=1)
-            assert "decision_threshold" in ns["study"].trials[-1].params
-        if "tlsearch.load" in code and "model.classes" in code:
-            assert ns["model"].classes == sorted(CLASSES)
     assert ran == 5
-    assert (site / "scratch" / "kt-model" / "metadata.json").is_file()
+    pets = optuna.load_study(study_name="pets", storage=f"sqlite:///{site / 'pets.db'}")
+    finished = [t for t in pets.trials if t.state.is_finished()]
+    assert len(finished) >= 2 + 5  # `tlsearch.run` twice, then the user's CMA-ES study
+    assert (site / "kt-model" / "metadata.json").is_file()  # KerasTuner's export
+
+
+def test_python_blocks_need_nothing_defined():
+    """Every name a Python block uses is defined in that block or imported there: pasted alone
+    into a fresh interpreter, none raises NameError (the runs above prove it for those run)."""
+    import builtins
+    import symtable
+
+    for why, body in PYTHON:
+        table = symtable.symtable(body, "README.md", "exec")
+        defined = {s.get_name() for s in table.get_symbols() if s.is_assigned() or s.is_imported()}
+        used = {s.get_name() for s in table.get_symbols() if s.is_referenced()}
+        inner = list(table.get_children())
+        while inner:  # functions and comprehensions: the module's names they read
+            child = inner.pop()
+            used |= {s.get_name() for s in child.get_symbols() if s.is_global()}
+            inner += child.get_children()
+        missing = used - defined - set(dir(builtins))
+        assert not missing, f"README block uses {sorted(missing)} without defining them:\n{body}"
 
 
 _PLAIN = """
@@ -298,9 +366,8 @@ def _plain_tf(code: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def test_savedmodel_from_plain_tensorflow(site, text_export):
-    block = next(b for lang, b in BLOCKS if lang == "python" and b.startswith("import tensorflow"))
-    image = _PLAIN.format(code="images = np.zeros((2, 40, 50, 3), np.uint8)\n" + block)
-    r = _plain_tf(image, site)
+    block = next(b for lang, b in BLOCKS if lang == "python" and "tf.saved_model.load" in b)
+    r = _plain_tf(_PLAIN.format(code=block), site)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads(r.stdout.splitlines()[-1]) == [2, len(CLASSES)]
     # text: the same block, strings in, and export/reviews

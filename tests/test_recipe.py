@@ -440,3 +440,20 @@ def test_value_se_per_objective():
     assert 0 < large < small / 2
     assert value_se("val_macro_f1", p, y) == value_se("val_macro_f1", p, y)  # seeded
     assert np.isnan(value_se("val_loss", p[:1], y[:1]))
+
+
+def test_the_extraction_table_shows_the_0_block_trial_too():
+    """When the frozen side's best is a stage-1 epoch of a trial that went on to fine-tune, the
+    best trial that unfroze nothing is in the table as well: the recipe a user would pick."""
+    from tlsearch.report.sections import SECTIONS
+
+    cfg = parse_config({"name": "t", "n_trials": 1, "data": {"path": "x"},
+                        "backbones": ["tiny_cnn"], "objective": "val_accuracy"})
+    study = _fake_study([(0, 0.80, 2.0, 4000, None, 0.04), (9, 0.90, 20.0, 4000, 1, 0.03),
+                         (0, 0.70, 2.0, 4000), (4, 0.85, 20.0, 40000, None, 0.035)])
+    html = SECTIONS[-1](study, cfg).html
+    assert "best trial with 0 blocks unfrozen" in html and "#0: 0.8000 ± 0.0400" in html
+    plain = _fake_study([(0, 0.91, 2.0, 4000), (1, 0.90, 10.0, 9000)])
+    assert "0 blocks unfrozen" not in SECTIONS[-1](plain, cfg).html  # the frozen side is one
+    none = _fake_study([(9, 0.90, 20.0, 4000, 1), (4, 0.85, 20.0, 40000)])
+    assert "none complete" in SECTIONS[-1](none, cfg).html

@@ -45,11 +45,14 @@ def test_mlflow_run_per_trial_and_tensorboard_logs(tmp_path, image_folder, monke
 
     import tensorflow as tf
 
-    folders = sorted(p.name for p in (tmp_path / "tb").iterdir())
-    assert folders == ["trial-0000", "trial-0001"]
+    uid = study.user_attrs["tlsearch.study_uid"]
+    assert sorted(r.info.run_name for r in runs.values()) == [f"tiny-{uid[:8]}-trial-0",
+                                                             f"tiny-{uid[:8]}-trial-1"]
+    folders = sorted(str(p.relative_to(tmp_path / "tb")) for p in (tmp_path / "tb").glob("*/*"))
+    assert folders == [f"tiny-{uid[:8]}/trial-0000", f"tiny-{uid[:8]}/trial-0001"]
     seen: dict[str, list[int]] = {}
     notes = []
-    for f in (tmp_path / "tb" / "trial-0000").glob("events.out.tfevents.*"):
+    for f in (tmp_path / "tb" / folders[0]).glob("events.out.tfevents.*"):
         for event in tf.compat.v1.train.summary_iterator(str(f)):
             for v in event.summary.value:
                 seen.setdefault(v.tag, []).append(event.step)
@@ -106,3 +109,58 @@ def test_tracking_uri_credentials_are_never_shown(tmp_path, capsys):
     assert main(["validate", str(path), "--json"]) == 0
     out = capsys.readouterr().out
     assert "s3cret" not in out and "mlflow.internal" in out
+
+
+def _runs_and_folders(uri: str, tb):
+    from mlflow import MlflowClient
+
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("shared")
+    runs = client.search_runs([exp.experiment_id])
+    folders = sorted(str(p.relative_to(tb)) for p in tb.glob("*/trial-*"))
+    return runs, folders
+
+
+def test_two_studies_on_one_file_and_a_rerun_never_share_a_run_or_a_folder(
+        tmp_path, image_folder, monkeypatch):
+    """Two of the user's Optuna studies (NSGA-II and random) driven by tlsearch.objective on one
+    study file, then one of them deleted and run again under its name: every trial has its own
+    MLflow run name and TensorBoard folder, named by the Optuna study (name and id) and trial."""
+    pytest.importorskip("mlflow", reason="MLflow is an extra: pip install 'tlsearch[mlflow]'")
+    import tlsearch
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri = (tmp_path / "mlruns").as_uri()
+    path = write_study(tmp_path / "s.yaml", training={"stage1_epochs": 1, "stage2_epochs": 0},
+                       search={"unfreeze_blocks": 0, "head_width": [8]},
+                       tracking={"mlflow": {"tracking_uri": uri, "experiment": "shared"},
+                                 "tensorboard": {"log_dir": "tb"}})
+    cfg = tlsearch.load_config(path)
+    storage = f"sqlite:///{tmp_path / 'own.db'}"
+    objective = tlsearch.objective(path)  # one objective, as a user reuses it
+
+    def optimize(name: str, sampler: optuna.samplers.BaseSampler) -> tuple[str, str, str]:
+        study = optuna.create_study(study_name=name, storage=storage, sampler=sampler,
+                                    direction=cfg.direction)
+        study.optimize(objective, n_trials=1)
+        # read now: SQLite gives a deleted study's number to the next one created
+        return name, study.user_attrs["tlsearch.study_uid"], \
+            study.trials[0].user_attrs["tlsearch.mlflow_run"]
+
+    made = [optimize("nsga", optuna.samplers.NSGAIISampler(seed=0)),
+            optimize("random", optuna.samplers.RandomSampler(seed=0))]
+    optuna.delete_study(study_name="random", storage=storage)
+    made.append(optimize("random", optuna.samplers.RandomSampler(seed=0)))
+
+    assert len({uid for _, uid, _ in made}) == 3  # the rerun under the same name is another study
+    runs, folders = _runs_and_folders(uri, tmp_path / "tb")
+    names = sorted(r.info.run_name for r in runs)
+    assert len(names) == 3 and len(set(names)) == 3, names
+    for name, uid, run_id in made:
+        run = next(r for r in runs if r.info.run_id == run_id)
+        assert run.info.run_name == f"{name}-{uid[:8]}-trial-0"
+        assert run.data.tags["tlsearch.study"] == name
+        assert run.data.tags["tlsearch.study_uid"] == uid
+        # each study tags its own best: one run per study
+        assert run.data.tags["tlsearch.best"] == "true"
+    assert folders == sorted(f"{name}-{uid[:8]}/trial-0000" for name, uid, _ in made)

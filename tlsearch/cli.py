@@ -19,7 +19,7 @@ __all__ = ["main"]
 
 #: subcommand modules under tlsearch.commands; each has ``add_parser(sub)`` and ``run(args) -> int``
 COMMANDS = ("run", "validate", "backbones", "cache", "export", "predict", "evaluate", "dashboard",
-            "report")
+            "report", "split", "init")
 
 
 #: commands that never touch a study: their start-up skips Optuna and the study schema

@@ -95,6 +95,9 @@ class DataConfig(Section):
     test: Path | None = Field(None, description="held-out test data, same format: never used to "
                               "choose a trial; the chosen one is evaluated on it once")
     validation_split: float = Field(0.2, gt=0, lt=1)
+    test_split: float | None = Field(
+        None, gt=0, lt=1, description="a held-out test set split off `path` (stratified, seeded), "
+        "as `test` would be given: never used to choose a trial")
     target: Path | None = Field(None, description="unlabelled data of the domain the model will "
                                 "serve, in the format of `path` without labels (a folder of "
                                 "images, a .npz with `x`, a table with the text column)")
@@ -107,6 +110,18 @@ class DataConfig(Section):
     skip_bad_files: bool = Field(False, description="skip unreadable files instead of stopping")
     pixel_range: tuple[float, float] | None = Field(
         None, description=".npz only: the values that become 0 and 255, e.g. [-1, 1] or [0, 65535]")
+
+    @model_validator(mode="after")
+    def _check_splits(self) -> DataConfig:
+        if self.test_split is not None and self.test is not None:
+            raise ValueError("give `test` (held-out files) or `test_split` (a share of `path`), "
+                             "not both")
+        if self.test_split is not None and self.validation is None and \
+                self.test_split + self.validation_split >= 1:
+            raise ValueError(f"`test_split + validation_split < 1` must hold (training needs the "
+                             f"rest), but got test_split={self.test_split:g}, "
+                             f"validation_split={self.validation_split:g}")
+        return self
 
 
 class BackboneEntry(Section):

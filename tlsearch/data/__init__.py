@@ -63,6 +63,9 @@ class Dataset:
     warnings: list[str] = field(default_factory=list)
     #: how the target data was read (a count, and class folders whose names were not used)
     target_note: str = ""
+    #: per split made here ("train", "validation", "test"): where each example came from, in
+    #: the order of its arrays (see :attr:`RawData.sources`); what ``tlsearch split`` writes out
+    sources: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def n_classes(self) -> int:
@@ -99,8 +102,6 @@ class Dataset:
 
 def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
     """Read, check and split the data described by a :class:`~tlsearch.config.DataConfig`."""
-    from sklearn.model_selection import train_test_split
-
     path = cfg.path if Path(cfg.path).is_absolute() else base_dir / cfg.path
     if not path.exists():
         raise DataError(f"`data.path`: {str(path)!r} does not exist")
@@ -115,6 +116,16 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
     target_val = getattr(cfg, "target_validation", None)
     validation, vfield = (target_val, "data.target_validation") if target_val is not None \
         else (cfg.validation, "data.validation")
+    class_names = sorted(set(train.labels), key=_label_key)
+    index = {c: i for i, c in enumerate(class_names)}
+    y = np.array([index[c] for c in train.labels], dtype=np.int64)
+    rows = np.arange(len(y))
+    test_rows = None
+    test_split = getattr(cfg, "test_split", None)
+    if test_split is not None:  # held out first, so the validation split never sees it
+        _check_classes(class_names, y, "data.path")
+        rows, test_rows = _stratified_split(rows, y, class_names, test_split,
+                                            ("data.test_split", "data.test"), seed)
     if validation is not None:
         vpath = validation if Path(validation).is_absolute() else base_dir / validation
         if not vpath.exists():
@@ -122,38 +133,33 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
         val = reader(cfg, vpath, image_size)
         val.labels = [nfc(c) for c in val.labels]
         skipped += val.skipped
-        class_names = sorted(set(train.labels), key=_label_key)
         unknown = sorted(set(val.labels) - set(class_names))
         if unknown:
             raise DataError(f"`{vfield}`: labels {unknown} occur in the validation data "
                             f"but not in the training data {class_names}"
                             + _lookalikes(unknown, class_names))
-        index = {c: i for i, c in enumerate(class_names)}
-        x_tr, y_tr = train.x, np.array([index[c] for c in train.labels], dtype=np.int64)
+        tr = rows
+        x_tr, y_tr = (train.x, y) if test_rows is None else (train.x[tr], y[tr])
         x_va, y_va = val.x, np.array([index[c] for c in val.labels], dtype=np.int64)
         _check_classes(class_names, y_tr, "data.path")
         if len(y_va) == 0:
             raise DataError(f"`{vfield}`: no examples found")
+        sources = {"validation": list(val.sources)} if val.sources else {}
     else:
-        class_names = sorted(set(train.labels), key=_label_key)
-        index = {c: i for i, c in enumerate(class_names)}
-        y = np.array([index[c] for c in train.labels], dtype=np.int64)
         _check_classes(class_names, y, "data.path")
-        counts = np.bincount(y, minlength=len(class_names))
-        n_val = int(round(len(y) * cfg.validation_split))
-        if counts.min() < 2 or n_val < len(class_names) or len(y) - n_val < len(class_names):
-            small = [class_names[i] for i in np.flatnonzero(counts < 2)]
-            raise DataError(
-                f"`data.path`: too few examples for a stratified {cfg.validation_split:g} split: "
-                f"{len(y)} examples in {len(class_names)} classes"
-                + (f"; classes with fewer than 2: {small}" if small else "")
-                + ". Add data, change `data.validation_split`, or give `data.validation`"
-            )
-        idx = np.arange(len(y))
-        tr, va = train_test_split(idx, test_size=n_val, stratify=y, random_state=seed)
+        tr, va = _stratified_split(rows, y, class_names, cfg.validation_split,
+                                   ("data.validation_split", "data.validation"), seed)
         x_tr, y_tr, x_va, y_va = train.x[tr], y[tr], train.x[va], y[va]
-    ds = Dataset(train.modality, x_tr, y_tr, x_va, y_va, class_names, skipped)
+        sources = {"validation": [train.sources[i] for i in va]} if train.sources else {}
+    if train.sources:
+        sources["train"] = [train.sources[i] for i in tr]
+        if test_rows is not None:
+            sources["test"] = [train.sources[i] for i in test_rows]
+    ds = Dataset(train.modality, x_tr, y_tr, x_va, y_va, class_names, skipped, sources=sources)
     ds.fingerprint = fingerprint(x_tr, y_tr, x_va, y_va, names=class_names)
+    if test_rows is not None:
+        ds.x_test, ds.y_test = train.x[test_rows], y[test_rows]
+        ds.warnings += _test_overlap(ds)
     if getattr(cfg, "test", None) is not None:
         ds.x_test, ds.y_test, test_skipped = load_labelled(
             cfg, cfg.test, class_names, base_dir=base_dir, image_size=image_size, field="data.test")
@@ -172,6 +178,30 @@ def load_dataset(cfg, *, base_dir: Path, image_size: int, seed: int) -> Dataset:
             raise DataError("`data.target`: the target data is not of the kind of `data.path` "
                             "(images and texts mixed)")
     return ds
+
+
+def _stratified_split(rows: np.ndarray, y: np.ndarray, class_names: list[str], share: float,
+                      fields: tuple[str, str], seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``rows`` of ``data.path`` split into (kept, split off): ``share`` of all its examples,
+    stratified by label and seeded, so every run of a study (and ``tlsearch split``) splits the
+    same way. ``fields``: the share's field and its alternative, named when there are too few
+    examples."""
+    from sklearn.model_selection import train_test_split
+
+    labels = y[rows]
+    n_classes = len(class_names)
+    counts = np.bincount(labels, minlength=n_classes)
+    n_part = int(round(len(y) * share))
+    if counts.min() < 2 or n_part < n_classes or len(rows) - n_part < n_classes:
+        small = [class_names[i] for i in np.flatnonzero(counts < 2)]
+        raise DataError(
+            f"`data.path`: too few examples for a stratified {share:g} split: "
+            f"{len(rows)} examples in {n_classes} classes"
+            + (f"; classes with fewer than 2: {small}" if small else "")
+            + f". Add data, change `{fields[0]}`, or give `{fields[1]}`"
+        )
+    kept, part = train_test_split(rows, test_size=n_part, stratify=labels, random_state=seed)
+    return kept, part
 
 
 def _digests(x: np.ndarray) -> list[bytes]:

@@ -58,6 +58,9 @@ class RawData:
     labels: list[str]
     modality: str
     skipped: list[str] = field(default_factory=list)
+    #: where each example came from, in the order of ``x``: its file (image folders) or its row
+    #: in the file (arrays); empty where a reader does not say
+    sources: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

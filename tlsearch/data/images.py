@@ -200,7 +200,8 @@ def load_image_folder(cfg, path: Path, image_size: int) -> RawData:
     if not keep:
         raise DataError(f"{str(path)!r}: no readable images")
     x = np.stack([a for a in arrays if a is not None])
-    return RawData(x, [labels[i] for i in keep], "image", skipped=bad)
+    return RawData(x, [labels[i] for i in keep], "image", skipped=bad,
+                   sources=[str(files[i]) for i in keep])
 
 
 def _refuse_dropped_classes(path: Path, class_dirs, labels, arrays, bad) -> None:
@@ -276,7 +277,7 @@ def load_npz(cfg, path: Path, image_size: int) -> RawData:
             )
         labels = [str(v) for v in values]
     return RawData(npz_pixels(x, xk, repr(str(path)), getattr(cfg, "pixel_range", None),
-                              image_size), labels, "image")
+                              image_size), labels, "image", sources=[str(i) for i in range(len(x))])
 
 
 def npz_pixels(x: np.ndarray, key: str, where: str, pixel_range, image_size: int) -> np.ndarray:

@@ -106,8 +106,9 @@ def _importance_section(study, cfg) -> Section:
     import optuna
 
     s = Section("Parameter importances",
-                "How much of the objective's variation each searched parameter explains "
-                "(fANOVA over the complete trials).")
+                "How much each searched parameter matters: PED-ANOVA, Optuna's default, which "
+                "compares where each parameter's values lie in the best 10% of the complete "
+                "trials with where they lie in all of them.")
     n = len(complete(study))
     if n < 2:
         s.note = f"Needs at least 2 complete trials; the study has {n}."
@@ -263,6 +264,11 @@ def frozen_vs_finetuned(study, cfg) -> dict[str, dict] | None:
                      "se": best.user_attrs.get(ATTR["value_se"]),
                      "unfreeze_blocks": best.user_attrs.get(ATTR["params"], {}).get(
                          "unfreeze_blocks", 0)}
+    # the best trial that unfroze nothing at all, which the frozen side may not be (a stage-1
+    # epoch of a fine-tuning trial can beat it): the pure feature-extraction recipe, named too
+    zero = max(planned["frozen"], key=lambda t: sign * t.value, default=None)
+    out["frozen"]["zero_block"] = None if zero is None else {
+        "trial": zero.number, "value": zero.value, "se": zero.user_attrs.get(ATTR["value_se"])}
     return out
 
 
@@ -322,6 +328,16 @@ def _fmt(v, spec: str, unit: str = "") -> str:
     return "-" if v is None else f"{v:{spec}}{unit}"
 
 
+def _zero_block_row(fr: dict) -> list[tuple[str, str, str]]:
+    """Where the frozen side's best is a fine-tuning trial's stage-1 epoch, the best trial that
+    unfroze no block (or that none completed), so the table shows the pure recipe too."""
+    if not fr["unfreeze_blocks"]:
+        return []
+    zero = fr.get("zero_block")
+    shown = f"#{zero['trial']}: {_with_se(zero)}" if zero else "none complete"
+    return [("best trial with 0 blocks unfrozen", shown, "")]
+
+
 def _extraction_section(study, cfg) -> Section:
     s = Section("Feature extraction or fine-tuning?",
                 "The best trial that trained only a head on the frozen backbone (unfreeze_blocks "
@@ -339,6 +355,7 @@ def _extraction_section(study, cfg) -> Section:
     rows = [("best trial", first, f"#{ft['trial']} ({ft['unfreeze_blocks']} blocks)"),
             (cfg.objective + (" ± standard error" if noise(c) is not None else ""),
              _with_se(fr), _with_se(ft)),
+            *_zero_block_row(fr),
             ("held-out test accuracy", _fmt(fr["test_accuracy"], ".4f"),
              _fmt(ft["test_accuracy"], ".4f")),
             ("seconds (best trial)", _fmt(fr["seconds"], ".1f"), _fmt(ft["seconds"], ".1f")),

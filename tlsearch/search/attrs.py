@@ -40,6 +40,7 @@ ATTR = {
     "fences": "tlsearch.fences",
     "prescreen": "tlsearch.prescreen",
     "mlflow_run": "tlsearch.mlflow_run",
+    "study_uid": "tlsearch.study_uid",  # study: its random id, naming its tracker runs/folders
     "stage2_step": "tlsearch.stage2_step",
     "last_step": "tlsearch.last_step",  # trial: the global step of its last planned epoch
     "stopped": "tlsearch.stopped",

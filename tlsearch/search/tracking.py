@@ -10,6 +10,12 @@ Whether one can work (MLflow installed, its store reachable, the log folder writ
 by :func:`check_tracking` before the study is created, so a typo costs a message, not a study. A
 tracker that fails later (its server gone mid-study) is reported once and dropped: tracking must
 never cost a trial.
+
+Runs and folders are named by the Optuna study a trial belongs to, not by the study file: one
+study file can drive several Optuna studies (``tlsearch.objective`` in studies of the user's,
+a study deleted and created again under its name). Each study gets a random id once, stored on it
+(``tlsearch.study_uid``, see :func:`study_uid`), and its trials are ``<study>-<id>-trial-<n>`` in
+MLflow and ``log_dir/<study>-<id>/trial-NNNN/`` in TensorBoard.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from __future__ import annotations
 import math
 import sys
 import time
+import uuid
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -27,7 +35,7 @@ from tlsearch.search.attrs import ATTR
 from tlsearch.search.storage import redact_url
 
 __all__ = ["Listener", "Listeners", "MLflowListener", "TensorBoardListener", "open_listeners",
-           "check_tracking", "METRICS"]
+           "check_tracking", "METRICS", "study_uid", "study_label"]
 
 #: the per-epoch numbers sent to trackers (the stage goes along as a metric of its own)
 METRICS = ("loss", "val_loss", "val_accuracy", "val_auc")
@@ -35,6 +43,42 @@ METRICS = ("loss", "val_loss", "val_accuracy", "val_auc")
 
 def _warn(message: str) -> None:
     print(message, file=sys.stderr)
+
+
+#: ids already read, per study object (a study deleted and created again is a new object), so a
+#: trial's every epoch does not ask the database again
+_UIDS: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def study_uid(study: Any) -> str:
+    """The Optuna study's own id: a random hex string stored on the study the first time it is
+    asked for (``tlsearch.study_uid``), so every worker and every later run finds the same one.
+
+    Optuna's numeric study id is private and, in SQLite, handed out again after a study is
+    deleted; a study deleted and created again under its name must not write into the runs of
+    the one before. Two workers that start a new study's first trials at the same moment may
+    both write one; the last write stands and is what both read back, so at worst their first
+    trials carry another id of the same study, never one of another study.
+    """
+    known = _UIDS.get(study)
+    if known is not None:
+        return known
+    uid = study.user_attrs.get(ATTR["study_uid"])
+    if not uid:
+        study.set_user_attr(ATTR["study_uid"], uuid.uuid4().hex)
+        uid = study.user_attrs[ATTR["study_uid"]]
+    _UIDS[study] = str(uid)
+    return str(uid)
+
+
+def study_label(study: Any) -> str:
+    """``<study name>-<first 8 hex digits of its id>``: what names its runs and folders."""
+    return f"{study.study_name}-{study_uid(study)[:8]}"
+
+
+def _key(trial: Any) -> tuple[str, int]:
+    """A running trial's key in a listener: one listener may hear trials of several studies."""
+    return study_uid(trial.study), trial.number
 
 
 class Listener:
@@ -122,7 +166,6 @@ class MLflowListener(Listener):
 
         uri = os.path.expandvars(cfg.tracking.mlflow.tracking_uri)
         self.experiment = cfg.tracking.mlflow.experiment or cfg.name
-        self.study_name = cfg.name
         try:
             self.client = MlflowClient(tracking_uri=uri)
             found = self.client.get_experiment_by_name(self.experiment)
@@ -139,33 +182,36 @@ class MLflowListener(Listener):
             first = (str(e).strip().splitlines() or [type(e).__name__])[0][:400]
             raise UserError(f"`tracking.mlflow.tracking_uri`: MLflow cannot use "
                             f"{redact_url(uri)!r}: {first}") from None
-        self.runs: dict[int, str] = {}
-        self.logged: dict[int, set[str]] = {}
-        self.stage: dict[int, int] = {}
+        self.runs: dict[tuple[str, int], str] = {}
+        self.logged: dict[tuple[str, int], set[str]] = {}
+        self.stage: dict[tuple[str, int], int] = {}
 
     def on_trial_start(self, trial: Any, params: dict[str, Any]) -> None:
+        study, key = trial.study, _key(trial)
         run = self.client.create_run(
-            self.experiment_id, run_name=f"{self.study_name}-trial-{trial.number}",
-            tags={"tlsearch.study": self.study_name, "tlsearch.trial": str(trial.number)})
+            self.experiment_id, run_name=f"{study_label(study)}-trial-{trial.number}",
+            tags={"tlsearch.study": study.study_name, "tlsearch.study_uid": key[0],
+                  "tlsearch.trial": str(trial.number)})
         run_id = run.info.run_id
-        self.runs[trial.number] = run_id
-        self._log_params(trial.number, {**dict(trial.params), **params})
+        self.runs[key] = run_id
+        self._log_params(key, {**dict(trial.params), **params})
         trial.set_user_attr(ATTR["mlflow_run"], run_id)
 
-    def _log_params(self, number: int, params: dict[str, Any]) -> None:
+    def _log_params(self, key: tuple[str, int], params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        done = self.logged.setdefault(number, set())
+        done = self.logged.setdefault(key, set())
         new = {k: v for k, v in params.items() if k not in done}
         if new:
-            self.client.log_batch(self.runs[number],
+            self.client.log_batch(self.runs[key],
                                   params=[Param(k, str(v)) for k, v in new.items()])
             done.update(new)
 
     def on_epoch(self, trial: Any, record: Any) -> None:
         from mlflow.entities import Metric, RunTag
 
-        run_id = self.runs.get(trial.number)
+        key = _key(trial)
+        run_id = self.runs.get(key)
         if run_id is None:
             return
         now = int(time.time() * 1000)
@@ -175,19 +221,21 @@ class MLflowListener(Listener):
         metrics += [Metric("stage", float(record.stage), now, record.step),
                     Metric("epoch_seconds", float(record.seconds), now, record.step)]
         tags = []
-        if self.stage.get(trial.number) != record.stage:
-            self.stage[trial.number] = record.stage
+        if self.stage.get(key) != record.stage:
+            self.stage[key] = record.stage
             tags.append(RunTag(f"tlsearch.stage{record.stage}_first_step", str(record.step)))
         self.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def on_trial_end(self, trial: Any, state: str, value: float | None) -> None:
-        run_id = self.runs.pop(trial.number, None)
+        trial_key = _key(trial)
+        run_id = self.runs.get(trial_key)
         if run_id is None:
             return
         attrs = trial.user_attrs
-        self._log_params(trial.number, dict(trial.params))  # the user's own parameters too
-        self.logged.pop(trial.number, None)
-        self.stage.pop(trial.number, None)
+        self._log_params(trial_key, dict(trial.params))  # the user's own parameters too
+        del self.runs[trial_key]
+        self.logged.pop(trial_key, None)
+        self.stage.pop(trial_key, None)
         tags = {"tlsearch.state": state}
         for key in ("best_step", "best_stage", "failure"):
             if ATTR[key] in attrs:
@@ -240,8 +288,8 @@ def _summary_metadata(plugin: str):
 
 
 class TensorBoardListener(Listener):
-    """``log_dir/trial-NNNN/``: each metric per global step, the stage as a scalar, and a text
-    note at the step where each stage starts. Written with TensorFlow's own summary ops, so
+    """``log_dir/<study>-<id>/trial-NNNN/``: each metric per global step, the stage as a scalar,
+    and a text note at the step where each stage starts. Written with TensorFlow's own summary ops, so
     workers need no ``tensorboard`` package; viewing the logs does (``tensorboard --logdir``)."""
 
     def __init__(self, cfg: StudyConfig) -> None:
@@ -252,14 +300,15 @@ class TensorBoardListener(Listener):
         except OSError as e:
             raise UserError(f"`tracking.tensorboard.log_dir`: {str(self.root)!r} cannot be "
                             f"created ({e.strerror or e})") from None
-        self.writers: dict[int, Any] = {}
-        self.stage: dict[int, int] = {}
+        self.writers: dict[tuple[str, int], Any] = {}
+        self.stage: dict[tuple[str, int], int] = {}
 
-    def folder(self, number: int) -> Path:
-        return self.root / f"trial-{number:04d}"
+    def folder(self, trial: Any) -> Path:
+        """The trial's folder: under its study's (name and id), so studies never share one."""
+        return self.root / study_label(trial.study) / f"trial-{trial.number:04d}"
 
-    def _write(self, number: int, fn: Callable[[], None]) -> None:
-        writer = self.writers.get(number)
+    def _write(self, key: tuple[str, int], fn: Callable[[], None]) -> None:
+        writer = self.writers.get(key)
         if writer is not None:
             with writer.as_default():
                 fn()
@@ -267,9 +316,10 @@ class TensorBoardListener(Listener):
     def on_trial_start(self, trial: Any, params: dict[str, Any]) -> None:
         import tensorflow as tf
 
-        self.writers[trial.number] = tf.summary.create_file_writer(str(self.folder(trial.number)))
+        key = _key(trial)
+        self.writers[key] = tf.summary.create_file_writer(str(self.folder(trial)))
         shown = ", ".join(f"{k}={v}" for k, v in params.items())
-        self._write(trial.number, lambda: self._text("trial", f"trial {trial.number}: {shown}", 0))
+        self._write(key, lambda: self._text("trial", f"trial {trial.number}: {shown}", 0))
 
     def _text(self, tag: str, text: str, step: int) -> None:
         import tensorflow as tf
@@ -287,18 +337,20 @@ class TensorBoardListener(Listener):
                     tf.summary.write(k, tf.constant(float(v)), step=record.step, metadata=md)
             tf.summary.write("stage", tf.constant(float(record.stage)), step=record.step,
                              metadata=md)
-            if self.stage.get(trial.number) != record.stage:
+            if self.stage.get(key) != record.stage:
                 self._text("stage_boundary", f"stage {record.stage} starts at step {record.step}",
                            record.step)
 
-        self._write(trial.number, write)
-        self.stage[trial.number] = record.stage
+        key = _key(trial)
+        self._write(key, write)
+        self.stage[key] = record.stage
 
     def on_trial_end(self, trial: Any, state: str, value: float | None) -> None:
+        key = _key(trial)
         shown = "" if value is None else f" value={value:.6g}"
-        self._write(trial.number, lambda: self._text("result", f"{state}{shown}", 0))
-        writer = self.writers.pop(trial.number, None)
-        self.stage.pop(trial.number, None)
+        self._write(key, lambda: self._text("result", f"{state}{shown}", 0))
+        writer = self.writers.pop(key, None)
+        self.stage.pop(key, None)
         if writer is not None:
             writer.close()
 
