@@ -203,3 +203,17 @@ def test_export_without_the_training_data_still_writes_and_says_so(site, tmp_pat
     assert str(study_path.parent) not in json.dumps(_meta(out))
     assert data["fingerprint"] and _meta(out)["test"]["n"] == 12
     assert "Data: `data.path`" in (out / CARD_FILE).read_text()
+
+
+def test_split_provenance_names_a_test_split_cut_from_the_data(tmp_path):
+    """metadata.json's ``data.split`` says when the test set was cut from ``data.path`` itself
+    (``data.test_split``, with the seed that cut it), and says nothing of one otherwise."""
+    from conftest import write_study
+
+    from tlsearch.config import load_config
+    from tlsearch.export.provenance import _split
+
+    plain = load_config(write_study(tmp_path / "a.yaml"))
+    assert _split(plain) == {"method": "stratified random", "seed": 0, "validation_split": 0.25}
+    cut = load_config(write_study(tmp_path / "b.yaml", data={"test_split": 0.2}))
+    assert _split(cut)["test_split"] == 0.2 and _split(cut)["seed"] == 0

@@ -95,10 +95,13 @@ def _paths(data_cfg: DataConfig) -> dict[str, str]:
 def _split(cfg: StudyConfig) -> dict[str, Any]:
     d = cfg.data
     given = d.target_validation if d.target_validation is not None else d.validation
+    test_split = getattr(d, "test_split", None)  # a test set cut from data.path first
+    cut = {} if test_split is None else {"test_split": test_split, "seed": cfg.seed}
     if given is not None:
         field = "data.target_validation" if d.target_validation is not None else "data.validation"
-        return {"method": "given", "validation": str(given), "field": field}
-    return {"method": "stratified random", "seed": cfg.seed, "validation_split": d.validation_split}
+        return {"method": "given", "validation": str(given), "field": field, **cut}
+    return {"method": "stratified random", "seed": cfg.seed, "validation_split": d.validation_split,
+            **cut}
 
 
 def data_provenance(cfg: StudyConfig, record: dict, log: Callable[[str], None]
