@@ -64,6 +64,9 @@ class Schedule:
     #: objective on labelled target data, best epoch) or ``LABEL_FREE`` (a label-free proxy on
     #: the last epoch); "" without target data
     domain_selection: str = ""
+    #: keep the last epoch rather than the best: a refit (:mod:`tlsearch.export.refit`) trains on
+    #: the validation examples too, so nothing is left to choose an epoch on
+    keep_last: bool = False
 
     @property
     def maximize(self) -> bool:
@@ -275,7 +278,8 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
     from tlsearch.train.dann_stage import LABEL_FREE
 
     label_free = schedule.domain_selection == LABEL_FREE
-    tracker = _Tracker(schedule.objective, schedule.maximize, keep_last=label_free)
+    tracker = _Tracker(schedule.objective, schedule.maximize,
+                       keep_last=label_free or schedule.keep_last)
     history: list[EpochRecord] = []
     bs = schedule.batch_size
     augment = dataset_augmenter(params, schedule.seed, number)
@@ -298,7 +302,8 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
         callbacks = [*(own[2] if own is not None else ()),
                      _epoch_callback(stage, tracker, layers, on_epoch, history,
                                      schedule.metric_keys, on_batch,
-                                     None if label_free else _spread(schedule, x_val, y_va, bs))]
+                                     None if label_free or schedule.keep_last
+                                     else _spread(schedule, x_val, y_va, bs))]
         if OBJECTIVES[schedule.objective].needs_callback:
             from tlsearch.train.validation import ValidationMetrics
 
