@@ -161,3 +161,31 @@ def test_bad_ensemble_size_exits_2_and_writes_nothing(study, tmp_path, capsys):
     assert main(["export", str(study), "--out", str(out), "--ensemble", "2",
                  "--trial", "0"]) == 2
     assert not out.exists()
+
+
+def test_report_shows_refit_and_ensemble_beside_the_best_trial():
+    """Read from what the study keeps, nothing rebuilt; absent when there is neither."""
+    from types import SimpleNamespace
+
+    from tlsearch.config import parse_config
+    from tlsearch.report.ensemble import beyond_section
+
+    cfg = parse_config({"name": "s", "n_trials": 1, "data": {"path": ".", "test": "t"},
+                        "backbones": ["tiny_cnn"]})
+    best = SimpleNamespace(number=2, value=0.41, user_attrs={"tlsearch.best_step": 3})
+    attrs = {"tlsearch.test": {"trial": 2, "accuracy": 0.78, "loss": 0.62, "n": 400}}
+    study = SimpleNamespace(best_trial=best, user_attrs=attrs)
+    assert beyond_section(study, cfg) is None
+    attrs["tlsearch.refits"] = {"2": {"examples": 600, "stage1_epochs": 2, "stage2_epochs": 0,
+                                      "seconds": 12.0, "test": {"accuracy": 0.8, "loss": 0.55,
+                                                                "n": 400}}}
+    attrs["tlsearch.ensemble"] = {"k": 5, "value": 0.35, "test": {"accuracy": 0.81, "loss": 0.5,
+                                                                  "n": 400},
+                                  "members": [{"trial": 2, "weight": 0.6},
+                                              {"trial": 7, "weight": 0.4}],
+                                  "inference_cost": {"relative_to_best_trial": 2.1}}
+    s = beyond_section(study, cfg)
+    assert s is not None and "Beyond the best trial" in s.title
+    assert "0.7800 ± 0.0207 (n=400)" in s.html  # sqrt(0.78 * 0.22 / 400)
+    assert "refit of trial #2" in s.html and "none (trained on it)" in s.html
+    assert "#7 (0.40)" in s.html and "2.1x" in s.html and "0.8100 ±" in s.html

@@ -83,7 +83,9 @@ def validation_probabilities(cfg: Any, study: Any, trials: list[Any], data: Any,
             except UserError as e:
                 log(f"  {e}; computing them again")
         model, modality = rebuild_model(cfg, study, t, store)
-        p = np.asarray(modality.predict_all(model, data.x_val), np.float32)
+        # eager, batch by batch: a traced predict function per trial costs more than it saves
+        p = np.concatenate([np.asarray(modality.run(model, list(data.x_val[i:i + 64]), only=True),
+                                       np.float32) for i in range(0, len(data.x_val), 64)])
         del model
         keras.backend.clear_session()
         info = upload_arrays(study, store, {"probabilities": [p]},

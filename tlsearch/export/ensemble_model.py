@@ -58,22 +58,21 @@ def parameter_count(model: Any) -> int:
 
 
 def inference_cost(model: Any, single: Any, modality: Any, cfg: Any, n: int = 32,
-                   repeats: int = 3) -> dict[str, Any]:
+                   repeats: int = 5) -> dict[str, Any]:
     """Measured time per example of ``model`` and of ``single`` (the best trial's model) on the
-    same batch of ``n`` probe inputs, as ``predict`` runs them (best of ``repeats`` after one
-    warm-up call), their ratio, and the ratio of their parameter counts."""
+    same batch of ``n`` probe inputs, as ``predict`` runs them: one warm-up call each, then
+    ``repeats`` calls of each in turn (so a busy moment of the machine falls on both), the best
+    of each; their ratio, and the ratio of their parameter counts."""
     batch = list(modality.probe(cfg, n))
-
-    def seconds(m: Any) -> float:
+    best = {"model": float("inf"), "single": float("inf")}
+    for m in (model, single):
         modality.run(m, batch)  # traced on first use: not counted
-        best = float("inf")
-        for _ in range(repeats):
+    for _ in range(repeats):
+        for key, m in (("model", model), ("single", single)):
             t0 = time.perf_counter()
             modality.run(m, batch)
-            best = min(best, time.perf_counter() - t0)
-        return best / len(batch)
-
-    ours, theirs = seconds(model), seconds(single)
+            best[key] = min(best[key], time.perf_counter() - t0)
+    ours, theirs = best["model"] / len(batch), best["single"] / len(batch)
     return {
         "relative_to_best_trial": round(ours / theirs, 2) if theirs > 0 else None,
         "seconds_per_example": float(f"{ours:.3g}"),
@@ -81,5 +80,6 @@ def inference_cost(model: Any, single: Any, modality: Any, cfg: Any, n: int = 32
         "parameters_relative_to_best_trial": round(parameter_count(model)
                                                    / max(1, parameter_count(single)), 2),
         "measured": f"wall-clock time per example on a batch of {len(batch)} probe inputs, "
-                    f"best of {repeats} after a warm-up call, on the machine that exported",
+                    f"best of {repeats} calls of each model in turn after a warm-up call, on the "
+                    f"machine that exported",
     }
