@@ -38,6 +38,7 @@ import numpy as np
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))  # this repository's tlsearch judges the exports, as it wrote them
 STUDY = REPO / "studies" / "quickstart.yaml"
 #: what is exported, and the export command's extra arguments; the first ensemble computes the
 #: trials' validation probabilities (and keeps them), the second reads them back

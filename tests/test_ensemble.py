@@ -189,3 +189,40 @@ def test_report_shows_refit_and_ensemble_beside_the_best_trial():
     assert "0.7800 ± 0.0207 (n=400)" in s.html  # sqrt(0.78 * 0.22 / 400)
     assert "refit of trial #2" in s.html and "none (trained on it)" in s.html
     assert "#7 (0.40)" in s.html and "2.1x" in s.html and "0.8100 ±" in s.html
+
+
+@pytest.mark.slow
+def test_text_ensemble_takes_strings_and_equals_the_average_of_its_members(tmp_path, capsys):
+    """Text members share one tokenizer; the exported model takes raw strings in a fresh
+    process and returns the weighted average of its members' probabilities."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.arange(48) % 2)
+    words = (["dull and bad", "awful film", "poor acting"], ["great fun", "good film", "fine acting"])
+    pd.DataFrame({"text": [f"{words[t][i % 3]} . the plot" for i, t in enumerate(y)],
+                  "label": np.where(y == 1, "pos", "neg")}).to_csv(tmp_path / "reviews.csv",
+                                                                  index=False)
+    study = write_study(tmp_path / "study.yaml", name="tinytext", n_trials=3,
+                        data={"path": "reviews.csv", "image_size": 32}, backbones=["tiny_bert"],
+                        training={"stage1_epochs": 2, "stage2_epochs": 1, "batch_size": 12},
+                        search={"unfreeze_blocks": {"low": 0, "high": 1}, "head_width": [8, 16],
+                                "pooling": ["cls", "mean"], "max_length": 16})
+    assert main(["run", str(study)]) == 0
+    out = tmp_path / "ens"
+    assert main(["export", str(study), "--out", str(out), "--ensemble", "3",
+                 "--formats", ""]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    weights = {m["trial"]: m["weight"] for m in meta["ensemble"]["members"]}
+    texts = ["a great fun film", "dull and awful acting", ""]
+    code = ("import sys, json, tlsearch; "
+            "print(json.dumps(tlsearch.load(sys.argv[1]).predict_proba(sys.argv[2:]).tolist()))")
+    r = subprocess.run([sys.executable, "-c", code, str(out), *texts], capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = np.array(json.loads(r.stdout.strip().splitlines()[-1]))
+    from tlsearch.modalities import get
+
+    _, _, built = _members(study, list(weights))
+    expected = sum(w * get("text").run(m, texts) for w, (m, _) in zip(weights.values(), built))
+    np.testing.assert_allclose(got, expected, atol=1e-5)

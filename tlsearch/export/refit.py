@@ -298,16 +298,18 @@ def refit_after_run(prep: Any, say: Callable[[str], None] | None) -> dict | None
     nothing; ``--json`` puts the returned record in the summary)."""
     from tlsearch.export.evaluate import format_evaluation
 
-    quiet = say is None
-    tell: Callable[[str], None] = (lambda line: None) if say is None else say
+    def tell(line: str) -> None:
+        if say is not None:
+            say(line)
+
     record = refit_best(prep.cfg, prep.study, prep.data, prep.store, cache=prep.source.cache,
                         log=tell)
-    if record is None or quiet:
+    if record is None or say is None:
         return record
     test = record.get("test")
     if test:
-        tell(format_evaluation(test, f"held-out test set (data.test), refit of trial "
-                                     f"#{record['trial']}"))
-    tell(f"refit:     trial #{record['trial']} on {record['examples']} examples, "
-         f"{record['epochs']} epochs in {record['seconds']:.1f} s; `tlsearch export` exports it")
+        say(format_evaluation(test, f"held-out test set (data.test), refit of trial "
+                                    f"#{record['trial']}"))
+    say(f"refit:     trial #{record['trial']} on {record['examples']} examples, "
+        f"{record['epochs']} epochs in {record['seconds']:.1f} s; `tlsearch export` exports it")
     return record
