@@ -58,8 +58,12 @@ def test_refit_dataset_trains_on_every_labelled_example():
 
 
 @pytest.fixture(scope="module")
-def refit_study(tmp_path_factory):
-    """A tiny study with `final: {refit: true}`, a test set and trials that reach stage 2."""
+def ran(tmp_path_factory):
+    """A tiny study with `final: {refit: true}`, a test set and trials that reach stage 2, run
+    once: (study file, what the run printed)."""
+    import contextlib
+    import io
+
     root = tmp_path_factory.mktemp("refit")
     make_image_folder(root / "images")
     make_image_folder(root / "test", per_class=4, seed=7)
@@ -67,16 +71,23 @@ def refit_study(tmp_path_factory):
                        data={"path": "images", "validation_split": 0.25, "image_size": 32,
                              "test": "test"},
                        search={"unfreeze_blocks": {"low": 1, "high": 2}})
-    return path
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["run", str(path)]) == 0
+    return path, out.getvalue()
 
 
-def test_run_with_final_refit_trains_on_all_examples_and_stores_it(refit_study, capsys):
+@pytest.fixture
+def refit_study(ran):
+    return ran[0]
+
+
+def test_run_with_final_refit_trains_on_all_examples_and_stores_it(ran):
     import optuna
 
     from tlsearch.export.refit import refit_plan
 
-    assert main(["run", str(refit_study)]) == 0
-    out = capsys.readouterr().out
+    refit_study, out = ran
     assert "refit of trial" in out and "refit:" in out
     study = optuna.load_study(study_name="tiny",
                               storage=f"sqlite:///{refit_study.parent / 'tiny.db'}")
