@@ -106,6 +106,16 @@ def test_run_with_final_refit_trains_on_all_examples_and_stores_it(ran):
     assert sha256_file(stored) == record["weights_artifact"]["sha256"]
 
 
+def test_run_again_reads_the_stored_refit_into_the_json_summary(ran, capsys):
+    refit_study, _ = ran
+    capsys.readouterr()
+    assert main(["run", str(refit_study), "--json"]) == 0
+    got = capsys.readouterr()
+    summary = json.loads(got.out.strip().splitlines()[-1])
+    assert summary["event"] == "summary" and summary["refit"]["examples"] == 36
+    assert "refit: trial" not in got.err  # stored: not trained again
+
+
 def test_export_of_a_refit_study_carries_refit_and_loads_fresh(refit_study, tmp_path, capsys):
     out = tmp_path / "refit"
     assert main(["export", str(refit_study), "--out", str(out)]) == 0
