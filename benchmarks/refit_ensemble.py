@@ -148,6 +148,29 @@ def table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
+def summary(results: list[dict]) -> str:
+    """Over the seeds: mean test accuracy and loss, the mean paired difference from the best
+    trial, each with its standard error over seeds (none for one seed)."""
+    def mean_se(values: list[float]) -> str:
+        m = float(np.mean(values))
+        if len(values) < 2:
+            return f"{m:.4f}"
+        return f"{m:.4f} ± {float(np.std(values, ddof=1)) / math.sqrt(len(values)):.4f}"
+
+    rows = [f"| model | test accuracy (mean ± SE over {len(results)} seeds) | vs best trial | "
+            f"test loss | inference time vs best trial | model.keras MB |",
+            "|---|---|---|---|---|---|"]
+    for k in results[0]["figures"]:
+        f = [r["figures"][k] for r in results]
+        ratio = [x["ms_per_image"] / r["figures"]["best"]["ms_per_image"]
+                 for x, r in zip(f, results)]
+        rows.append(f"| {k} | {mean_se([x['test_accuracy'] for x in f])} | "
+                    f"{mean_se([x['vs_best'] for x in f])} | "
+                    f"{mean_se([x['test_loss'] for x in f])} | {np.mean(ratio):.1f}x | "
+                    f"{np.mean([x['model_keras_mb'] for x in f]):.1f} |")
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", default="0", help="comma-separated study seeds (default 0)")
@@ -157,8 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     results = [run_seed(int(s), args.out, args.tiny) for s in args.seeds.split(",")]
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    (args.out / "results.md").write_text(table(results) + "\n")
-    print(table(results))
+    text = summary(results) + "\n\n" + table(results) + "\n"
+    (args.out / "results.md").write_text(text)
+    print(text)
     return 0
 
 
