@@ -147,11 +147,11 @@ def test_export_ensemble_chooses_members_and_records_them(study, tmp_path, capsy
     np.testing.assert_allclose(_fresh_probabilities(out, x, tmp_path), expected, atol=1e-5)
     # a second ensemble reads the probabilities back; the report shows the stored ensemble
     assert main(["export", str(study), "--out", str(tmp_path / "ens1"), "--ensemble", "1",
-                 "--formats", ""]) == 0
-    assert "(0 computed now, 3 read back)" in capsys.readouterr().err
-    meta1 = json.loads((tmp_path / "ens1" / "metadata.json").read_text())
-    assert [m["trial"] for m in meta1["ensemble"]["members"]] == \
-        [meta1["ensemble"]["best_trial"]["trial"]]
+                 "--formats", "", "--json"]) == 0
+    got = capsys.readouterr()
+    assert "(0 computed now, 3 read back)" in got.err
+    ens1 = json.loads(got.out)["ensemble"]
+    assert [m["trial"] for m in ens1["members"]] == [ens1["best_trial"]["trial"]]
 
 
 def test_bad_ensemble_size_exits_2_and_writes_nothing(study, tmp_path, capsys):

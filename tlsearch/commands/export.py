@@ -29,7 +29,7 @@ def add_parser(sub):
                         "selection with replacement on their validation predictions")
     p.add_argument("--json", action="store_true",
                    help="print what was written as JSON on stdout (the folder, the trial, each "
-                        "format's status)")
+                        "format's status; a refit's or an ensemble's record, the test figures)")
     return p
 
 
@@ -70,5 +70,6 @@ def run(args) -> int:
             "objective": meta.get("objective"), "value": meta.get("value"),
             "best_step": result.best_step, "best_stage": result.best_stage,
             "classes": meta.get("classes"), "formats": result.formats,
+            **{k: meta[k] for k in ("refit", "ensemble", "test") if k in meta},
         }, indent=2))
     return 0
