@@ -92,6 +92,23 @@ def test_stage1_ratio_benchmark_reports_both_sides(tmp_path, bench_env):
     assert got["tlsearch_seconds_per_added_trial"] > 0 and got["ratio_warm"] > 0
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_refit_ensemble_benchmark_judges_each_model_on_test(tmp_path, bench_env):
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "refit_ensemble.py"), "--tiny",
+                        "--out", str(tmp_path)], env=bench_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    (result,) = json.loads((tmp_path / "results.json").read_text())
+    assert set(result["figures"]) == {"best", "refit", "ensemble5", "ensemble3"}
+    for name, f in result["figures"].items():
+        assert 0.0 <= f["test_accuracy"] <= 1.0 and f["n"] == 400, name
+        assert f["ms_per_image"] > 0 and f["model_keras_mb"] > 0, name
+    assert result["figures"]["refit"]["refit"]["examples"] == 600
+    assert result["figures"]["best"]["vs_best"] == 0.0
+    assert 1 <= len(result["figures"]["ensemble5"]["members"]) <= 3  # 3 trials in the tiny study
+    assert "| ensemble5 |" in (tmp_path / "results.md").read_text()
+
+
 def test_a_peer_with_no_trial_in_budget_reads_so(monkeypatch):
     """A loaded machine: the plain Optuna loop finished no trial in its budget. The table says
     "none in budget" for it, and the targets do not crash dividing by its missing time."""

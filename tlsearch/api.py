@@ -56,7 +56,8 @@ def run(study: str | Path | StudyConfig, *, n_trials: int | None = None,
 
     ``storage`` overrides the study file's database URL (``$TLSEARCH_STORAGE`` is the command
     line's, not read here). A line per epoch and per finished trial goes to stderr unless
-    ``quiet``. Raises :class:`~tlsearch.errors.UserError` for bad input (nothing written) and
+    ``quiet``. With ``final: {refit: true}`` the best trial is refit at the end, as by
+    ``tlsearch run``. Raises :class:`~tlsearch.errors.UserError` for bad input (nothing written) and
     :class:`~tlsearch.errors.TooManyFailures` when trials keep failing.
     """
     from rich.console import Console
@@ -74,7 +75,11 @@ def run(study: str | Path | StudyConfig, *, n_trials: int | None = None,
     progress = Progress(console, objective=cfg.objective, maximize=cfg.direction == "maximize",
                         live=False, epochs=(cfg.training.stage1_epochs, cfg.training.stage2_epochs),
                         timeout=cfg.hard_timeout or cfg.timeout)
-    st.run(prep, progress, n_trials=n_trials)
+    summary = st.run(prep, progress, n_trials=n_trials)
+    if cfg.final.refit and summary.get("stopped") not in ("interrupted", "failures"):
+        from tlsearch.export.refit import refit_after_run
+
+        refit_after_run(prep, None if quiet else console.print)
     return prep.study
 
 

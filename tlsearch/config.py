@@ -39,7 +39,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 
 __all__ = ["Range", "ParamSpec", "SamplerConfig", "PrunerConfig", "HeartbeatConfig", "DataConfig",
            "BackboneEntry", "TrainingConfig", "SearchConfig", "CacheConfig", "MLflowConfig",
-           "TensorBoardConfig", "TrackingConfig", "StudyConfig", "load_config", "parse_config"]
+           "TensorBoardConfig", "TrackingConfig", "FinalConfig", "StudyConfig", "load_config",
+           "parse_config"]
 
 
 class SamplerConfig(Section):
@@ -204,6 +205,14 @@ class TrackingConfig(Section):
     tensorboard: TensorBoardConfig | None = None
 
 
+class FinalConfig(Section):
+    """What ``tlsearch run`` does with the chosen trial once the search ends."""
+
+    refit: bool = Field(False, description="train the best trial's configuration again on the "
+                        "training and validation data together, for the epochs its best epoch "
+                        "used, and keep it beside the trial (`tlsearch export` exports it)")
+
+
 class StudyConfig(Section):
     """A whole study file."""
 
@@ -229,6 +238,7 @@ class StudyConfig(Section):
     cache: CacheConfig = CacheConfig()
     prescreen: PrescreenConfig | None = None
     tracking: TrackingConfig = TrackingConfig()
+    final: FinalConfig = FinalConfig()
     #: Folder of the study file; relative paths in the file are resolved against it.
     base_dir: Path = Field(Path("."), exclude=True)
 

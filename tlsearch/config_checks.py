@@ -83,6 +83,10 @@ def domain_problems(cfg: Any) -> list[str]:
                         "on it, so `data.validation` would go unused; give one of them")
     if d.target is None:
         return problems
+    if cfg.final.refit:
+        problems.append("`final.refit`: a refit trains on the source data alone, and a study with "
+                        "`data.target` chose its trial by how it serves the target domain; leave "
+                        "`final.refit` out")
     if not cfg.cache.enabled:
         problems.append("`cache.enabled`: domain adaptation trains, and judges trials, on cached "
                         "frozen features; set it to true")

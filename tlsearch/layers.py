@@ -1,5 +1,6 @@
 """Every Keras layer that travels inside a saved model: image preprocessing, text pooling, the
-raw-string text model, gradient reversal (domain adaptation). Importing :mod:`tlsearch` registers them, so an exported model loads with
+raw-string text model, gradient reversal (domain adaptation), an ensemble's weighted average.
+Importing :mod:`tlsearch` registers them, so an exported model loads with
 ``keras.saving.load_model`` and nothing else but keras-hub for text."""
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ from keras import ops
 from tlsearch.params import POOLING_MODES, PREPROCESSING_MODES
 
 __all__ = ["Preprocess", "PREPROCESSING_MODES", "TextPooling", "POOLING_MODES", "RawTextModel",
-           "GradientReversal"]
+           "GradientReversal", "WeightedAverage"]
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -204,3 +205,30 @@ def _reverse_gradient(x, lam):
         return tf.identity(x), grad
 
     return reverse(x, lam)
+
+
+@keras.saving.register_keras_serializable(package="tlsearch")
+class WeightedAverage(keras.layers.Layer):
+    """An ensemble's output: its members' class probabilities averaged with fixed weights (each
+    member's share of the greedy selection, :mod:`tlsearch.export.selection`). Plain
+    multiply-adds of constants, so every export format converts it; nothing trains."""
+
+    def __init__(self, member_weights: list[float] | tuple[float, ...] = (1.0,), **kwargs):
+        super().__init__(**kwargs)
+        self.member_weights = [float(w) for w in member_weights]
+
+    def call(self, inputs):
+        parts = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs]
+        if len(parts) != len(self.member_weights):
+            raise ValueError(f"WeightedAverage: {len(parts)} inputs for "
+                             f"{len(self.member_weights)} weights")
+        out = parts[0] * self.member_weights[0]
+        for x, w in zip(parts[1:], self.member_weights[1:]):
+            out = out + x * w
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0] if isinstance(input_shape, list) else input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "member_weights": self.member_weights}

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
 from tlsearch.config import load_config
+from tlsearch.errors import UserError
 
 
 def add_parser(sub):
@@ -19,9 +21,15 @@ def add_parser(sub):
                    help="optional formats besides Keras and SavedModel, comma-separated "
                         "(default: onnx,litert; '' for none)")
     p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
+    p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
+                   help="export the trial refit on training + validation data (refit now if the "
+                        "study has none stored); default: the study file's `final.refit`")
+    p.add_argument("--ensemble", type=int, metavar="K",
+                   help="export an ensemble of up to K complete trials, chosen by greedy "
+                        "selection with replacement on their validation predictions")
     p.add_argument("--json", action="store_true",
                    help="print what was written as JSON on stdout (the folder, the trial, each "
-                        "format's status)")
+                        "format's status; a refit's or an ensemble's record, the test figures)")
     return p
 
 
@@ -34,8 +42,27 @@ def run(args) -> int:
 
     cfg = load_config(args.study)
     formats = tuple(f.strip() for f in args.formats.split(",") if f.strip())
-    result = export_study(cfg, args.out, trial=args.trial, url=storage_override(args),
-                          formats=formats, force=args.force, log=lambda m: print(m, file=sys.stderr))
+    refit = cfg.final.refit if args.refit is None else args.refit
+
+    def log(line: str) -> None:
+        print(line, file=sys.stderr)
+
+    if args.ensemble is not None:
+        if args.trial is not None or args.refit:
+            raise UserError("`--ensemble K` chooses its trials itself and exports them as they "
+                            "were trained; leave out `--trial` and `--refit`")
+        from tlsearch.export.ensemble import export_ensemble
+
+        result = export_ensemble(cfg, args.out, args.ensemble, url=storage_override(args),
+                                 formats=formats, force=args.force, log=log)
+    elif refit:
+        from tlsearch.export.refit import export_refit
+
+        result = export_refit(cfg, args.out, trial=args.trial, url=storage_override(args),
+                              formats=formats, force=args.force, log=log)
+    else:
+        result = export_study(cfg, args.out, trial=args.trial, url=storage_override(args),
+                              formats=formats, force=args.force, log=log)
     if args.json:
         meta = result.metadata
         print(json.dumps({
@@ -43,5 +70,6 @@ def run(args) -> int:
             "objective": meta.get("objective"), "value": meta.get("value"),
             "best_step": result.best_step, "best_stage": result.best_stage,
             "classes": meta.get("classes"), "formats": result.formats,
+            **{k: meta[k] for k in ("refit", "ensemble", "test") if k in meta},
         }, indent=2))
     return 0

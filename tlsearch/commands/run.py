@@ -135,6 +135,10 @@ def _finish(args, out: Console, summary: dict, cfg, prep) -> None:
     command = _command(args)
     if args.json:
         extra = _after_study(None, cfg, prep)
+        if cfg.final.refit and summary.get("stopped") not in ("interrupted", "failures"):
+            from tlsearch.export.refit import refit_after_run
+
+            extra["refit"] = refit_after_run(prep, None)
         from tlsearch.report.sections import verdict_lines
 
         summary = {**summary, **extra, "verdict": verdict_lines(prep.study, cfg)
@@ -144,6 +148,10 @@ def _finish(args, out: Console, summary: dict, cfg, prep) -> None:
         return
     _print_summary(out, summary, cfg, prep, args.study)
     _after_study(out, cfg, prep)
+    if cfg.final.refit and summary.get("stopped") not in ("interrupted", "failures"):
+        from tlsearch.export.refit import refit_after_run
+
+        refit_after_run(prep, lambda line: out.print(line, highlight=False, soft_wrap=True))
     for line in ending_lines(summary, command):  # last: what the user reads first
         out.print(line, highlight=False, soft_wrap=True)
 

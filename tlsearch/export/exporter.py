@@ -97,12 +97,14 @@ def select_trial(study, number: int | None = None):
     return found
 
 
-def rebuild_model(cfg, study, frozen, store):
-    """(model, modality) for a stored trial at its best epoch; the weights are verified first."""
+def rebuild_model(cfg, study, frozen, store, weights: dict | None = None):
+    """(model, modality) for a stored trial at its best epoch; the weights are verified first.
+    ``weights``: other weights of the trial's configuration (its refit's) instead of its own."""
     modality = modalities.get(study.user_attrs.get(ATTR["modality"], "image"))
     # the backbone rebuilt from today's study file must be the one the trial was trained with
     check_export(study, cfg, meaning(cfg, study_weights(cfg, modality.make_source(cfg, None, None))))
-    weights = fetch_weights(frozen, store)  # raises UserError on a damaged artifact
+    if weights is None:
+        weights = fetch_weights(frozen, store)  # raises UserError on a damaged artifact
     classes = study.user_attrs[ATTR["classes"]]
     try:
         model = modality.build_model(cfg, trial_params(frozen), weights, len(classes))
@@ -385,6 +387,8 @@ def _metadata(cfg, record: dict, modality: Modality, report, root: Path) -> dict
         **({"source": record["source"]} if "source" in record else {}),
         **({"domain_adaptation": record["domain_adaptation"]}
            if "domain_adaptation" in record else {}),
+        # a refit or an ensemble says what it is, and why it has no validation figure of its own
+        **{k: record[k] for k in ("validation", "refit", "ensemble") if k in record},
         "versions": versions(modality.name, onnx),
         "files": _files_under(root),
         "load": {

@@ -58,9 +58,12 @@ def build_report(cfg, *, url: str | None = None, log: Callable[[str], None] = pr
     from tlsearch.report.domain import domain_section
     from tlsearch.report.domain_pca import domain_pca_section
 
-    for domain in (domain_section(study, cfg), domain_pca_section(study, cfg)):
-        if domain is not None:
-            sections.append(domain)
+    from tlsearch.report.ensemble import beyond_section
+
+    for extra in (domain_section(study, cfg), domain_pca_section(study, cfg),
+                  beyond_section(study, cfg)):
+        if extra is not None:
+            sections.append(extra)
     log("evaluating the best model on the validation data ...")
     sections.append(evaluation_section(study, cfg, url))
 

@@ -35,7 +35,7 @@ from tlsearch._hashing import sha256_file
 from tlsearch.errors import ArtifactWriteError, UserError
 
 __all__ = ["AtomicFileSystemArtifactStore", "save_weights", "load_weights", "upload_weights",
-           "fetch_weights", "probe_writable", "ARTIFACT_ATTR"]
+           "fetch_weights", "upload_arrays", "fetch_arrays", "probe_writable", "ARTIFACT_ATTR"]
 
 ARTIFACT_ATTR = "tlsearch.artifact"
 
@@ -163,14 +163,45 @@ def load_weights(source: Path | bytes) -> dict[str, list[np.ndarray]]:
         return {layer: [z[f"{layer}/{i}"] for i in range(n)] for layer, n in index.items()}
 
 
+def upload_arrays(owner, store: AtomicFileSystemArtifactStore,
+                  arrays: dict[str, list[np.ndarray]], file: str) -> dict:
+    """Upload named arrays as one ``.npz`` artifact of ``owner`` (a trial, or the study for what
+    is made after its trials: a refit, their validation probabilities); returns the record to
+    keep (id, size, SHA-256, file name) for :func:`fetch_arrays`."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / file
+        save_weights(arrays, path)
+        info = {"size": path.stat().st_size, "sha256": sha256_file(path), "file": path.name}
+        info["id"] = upload_artifact(artifact_store=store, file_path=str(path),
+                                     study_or_trial=owner)
+    return info
+
+
+def fetch_arrays(info: dict, store: AtomicFileSystemArtifactStore,
+                 what: str) -> dict[str, list[np.ndarray]]:
+    """Download an artifact recorded by :func:`upload_arrays`, refusing a file whose size or
+    SHA-256 differ from the record; ``what`` names it in the error (``trial 3: its weights``)."""
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / info["file"]
+        try:
+            download_artifact(artifact_store=store, artifact_id=info["id"], file_path=str(path))
+        except Exception as e:
+            raise UserError(f"{what}: the artifact {info['id']} cannot be read ({e})") from None
+        size, digest = path.stat().st_size, sha256_file(path)
+        if size != info["size"] or digest != info["sha256"]:
+            raise UserError(
+                f"{what}: the stored file is damaged (size {size} bytes, sha256 {digest[:12]}..., "
+                f"but {info['size']} bytes, {info['sha256'][:12]}... were recorded). Refusing to "
+                f"use it."
+            )
+        return load_weights(path.read_bytes())
+
+
 def upload_weights(trial, store: AtomicFileSystemArtifactStore,
                    weights: dict[str, list[np.ndarray]], *, step: int) -> dict:
     """Upload a trial's best weights and record id, size and SHA-256 on the trial."""
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / f"trial-{trial.number}-step-{step}.weights.npz"
-        save_weights(weights, path)
-        info = {"size": path.stat().st_size, "sha256": sha256_file(path), "file": path.name, "step": step}
-        info["id"] = upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=trial)
+    info = upload_arrays(trial, store, weights, f"trial-{trial.number}-step-{step}.weights.npz")
+    info["step"] = step
     trial.set_user_attr(ARTIFACT_ATTR, info)
     return info
 
@@ -180,18 +211,4 @@ def fetch_weights(frozen_trial, store: AtomicFileSystemArtifactStore) -> dict[st
     info = frozen_trial.user_attrs.get(ARTIFACT_ATTR)
     if not info:
         raise UserError(f"trial {frozen_trial.number} has no stored weights (only COMPLETE trials do)")
-    with tempfile.TemporaryDirectory() as d:
-        path = Path(d) / info["file"]
-        try:
-            download_artifact(artifact_store=store, artifact_id=info["id"], file_path=str(path))
-        except Exception as e:
-            raise UserError(f"trial {frozen_trial.number}: its weights artifact {info['id']} cannot "
-                            f"be read ({e})") from None
-        size, digest = path.stat().st_size, sha256_file(path)
-        if size != info["size"] or digest != info["sha256"]:
-            raise UserError(
-                f"trial {frozen_trial.number}: the stored weights are damaged (size {size} bytes, "
-                f"sha256 {digest[:12]}..., but {info['size']} bytes, {info['sha256'][:12]}... were "
-                f"recorded). Refusing to use them."
-            )
-        return load_weights(path.read_bytes())
+    return fetch_arrays(info, store, f"trial {frozen_trial.number}: its weights")

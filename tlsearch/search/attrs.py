@@ -47,6 +47,11 @@ ATTR = {
     "target": "tlsearch.target",  # study: the fingerprint of `data.target`
     "domain": "tlsearch.domain",  # trial: its domain-adaptation criterion and report
     "value_se": "tlsearch.value_se",  # trial: the standard error of its value (validation)
+    # study: trial number -> its refit on training + validation data (tlsearch.export.refit)
+    "refits": "tlsearch.refits",
+    # study: trial number -> the artifact of its validation probabilities at its best epoch
+    "val_probs": "tlsearch.val_probs",
+    "ensemble": "tlsearch.ensemble",  # study: the latest ensemble exported (tlsearch.export.ensemble)
 }
 
 #: the user attribute naming the process that runs a trial: ``host:pid:start``

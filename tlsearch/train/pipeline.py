@@ -235,7 +235,8 @@ class _RunningTrial(TrialContext):
         self.on_epoch, self.on_batch = on_epoch, on_batch
         #: label-free selection keeps the last epoch and measures no standard error
         self.label_free = schedule.domain_selection == LABEL_FREE
-        self.tracker = _Tracker(schedule.objective, schedule.maximize, keep_last=self.label_free)
+        self.tracker = _Tracker(schedule.objective, schedule.maximize,
+                                keep_last=self.label_free or schedule.keep_last)
         self.history: list[EpochRecord] = []
 
     def fit(self, model: keras.Model, x_train: Inputs, x_val: Inputs, *, stage: int,
@@ -255,7 +256,8 @@ class _RunningTrial(TrialContext):
         callbacks = [*(own[2] if own is not None else ()),
                      _epoch_callback(stage, self.tracker, layers, self.on_epoch, self.history,
                                      s.metric_keys, self.on_batch,
-                                     None if self.label_free else _spread(s, x_val, y_va, bs))]
+                                     None if self.label_free or s.keep_last
+                                     else _spread(s, x_val, y_va, bs))]
         if OBJECTIVES[s.objective].needs_callback:
             from tlsearch.train.validation import ValidationMetrics
 

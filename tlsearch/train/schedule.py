@@ -36,6 +36,9 @@ class Schedule:
     #: objective on labelled target data, best epoch) or ``LABEL_FREE`` (a label-free proxy on
     #: the last epoch); "" without target data
     domain_selection: str = ""
+    #: keep the last epoch rather than the best: a refit (:mod:`tlsearch.export.refit`) trains on
+    #: the validation examples too, so nothing is left to choose an epoch on
+    keep_last: bool = False
 
     @property
     def maximize(self) -> bool:
