@@ -76,7 +76,7 @@ def test_timeout_ending_says_how_to_resume(tmp_path, capsys):
 
 
 def test_hard_timeout_stops_running_trial_as_pruned(tmp_path, capsys, monkeypatch):
-    from tlsearch.search import endings
+    from tlsearch.runner import stop as endings
 
     make_image_folder(tmp_path / "images", per_class=8)
     study = write_study(tmp_path / "study.yaml", n_trials=3, hard_timeout=1e-6)

@@ -222,7 +222,7 @@ def test_yaml_blocks_are_valid(site, monkeypatch):
         full = raw if "name" in raw else _study_with(raw, site)
         cfg = parse_config(full, source="README.md", base_dir=site)
         if "storage" in raw:
-            from tlsearch.search.storage import redact_url
+            from tlsearch.runner.storage import redact_url
 
             assert "secret" not in redact_url(cfg.storage_url)
         if raw.get("backbones") == ["minilm_l6"]:

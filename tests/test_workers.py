@@ -206,8 +206,8 @@ def test_heartbeat_fails_a_trial_whose_machine_went_silent(tmp_path, backend, re
     """A worker on another machine cannot be asked whether it lives: its heartbeat stops, and
     after the grace period the next claim fails its trial and queues the retry."""
     from tlsearch.config import parse_config
-    from tlsearch.search.storage import open_storage
-    from tlsearch.search.workers import RUN, Claims
+    from tlsearch.runner.storage import open_storage
+    from tlsearch.runner.workers import RUN, Claims
 
     url = (request.getfixturevalue("pg_url") if backend == "postgres"
            else f"sqlite:///{tmp_path / 'hb.db'}")
@@ -242,7 +242,7 @@ def test_trial_of_a_dead_local_worker_is_swept_at_start(tmp_path, small_images):
     assert code == 0, out
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    from tlsearch.search.deaths import _start_ticks
+    from tlsearch.runner.stale import _start_ticks
 
     s = optuna.load_study(study_name="tiny", storage=url)
     done = s.get_trials()[0]
@@ -378,7 +378,7 @@ class _Proc:
 
 
 def test_wait_recycling_restarts_only_recycled_workers_and_not_when_stopping():
-    from tlsearch.search.workers import RECYCLE, wait_recycling
+    from tlsearch.runner.workers import RECYCLE, wait_recycling
 
     later = {0: [_Proc(RECYCLE), _Proc(0)], 1: []}
     started = []
@@ -394,7 +394,7 @@ def test_wait_recycling_restarts_only_recycled_workers_and_not_when_stopping():
 
 
 def test_each_worker_gets_its_own_gpu_and_none_on_a_cpu(monkeypatch):
-    from tlsearch.search.workers import device_env, visible_gpus
+    from tlsearch.runner.workers import device_env, visible_gpus
 
     assert device_env(0, []) == {}
     assert [device_env(i, ["0", "3"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "3", "0"]
@@ -412,7 +412,7 @@ def test_the_workers_memory_plan(monkeypatch):
     import psutil
 
     from tlsearch.errors import UserError
-    from tlsearch.search.workers import worker_memory_plan
+    from tlsearch.runner.workers import worker_memory_plan
 
     class Mem:
         available = 24 * 2**30

@@ -15,7 +15,7 @@ from rich.table import Table
 from tlsearch.config import load_config
 from tlsearch._quiet import import_tensorflow_quietly
 from tlsearch.errors import TooManyFailures, UserError, WorkersFailed
-from tlsearch.search.endings import ending, ending_lines
+from tlsearch.runner.stop import ending, ending_lines
 from tlsearch.search.progress import Progress, json_safe
 
 
@@ -56,7 +56,7 @@ def run(args) -> int:
 
 def _run(args) -> int:
     from tlsearch.search import study as st
-    from tlsearch.search.storage import redact_url
+    from tlsearch.runner.storage import redact_url
     from tlsearch.search.tracking import check_tracking
 
     if args.workers < 1:
@@ -67,7 +67,7 @@ def _run(args) -> int:
         raise UserError(f"`--n-trials`: expected at least 1, got {args.n_trials}")
     cfg = load_config(args.study)
     if args.worker_index is not None:
-        from tlsearch.search.workers import die_with_parent
+        from tlsearch.runner.workers import die_with_parent
 
         die_with_parent()
     import_tensorflow_quietly()
@@ -85,7 +85,7 @@ def _run(args) -> int:
                         epochs=(cfg.training.stage1_epochs, cfg.training.stage2_epochs),
                         timeout=cfg.hard_timeout or cfg.timeout)
     if worker is None and args.workers > 1:
-        from tlsearch.search.workers import worker_memory_plan
+        from tlsearch.runner.workers import worker_memory_plan
 
         said = worker_memory_plan(args.workers, allow=args.allow_oversubscribe)
         if said:
@@ -99,7 +99,7 @@ def _run(args) -> int:
     if worker is not None:
         summary = st.run(prep, progress, n_trials=args.n_trials,
                          max_here=args.recycle_after or None, who=f"worker {worker}")
-        from tlsearch.search.workers import RECYCLE
+        from tlsearch.runner.workers import RECYCLE
 
         if summary.get("stopped") == "interrupted":  # stopped at a safe point: as by Ctrl-C
             raise KeyboardInterrupt
@@ -157,7 +157,7 @@ def _command(args) -> str:
 def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
     """The study exists now (created once, here); the workers only load it."""
     from tlsearch.search import study as st
-    from tlsearch.search.workers import Claims, spawn_workers, storage_engine
+    from tlsearch.runner.workers import Claims, spawn_workers, storage_engine
 
     url = prep.storage_url
     if url.startswith("sqlite") and ":memory:" in url:
@@ -210,8 +210,8 @@ def _worker_died(prep, pid: int, code: int, err: Console) -> None:
     """A worker ended early: its running trial fails with the reason, and is queued again."""
     import socket
 
-    from tlsearch.search.deaths import Retry, fail_trials_of
-    from tlsearch.search.workers import Claims, storage_engine
+    from tlsearch.runner.stale import Retry, fail_trials_of
+    from tlsearch.runner.workers import Claims, storage_engine
 
     reason = f"worker died: {_describe_exit(code).removeprefix('signal ')}"
     claims = Claims(prep.study, prep.storage_url, prep.cfg.heartbeat.max_retry)
@@ -237,7 +237,7 @@ def _interrupt_on_sigterm() -> Iterator[None]:
     import signal
     import threading
 
-    from tlsearch.search.endings import STOP
+    from tlsearch.runner.stop import STOP
 
     def interrupt(signum, frame):
         # once: a second SIGTERM (the parent's death is told twice) must not cut short the
@@ -302,7 +302,7 @@ def _describe_exit(code: int) -> str:
 
 def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> None:
     from tlsearch.report.sections import verdict_lines
-    from tlsearch.search.storage import redact_url
+    from tlsearch.runner.storage import redact_url
     from tlsearch.search.study import best_accuracy
 
     out.print()

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 from tlsearch.errors import TrialFailure
 from tlsearch.search.attrs import ATTR, FINISHED
-from tlsearch.search.locks import is_connection_error
+from tlsearch.runner.locks import is_connection_error
 
 __all__ = ["FailureGuard", "as_trial_failure"]
 

@@ -16,7 +16,7 @@ from tlsearch.errors import UserError
 from tlsearch.metrics import balanced_class_weights
 from tlsearch.params import OBJECTIVES, objective_params, positive_index
 from tlsearch.search.artifacts import probe_writable
-from tlsearch.search.storage import redact_url
+from tlsearch.runner.storage import redact_url
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.pipeline import class_weights
 

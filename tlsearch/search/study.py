@@ -26,20 +26,20 @@ from tlsearch.modalities import Modality
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
 from tlsearch.search.attrs import ATTR, FINISHED
 from tlsearch.search.failures import FailureGuard, as_trial_failure
-from tlsearch.search.endings import HARD_TIMEOUT_NOTE, Deadlines, HardTimeout, ending
+from tlsearch.runner.stop import HARD_TIMEOUT_NOTE, Deadlines, HardTimeout, ending
 from tlsearch.search.inputs import caps as study_caps
 from tlsearch.search.inputs import (check_inputs, check_writable, resolve_objective_params,
                                     class_weight_map, config_snapshot, prescreen, study_weights)
 from tlsearch.search.progress import Progress
 from tlsearch.search.resume import check_resume, meaning
-from tlsearch.search.sqlite_probe import check_sqlite_writable
-from tlsearch.search.locks import is_connection_error, study_lock
+from tlsearch.runner.sqlite_probe import check_sqlite_writable
+from tlsearch.runner.locks import is_connection_error, study_lock
 from tlsearch.search.quiet import quiet_interrupts
 from tlsearch.search.samplers import make_pruner, make_sampler, pruning_note
 from tlsearch.search.stage_pruning import pruning_cost
-from tlsearch.search.storage import check_url, open_storage, redact_url, sqlite_missing
+from tlsearch.runner.storage import check_url, open_storage, redact_url, sqlite_missing
 from tlsearch.search.tracking import Listeners, open_listeners
-from tlsearch.search.workers import DONE, WAIT, Claims
+from tlsearch.runner.workers import DONE, WAIT, Claims
 from tlsearch.train.cache import FeatureCache
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.pipeline import Schedule, clear_state, planned_steps, run_trial
@@ -96,7 +96,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     Nothing is written before every input is checked: the data, the backbones (each is built
     once, for its block count), the artifact folder, and a stored study's search space and
     meaning (:mod:`tlsearch.search.resume`). The storage is opened and the study created under a
-    lock shared by every process using the storage (see :mod:`tlsearch.search.workers`): workers
+    lock shared by every process using the storage (see :mod:`tlsearch.runner.workers`): workers
     started at the same moment on a fresh database would otherwise all try to create Optuna's
     tables, and most would crash. ``on_features`` watches frozen outputs being computed
     (:attr:`BackboneSource.on_features <tlsearch.train.features.BackboneSource.on_features>`).
@@ -188,7 +188,7 @@ def make_objective(prep: PreparedStudy, progress: Progress,
                    on_start: Callable[[optuna.Trial], None] | None = None,
                    listeners: Listeners | None = None, deadlines: Deadlines | None = None):
     """The objective around :func:`~tlsearch.train.pipeline.run_trial`. ``on_start`` is called first,
-    once the trial is RUNNING (a claim is released there: see :class:`tlsearch.search.workers.Claims`).
+    once the trial is RUNNING (a claim is released there: see :class:`tlsearch.runner.workers.Claims`).
     ``listeners`` (default: the study file's ``tracking:``) hear each trial's start, epochs and end.
     The global step of the trial's first stage-2 epoch is stored on it (``tlsearch.stage2_step``,
     what :class:`~tlsearch.search.stage_pruning.StageAwarePruner` reads) before that epoch is
@@ -273,11 +273,11 @@ def run(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
         poll: float | None = None, max_here: int | None = None, who: str = "this run") -> dict:
     """Run trials until the study holds ``n_trials`` finished ones (or the timeout passes), or
     until this process has run ``max_here`` trials (then the summary says ``recycle``: a fresh
-    process should carry on; see :data:`tlsearch.search.workers.RECYCLE`). The summary says why
-    it stopped (``stopped``, :mod:`tlsearch.search.endings`) and the trials left (``left``).
+    process should carry on; see :data:`tlsearch.runner.workers.RECYCLE`). The summary says why
+    it stopped (``stopped``, :mod:`tlsearch.runner.stop`) and the trials left (``left``).
 
     The count is the study's, across every worker: each trial is claimed before it starts (see
-    :class:`tlsearch.search.workers.Claims`), so N workers stop at exactly ``n_trials``. A worker whose
+    :class:`tlsearch.runner.workers.Claims`), so N workers stop at exactly ``n_trials``. A worker whose
     own work is done waits while the last trials run elsewhere, since one of them may die and
     need a retry, and stops when they finish.
     """

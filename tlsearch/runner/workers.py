@@ -5,7 +5,7 @@ same loop against one database. Three things Optuna leaves to its users are done
 
 * **Exactly ``n_trials``.** ``MaxTrialsCallback`` is checked after a trial ends, so N workers
   overshoot by up to N-1. Here a worker *claims* a trial: under a lock held by the whole study
-  (:func:`tlsearch.search.locks.study_lock`) it counts finished and
+  (:func:`tlsearch.runner.locks.study_lock`) it counts finished and
   running trials and asks for a new one only if they fall short of the target. The lock is held
   until the new trial is RUNNING, so the next claimant counts it.
 * **Dead workers.** A trial whose worker was killed stays RUNNING. On an RDB storage its heartbeat
@@ -34,8 +34,8 @@ import optuna
 from optuna.trial import TrialState
 
 from tlsearch.search.attrs import WORKER_ATTR
-from tlsearch.search.deaths import Retry, is_dead_here, sweep_dead_workers, worker_id
-from tlsearch.search.locks import retrying, study_lock
+from tlsearch.runner.stale import Retry, is_dead_here, sweep_dead_workers, worker_id
+from tlsearch.runner.locks import retrying, study_lock
 
 __all__ = [
     "worker_id",
@@ -237,7 +237,7 @@ def die_with_parent() -> None:
             pass
 
     def watch() -> None:
-        from tlsearch.search.endings import STOP
+        from tlsearch.runner.stop import STOP
 
         while os.getppid() == int(parent):
             time.sleep(1.0)

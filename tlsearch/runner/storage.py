@@ -1,7 +1,7 @@
 """Where a study lives: database URLs, passwords kept out of every message, storages, and the
 locks shared by every process of one storage.
 
-The locks shared by the processes of one storage live in :mod:`tlsearch.search.locks`.
+The locks shared by the processes of one storage live in :mod:`tlsearch.runner.locks`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from sqlalchemy.exc import (ArgumentError, DBAPIError, InterfaceError, NoSuchMod
 
 from tlsearch.config import StudyConfig
 from tlsearch.errors import StorageError
-from tlsearch.search.deaths import Retry
+from tlsearch.runner.stale import Retry
 
 __all__ = ["redact_url", "storage_error", "engine_kwargs", "check_url", "open_storage",
            "sqlite_missing", "PG_POOL_SIZE"]
