@@ -383,7 +383,7 @@ def _check_run_sample(body: str, site: Path) -> None:
                 break
             words.append(w)
         if line.startswith("resume:"):  # said when trials are left; this run finished them
-            src = (REPO / "tlsearch" / "search" / "endings.py").read_text()
+            src = (REPO / "tlsearch" / "runner" / "stop.py").read_text()
             assert "run the same command again" in src
             continue
         head = " ".join(words[:1] if line.startswith("stopped:") else words)

@@ -207,7 +207,7 @@ def test_heartbeat_fails_a_trial_whose_machine_went_silent(tmp_path, backend, re
     after the grace period the next claim fails its trial and queues the retry."""
     from tlsearch.config import parse_config
     from tlsearch.runner.storage import open_storage
-    from tlsearch.runner.workers import RUN, Claims
+    from tlsearch.runner.quota import RUN, TrialQuota
 
     url = (request.getfixturevalue("pg_url") if backend == "postgres"
            else f"sqlite:///{tmp_path / 'hb.db'}")
@@ -218,7 +218,7 @@ def test_heartbeat_fails_a_trial_whose_machine_went_silent(tmp_path, backend, re
     lost = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     lost.set_user_attr(WORKER_ATTR, "another-machine:4242:1")
     storage.record_heartbeat(lost._trial_id)
-    claims = Claims(study, url, max_retry=1)
+    claims = TrialQuota(study, url, max_retry=1)
     try:
         assert claims.next(5) == RUN  # 0 finished + 1 running < 5; nothing is stale yet
         claims.abandon()

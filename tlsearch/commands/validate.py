@@ -11,7 +11,7 @@ from tlsearch import space
 from tlsearch.config import load_config
 from tlsearch.errors import UserError
 from tlsearch.modalities import modality_of
-from tlsearch.runner.storage import redact_url
+from tlsearch._urls import redact_url
 
 
 def add_parser(sub):

@@ -16,7 +16,7 @@ from tlsearch.errors import UserError
 from tlsearch.metrics import balanced_class_weights
 from tlsearch.params import OBJECTIVES, objective_params, positive_index
 from tlsearch.search.artifacts import probe_writable
-from tlsearch.runner.storage import redact_url
+from tlsearch._urls import redact_url
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.pipeline import class_weights
 
@@ -131,7 +131,7 @@ def check_writable(cfg: StudyConfig) -> None:
 
 
 def study_weights(cfg: StudyConfig, source: BackboneSource) -> dict[str, str]:
-    """Each backbone's weights fingerprint, as the study's meaning records it."""
+    """Each backbone's weights fingerprint, as the study's fingerprint records it."""
     out = {}
     for e in cfg.backbone_entries:
         fp = source.weights(e.name)[1]
