@@ -85,8 +85,10 @@ def study_file(tmp_path: Path, **overrides) -> Path:
     return write_study(tmp_path / "study.yaml", **base)
 
 
-def tlsearch(*args: str, fake: float | None = None, **popen) -> subprocess.Popen:
-    """``tlsearch ARGS`` in a new process that imports this tree (and the fake trials, if asked)."""
+def tlsearch(*args: str, fake: float | None = None, python: str | None = None,
+             **popen) -> subprocess.Popen:
+    """``tlsearch ARGS`` in a new process that imports this tree (and the fake trials, if asked);
+    with ``python``, that code instead, ARGS in its ``sys.argv``."""
     env = dict(os.environ)
     path = [str(REPO)] + ([str(FAKE)] if fake is not None else [])
     # sitecustomize is looked up on sys.path in order: the fake one must come first
@@ -96,7 +98,8 @@ def tlsearch(*args: str, fake: float | None = None, **popen) -> subprocess.Popen
     if fake is not None:
         env["TLSEARCH_TEST_FAKE_TRIAL"] = str(fake)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return subprocess.Popen([sys.executable, "-m", "tlsearch.cli", *args], env=env,
+    command = ["-c", python] if python is not None else ["-m", "tlsearch.cli"]
+    return subprocess.Popen([sys.executable, *command, *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -145,6 +148,23 @@ def test_workers_on_sqlite_stop_at_exactly_n_trials(tmp_path, small_images):
     code, out = finish(tlsearch("run", str(study), "--workers", "2", "--n-trials", "15", fake=0.2))
     assert code == 0, out
     assert states(trials(f"sqlite:///{tmp_path / 'tiny.db'}")) == {"COMPLETE": 15}
+
+
+def test_python_api_runs_two_workers_to_exactly_n_trials(tmp_path, small_images):
+    """``tlsearch.run(path, workers=2)`` is ``tlsearch run path --workers 2``: two processes share
+    the trials, the study ends with exactly n_trials finished, and the study is returned."""
+    study = study_file(tmp_path, n_trials=6)
+    code = ("import os, sys, tlsearch; s = tlsearch.run(sys.argv[1], workers=2, quiet=True); "
+            "print('returned', type(s).__name__, len(s.trials), 'from', os.getpid())")
+    p = tlsearch(str(study), fake=0.2, python=code)
+    rc, out = finish(p)
+    assert rc == 0, out
+    assert "returned Study 6 from " in out, out
+    parent = out.split("returned Study 6 from ")[1].split()[0]
+    ts = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
+    assert states(ts) == {"COMPLETE": 6}
+    ran_in = {t.user_attrs[WORKER_ATTR].split(":")[1] for t in ts}  # host:pid:start
+    assert parent not in ran_in and 1 <= len(ran_in) <= 2, (parent, ran_in)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
