@@ -169,7 +169,8 @@ def test_a_study_view_answers_the_three_ways_trials_are_read():
     view = oa.StudyView(study, lambda ts: [t for t in ts if t.number % 2 == 0])
     assert [t.number for t in view.get_trials()] == [0, 2]
     assert [t.number for t in view.trials] == [0, 2]
-    assert [t.number for t in view._get_trials(deepcopy=False, states=None, use_cache=True)] == [0, 2]
+    read = view._get_trials(deepcopy=False, states=None, use_cache=True)
+    assert [t.number for t in read] == [0, 2]
     assert view.direction == study.direction and view.study_name == study.study_name
 
 

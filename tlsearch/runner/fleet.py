@@ -78,7 +78,8 @@ def run_workers(prep: PreparedStudy, study_file: str, n: int, *, n_trials: int |
     """Run the prepared study in ``n`` worker processes (each replaced by a fresh one after
     ``recycle_after`` trials when given) until it holds its ``n_trials`` finished trials; return
     the outcome. ``study_file`` is what the workers load (the study ``prep`` was prepared from);
-    ``show`` is passed on to them (``--quiet`` or ``--json``); ``say`` hears what the parent does."""
+    ``show`` is passed on to them (``--quiet`` or ``--json``); ``say`` hears what the parent
+    does."""
     cfg, url = prep.cfg, prep.storage_url
     if url.startswith("sqlite") and ":memory:" in url:
         raise UserError("`storage`: an in-memory database cannot be shared by --workers; "

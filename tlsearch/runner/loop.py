@@ -58,9 +58,9 @@ def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None 
     it stopped (``stopped``, :mod:`tlsearch.runner.stop`) and the trials left (``left``).
 
     The count is the study's, across every worker: each trial is claimed before it starts (see
-    :class:`~tlsearch.runner.quota.TrialQuota`), so N workers stop at exactly ``n_trials``. A worker whose
-    own work is done waits while the last trials run elsewhere, since one of them may die and
-    need a retry, and stops when they finish.
+    :class:`~tlsearch.runner.quota.TrialQuota`), so N workers stop at exactly ``n_trials``. A
+    worker whose own work is done waits while the last trials run elsewhere, since one of them
+    may die and need a retry, and stops when they finish.
     """
     cfg = prep.cfg
     progress.value_label = cfg.value_name
@@ -72,7 +72,7 @@ def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None 
     except ValueError:
         pass
     guard = FailureGuard(cfg.training.max_consecutive_failures)
-    claims = TrialQuota(prep.study, prep.storage_url, cfg.heartbeat.max_retry, who)
+    quota = TrialQuota(prep.study, prep.storage_url, cfg.heartbeat.max_retry, who)
     poll = poll if poll is not None else min(5.0, float(cfg.heartbeat.interval))
     deadlines = Deadlines(cfg.timeout, cfg.hard_timeout)
     reason = "n_trials"
@@ -82,11 +82,11 @@ def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None 
             else frozen.user_attrs.get(ATTR["stopped"], "")
         progress.trial_end(frozen.number, frozen.state.name, frozen.value, note)
 
-    objective = make_objective(prep, progress, on_start=claims.started, deadlines=deadlines,
+    objective = make_objective(prep, progress, on_start=quota.started, deadlines=deadlines,
                                store=prep.store)
     here, recycle = 0, False
     try:
-        swept = claims.sweep()
+        swept = quota.sweep()
         if swept:
             progress.message(f"trials {swept} were left running by a worker that died: failed "
                              f"(swept at start by {who}) and queued again")
@@ -96,17 +96,17 @@ def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None 
             if late is not None:
                 reason = late
                 break
-            decision = claims.next(target)
+            decision = quota.next(target)
             if decision == DONE:
                 break
             if decision == WAIT:
                 time.sleep(poll)
                 continue
             if max_here is not None and here >= max_here:  # trials remain: a fresh process
-                claims.abandon()
+                quota.abandon()
                 recycle = True
                 break
-            progress.done = claims.finished
+            progress.done = quota.finished
             here += 1
             try:
                 with quiet_interrupts():  # Ctrl-C: tlsearch's one line, not Optuna's traceback
@@ -119,10 +119,10 @@ def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None 
                 progress.message(f"lost the database connection during a trial ({type(e).__name__})"
                                  f"; carrying on")
             finally:
-                claims.abandon()  # a no-op once the trial started
+                quota.abandon()  # a no-op once the trial started
     finally:
         progress.close()
-        claims.close()
+        quota.close()
     if guard.tripped:
         reasons = "\n".join(f"  - {r}" for r in guard.reasons[-guard.limit:])
         raise TooManyFailures(

@@ -149,8 +149,8 @@ def make_objective(prep: StudyInputs, progress: Progress,
                    listeners: Listeners | None = None, deadlines: Deadlines | None = None,
                    store: AtomicFileSystemArtifactStore | None = None
                    ) -> Callable[[optuna.Trial], float]:
-    """The objective around :func:`~tlsearch.train.pipeline.run_trial`. ``on_start`` is called first,
-    once the trial is RUNNING (a claim is released there: see :class:`tlsearch.runner.quota.TrialQuota`).
+    """The objective around :func:`~tlsearch.train.pipeline.run_trial`. ``on_start`` is called
+    first, once the trial is RUNNING (the runner releases its claim there).
     ``listeners`` (default: the study file's ``tracking:``) hear each trial's start, epochs and end.
     The global step of the trial's first stage-2 epoch is stored on it (``tlsearch.stage2_step``,
     what :class:`~tlsearch.search.stage_pruning.StageAwarePruner` reads) before that epoch is
