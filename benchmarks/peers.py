@@ -355,7 +355,7 @@ def _tlsearch_test_accuracy(study_file: Path, number: int, data: dict, split: st
     from tlsearch.config import load_config
     from tlsearch.export.evaluate import evaluate_trial
     from tlsearch.export.exporter import select_trial
-    from tlsearch.search.study import load_study
+    from tlsearch.runner.prepare import load_study
 
     cfg = load_config(study_file)
     study = load_study(cfg)

@@ -95,7 +95,8 @@ def _one(setting: str, s: common.Settings, data: dict, budget: float, root: Path
     from rich.console import Console
 
     from tlsearch.config import load_config
-    from tlsearch.search import study as st
+    from tlsearch.runner import loop
+    from tlsearch.runner import prepare as st
     from tlsearch.search.progress import Progress
     from tlsearch.search.stage_pruning import pruning_cost
 
@@ -116,9 +117,9 @@ def _one(setting: str, s: common.Settings, data: dict, budget: float, root: Path
         prep.study.pruner = old_stage_aware(
             optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2))
         with _asked_at_every_epoch():
-            st.run(prep, progress)
+            loop.run_trials(prep, progress)
     else:
-        st.run(prep, progress)
+        loop.run_trials(prep, progress)
     wall = time.perf_counter() - t0
     trials = peers.tlsearch_trials(cfg.storage_url, "bench", 0.0, t0_wall)
     in_budget = [t for t in trials if t["finished_at"] <= budget + 1e-6]

@@ -37,7 +37,8 @@ STUDY = REPO / "studies" / "quickstart.yaml"
 def _one(cfg, tmp: Path, prune_stage1: bool) -> dict:
     from rich.console import Console
 
-    from tlsearch.search import study as st
+    from tlsearch.runner import loop
+    from tlsearch.runner import prepare as st
     from tlsearch.search.attrs import ATTR
     from tlsearch.search.progress import Progress
 
@@ -48,7 +49,7 @@ def _one(cfg, tmp: Path, prune_stage1: bool) -> dict:
         "pruner": cfg.pruner.model_copy(update={"prune_stage1": prune_stage1})})
     t0 = time.perf_counter()
     prep = st.prepare(cfg)
-    st.run(prep, Progress(Console(stderr=True), objective=cfg.objective, mode="plain",
+    loop.run_trials(prep, Progress(Console(stderr=True), objective=cfg.objective, mode="plain",
                           label=label, epochs=(cfg.training.stage1_epochs,
                                                cfg.training.stage2_epochs)))
     seconds = time.perf_counter() - t0

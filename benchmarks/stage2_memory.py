@@ -84,7 +84,8 @@ def run(trials: int, path: str) -> dict:
     from rich.console import Console
 
     from tlsearch.config import load_config
-    from tlsearch.search import study as st
+    from tlsearch.runner import loop
+    from tlsearch.runner import prepare as st
     from tlsearch.search.progress import Progress
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -104,7 +105,7 @@ def run(trials: int, path: str) -> dict:
         prep = st.prepare(cfg, warn=lambda *a, **k: None)
         progress = _Recorder(Console(file=open(os.devnull, "w"), quiet=True),
                              objective=cfg.objective, maximize=cfg.direction == "maximize")
-        st.run(prep, progress)
+        loop.run_trials(prep, progress)
         functions = traced_functions()
         tops = getattr(prep.source, "tops", None)  # None: a version without the pool
         pooled = None if tops is None else len(tops)

@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.timeout is not None and args.timeout <= 0:
         p.error("--timeout must be positive")
 
-    from tlsearch.search import study as st
+    from tlsearch.runner import loop
+    from tlsearch.runner import prepare as st
     from tlsearch.search.artifacts import fetch_weights
     from tlsearch.search.attrs import ATTR, trial_params
     from tlsearch.config import load_config
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         from rich.console import Console
 
         t0 = time.perf_counter()
-        st.run(prep, Progress(Console(stderr=True), objective=cfg.objective, maximize=True,
+        loop.run_trials(prep, Progress(Console(stderr=True), objective=cfg.objective, maximize=True,
                               epochs=(cfg.training.stage1_epochs, cfg.training.stage2_epochs),
                               timeout=cfg.timeout))
         results["study_seconds"] = round(time.perf_counter() - t0, 1)

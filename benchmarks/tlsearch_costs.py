@@ -32,7 +32,8 @@ def _run_study(path: Path, on_trial_end=None) -> dict:
     """``tlsearch run`` in this process, quietly, calling ``on_trial_end(number)`` after each trial."""
     from rich.console import Console
 
-    from tlsearch.search import study as st
+    from tlsearch.runner import loop
+    from tlsearch.runner import prepare as st
     from tlsearch.config import load_config
     from tlsearch.search.progress import Progress
 
@@ -47,7 +48,7 @@ def _run_study(path: Path, on_trial_end=None) -> dict:
     prep = st.prepare(cfg, warn=lambda *a, **k: None)
     progress = _Recorder(Console(file=open("/dev/null", "w"), quiet=True), objective=cfg.objective,
                          maximize=cfg.direction == "maximize")
-    summary = st.run(prep, progress)
+    summary = loop.run_trials(prep, progress)
     return {"seconds": time.perf_counter() - t0, "trials": summary["trials"]}
 
 

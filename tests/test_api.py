@@ -73,3 +73,56 @@ def test_run_returns_the_study_with_n_trials_finished(tmp_path, image_folder):
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
     again = tlsearch.run(tlsearch.load_config(path), n_trials=3, quiet=True)  # resumes
     assert len(again.trials) == 3
+
+
+def _no_storage(monkeypatch):
+    """Any Optuna study created or loaded from here on fails the test."""
+    def refused(*a, **k):
+        raise AssertionError("a study storage was opened")
+
+    monkeypatch.setattr(optuna, "create_study", refused)
+    monkeypatch.setattr(optuna, "load_study", refused)
+
+
+def test_the_objective_loads_its_inputs_without_a_study_of_its_own(tmp_path, image_folder,
+                                                                    monkeypatch):
+    """The inputs come from load_inputs: no scratch study is created to get them, and the user's
+    study is checked against (and given) the inputs' own attributes."""
+    import tlsearch
+    from tlsearch.api import prepare_standalone
+
+    path = write_study(tmp_path / "s.yaml", search={"unfreeze_blocks": 0})
+    cfg = tlsearch.load_config(path)
+    study = optuna.create_study(direction=cfg.direction)
+    _no_storage(monkeypatch)
+    inputs = prepare_standalone(cfg, warn=lambda m: None)
+    assert inputs.data.class_names == ["circle", "square", "stripes"]
+    assert not (tmp_path / "tiny.db").exists()
+    study.optimize(tlsearch.objective(path), n_trials=1)
+    assert study.trials[0].state == TrialState.COMPLETE
+    attrs = json.loads(json.dumps(inputs.study_attrs()))
+    assert {k: study.user_attrs[k] for k in attrs} == attrs
+    assert study.user_attrs["tlsearch.meaning"]["objective"] == "val_loss"  # its stored name
+
+
+def test_the_objective_refuses_a_study_of_other_classes(tmp_path, image_folder):
+    import tlsearch
+
+    path = write_study(tmp_path / "s.yaml", search={"unfreeze_blocks": 0})
+    study = optuna.create_study()
+    study.set_user_attr("tlsearch.classes", ["cat", "dog"])
+    with pytest.raises(UserError, match=r"classes \['cat', 'dog'\], but the data now has "
+                                        r"\['circle', 'square', 'stripes'\]"):
+        study.optimize(tlsearch.objective(path), n_trials=1)
+
+
+def test_workers_need_the_study_file_not_a_config_made_in_python(tmp_path, image_folder):
+    import tlsearch
+
+    cfg = tlsearch.load_config(write_study(tmp_path / "s.yaml"))
+    with pytest.raises(UserError, match=r"`workers`: worker processes read the study from its "
+                                        r"file; pass the study file's path"):
+        tlsearch.run(cfg, workers=2, quiet=True)
+    with pytest.raises(UserError, match="`workers`: expected at least 1, got 0"):
+        tlsearch.run(cfg, workers=0, quiet=True)
+    assert not (tmp_path / "tiny.db").exists()  # nothing written

@@ -458,7 +458,7 @@ def sqlite_path_is_a_folder(d):
 def _existing_study(d) -> None:
     """The tiny study as created by an earlier run, with one finished trial."""
     from tlsearch.config import load_config
-    from tlsearch.search.study import prepare
+    from tlsearch.runner.prepare import prepare
 
     prep = prepare(load_config(d / "study.yaml"), warn=lambda *a: None)
     prep.study.add_trial(optuna.trial.create_trial(value=1.0, params={}, distributions={}))

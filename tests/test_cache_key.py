@@ -123,7 +123,7 @@ def test_every_field_of_the_declaration_has_a_flip_and_a_place_in_the_meaning_or
 
     assert set(FLIPS) == {f.name for f in fields(FrozenPart)}
     for f in fields(FrozenPart):
-        assert f.metadata["meaning"] or f.metadata["why"], f.name
+        assert f.metadata["fingerprint"] or f.metadata["why"], f.name
 
 
 @pytest.mark.parametrize("field", sorted(FLIPS))
@@ -141,7 +141,7 @@ def test_flipping_one_field_changes_the_key(folder, field, monkeypatch):
     assert changed == {field} | ({"build_options"} if field == "preprocessing" else set())
     assert flipped._key(name, boundary, None) != before
     if field in ("preprocessing", "block_ends", "build_options", "weights", "image_size"):
-        assert after.meaning("mine") != part.meaning("mine")  # resume refuses it too
+        assert after.fingerprint("mine") != part.fingerprint("mine")  # resume refuses it too
 
 
 # --- the read guard: what a key forgets, a recomputation of a few stored rows catches ----------
@@ -239,11 +239,11 @@ def test_a_study_stored_with_the_previous_meaning_still_resumes(folder, tmp_path
     study = optuna.load_study(study_name="old", storage=storage)
     from tlsearch.search.attrs import ATTR
 
-    now = study.user_attrs[ATTR["meaning"]]
+    now = study.user_attrs[ATTR["fingerprint"]]
     assert now["meaning.version"] == 2
     assert {f"backbones.{'mine' if backbone == 'keras file' else 'tiny_cnn'}.{f}"
             for f in ("weights", "preprocessing", "block_ends", "build_options")} <= set(now)
-    study.set_user_attr(ATTR["meaning"], _stored_before(
+    study.set_user_attr(ATTR["fingerprint"], _stored_before(
         now, {"mine": {}} if backbone == "keras file" else {}))
     write_study(study_file, n_trials=2, **settings)
     assert main(["run", str(study_file)]) == 0

@@ -40,7 +40,7 @@ def _get(url: str) -> bytes:
 
 def test_dashboard_serves_study_and_artifacts(study):
     from tlsearch.config import load_config
-    from tlsearch.search.study import load_study
+    from tlsearch.runner.prepare import load_study
 
     port = _free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -85,7 +85,7 @@ def _members(study_path, numbers):
     from tlsearch.config import load_config
     from tlsearch.export.exporter import rebuild_model, select_trial
     from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
-    from tlsearch.search.study import load_study
+    from tlsearch.runner.prepare import load_study
 
     cfg = load_config(study_path)
     st = load_study(cfg)

@@ -40,7 +40,7 @@ def _in_study_model(study_path, number=None):
     from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
     from tlsearch.config import load_config
     from tlsearch.export.exporter import rebuild_model, select_trial
-    from tlsearch.search.study import load_study
+    from tlsearch.runner.prepare import load_study
 
     cfg = load_config(study_path)
     st = load_study(cfg)
@@ -128,7 +128,7 @@ def test_exported_formats_match_the_in_study_model(exported, study):
 
 def test_export_chosen_trial_and_announces_it(study, tmp_path, capsys):
     from tlsearch.config import load_config
-    from tlsearch.search.study import load_study
+    from tlsearch.runner.prepare import load_study
 
     st = load_study(load_config(study))
     other = next(t.number for t in st.get_trials() if t.number != st.best_trial.number)
@@ -151,7 +151,7 @@ def test_refuses_to_overwrite_without_force(study, exported, capsys):
 @pytest.mark.parametrize("damage", ["truncate", "alter"])
 def test_damaged_artifact_is_refused_and_nothing_exported(study, tmp_path, capsys, damage):
     from tlsearch.config import load_config
-    from tlsearch.search.study import load_study
+    from tlsearch.runner.prepare import load_study
 
     cfg = load_config(study)
     best = load_study(cfg).best_trial

@@ -122,3 +122,21 @@ def test_a_tuner_objective_other_than_the_studys_does_not_take_its_parameters(tm
     assert hm._schedule(None, [saver]).objective_params is None
     same = SimpleNamespace(objective=SimpleNamespace(name="val_weighted_loss"))
     assert hm._schedule(None, [same]).objective_params == {"class_weight": [1, 2, 3]}
+
+
+def test_the_hypermodel_loads_its_inputs_without_any_study_storage(hypermodel, monkeypatch):
+    """KerasTuner needs the study file's data and backbones, not an Optuna study: none is
+    created or loaded, not even a throw-away one in memory."""
+    import optuna
+
+    def refused(*a, **k):
+        raise AssertionError("a study storage was opened")
+
+    monkeypatch.setattr(optuna, "create_study", refused)
+    monkeypatch.setattr(optuna, "load_study", refused)
+    inputs = hypermodel.prepared
+    assert inputs.data.class_names == ["circle", "square", "stripes"]
+    assert inputs.caps == {"tiny_cnn": 4}
+    hp = kt.HyperParameters()
+    model = hypermodel.build(hp)
+    assert model.output_shape[-1] == 3 and 1 <= hp.get("unfreeze_blocks") <= 2

@@ -290,7 +290,7 @@ def test_a_heartbeat_lost_to_the_connection_is_skipped_not_raised(tmp_path, monk
     from sqlalchemy.exc import OperationalError
 
     from tlsearch.config import parse_config
-    from tlsearch.search.storage import open_storage
+    from tlsearch.runner.storage import open_storage
 
     cfg = parse_config({"name": "hb", "n_trials": 1, "data": {"path": "."},
                         "backbones": ["tiny_cnn"]}, base_dir=tmp_path)
@@ -312,8 +312,8 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_swept(tmp_path)
     import optuna
 
     from tlsearch.config import parse_config
-    from tlsearch.search.deaths import sweep_dead_workers
-    from tlsearch.search.storage import open_storage
+    from tlsearch.runner.stale import sweep_stale_trials
+    from tlsearch.runner.storage import open_storage
 
     cfg = parse_config({"name": "nobeat", "n_trials": 2, "data": {"path": "."},
                         "backbones": ["tiny_cnn"],
@@ -326,7 +326,7 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_swept(tmp_path)
     fresh.datetime_start = datetime.datetime.now()
     study.add_trial(old)
     study.add_trial(fresh)
-    assert sweep_dead_workers(study, None, "a test") == [0]
+    assert sweep_stale_trials(study, None, "a test") == [0]
     ts = study.get_trials(deepcopy=False)
     assert ts[0].state == TrialState.FAIL
     assert ts[0].user_attrs[FAILURE] == "worker died before its first heartbeat: swept by a test"
@@ -339,7 +339,7 @@ def test_a_swallowed_interrupt_still_stops_the_run_at_its_next_safe_point(tmp_pa
     ("Exception ignored in: <function WeakKeyDictionary...>"): an orphaned worker then went on
     claiming and finishing trials. The stop request outlives the exception: the trial fails as
     interrupted at its next epoch and no other trial starts."""
-    from tlsearch.search import endings
+    from tlsearch.search import deadlines
     from tlsearch.search.progress import Progress
 
     make_image_folder(tmp_path / "images", per_class=6, size=8)
@@ -348,13 +348,13 @@ def test_a_swallowed_interrupt_still_stops_the_run_at_its_next_safe_point(tmp_pa
 
     def epoch_then_swallowed_sigterm(self, rec):
         real(self, rec)
-        endings.STOP.set()  # what the handler does, its exception lost
+        deadlines.STOP.set()  # what the handler does, its exception lost
 
     monkeypatch.setattr(Progress, "epoch", epoch_then_swallowed_sigterm)
     try:
         assert main(["run", str(study)]) == 130
     finally:
-        endings.STOP.clear()
+        deadlines.STOP.clear()
     got = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
     assert [(t.state, t.user_attrs.get(FAILURE)) for t in got] == [(TrialState.FAIL, "interrupted")]
     assert capsys.readouterr().err.count("interrupted:") == 1

@@ -76,18 +76,18 @@ def test_timeout_ending_says_how_to_resume(tmp_path, capsys):
 
 
 def test_hard_timeout_stops_running_trial_as_pruned(tmp_path, capsys, monkeypatch):
-    from tlsearch.search import endings
+    from tlsearch.search import deadlines
 
     make_image_folder(tmp_path / "images", per_class=8)
     study = write_study(tmp_path / "study.yaml", n_trials=3, hard_timeout=1e-6)
     calls = []
-    real = endings.Deadlines.may_start
+    real = deadlines.Deadlines.may_start
 
     def first_may_start(self):  # let one trial start after the limit has passed
         calls.append(1)
         return None if len(calls) == 1 else real(self)
 
-    monkeypatch.setattr(endings.Deadlines, "may_start", first_may_start)
+    monkeypatch.setattr(deadlines.Deadlines, "may_start", first_may_start)
     assert main(["run", str(study)]) == 0
     out = capsys.readouterr().out
     trials = optuna.load_study(study_name="tiny",

@@ -276,7 +276,7 @@ def test_yaml_blocks_are_valid(site, monkeypatch):
         full = raw if "name" in raw else _study_with(raw, site)
         cfg = parse_config(full, source="README.md", base_dir=site)
         if "storage" in raw:
-            from tlsearch.search.storage import redact_url
+            from tlsearch.runner.storage import redact_url
 
             assert "secret" not in redact_url(cfg.storage_url)
         if raw.get("backbones") == ["minilm_l6"]:
@@ -452,7 +452,7 @@ def _check_run_sample(body: str, site: Path) -> None:
                 break
             words.append(w)
         if line.startswith("resume:"):  # said when trials are left; this run finished them
-            src = (REPO / "tlsearch" / "search" / "endings.py").read_text()
+            src = (REPO / "tlsearch" / "runner" / "stop.py").read_text()
             assert "run the same command again" in src
             continue
         head = " ".join(words[:1] if line.startswith("stopped:") else words)

@@ -59,7 +59,7 @@ class PruneAtStep:
 
 
 def test_a_trial_is_really_pruned_in_stage2(tmp_path, image_folder, monkeypatch):
-    monkeypatch.setattr("tlsearch.search.study.make_pruner", lambda cfg: PruneAtStep(2))
+    monkeypatch.setattr("tlsearch.runner.prepare.make_pruner", lambda cfg: PruneAtStep(2))
     study_file = write_study(tmp_path / "s.yaml", n_trials=1, search={"unfreeze_blocks": 1})
     assert main(["run", str(study_file)]) == 0
     study, _ = stored(study_file)

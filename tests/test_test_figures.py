@@ -209,7 +209,7 @@ def test_held_out_figures_carry_their_standard_errors():
 
 def test_a_resumed_study_whose_best_changes_keeps_every_test_evaluation(tmp_path, image_folder,
                                                                         capsys):
-    from tlsearch.search.study import prepare
+    from tlsearch.runner.prepare import prepare
 
     make_image_folder(tmp_path / "test-images", per_class=4, seed=7)
     path = write_study(tmp_path / "s.yaml", n_trials=1, data={"test": "test-images"},

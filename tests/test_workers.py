@@ -85,8 +85,10 @@ def study_file(tmp_path: Path, **overrides) -> Path:
     return write_study(tmp_path / "study.yaml", **base)
 
 
-def tlsearch(*args: str, fake: float | None = None, **popen) -> subprocess.Popen:
-    """``tlsearch ARGS`` in a new process that imports this tree (and the fake trials, if asked)."""
+def tlsearch(*args: str, fake: float | None = None, python: str | None = None,
+             **popen) -> subprocess.Popen:
+    """``tlsearch ARGS`` in a new process that imports this tree (and the fake trials, if asked);
+    with ``python``, that code instead, ARGS in its ``sys.argv``."""
     env = dict(os.environ)
     path = [str(REPO)] + ([str(FAKE)] if fake is not None else [])
     # sitecustomize is looked up on sys.path in order: the fake one must come first
@@ -96,7 +98,8 @@ def tlsearch(*args: str, fake: float | None = None, **popen) -> subprocess.Popen
     if fake is not None:
         env["TLSEARCH_TEST_FAKE_TRIAL"] = str(fake)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    return subprocess.Popen([sys.executable, "-m", "tlsearch.cli", *args], env=env,
+    command = ["-c", python] if python is not None else ["-m", "tlsearch.cli"]
+    return subprocess.Popen([sys.executable, *command, *args], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
 
 
@@ -145,6 +148,23 @@ def test_workers_on_sqlite_stop_at_exactly_n_trials(tmp_path, small_images):
     code, out = finish(tlsearch("run", str(study), "--workers", "2", "--n-trials", "15", fake=0.2))
     assert code == 0, out
     assert states(trials(f"sqlite:///{tmp_path / 'tiny.db'}")) == {"COMPLETE": 15}
+
+
+def test_python_api_runs_two_workers_to_exactly_n_trials(tmp_path, small_images):
+    """``tlsearch.run(path, workers=2)`` is ``tlsearch run path --workers 2``: two processes share
+    the trials, the study ends with exactly n_trials finished, and the study is returned."""
+    study = study_file(tmp_path, n_trials=6)
+    code = ("import os, sys, tlsearch; s = tlsearch.run(sys.argv[1], workers=2, quiet=True); "
+            "print('returned', type(s).__name__, len(s.trials), 'from', os.getpid())")
+    p = tlsearch(str(study), fake=0.2, python=code)
+    rc, out = finish(p)
+    assert rc == 0, out
+    assert "returned Study 6 from " in out, out
+    parent = out.split("returned Study 6 from ")[1].split()[0]
+    ts = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
+    assert states(ts) == {"COMPLETE": 6}
+    ran_in = {t.user_attrs[WORKER_ATTR].split(":")[1] for t in ts}  # host:pid:start
+    assert parent not in ran_in and 1 <= len(ran_in) <= 2, (parent, ran_in)
 
 
 @pytest.mark.parametrize("backend", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -206,8 +226,8 @@ def test_heartbeat_fails_a_trial_whose_machine_went_silent(tmp_path, backend, re
     """A worker on another machine cannot be asked whether it lives: its heartbeat stops, and
     after the grace period the next claim fails its trial and queues the retry."""
     from tlsearch.config import parse_config
-    from tlsearch.search.storage import open_storage
-    from tlsearch.search.workers import RUN, Claims
+    from tlsearch.runner.storage import open_storage
+    from tlsearch.runner.quota import RUN, TrialQuota
 
     url = (request.getfixturevalue("pg_url") if backend == "postgres"
            else f"sqlite:///{tmp_path / 'hb.db'}")
@@ -218,7 +238,7 @@ def test_heartbeat_fails_a_trial_whose_machine_went_silent(tmp_path, backend, re
     lost = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
     lost.set_user_attr(WORKER_ATTR, "another-machine:4242:1")
     storage.record_heartbeat(lost._trial_id)
-    claims = Claims(study, url, max_retry=1)
+    claims = TrialQuota(study, url, max_retry=1)
     try:
         assert claims.next(5) == RUN  # 0 finished + 1 running < 5; nothing is stale yet
         claims.abandon()
@@ -242,7 +262,7 @@ def test_trial_of_a_dead_local_worker_is_swept_at_start(tmp_path, small_images):
     assert code == 0, out
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    from tlsearch.search.deaths import _start_ticks
+    from tlsearch.runner.stale import _start_ticks
 
     s = optuna.load_study(study_name="tiny", storage=url)
     done = s.get_trials()[0]
@@ -378,7 +398,7 @@ class _Proc:
 
 
 def test_wait_recycling_restarts_only_recycled_workers_and_not_when_stopping():
-    from tlsearch.search.workers import RECYCLE, wait_recycling
+    from tlsearch.runner.workers import RECYCLE, wait_recycling
 
     later = {0: [_Proc(RECYCLE), _Proc(0)], 1: []}
     started = []
@@ -394,7 +414,7 @@ def test_wait_recycling_restarts_only_recycled_workers_and_not_when_stopping():
 
 
 def test_each_worker_gets_its_own_gpu_and_none_on_a_cpu(monkeypatch):
-    from tlsearch.search.workers import device_env, visible_gpus
+    from tlsearch.runner.workers import device_env, visible_gpus
 
     assert device_env(0, []) == {}
     assert [device_env(i, ["0", "3"])["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "3", "0"]
@@ -412,7 +432,7 @@ def test_the_workers_memory_plan(monkeypatch):
     import psutil
 
     from tlsearch.errors import UserError
-    from tlsearch.search.workers import worker_memory_plan
+    from tlsearch.runner.workers import worker_memory_plan
 
     class Mem:
         available = 24 * 2**30

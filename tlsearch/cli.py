@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             print("interrupted: finished trials are saved; run the same command again to resume",
                   file=sys.stderr)
         else:
-            from tlsearch.search.workers import parent_gone
+            from tlsearch.runner.workers import parent_gone
 
             if parent_gone():
                 print(f"worker {worker}: its parent process is gone; stopped (finished trials "

@@ -37,8 +37,8 @@ def make_dashboard_server(cfg, *, host: str = "127.0.0.1", port: int = 8080,
     import optuna_dashboard
     from optuna.artifacts import FileSystemArtifactStore
 
-    from tlsearch.search.storage import open_storage
-    from tlsearch.search.study import load_study
+    from tlsearch.runner.storage import open_storage
+    from tlsearch.runner.prepare import load_study
 
     load_study(cfg, url)  # a clear error when there is no study yet
     storage = open_storage(cfg, url, heartbeat=False)

@@ -19,6 +19,7 @@ __all__ = [
     "WorkersFailed",
     "InputError",
     "ArtifactWriteError",
+    "is_connection_error",
 ]
 
 
@@ -82,3 +83,20 @@ class ArtifactWriteError(Exception):
     """
 
     exit_code = 1
+
+
+def is_connection_error(e: BaseException) -> bool:
+    """True for a database connection that was lost or refused, which a new one may cure.
+
+    Here, below every layer, because both sides need it: the objective records such a trial as
+    failed (:func:`tlsearch.search.failures.as_trial_failure`) and the runner retries the claim.
+    SQLAlchemy is imported on the first call, so ``import tlsearch`` stays without it."""
+    from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+
+    seen: BaseException | None = e
+    while seen is not None:  # Optuna wraps SQLAlchemy's errors (StorageInternalError)
+        if isinstance(seen, DBAPIError):
+            return bool(seen.connection_invalidated) or isinstance(
+                seen, (OperationalError, InterfaceError))
+        seen = seen.__cause__ or seen.__context__
+    return False

@@ -34,7 +34,7 @@ import importlib.util
 import json
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any, Callable, cast
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 try:
     import keras_tuner as kt
@@ -47,6 +47,9 @@ from tlsearch._hashing import sha256_file
 from tlsearch.config import StudyConfig, load_config
 from tlsearch.errors import TrialFailure, UserError
 from tlsearch.params import OBJECTIVES, TrialParams
+
+if TYPE_CHECKING:
+    from tlsearch.search.study import StudyInputs
 
 __all__ = ["TransferHyperModel"]
 
@@ -97,7 +100,7 @@ class TransferHyperModel(kt.HyperModel):
         super().__init__(name=name or cfg.name, tunable=tunable)
         self.cfg = cfg
         self.modality = modalities.modality_of(cfg.backbone_entries).name
-        self._prep: Any = None
+        self._prep: StudyInputs | None = None
 
     @classmethod
     def from_yaml(cls, path: str | Path, **kwargs: Any) -> TransferHyperModel:
@@ -105,8 +108,9 @@ class TransferHyperModel(kt.HyperModel):
         return cls(load_config(path), **kwargs)
 
     @property
-    def prepared(self) -> Any:
-        """The checked data, the backbone source with its cache, the schedule (on first use)."""
+    def prepared(self) -> StudyInputs:
+        """The checked data, the backbone source with its cache, the schedule (on first use; no
+        study storage is opened: :func:`tlsearch.search.study.load_inputs`)."""
         if self._prep is None:
             from tlsearch.api import prepare_standalone
 

@@ -1,21 +1,22 @@
-"""tlsearch run STUDY: run (or resume) the study until it holds n_trials finished trials."""
+"""tlsearch run STUDY: run (or resume) the study until it holds n_trials finished trials.
+
+The command parses its arguments and prints; running the study, with or without worker processes,
+is :mod:`tlsearch.runner`'s."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
-from typing import Iterator
 
 from rich.console import Console
 from rich.table import Table
 
-from tlsearch.config import load_config
 from tlsearch._quiet import import_tensorflow_quietly
-from tlsearch.errors import TooManyFailures, UserError, WorkersFailed
-from tlsearch.search.endings import ending, ending_lines
+from tlsearch.config import load_config
+from tlsearch.errors import TooManyFailures, UserError
+from tlsearch.runner.stop import stop_lines, with_stop_reason
 from tlsearch.search.progress import Progress, json_safe
 
 
@@ -50,13 +51,17 @@ def storage_override(args) -> str | None:
 
 
 def run(args) -> int:
-    with _interrupt_on_sigterm():
+    from tlsearch.runner.fleet import interrupt_on_sigterm
+
+    with interrupt_on_sigterm():
         return _run(args)
 
 
 def _run(args) -> int:
-    from tlsearch.search import study as st
-    from tlsearch.search.storage import redact_url
+    from tlsearch._urls import redact_url
+    from tlsearch.runner.loop import run_trials
+    from tlsearch.runner.prepare import prepare
+    from tlsearch.search.study import summarize
     from tlsearch.search.tracking import check_tracking
 
     if args.workers < 1:
@@ -67,7 +72,7 @@ def _run(args) -> int:
         raise UserError(f"`--n-trials`: expected at least 1, got {args.n_trials}")
     cfg = load_config(args.study)
     if args.worker_index is not None:
-        from tlsearch.search.workers import die_with_parent
+        from tlsearch.runner.workers import die_with_parent
 
         die_with_parent()
     import_tensorflow_quietly()
@@ -85,7 +90,7 @@ def _run(args) -> int:
                         epochs=(cfg.training.stage1_epochs, cfg.training.stage2_epochs),
                         timeout=cfg.hard_timeout or cfg.timeout)
     if worker is None and args.workers > 1:
-        from tlsearch.search.workers import worker_memory_plan
+        from tlsearch.runner.workers import worker_memory_plan
 
         said = worker_memory_plan(args.workers, allow=args.allow_oversubscribe)
         if said:
@@ -93,17 +98,14 @@ def _run(args) -> int:
     if worker is None:
         err.print(f"[bold]tlsearch[/] study [bold]{cfg.name}[/]: checking the data ...")
     check_tracking(cfg)  # a tracker that cannot work is refused before the study is created
-    prep = st.prepare(cfg, storage_url=storage_override(args),
-                      warn=warn_to.print if worker is None else (lambda *a, **k: None),
-                      on_features=progress.on_features)
+    prep = prepare(cfg, storage_url=storage_override(args),
+                   warn=warn_to.print if worker is None else (lambda *a, **k: None),
+                   on_features=progress.on_features)
     if worker is not None:
-        summary = st.run(prep, progress, n_trials=args.n_trials,
-                         max_here=args.recycle_after or None, who=f"worker {worker}")
-        from tlsearch.search.workers import RECYCLE
+        from tlsearch.runner.fleet import run_worker
 
-        if summary.get("stopped") == "interrupted":  # stopped at a safe point: as by Ctrl-C
-            raise KeyboardInterrupt
-        return RECYCLE if summary.get("recycle") else 0
+        return run_worker(prep, progress, index=worker, n_trials=args.n_trials,
+                          recycle_after=args.recycle_after)
     err.print(f"  {prep.data.summary()}")
     if prep.data.skipped:
         from tlsearch.data import format_file_list
@@ -119,12 +121,14 @@ def _run(args) -> int:
         return _run_workers(args, cfg, prep, err, out)
     target = args.n_trials or cfg.n_trials
     try:
-        summary = st.run(prep, progress, n_trials=args.n_trials)
+        summary = run_trials(prep, progress, n_trials=args.n_trials)
     except KeyboardInterrupt:
-        _finish(args, out, ending(st.summarize(prep.study), "interrupted", target), cfg, prep)
+        _finish(args, out, with_stop_reason(summarize(prep.study), "interrupted", target), cfg,
+                prep)
         raise
     except TooManyFailures:
-        _finish(args, out, ending(st.summarize(prep.study), "failures", target), cfg, prep)
+        _finish(args, out, with_stop_reason(summarize(prep.study), "failures", target), cfg,
+                prep)
         raise
     _finish(args, out, summary, cfg, prep)
     return 0
@@ -152,7 +156,7 @@ def _finish(args, out: Console, summary: dict, cfg, prep) -> None:
         from tlsearch.export.refit import refit_after_run
 
         refit_after_run(prep, lambda line: out.print(line, highlight=False, soft_wrap=True))
-    for line in ending_lines(summary, command):  # last: what the user reads first
+    for line in stop_lines(summary, command):  # last: what the user reads first
         out.print(line, highlight=False, soft_wrap=True)
 
 
@@ -164,106 +168,17 @@ def _command(args) -> str:
 
 def _run_workers(args, cfg, prep, err: Console, out: Console) -> int:
     """The study exists now (created once, here); the workers only load it."""
-    from tlsearch.search import study as st
-    from tlsearch.search.workers import Claims, spawn_workers, storage_engine
+    from tlsearch.runner.fleet import run_workers
 
-    url = prep.storage_url
-    if url.startswith("sqlite") and ":memory:" in url:
-        raise UserError("`storage`: an in-memory database cannot be shared by --workers; "
-                        "give a file (sqlite:///study.db) or a PostgreSQL URL")
-    claims = Claims(prep.study, url, cfg.heartbeat.max_retry)
-    try:
-        swept = claims.sweep()
-    finally:
-        claims.close()
-    if swept:
-        err.print(f"  trials {swept} were left running by a worker that died: failed (swept at "
-                  f"start by this run) and queued again")
-    engine = storage_engine(prep.study)
-    if engine is not None:  # no idle connections held while the workers run
-        engine.dispose()
-    err.print(f"  starting {args.workers} worker{'s' if args.workers > 1 else ''}"
-              + (f", each replaced by a fresh process after {args.recycle_after} trials"
-                 if args.recycle_after else ""))
-    argv = ["run", args.study] + (["--json"] if args.json else ["--quiet"] if args.quiet else [])
-    if args.n_trials is not None:
-        argv += ["--n-trials", str(args.n_trials)]
-    if args.recycle_after:
-        argv += ["--recycle-after", str(args.recycle_after)]
-    codes = spawn_workers(argv, args.workers, storage_url=url,
-                          on_exit=lambda pid, code: _worker_died(prep, pid, code, err))
-    summary = st.summarize(prep.study)
-    target = args.n_trials or cfg.n_trials
-    finished = summary["states"].get("COMPLETE", 0) + summary["states"].get("PRUNED", 0)
-    bad = {i + 1: c for i, c in enumerate(codes) if c != 0}
-    reason = "n_trials" if target is not None and finished >= target else \
-        "interrupted" if {130, -2} & set(bad.values()) else \
-        "failures" if bad else "timeout"
-    _finish(args, out, ending(summary, reason, target), cfg, prep)
-    if not bad:
-        return 0
-    shown = ", ".join(f"worker {i} exited with {_describe_exit(c)}" for i, c in bad.items())
-    if target is not None and finished >= target:
-        Console(stderr=True).print(f"note: {shown}; the others finished the study")
-        return 0
-    if 130 in bad.values() or -2 in bad.values():
-        raise KeyboardInterrupt
-    if all(c == TooManyFailures.exit_code for c in bad.values()):
-        raise TooManyFailures(f"{shown}: trials kept failing (see each worker's reasons above). "
-                              f"Fix the cause and run the same command again: the study resumes.")
-    raise WorkersFailed(f"{shown}. Run the same command again: the study resumes.")
-
-
-def _worker_died(prep, pid: int, code: int, err: Console) -> None:
-    """A worker ended early: its running trial fails with the reason, and is queued again."""
-    import socket
-
-    from tlsearch.search.deaths import Retry, fail_trials_of
-    from tlsearch.search.workers import Claims, storage_engine
-
-    reason = f"worker died: {_describe_exit(code).removeprefix('signal ')}"
-    claims = Claims(prep.study, prep.storage_url, prep.cfg.heartbeat.max_retry)
-    try:
-        with claims.lock.held():
-            failed = fail_trials_of(prep.study, pid, socket.gethostname(), reason,
-                                    Retry(max_retry=prep.cfg.heartbeat.max_retry))
-    except Exception as e:  # the workers' own sweeps will find the trial
-        err.print(f"  worker {pid} ended ({reason}); its trial is left to the next sweep ({e})")
-        return
-    finally:
-        claims.close()
-        engine = storage_engine(prep.study)
-        if engine is not None:
-            engine.dispose()
-    if failed:
-        err.print(f"  trial {failed} failed ({reason}) and queued again", highlight=False)
-
-
-@contextlib.contextmanager
-def _interrupt_on_sigterm() -> Iterator[None]:
-    """SIGTERM ends a run as Ctrl-C does: the running trial fails as ``interrupted``, one line."""
-    import signal
-    import threading
-
-    from tlsearch.search.endings import STOP
-
-    def interrupt(signum, frame):
-        # once: a second SIGTERM (the parent's death is told twice) must not cut short the
-        # recording of the first one's trial; STOP stays set, so that a KeyboardInterrupt that
-        # Python swallowed still stops the run at its next safe point
-        STOP.set()
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        raise KeyboardInterrupt
-
-    STOP.clear()  # a new run (the tests run several in one process)
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
+    outcome = run_workers(prep, args.study, args.workers, n_trials=args.n_trials,
+                          recycle_after=args.recycle_after,
+                          show=("--json",) if args.json else ("--quiet",) if args.quiet else (),
+                          say=lambda line: err.print(line, highlight=False))
+    _finish(args, out, outcome.summary, cfg, prep)
+    note = outcome.check()  # raises what the command exits with when the study is not complete
+    if note:
+        Console(stderr=True).print(f"note: {note}")
+    return 0
 
 
 def _after_study(out: Console | None, cfg, prep) -> dict:
@@ -297,20 +212,9 @@ def _after_study(out: Console | None, cfg, prep) -> dict:
     return found
 
 
-def _describe_exit(code: int) -> str:
-    if code < 0:
-        import signal
-
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"code {code}"
-
-
 def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> None:
+    from tlsearch._urls import redact_url
     from tlsearch.report.sections import verdict_lines
-    from tlsearch.search.storage import redact_url
     from tlsearch.search.study import best_accuracy
 
     out.print()

@@ -8,10 +8,10 @@ from rich.console import Console
 from rich.table import Table
 
 from tlsearch import space
+from tlsearch._urls import redact_url
 from tlsearch.config import load_config
 from tlsearch.errors import UserError
 from tlsearch.modalities import modality_of
-from tlsearch.search.storage import redact_url
 
 
 def add_parser(sub):

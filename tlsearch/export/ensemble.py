@@ -113,7 +113,7 @@ def export_ensemble(cfg: Any, out_dir: str | Path, k: int, *, url: str | None = 
     from tlsearch.export.ensemble_model import ensemble_model, inference_cost
     from tlsearch.export.selection import greedy_selection
     from tlsearch.search.inputs import check_inputs
-    from tlsearch.search.study import load_study
+    from tlsearch.runner.prepare import load_study
 
     if k < 1:
         raise UserError(f"`--ensemble`: expected K, the most trials to combine, of at least 1; "

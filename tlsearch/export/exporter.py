@@ -43,8 +43,8 @@ from tlsearch.params import OBJECTIVES, objective_params, positive_index
 from tlsearch.search.artifacts import ARTIFACT_ATTR, AtomicFileSystemArtifactStore, fetch_weights
 from tlsearch.search.attrs import ATTR, study_objective_params, trial_params
 from tlsearch.search.inputs import study_weights
-from tlsearch.search.resume import check_export, meaning
-from tlsearch.search.study import load_study
+from tlsearch.search.resume import check_export, study_fingerprint
+from tlsearch.runner.prepare import load_study
 
 __all__ = [
     "ExportResult",
@@ -102,7 +102,7 @@ def rebuild_model(cfg, study, frozen, store, weights: dict | None = None):
     ``weights``: other weights of the trial's configuration (its refit's) instead of its own."""
     modality = modalities.get(study.user_attrs.get(ATTR["modality"], "image"))
     # the backbone rebuilt from today's study file must be the one the trial was trained with
-    check_export(study, cfg, meaning(cfg, study_weights(cfg, modality.make_source(cfg, None, None))))
+    check_export(study, cfg, study_fingerprint(cfg, study_weights(cfg, modality.make_source(cfg, None, None))))
     if weights is None:
         weights = fetch_weights(frozen, store)  # raises UserError on a damaged artifact
     classes = study.user_attrs[ATTR["classes"]]

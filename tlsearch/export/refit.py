@@ -261,7 +261,7 @@ def export_refit(cfg: Any, out_dir: str | Path, *, trial: int | None = None,
     carries ``refit`` and the test figures, and no validation figure."""
     from tlsearch.export.exporter import (FORMATS, _check_formats, _prepare_out, select_trial,
                                           write_export)
-    from tlsearch.search.study import load_study
+    from tlsearch.runner.prepare import load_study
 
     formats = FORMATS if formats is None else formats
     out = Path(out_dir)

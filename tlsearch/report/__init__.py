@@ -49,7 +49,7 @@ def build_report(cfg, *, url: str | None = None, log: Callable[[str], None] = pr
 
     import tlsearch
     from tlsearch.report.evaluation import evaluation_section
-    from tlsearch.search.study import load_study
+    from tlsearch.runner.prepare import load_study
 
     study = load_study(cfg, url)
     sections = []

@@ -30,7 +30,9 @@ ATTR = {
     "failure": "tlsearch.failure",
     "seconds": "tlsearch.seconds",
     "cached": "tlsearch.cached",
-    "meaning": "tlsearch.meaning",
+    # study: what its trials computed (:func:`tlsearch.search.resume.study_fingerprint`), under
+    # the name it was first stored with, so that studies in users' databases still resume
+    "fingerprint": "tlsearch.meaning",
     "caps": "tlsearch.caps",
     "test": "tlsearch.test",  # study: the latest evaluation on `data.test`
     "tests": "tlsearch.tests",  # study: every evaluation on `data.test`, oldest first

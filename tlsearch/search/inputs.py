@@ -9,6 +9,7 @@ import json
 import numpy as np
 
 from tlsearch import modalities, space
+from tlsearch._urls import redact_url
 from tlsearch.backbones import build_backbone, resolve_weights
 from tlsearch.config import StudyConfig
 from tlsearch.data import Dataset, load_dataset
@@ -16,7 +17,6 @@ from tlsearch.errors import UserError
 from tlsearch.metrics import balanced_class_weights
 from tlsearch.params import OBJECTIVES, objective_params, positive_index
 from tlsearch.search.artifacts import probe_writable
-from tlsearch.search.storage import redact_url
 from tlsearch.train.features import BackboneSource
 from tlsearch.metrics import balanced_class_weights as class_weights
 
@@ -131,7 +131,7 @@ def check_writable(cfg: StudyConfig) -> None:
 
 
 def study_weights(cfg: StudyConfig, source: BackboneSource) -> dict[str, str]:
-    """Each backbone's weights fingerprint, as the study's meaning records it."""
+    """Each backbone's weights fingerprint, as the study's fingerprint records it."""
     out = {}
     for e in cfg.backbone_entries:
         fp = source.weights(e.name)[1]

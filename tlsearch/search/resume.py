@@ -1,9 +1,10 @@
-"""What a stored trial means, and refusing to resume or export when the study file changed it.
+"""A study's fingerprint (what its stored trials computed), and refusing to resume or export when
+the study file changed it.
 
 A study's trials are comparable only if every one of them computed the same thing: the same
 objective and direction, schedule, input size, BatchNorm policy, class weights, backbone weights,
 preprocessing, cut points and data. All of that is stored with the study when it is created
-(:func:`meaning`) next to the search space's signature, and a run or an export whose study file
+(:func:`study_fingerprint`) next to the search space's signature, and a run or an export whose study file
 says otherwise is refused, naming each changed field with its old and new value. What only
 changes how the search proceeds (``n_trials``, ``timeout``, sampler, pruner, workers, caches)
 may change freely.
@@ -22,19 +23,20 @@ from tlsearch.config import StudyConfig
 from tlsearch.errors import SpaceChangedError
 from tlsearch.search.attrs import ATTR
 
-__all__ = ["meaning", "check_resume", "check_export", "NEW_STUDY"]
+__all__ = ["study_fingerprint", "check_resume", "check_export", "NEW_STUDY"]
 
 NEW_STUDY = ("Give the study a new `name` (or another `storage`) to start a new study, or undo "
              "the change to resume this one.")
 
-#: the parts of a study's meaning that need its data to be known (not checked by export)
+#: the parts of a study's fingerprint that need its data to be known (not checked by export)
 _DATA_FIELDS = ("data", "classes", "data.target")  # not re-read by export
-#: the meaning's format: 2 takes every backbone's fields from :class:`FrozenPart
-#: <tlsearch.backbones.frozen.FrozenPart>`; a meaning without it (1) recorded fewer fields
+#: the fingerprint's format: 2 takes every backbone's fields from :class:`FrozenPart
+#: <tlsearch.backbones.frozen.FrozenPart>`; one without it (1) recorded fewer fields (the key
+#: keeps its first name, ``meaning.version``, as stored in users' databases)
 VERSION_KEY, VERSION = "meaning.version", 2
 
 
-def meaning(cfg: StudyConfig, weights: Mapping[str, str], *, data: str | None = None,
+def study_fingerprint(cfg: StudyConfig, weights: Mapping[str, str], *, data: str | None = None,
             classes: list[str] | None = None) -> dict[str, Any]:
     """Everything that changes what a trial computes, as plain JSON values.
 
@@ -58,7 +60,7 @@ def meaning(cfg: StudyConfig, weights: Mapping[str, str], *, data: str | None = 
     }
     for e in cfg.backbone_entries:
         out.update(frozen_part(e, weights=weights.get(e.name), image_size=cfg.data.image_size,
-                               data=data, seed=cfg.seed).meaning(e.name))
+                               data=data, seed=cfg.seed).fingerprint(e.name))
     if classes is not None:
         out["classes"] = classes
     return json.loads(json.dumps(out, default=str))
@@ -66,7 +68,7 @@ def meaning(cfg: StudyConfig, weights: Mapping[str, str], *, data: str | None = 
 
 def _comparable(stored: Mapping[str, Any], now: Mapping[str, Any],
                 cfg: StudyConfig) -> tuple[Mapping[str, Any], set[str]]:
-    """(stored meaning, keys to compare with ``now``). A meaning stored in format 1 recorded, per
+    """(stored fingerprint, keys to compare with ``now``). One stored in format 1 recorded, per
     backbone, its weights, and for a ``.keras`` file its preprocessing and block_ends as written
     (unset: None); the fields format 2 added are not held against such a study."""
     if stored.get(VERSION_KEY) is not None:
@@ -100,19 +102,19 @@ def _show(v: Any) -> str:
 
 def check_resume(study: optuna.Study, cfg: StudyConfig, signature: dict[str, str],
                  now: dict[str, Any]) -> None:
-    """Refuse to add trials to a stored study whose search space or meaning differ from the
-    study file's. A study stored before meanings were kept gets today's."""
+    """Refuse to add trials to a stored study whose search space or fingerprint differ from the
+    study file's. A study stored before fingerprints were kept gets today's."""
     lines: list[str] = []
     stored_sig = study.user_attrs.get(ATTR["space"])
     if stored_sig is not None and stored_sig != signature:
         lines += space.diff_signatures(stored_sig, signature)
-    stored = study.user_attrs.get(ATTR["meaning"])
+    stored = study.user_attrs.get(ATTR["fingerprint"])
     if stored is None:
         legacy = {"classes": study.user_attrs.get(ATTR["classes"]),
                   "data": study.user_attrs.get(ATTR["data"])}
         lines += _changes(legacy, now, {k for k, v in legacy.items() if v is not None})
         if not lines:
-            study.set_user_attr(ATTR["meaning"], now)
+            study.set_user_attr(ATTR["fingerprint"], now)
     else:
         stored, keys = _comparable(stored, now, cfg)
         lines += _changes(stored, now, keys)
@@ -126,9 +128,9 @@ def check_resume(study: optuna.Study, cfg: StudyConfig, signature: dict[str, str
 def check_export(study: optuna.Study, cfg: StudyConfig, now: dict[str, Any]) -> None:
     """Refuse to rebuild a stored trial from a study file that changed what it computed (another
     image size, preprocessing, or backbone weights than the trial was trained with)."""
-    stored = study.user_attrs.get(ATTR["meaning"])
+    stored = study.user_attrs.get(ATTR["fingerprint"])
     if stored is None:
-        return  # stored before meanings were kept: the weights' shapes are still checked
+        return  # stored before fingerprints were kept: the weights' shapes are still checked
     stored, keys = _comparable(stored, now, cfg)
     lines = _changes(stored, now, keys - set(_DATA_FIELDS))
     if lines:

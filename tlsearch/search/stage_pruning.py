@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Any
 
 import numpy as np
 import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from tlsearch.optuna_adapter import StudyView
 from tlsearch.search.attrs import ATTR
 
 __all__ = ["StageAwarePruner", "STAGE2_ATTR", "LAST_STEP_ATTR", "stage2_only", "running_best",
@@ -79,30 +79,15 @@ def stage2_view(trial: FrozenTrial, maximize: bool) -> FrozenTrial:
     return view
 
 
-class _Stage2Study:
+def _stage2_study(study: optuna.Study, step: int, maximize: bool) -> StudyView:
     """A study as the wrapped pruner sees it: every trial that has a stage-2 value at ``step``
     (re-indexed), through :func:`stage2_view`."""
 
-    def __init__(self, study: optuna.Study, step: int, maximize: bool) -> None:
-        self._study = study
-        self._step = step
-        self._maximize = maximize
+    def view(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+        views = (stage2_view(t, maximize) for t in trials)
+        return [v for v in views if step in v.intermediate_values]
 
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        views = (stage2_view(t, self._maximize)
-                 for t in self._study.get_trials(deepcopy=False, states=states))
-        return [v for v in views if self._step in v.intermediate_values]
-
-    def _get_trials(self, deepcopy: bool = True, states: Any = None,
-                    use_cache: bool = False) -> list[FrozenTrial]:
-        return self.get_trials(deepcopy=deepcopy, states=states)
-
-    @property
-    def trials(self) -> list[FrozenTrial]:
-        return self.get_trials()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
+    return StudyView(study, view)
 
 
 def _leads(study: optuna.Study, trial: FrozenTrial, maximize: bool) -> bool:
@@ -137,7 +122,7 @@ class StageAwarePruner(optuna.pruners.BasePruner):
         if _leads(study, trial, maximize):
             return False
         view = stage2_view(trial, maximize)
-        return bool(self.inner.prune(_Stage2Study(study, step - int(start), maximize),  # type: ignore[arg-type]
+        return bool(self.inner.prune(_stage2_study(study, step - int(start), maximize),  # type: ignore[arg-type]
                                      view))
 
 

@@ -28,11 +28,11 @@ import weakref
 from pathlib import Path
 from typing import Any, Callable
 
+from tlsearch._urls import redact_url
 from tlsearch.config import StudyConfig
 from tlsearch.errors import UserError
 from tlsearch.search.artifacts import ARTIFACT_ATTR
 from tlsearch.search.attrs import ATTR
-from tlsearch.search.storage import redact_url
 
 __all__ = ["Listener", "Listeners", "MLflowListener", "TensorBoardListener", "open_listeners",
            "check_tracking", "METRICS", "study_uid", "study_label"]

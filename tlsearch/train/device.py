@@ -10,7 +10,7 @@ step.
 
 Each GPU's memory grows as needed rather than being taken whole at start, so several workers can
 share one (``--workers`` gives each worker its own where there are several; see
-:func:`tlsearch.search.workers.device_env`).
+:func:`tlsearch.runner.workers.device_env`).
 """
 
 from __future__ import annotations

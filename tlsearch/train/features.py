@@ -210,7 +210,7 @@ class BackboneSource:
     def frozen_part(self, name: str, boundary: str, params: TrialParams | None,
                     data: str | None = None) -> FrozenPart:
         """What the frozen output ``boundary`` of backbone ``name`` is computed from: the
-        declaration that the study's stored meaning reads too."""
+        declaration that the study's stored fingerprint reads too."""
         return frozen_part(self.entries[name], weights=self.weights(name)[1],
                            image_size=self.image_size, data=data or self.dataset.fingerprint,
                            seed=self.seed, output=boundary,

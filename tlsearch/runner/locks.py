@@ -1,7 +1,7 @@
 """Locks held by the whole study, across processes and machines, and retries on lost connections.
 
 A PostgreSQL advisory lock (all machines) or a lock file beside a SQLite database (one machine).
-Workers claim trials under it (see :mod:`tlsearch.search.workers`), and the storage's tables are
+Workers claim trials under it (see :mod:`tlsearch.runner.quota`), and the storage's tables are
 created under it once. The PostgreSQL lock is held only around a claim, on a connection borrowed
 from the storage's own pool (so a worker holds at most that pool's connections), and a connection
 the server dropped (a restart, ``pg_terminate_backend``, an idle timeout) is replaced and the claim
@@ -21,10 +21,10 @@ from typing import Any, Callable, Iterator, TypeVar
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from tlsearch.errors import StorageError
-from tlsearch.search.storage import engine_kwargs, is_connection_error, storage_error
+from tlsearch.errors import StorageError, is_connection_error
+from tlsearch.runner.storage import engine_kwargs, storage_error
 
-__all__ = ["StudyLock", "study_lock", "is_connection_error", "retrying", "RETRY_DELAYS"]
+__all__ = ["StudyLock", "study_lock", "retrying", "RETRY_DELAYS"]
 
 T = TypeVar("T")
 

@@ -1,4 +1,5 @@
-"""Trials whose worker stopped: failed with the reason recorded, and retried.
+"""Stale trials (Optuna's word): trials whose worker stopped, failed with the reason recorded, and
+retried.
 
 A trial can end without its objective returning in three ways: the worker is interrupted (Ctrl-C,
 SIGTERM: the objective records ``interrupted`` itself), the worker is killed (its parent sees the
@@ -11,8 +12,8 @@ the same parameters) starts clean.
 from __future__ import annotations
 
 import copy
+import datetime
 import os
-import signal
 import socket
 import warnings
 from pathlib import Path
@@ -22,10 +23,11 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
+from tlsearch.optuna_adapter import (fail_running_trial, grace_period, has_heartbeat,
+                                     stale_trial_ids, trial_id)
 from tlsearch.search.attrs import ATTR, WORKER_ATTR
 
-__all__ = ["Retry", "sweep_dead_workers", "fail_trials_of", "signal_name", "is_dead_here",
-           "worker_id"]
+__all__ = ["Retry", "sweep_stale_trials", "fail_trials_of", "is_dead_here", "worker_id"]
 
 #: attributes of a failed trial that its retry must not inherit
 _NOT_INHERITED = (ATTR["failure"], ATTR["history"], WORKER_ATTR)
@@ -40,24 +42,13 @@ class Retry(RetryHeartbeatStaleTrialCallback):
         super().__call__(study, clean)
 
 
-def signal_name(code: int) -> str:
-    try:
-        return signal.Signals(-code).name
-    except ValueError:
-        return f"signal {-code}"
-
-
 def _fail(study: optuna.Study, trial: FrozenTrial, reason: str, retry: Callable | None) -> bool:
     """Fail one RUNNING trial with ``reason`` and queue its retry; False if it ended meanwhile."""
-    storage = study._storage
-    try:
-        storage.set_trial_user_attr(trial._trial_id, ATTR["failure"], reason)
-        if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
-            return False
-    except optuna.exceptions.UpdateFinishedTrialError:
+    failed = fail_running_trial(study, trial, {ATTR["failure"]: reason})
+    if failed is None:
         return False  # another worker got there first
     if retry is not None:
-        retry(study, storage.get_trial(trial._trial_id))
+        retry(study, failed)
     return True
 
 
@@ -94,23 +85,19 @@ def is_dead_here(ident: str | None) -> bool:
     return start != "?" and _start_ticks(pid) not in ("?", start)
 
 
-def sweep_dead_workers(study: optuna.Study, retry: Callable | None,
+def sweep_stale_trials(study: optuna.Study, retry: Callable | None,
                        who: str = "a later claim") -> list[int]:
     """Fail the RUNNING trials whose worker is known dead (heartbeat stale, or a dead process on
     this host), each with the reason ``swept by <who>``, and queue their retries. Returns the
     numbers of the trials failed here."""
-    storage = study._storage
-    stale: set[int] = set()
-    get_stale = getattr(storage, "_get_stale_trial_ids", None)
-    if get_stale is not None and getattr(storage, "get_heartbeat_interval", lambda: None)():
-        stale = set(get_stale(study._study_id))
+    stale = stale_trial_ids(study)
     failed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t._trial_id in stale:
+        if trial_id(t) in stale:
             why = "worker died (no heartbeat)"
         elif is_dead_here(t.user_attrs.get(WORKER_ATTR)):
             why = "worker died"
-        elif _never_beat(storage, t):
+        elif _never_beat(study, t):
             why = "worker died before its first heartbeat"
         else:
             continue
@@ -122,33 +109,15 @@ def sweep_dead_workers(study: optuna.Study, retry: Callable | None,
     return failed
 
 
-def _never_beat(storage, t: FrozenTrial) -> bool:
+def _never_beat(study: optuna.Study, t: FrozenTrial) -> bool:
     """A RUNNING trial that no worker ever marked as its own and that has had no heartbeat for a
     whole grace period since it started: its worker died between creating it and its first beat
     (Optuna calls only trials with a recorded heartbeat stale, so this one would wait forever)."""
-    import datetime
-
-    storage = getattr(storage, "_backend", storage)  # Optuna wraps an RDB storage in a cache
-    grace = getattr(storage, "grace_period", None) or (
-        2 * (getattr(storage, "get_heartbeat_interval", lambda: None)() or 0))
+    grace = grace_period(study)
     if not grace or t.user_attrs.get(WORKER_ATTR) or t.datetime_start is None:
         return False
     age = (datetime.datetime.now() - t.datetime_start).total_seconds()
-    return age > grace and not _has_heartbeat(storage, t._trial_id)
-
-
-def _has_heartbeat(storage, trial_id: int) -> bool:
-    """Whether Optuna's RDB storage holds a heartbeat row for the trial (its ``trial_heartbeats``
-    table; True when it cannot tell: then the trial is left alone)."""
-    try:
-        from sqlalchemy import text
-
-        with storage.engine.connect() as conn:
-            row = conn.execute(text("SELECT 1 FROM trial_heartbeats WHERE trial_id = :t"),
-                               {"t": trial_id}).first()
-        return row is not None
-    except Exception:
-        return True
+    return age > grace and not has_heartbeat(study, trial_id(t))
 
 
 def fail_trials_of(study: optuna.Study, pid: int, host: str, reason: str,

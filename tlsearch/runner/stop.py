@@ -1,17 +1,16 @@
-"""Why a run of a study stopped, in words: what the summary ends with.
+"""Stop reasons: why a run of a study stopped, in words, what the summary ends with.
 
 A run stops for one of a few reasons (:data:`REASONS`); the summary says which, how many trials
 the study still lacks for its ``n_trials``, and that the same command resumes it. ``timeout``
 only keeps new trials from starting (the running one finishes); ``hard_timeout`` also stops the
-running trial, which is then recorded as PRUNED with the reason (:data:`HARD_TIMEOUT_NOTE`).
+running trial, which is then recorded as PRUNED with the reason (:data:`HARD_TIMEOUT_NOTE
+<tlsearch.search.deadlines.HARD_TIMEOUT_NOTE>`). The deadlines themselves are checked inside
+trials, by the objective: :mod:`tlsearch.search.deadlines`.
 """
 
 from __future__ import annotations
 
-import threading
-import time
-
-__all__ = ["REASONS", "HARD_TIMEOUT_NOTE", "STOP", "Deadlines", "ending", "ending_lines", "pruning_lines"]
+__all__ = ["REASONS", "with_stop_reason", "stop_lines", "pruning_lines"]
 
 REASONS = {
     "n_trials": "n_trials reached",
@@ -22,50 +21,7 @@ REASONS = {
     "recycle": "this worker ran its --recycle-after trials",
 }
 
-HARD_TIMEOUT_NOTE = "stopped by hard_timeout"
-
-
-class HardTimeout(Exception):
-    """Raised inside a trial when ``hard_timeout`` has passed (the objective prunes the trial)."""
-
-
-#: set when this process is asked to stop (SIGTERM, or a worker's parent gone): the run stops at
-#: its next safe point, an epoch's or batch's end or before the next trial, even where the
-#: KeyboardInterrupt the signal raised was swallowed (Python ignores one raised inside a weakref
-#: callback, and a worker went on claiming trials on its own)
-STOP = threading.Event()
-
-
-class Deadlines:
-    """The run's ``timeout`` (no new trial after it) and ``hard_timeout`` (the running trial
-    stops), both in seconds from the start of this run."""
-
-    def __init__(self, timeout: float | None, hard_timeout: float | None) -> None:
-        now = time.monotonic()
-        self.soft = None if timeout is None else now + timeout
-        self.hard = None if hard_timeout is None else now + hard_timeout
-
-    def may_start(self) -> str | None:
-        """None while a new trial may start, else the reason it may not."""
-        now = time.monotonic()
-        if STOP.is_set():
-            return "interrupted"
-        if self.hard is not None and now >= self.hard:
-            return "hard_timeout"
-        if self.soft is not None and now >= self.soft:
-            return "timeout"
-        return None
-
-    def check(self) -> None:
-        """Inside a trial: raise :class:`HardTimeout` once ``hard_timeout`` has passed, and
-        KeyboardInterrupt once :data:`STOP` is set (the trial fails as ``interrupted``)."""
-        if STOP.is_set():
-            raise KeyboardInterrupt
-        if self.hard is not None and time.monotonic() >= self.hard:
-            raise HardTimeout(HARD_TIMEOUT_NOTE)
-
-
-def ending(summary: dict, reason: str, target: int | None) -> dict:
+def with_stop_reason(summary: dict, reason: str, target: int | None) -> dict:
     """``summary`` with why the run stopped (``stopped``), the study's target and the trials it
     still lacks (``left``)."""
     states = summary.get("states", {})
@@ -80,7 +36,7 @@ def ending(summary: dict, reason: str, target: int | None) -> dict:
     return summary
 
 
-def ending_lines(summary: dict, command: str) -> list[str]:
+def stop_lines(summary: dict, command: str) -> list[str]:
     """``stopped: ...`` and, when trials are left, how to resume."""
     reason = summary.get("stopped")
     if reason is None:

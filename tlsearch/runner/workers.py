@@ -1,21 +1,13 @@
-"""Many workers on one study: who may start the next trial, who died, and the worker processes.
+"""Worker processes on one machine, all on one study: started, replaced after their
+``--recycle-after`` trials, ended with their parent, given a GPU each, and planned against the
+machine's memory.
 
 Optuna's storages are the distributed engine: every worker, on this machine or another, runs the
-same loop against one database. Three things Optuna leaves to its users are done here.
-
-* **Exactly ``n_trials``.** ``MaxTrialsCallback`` is checked after a trial ends, so N workers
-  overshoot by up to N-1. Here a worker *claims* a trial: under a lock held by the whole study
-  (:func:`tlsearch.search.locks.study_lock`) it counts finished and
-  running trials and asks for a new one only if they fall short of the target. The lock is held
-  until the new trial is RUNNING, so the next claimant counts it.
-* **Dead workers.** A trial whose worker was killed stays RUNNING. On an RDB storage its heartbeat
-  stops and Optuna fails it after the grace period; on this machine a dead worker is also noticed
-  at once, from the host, process id and start time each trial records. Either way the trial is
-  marked FAIL and retried (``heartbeat.max_retry`` times) by a WAITING copy, which the next claim
-  picks up first.
-* **Creating the storage once.** Several processes creating a fresh storage at the same moment
-  collide on Optuna's schema tables (``UNIQUE constraint failed: alembic_version``). Creation
-  runs under the same kind of lock, so whoever comes second finds the study made.
+same loop against one database (:mod:`tlsearch.runner.loop`); exactly ``n_trials`` across them is
+:mod:`tlsearch.runner.quota`'s, and their dead trials :mod:`tlsearch.runner.stale`'s. Several
+processes creating a fresh storage at the same moment collide on Optuna's schema tables
+(``UNIQUE constraint failed: alembic_version``): creation runs under the storage's lock
+(:func:`tlsearch.runner.prepare.open_study`), so whoever comes second finds the study made.
 """
 
 from __future__ import annotations
@@ -30,117 +22,16 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import optuna
-from optuna.trial import TrialState
-
-from tlsearch.search.attrs import WORKER_ATTR
-from tlsearch.search.deaths import Retry, is_dead_here, sweep_dead_workers, worker_id
-from tlsearch.search.locks import retrying, study_lock
-
 __all__ = [
-    "worker_id",
-    "is_dead_here",
-    "Claims",
-    "sweep_dead_workers",
     "spawn_workers",
     "wait_recycling",
+    "parent_gone",
     "die_with_parent",
-    "storage_engine",
     "device_env",
     "visible_gpus",
+    "worker_memory_plan",
     "RECYCLE",
-    "RUN",
-    "WAIT",
-    "DONE",
 ]
-
-RUN, WAIT, DONE = "run", "wait", "done"
-
-
-# ------------------------------------------------------------------------------------------------
-# Claims
-
-
-def storage_engine(study: optuna.Study):
-    """The SQLAlchemy engine of a study's RDB storage (None for other storages)."""
-    storage = study._storage
-    return getattr(getattr(storage, "_backend", storage), "engine", None)
-
-
-class Claims:
-    """Decides, for one worker, whether to start a trial, wait for running ones, or stop."""
-
-    def __init__(self, study: optuna.Study, url: str, max_retry: int, who: str = "this run"
-                 ) -> None:
-        self.study, self.url, self.who = study, url, who
-        self.engine = storage_engine(study)
-        self.lock = study_lock(url, f"study:{study.study_name}", self.engine)
-        self.retry = Retry(max_retry=max_retry)
-        self.me = worker_id()
-        self.finished = 0
-
-    def counts(self) -> dict[str, int]:
-        out = {s.name: 0 for s in TrialState}
-        for t in self.study.get_trials(deepcopy=False):
-            out[t.state.name] += 1
-        return out
-
-    def _retrying(self, fn):
-        """``fn()`` under the lock, all of it tried again after a lost database connection."""
-        def attempt():
-            self.lock.acquire()
-            try:
-                return fn()
-            except BaseException:
-                self.lock.release()
-                raise
-
-        return retrying(attempt, url=self.url)
-
-    def sweep(self) -> list[int]:
-        """Fail and retry the trials left RUNNING by dead workers (at the start of a run)."""
-        def sweep():
-            return sweep_dead_workers(self.study, self.retry, f"{self.who} at start")
-
-        try:
-            return self._retrying(sweep)
-        finally:
-            self.lock.release()
-
-    def next(self, target: int | None) -> str:
-        """RUN (the lock stays held until :meth:`started` or :meth:`abandon`), WAIT or DONE."""
-        decision = self._retrying(lambda: self._decide(target))
-        if decision != RUN:
-            self.lock.release()
-        return decision
-
-    def _decide(self, target: int | None) -> str:
-        sweep_dead_workers(self.study, self.retry, self.who)
-        c = self.counts()
-        self.finished = c["COMPLETE"] + c["PRUNED"]
-        if target is None:
-            return RUN
-        if self.finished >= target:
-            return DONE
-        if self.finished + c["RUNNING"] < target:
-            return RUN
-        return WAIT  # the last trials are running elsewhere; one may die and need a retry
-
-    def started(self, trial: optuna.Trial) -> None:
-        """The claimed trial is RUNNING and marked with this worker: others may claim now."""
-        trial.set_user_attr(WORKER_ATTR, self.me)
-        self.lock.release()
-
-    def abandon(self) -> None:
-        """The claim ended without a trial starting (the storage failed): let others claim."""
-        self.lock.release()
-
-    def close(self) -> None:
-        self.lock.close()
-
-
-# ------------------------------------------------------------------------------------------------
-# Worker processes on one machine
 
 
 def _thread_env(n_workers: int) -> dict[str, str]:
@@ -164,8 +55,9 @@ def spawn_workers(argv: list[str], n: int, *, storage_url: str,
         env.setdefault(k, v)
     env["TLSEARCH_STORAGE"] = storage_url
     env["TLSEARCH_PARENT_PID"] = str(os.getpid())  # a worker ends when this process dies
-    # the workers import the same tlsearch as this process, installed or not
-    here = str(Path(__file__).resolve().parent.parent)
+    # the workers import the same tlsearch as this process, installed or not: the folder that
+    # holds the package (tlsearch/runner/workers.py is three levels below it)
+    here = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (here, env.get("PYTHONPATH")) if p)
     procs: list[subprocess.Popen] = []
     stopping: list[int] = []
@@ -237,7 +129,7 @@ def die_with_parent() -> None:
             pass
 
     def watch() -> None:
-        from tlsearch.search.endings import STOP
+        from tlsearch.search.deadlines import STOP
 
         while os.getppid() == int(parent):
             time.sleep(1.0)

@@ -1,7 +1,8 @@
-"""Where a study lives: database URLs, passwords kept out of every message, storages, and the
-locks shared by every process of one storage.
+"""Where a study lives: database URLs checked before anything is read, storages opened with
+heartbeats, and connection failures worded without the password.
 
-The locks shared by the processes of one storage live in :mod:`tlsearch.search.locks`.
+Passwords are masked by :func:`tlsearch._urls.redact_url` (below the search, which shows URLs
+too); the locks shared by the processes of one storage live in :mod:`tlsearch.runner.locks`.
 """
 
 from __future__ import annotations
@@ -13,41 +14,16 @@ from typing import Any
 
 from optuna.storages import RDBStorage
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import (ArgumentError, DBAPIError, InterfaceError, NoSuchModuleError,
-                            OperationalError, SQLAlchemyError)
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
+from tlsearch._urls import redact_url, unencoded_at
 from tlsearch.config import StudyConfig
 from tlsearch.errors import StorageError
-from tlsearch.search.deaths import Retry
+from tlsearch.optuna_adapter import HeartbeatSafeStorage
+from tlsearch.runner.stale import Retry
 
 __all__ = ["redact_url", "storage_error", "engine_kwargs", "check_url", "open_storage",
            "sqlite_missing", "PG_POOL_SIZE"]
-
-
-#: query parameters of a database URL that carry a password (libpq and drivers accept them)
-_SECRET_QUERY_KEYS = {"password", "passwd", "pwd", "sslpassword", "passfile_password"}
-
-
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for messages and logs."""
-    if _loose_at(url):  # an unencoded '@' in the password: mask all up to the last '@'
-        scheme, rest = url.split("://", 1)
-        user = re.split(r"[:@]", rest, maxsplit=1)[0]
-        return f"{scheme}://{user}:***@{rest.split('?', 1)[0].rsplit('@', 1)[1]}"
-    try:
-        u = make_url(url)
-        secret = {k: "***" for k in u.query if k.lower() in _SECRET_QUERY_KEYS}
-        shown = u.update_query_dict(secret).render_as_string(hide_password=True)
-        return shown.replace("%2A%2A%2A", "***")
-    except Exception:
-        # not a URL SQLAlchemy reads, but it may still carry a password: mask user:password@
-        return re.sub(r"^([^:]*://[^:/@]*:).*@", r"\1***@", url)
-
-
-def _loose_at(url: str) -> bool:
-    """True when the part before the query holds two '@' or more: one of them is in a user name
-    or password, not URL-encoded, and where the password ends cannot be told."""
-    return "://" in url and url.split("://", 1)[1].split("?", 1)[0].count("@") > 1
 
 
 def storage_error(url: str, e: BaseException) -> StorageError:
@@ -109,39 +85,9 @@ def check_url(url: str) -> None:
         raise StorageError(f"storage: {shown!r}: its driver is not installed ({e}); for "
                            f"PostgreSQL use postgresql+psycopg://, whose driver tlsearch "
                            f"installs") from None
-    if _loose_at(url) or (u.host and "@" in u.host):
+    if unencoded_at(url) or (u.host and "@" in u.host):
         raise StorageError(f"storage: {shown!r}: the user name or password holds an unencoded "
                            f"'@'; URL-encode it (%40 for @, as for : / ? # % and spaces)")
-
-
-def is_connection_error(e: BaseException) -> bool:
-    """True for a database connection that was lost or refused, which a new one may cure."""
-    seen: BaseException | None = e
-    while seen is not None:  # Optuna wraps SQLAlchemy's errors (StorageInternalError)
-        if isinstance(seen, DBAPIError):
-            return bool(seen.connection_invalidated) or isinstance(
-                seen, (OperationalError, InterfaceError))
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
-
-class _Storage(RDBStorage):
-    """Optuna's RDB storage whose heartbeat survives a lost connection.
-
-    Optuna records a running trial's heartbeat from a thread; a database connection dropped under
-    it (a server restart, ``pg_terminate_backend``, an idle timeout) raised there, printed a
-    traceback and ended the heartbeat, so the trial went stale while it trained and another worker
-    failed and retried it. A beat lost to the connection is skipped instead: the pool replaces the
-    dead connection and the next beat, well inside the grace period, goes through.
-    """
-
-    def record_heartbeat(self, trial_id: int) -> None:
-        try:
-            super().record_heartbeat(trial_id)
-        except Exception as e:
-            if not is_connection_error(e):
-                raise
 
 
 def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True) -> RDBStorage:
@@ -157,7 +103,7 @@ def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = 
                 max_retry=cfg.heartbeat.max_retry),
         )
     try:
-        return _Storage(url, engine_kwargs=engine_kwargs(url), **hb)
+        return HeartbeatSafeStorage(url, engine_kwargs=engine_kwargs(url), **hb)
     except (SQLAlchemyError, ImportError, ValueError) as e:
         raise storage_error(url, e) from None
 
