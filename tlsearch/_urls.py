@@ -1,4 +1,5 @@
-"""SQLite URLs from paths: escaped, and relative ones placed beside the study file."""
+"""SQLite and journal-file URLs from paths: escaped, and relative ones placed beside the study
+file."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["sqlite_url", "sqlite_beside"]
+__all__ = ["sqlite_url", "sqlite_beside", "journal_beside"]
 
 
 def sqlite_url(path: Path) -> str:
@@ -28,3 +29,19 @@ def sqlite_beside(url: str, base_dir: Path) -> str:
     if Path(db).expanduser().is_absolute():
         return url
     return u.set(database=str((base_dir / db).resolve())).render_as_string(hide_password=False)
+
+
+def journal_beside(url: str, base_dir: Path) -> str:
+    """``url`` with a relative journal path (``journal:///study.log``) resolved against
+    ``base_dir``, as :func:`sqlite_beside` does for SQLite; ``journal:////abs/path`` and other
+    URLs unchanged. The path is escaped in the URL it returns, as :func:`sqlite_url` escapes."""
+    if not url.lower().startswith("journal:///"):
+        return url
+    try:
+        u = make_url(url)
+    except Exception:
+        return url  # refused later with its own message
+    db = u.database or ""
+    if not db or u.host or u.query or Path(db).expanduser().is_absolute():
+        return url
+    return URL.create("journal", database=str((base_dir / db).resolve())).render_as_string()

@@ -28,6 +28,7 @@ from tlsearch.search.attrs import ATTR, FINISHED
 from tlsearch.search.failures import FailureGuard, as_trial_failure
 from tlsearch.search.endings import HARD_TIMEOUT_NOTE, Deadlines, HardTimeout, ending
 from tlsearch.search.inputs import caps as study_caps
+from tlsearch.search.journal_grpc import check_other_storage
 from tlsearch.search.inputs import (check_inputs, check_writable, resolve_objective_params,
                                     class_weight_map, config_snapshot, prescreen, study_weights)
 from tlsearch.search.progress import Progress
@@ -103,6 +104,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None, warn=print,
     """
     url = storage_url or cfg.storage_url
     check_url(url)
+    check_other_storage(cfg, url, create=create)  # journal:, grpc: what they cannot honour
     if create:
         check_sqlite_writable(url)
     modality, data = check_inputs(cfg)

@@ -35,6 +35,7 @@ from optuna.trial import TrialState
 
 from tlsearch.search.attrs import WORKER_ATTR
 from tlsearch.search.deaths import Retry, is_dead_here, sweep_dead_workers, worker_id
+from tlsearch.search.journal_grpc import no_retry_to_wait_for
 from tlsearch.search.locks import retrying, study_lock
 
 __all__ = [
@@ -124,6 +125,8 @@ class Claims:
             return DONE
         if self.finished + c["RUNNING"] < target:
             return RUN
+        if no_retry_to_wait_for(self.study):  # journal, gRPC: a death elsewhere goes unseen
+            return DONE
         return WAIT  # the last trials are running elsewhere; one may die and need a retry
 
     def started(self, trial: optuna.Trial) -> None:
