@@ -6,6 +6,7 @@ as ``test_workers.py`` does); the journal study that is exported trains for real
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -230,6 +231,61 @@ def test_a_study_through_the_grpc_proxy_lands_in_its_database(tmp_path, small_im
         rest, err = proxy.communicate(timeout=30)
     assert proxy.returncode == 0, err
     assert rest.strip().splitlines() == [f"storage proxy at {url} stopped"]
+
+
+def test_a_lost_proxy_is_one_line_not_a_traceback():
+    from optuna.storages import GrpcStorageProxy
+
+    from tlsearch.errors import StorageError
+    from tlsearch.search.journal_grpc import lost_proxy_as_error
+
+    gone = GrpcStorageProxy(host="127.0.0.1", port=_free_port())
+    with pytest.raises(StorageError, match="lost the storage proxy .*run the same command"):
+        with lost_proxy_as_error():
+            try:
+                gone.get_all_studies()
+            except Exception:  # as Optuna does while it handles the failed call
+                raise UnboundLocalError("updated_state")
+    with pytest.raises(KeyError):  # anything else passes untouched
+        with lost_proxy_as_error():
+            raise KeyError("x")
+
+
+@pytest.mark.slow
+def test_a_worker_whose_proxy_died_leaves_its_trial_to_the_next_run(tmp_path, small_images):
+    """The proxy killed mid-trial: the worker stops with one line; once a proxy serves the
+    database again, the next run fails that trial (its process is gone) and retries it."""
+    db = tmp_path / "proxied.db"
+    proxy, url = _start_proxy(db)
+    study = study_file(tmp_path, n_trials=2)
+    run = tlsearch("run", str(study), "--storage", url, fake=30)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:  # until the first trial is training
+            with contextlib.suppress(Exception):
+                ts = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
+                if ts and "tlsearch.params" in ts[0].user_attrs:
+                    break
+            time.sleep(0.5)
+        proxy.kill()
+        proxy.wait()
+        code, out = finish(run, timeout=120)
+    finally:
+        run.kill()
+        proxy.kill()
+    assert code == 2, out
+    assert "error: storage: lost the storage proxy" in out and "Traceback" not in out
+    proxy, url = _start_proxy(db, port=int(url.rsplit(":", 1)[1]))
+    try:
+        code, out = finish(tlsearch("run", str(study), "--storage", url, fake=0.05), timeout=300)
+    finally:
+        proxy.terminate()
+        proxy.wait(timeout=30)
+    assert code == 0, out
+    assert "trials [0] were left running by a worker that died" in out
+    ts = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials
+    assert states(ts) == {"COMPLETE": 2, "FAIL": 1}
+    assert any(t.system_attrs.get("failed_trial") == 0 for t in ts)
 
 
 def test_the_proxy_refuses_a_busy_port_a_journal_and_no_storage(tmp_path, capsys, monkeypatch):

@@ -50,7 +50,9 @@ def storage_override(args) -> str | None:
 
 
 def run(args) -> int:
-    with _interrupt_on_sigterm():
+    from tlsearch.search.journal_grpc import lost_proxy_as_error
+
+    with _interrupt_on_sigterm(), lost_proxy_as_error():  # grpc: a proxy gone is one line
         return _run(args)
 
 

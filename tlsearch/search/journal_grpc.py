@@ -15,12 +15,14 @@ these storages differ from a database.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import socket
+import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from tlsearch.errors import StorageError
 
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["JOURNAL", "GRPC", "GRPC_DEFAULT_PORT", "PROXY_WAIT_S", "storage_kind", "journal_path",
            "grpc_address", "check_other_url", "check_other_storage", "open_other_storage",
            "other_missing", "other_lock_path", "start_note", "no_retry_to_wait_for",
-           "dashboard_line"]
+           "dashboard_line", "lost_proxy", "lost_proxy_as_error"]
 
 JOURNAL, GRPC = "journal", "grpc"
 #: the port of ``grpc://host`` without one, as Optuna's proxy and ``tlsearch storage-proxy`` use
@@ -286,3 +288,36 @@ def dashboard_line(url: str, artifact_dir: Path) -> str | None:
         return ("       or: optuna-dashboard on the database the storage proxy serves (its own "
                 "command opens no grpc:// URL)")
     return None
+
+
+def lost_proxy(e: BaseException) -> StorageError | None:
+    """A :class:`StorageError` saying what to do when ``e`` (or what it arose from) is gRPC's
+    UNAVAILABLE: the storage proxy went away while this process used it. None otherwise."""
+    if "grpc" not in sys.modules:  # no gRPC storage was opened in this process
+        return None
+    import grpc
+
+    seen: BaseException | None = e
+    while seen is not None:  # Optuna raises its own errors while handling the lost call
+        if isinstance(seen, grpc.RpcError) and getattr(seen, "code", lambda: None)() == \
+                grpc.StatusCode.UNAVAILABLE:
+            details = getattr(seen, "details", lambda: "")() or "unavailable"
+            return StorageError(f"storage: lost the storage proxy ({details}); once it answers "
+                                f"again, run the same command: the trials this machine's workers "
+                                f"left running are failed and retried")
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+@contextlib.contextmanager
+def lost_proxy_as_error() -> Iterator[None]:
+    """Around a command: a storage proxy that went away ends it with one line and exit 2, not
+    with the tracebacks of gRPC and Optuna. The process ends, so the trial it left RUNNING is
+    found dead by its process id and retried by the next run on this machine."""
+    try:
+        yield
+    except Exception as e:
+        lost = lost_proxy(e)
+        if lost is None:
+            raise
+        raise lost from None
