@@ -149,7 +149,7 @@ def _run_tlsearch(cmd: str, site: Path, capsys) -> None:
         return
     argv = shlex.split(cmd)[1:]
     sub = argv[0]
-    if sub in ("dashboard",) or "--workers" in argv or "chest-xray" in cmd or "flowers" in cmd:
+    if sub in ("dashboard", "storage-proxy") or "--workers" in argv or "chest-xray" in cmd or "flowers" in cmd:
         _check_flags(argv, capsys)  # serves forever / starts processes / data not here
         if "chest-xray" in cmd:  # the shipped study file at least is valid
             assert main(["validate", str(REPO / "studies" / "chest-xray-resnet50.yaml")]) == 0

@@ -1,5 +1,5 @@
-"""Database URLs: SQLite URLs from paths (escaped, relative ones placed beside the study file),
-and any URL with its password masked for messages and logs.
+"""Database URLs: SQLite and journal-file URLs from paths (escaped, relative ones placed beside
+the study file), and any URL with its password masked for messages and logs.
 
 Below every layer that shows or stores a URL (the study snapshot, tracking, the storage itself), so
 none of them needs the storage code to hide a password."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 from sqlalchemy.engine import URL, make_url
 
-__all__ = ["sqlite_url", "sqlite_beside", "redact_url"]
+__all__ = ["sqlite_url", "sqlite_beside", "journal_beside", "redact_url"]
 
 
 def sqlite_url(path: Path) -> str:
@@ -33,6 +33,22 @@ def sqlite_beside(url: str, base_dir: Path) -> str:
     if Path(db).expanduser().is_absolute():
         return url
     return u.set(database=str((base_dir / db).resolve())).render_as_string(hide_password=False)
+
+
+def journal_beside(url: str, base_dir: Path) -> str:
+    """``url`` with a relative journal path (``journal:///study.log``) resolved against
+    ``base_dir``, as :func:`sqlite_beside` does for SQLite; ``journal:////abs/path`` and other
+    URLs unchanged. The path is escaped in the URL it returns, as :func:`sqlite_url` escapes."""
+    if not url.lower().startswith("journal:///"):
+        return url
+    try:
+        u = make_url(url)
+    except Exception:
+        return url  # refused later with its own message
+    db = u.database or ""
+    if not db or u.host or u.query or Path(db).expanduser().is_absolute():
+        return url
+    return URL.create("journal", database=str((base_dir / db).resolve())).render_as_string()
 
 
 #: query parameters of a database URL that carry a password (libpq and drivers accept them)

@@ -19,7 +19,7 @@ __all__ = ["main"]
 
 #: subcommand modules under tlsearch.commands; each has ``add_parser(sub)`` and ``run(args) -> int``
 COMMANDS = ("run", "validate", "backbones", "cache", "export", "predict", "evaluate", "dashboard",
-            "report", "split", "init")
+            "report", "split", "init", "storage-proxy")
 
 
 #: commands that never touch a study: their start-up skips Optuna and the study schema
@@ -37,7 +37,7 @@ def _parser(only: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tlsearch {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMANDS if only is None else (only,):
-        mod = importlib.import_module(f"tlsearch.commands.{name}")
+        mod = importlib.import_module(f"tlsearch.commands.{name.replace('-', '_')}")
         mod.add_parser(sub).set_defaults(_handler=mod.run)
     return p
 

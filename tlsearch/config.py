@@ -26,7 +26,7 @@ from pydantic import (Field, ValidationError, create_model, field_validator,
 from tlsearch._messages import concerns, format_errors, unknown_keys, without_refused
 from tlsearch._schema import ParamSpec, Range, Section
 from tlsearch.config_checks import semantic_problems
-from tlsearch._urls import sqlite_beside, sqlite_url
+from tlsearch._urls import journal_beside, sqlite_beside, sqlite_url
 from tlsearch.errors import ConfigError
 from tlsearch.params import DOMAIN_PARAMS, OBJECTIVES, PARAMS
 
@@ -292,10 +292,11 @@ class StudyConfig(Section):
 
     @property
     def storage_url(self) -> str:
-        """The database URL: a relative SQLite path lies beside the study file, as the data and
-        the artifacts do; the default is ``<name>.db`` there, its path escaped in the URL."""
+        """The database URL: a relative SQLite or journal path lies beside the study file, as the
+        data and the artifacts do; the default is ``<name>.db`` there, its path escaped in the URL."""
         if self.storage:
-            return sqlite_beside(os.path.expandvars(self.storage), self.base_dir)
+            url = sqlite_beside(os.path.expandvars(self.storage), self.base_dir)
+            return journal_beside(url, self.base_dir)
         return sqlite_url(self.base_dir / (self.name + ".db"))
 
     @property

@@ -52,8 +52,9 @@ def storage_override(args) -> str | None:
 
 def run(args) -> int:
     from tlsearch.runner.fleet import interrupt_on_sigterm
+    from tlsearch.runner.journal_grpc import lost_proxy_as_error
 
-    with interrupt_on_sigterm():
+    with interrupt_on_sigterm(), lost_proxy_as_error():  # grpc: a proxy gone is one line
         return _run(args)
 
 
@@ -113,6 +114,10 @@ def _run(args) -> int:
         err.print(f"  skipped {len(prep.data.skipped)} unreadable files (data.skip_bad_files):\n"
                   + format_file_list(prep.data.skipped), highlight=False)
     err.print(f"  storage {redact_url(prep.storage_url)}; {prep.finished} trials already finished")
+    from tlsearch.runner.journal_grpc import start_note
+
+    if note := start_note(prep.storage_url):  # journal, gRPC: what does not hold there
+        warn_to.print(note, highlight=False, soft_wrap=True)
     if not (args.no_estimate or args.quiet) and prep.finished == 0:
         from tlsearch.search.estimate_text import startup_line
 
@@ -241,7 +246,10 @@ def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> N
     out.print(f"storage:   {redact_url(url)}")
     out.print(f"artifacts: {cfg.artifact_dir}")
     out.print(f"dashboard: tlsearch dashboard {args_study}", soft_wrap=True)
-    out.print(f"       or: optuna-dashboard '{redact_url(url)}' --artifact-dir '{cfg.artifact_dir}'",
+    from tlsearch.runner.journal_grpc import dashboard_line
+
+    out.print(dashboard_line(url, cfg.artifact_dir) or
+              f"       or: optuna-dashboard '{redact_url(url)}' --artifact-dir '{cfg.artifact_dir}'",
               soft_wrap=True)
     out.print(f"next:      tlsearch export {args_study} --out best-model   |   "
               f"tlsearch report {args_study} --out report.html", soft_wrap=True)

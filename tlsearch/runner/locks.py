@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from tlsearch.errors import StorageError, is_connection_error
 from tlsearch.runner.storage import engine_kwargs, storage_error
+from tlsearch.runner.journal_grpc import other_lock_path
 
 __all__ = ["StudyLock", "study_lock", "retrying", "RETRY_DELAYS"]
 
@@ -191,6 +192,9 @@ class _PgAdvisoryLock(StudyLock):
 def study_lock(url: str, name: str, engine: Any = None) -> StudyLock:
     """The lock for ``name`` (a study, or the storage itself) on the storage at ``url``; on
     PostgreSQL its connections come from ``engine`` when given (the storage's pool)."""
+    other = other_lock_path(url, name)  # journal:, grpc: a file on this machine (journal_grpc)
+    if other is not None:
+        return _FileLock(other)
     try:
         u = make_url(url)
     except Exception:

@@ -19,6 +19,7 @@ from tlsearch._urls import redact_url
 from tlsearch.config import StudyConfig
 from tlsearch.errors import UserError
 from tlsearch.runner.locks import study_lock
+from tlsearch.runner.journal_grpc import check_other_storage
 from tlsearch.runner.sqlite_probe import check_sqlite_writable
 from tlsearch.runner.storage import check_url, open_storage, sqlite_missing
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
@@ -106,6 +107,7 @@ def prepare(cfg: StudyConfig, *, storage_url: str | None = None,
     ``on_features`` watches frozen outputs being computed."""
     url = storage_url or cfg.storage_url
     check_url(url)
+    check_other_storage(cfg, url)  # journal:, grpc: what they cannot honour
     check_sqlite_writable(url)
     inputs = load_inputs(cfg, warn=warn, on_features=on_features)
     study = open_study(inputs, url)

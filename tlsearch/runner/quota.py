@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tlsearch.optuna_adapter import storage_engine
+from tlsearch.runner.journal_grpc import no_retry_to_wait_for
 from tlsearch.runner.locks import retrying, study_lock
 from tlsearch.runner.stale import Retry, sweep_stale_trials, worker_id
 from tlsearch.search.attrs import WORKER_ATTR
@@ -87,6 +88,8 @@ class TrialQuota:
             return DONE
         if self.finished + c["RUNNING"] < target:
             return RUN
+        if no_retry_to_wait_for(self.study):  # journal, gRPC: a death elsewhere goes unseen
+            return DONE
         return WAIT  # the last trials are running elsewhere; one may die and need a retry
 
     def started(self, trial: optuna.Trial) -> None:

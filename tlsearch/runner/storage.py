@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from optuna.storages import RDBStorage
+from optuna.storages import BaseStorage, RDBStorage
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
@@ -21,6 +21,8 @@ from tlsearch.config import StudyConfig
 from tlsearch.errors import StorageError
 from tlsearch.optuna_adapter import HeartbeatSafeStorage
 from tlsearch.runner.stale import Retry
+from tlsearch.runner.journal_grpc import (check_other_url, open_other_storage, other_missing,
+                                          storage_kind)
 
 __all__ = ["redact_url", "storage_error", "engine_kwargs", "check_url", "open_storage",
            "sqlite_missing", "PG_POOL_SIZE"]
@@ -63,6 +65,8 @@ def check_url(url: str) -> None:
     if unset:
         raise StorageError(f"storage: {shown!r}: the environment variable "
                            f"{', '.join(sorted(set(unset)))} is not set")
+    if storage_kind(url) is not None:  # journal:, grpc: (tlsearch.runner.journal_grpc)
+        return check_other_url(url)
     try:
         u = make_url(url)
     except ArgumentError:
@@ -90,10 +94,13 @@ def check_url(url: str) -> None:
                            f"'@'; URL-encode it (%40 for @, as for : / ? # % and spaces)")
 
 
-def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True) -> RDBStorage:
+def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True
+                 ) -> BaseStorage:
     """Optuna's RDB storage with heartbeats: a trial whose worker died is failed and retried."""
     url = url or cfg.storage_url
     check_url(url)
+    if storage_kind(url) is not None:  # journal:, grpc: no heartbeats (journal_grpc)
+        return open_other_storage(url)
     hb: dict[str, Any] = {}
     if heartbeat:
         hb = dict(
@@ -109,6 +116,8 @@ def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = 
 
 
 def sqlite_missing(url: str) -> bool:
+    if storage_kind(url) is not None:  # a journal file not there yet
+        return other_missing(url)
     if not url.startswith("sqlite:///"):
         return False
     try:
