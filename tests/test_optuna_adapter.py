@@ -195,3 +195,44 @@ def test_a_trial_started_before_now_has_its_start_on_the_local_clock(rdb):
     start = rdb.get_trials(deepcopy=False)[0].datetime_start
     assert start is not None and start.tzinfo is None, "datetime_start is no longer naive"
     assert abs((datetime.datetime.now() - start).total_seconds()) < 60
+
+
+def test_heartbeat_enabled_tells_rdb_from_journal_storage(rdb, tmp_path):
+    """``optuna.storages._heartbeat.is_heartbeat_enabled`` says a heartbeat storage records beats
+    and a journal file records none (the workers' rule for waiting at the end of a study)."""
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    try:
+        from optuna.storages._heartbeat import is_heartbeat_enabled  # noqa: F401
+    except ImportError as e:  # pragma: no cover - an Optuna release moved it
+        pytest.fail(f"optuna.storages._heartbeat.is_heartbeat_enabled is gone: {e}")
+    assert oa.heartbeat_enabled(rdb), "is_heartbeat_enabled no longer sees the RDB storage's beats"
+    journal = optuna.create_study(storage=JournalStorage(JournalFileBackend(
+        str(tmp_path / "j.log"))))
+    assert not oa.heartbeat_enabled(journal)
+
+
+def test_the_grpc_proxy_service_is_added_to_a_server(tmp_path):
+    """``optuna.storages._grpc.servicer.OptunaStorageProxyService`` and the generated
+    ``add_StorageServiceServicer_to_server`` still serve a storage through a gRPC server, which a
+    ``GrpcStorageProxy`` client reads."""
+    import grpc
+    from concurrent.futures import ThreadPoolExecutor
+
+    from optuna.storages import GrpcStorageProxy, RDBStorage, get_storage
+
+    server = grpc.server(ThreadPoolExecutor(max_workers=2))
+    port = server.add_insecure_port("127.0.0.1:0")
+    try:
+        oa.serve_storage_proxy(get_storage(RDBStorage(f"sqlite:///{tmp_path / 'p.db'}")), server)
+    except ImportError as e:  # pragma: no cover - an Optuna release moved them
+        pytest.fail(f"Optuna's gRPC servicer or its generated code moved: {e}")
+    server.start()
+    try:
+        proxy = GrpcStorageProxy(host="127.0.0.1", port=port)
+        study = optuna.create_study(study_name="p", storage=proxy)
+        study.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=2)
+        assert len(study.trials) == 2
+        proxy.close()
+    finally:
+        server.stop(None)

@@ -27,7 +27,8 @@ if TYPE_CHECKING:
 
 __all__ = ["study_storage", "storage_engine", "trial_id", "study_id", "heartbeat_interval",
            "grace_period", "stale_trial_ids", "has_heartbeat", "fail_running_trial",
-           "HeartbeatSafeStorage", "StudyView", "HEARTBEAT_TABLE"]
+           "HeartbeatSafeStorage", "StudyView", "HEARTBEAT_TABLE", "heartbeat_enabled",
+           "serve_storage_proxy"]
 
 #: the table Optuna's RDB storage keeps heartbeats in (one row per trial that has beaten)
 HEARTBEAT_TABLE = "trial_heartbeats"
@@ -65,6 +66,28 @@ def heartbeat_interval(study: optuna.Study) -> int | None:
     (``BaseHeartbeat.get_heartbeat_interval``, on storages that have it)."""
     get = getattr(study_storage(study), "get_heartbeat_interval", None)
     return get() if get is not None else None
+
+
+def heartbeat_enabled(study: optuna.Study) -> bool:
+    """Whether the study's storage records heartbeats (``optuna.storages._heartbeat.
+    is_heartbeat_enabled``, on the storage or the one inside Optuna's cache wrapper): journal and
+    gRPC storages record none, so a worker's death on another machine goes unseen there."""
+    from optuna.storages._heartbeat import is_heartbeat_enabled
+
+    storage = study_storage(study)
+    return bool(is_heartbeat_enabled(_backend(storage)) or is_heartbeat_enabled(storage))
+
+
+def serve_storage_proxy(storage: BaseStorage, server: object) -> None:
+    """Add Optuna's gRPC storage service for ``storage`` to a ``grpc.Server`` (its servicer
+    ``optuna.storages._grpc.servicer.OptunaStorageProxyService`` and the generated
+    ``api_pb2_grpc.add_StorageServiceServicer_to_server``): ``run_grpc_proxy_server`` does the
+    same and then serves, and cannot say which port it bound or that binding failed."""
+    from optuna.storages._grpc.auto_generated.api_pb2_grpc import (
+        add_StorageServiceServicer_to_server)
+    from optuna.storages._grpc.servicer import OptunaStorageProxyService
+
+    add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
 
 
 def grace_period(study: optuna.Study) -> float | None:

@@ -53,10 +53,9 @@ def make_proxy_server(url: str, host: str = "127.0.0.1", port: int = 13000
     """
     import grpc
     from optuna.storages import RDBStorage, get_storage
-    from optuna.storages._grpc.auto_generated.api_pb2_grpc import (
-        add_StorageServiceServicer_to_server)
-    from optuna.storages._grpc.servicer import OptunaStorageProxyService
     from sqlalchemy.exc import SQLAlchemyError
+
+    from tlsearch.optuna_adapter import serve_storage_proxy
 
     from tlsearch.runner.storage import engine_kwargs, storage_error
 
@@ -81,5 +80,5 @@ def make_proxy_server(url: str, host: str = "127.0.0.1", port: int = 13000
     except (SQLAlchemyError, ImportError, ValueError) as e:
         server.stop(None)
         raise storage_error(url, e) from None
-    add_StorageServiceServicer_to_server(OptunaStorageProxyService(storage), server)
+    serve_storage_proxy(storage, server)
     return server, bound

@@ -265,13 +265,12 @@ def no_retry_to_wait_for(study: optuna.Study) -> bool:
     wait: on a storage without heartbeats a worker's death on another machine is never seen, so
     its trial would never be retried and the wait would never end. Only trials running on this
     machine, whose death its process id tells, are worth waiting for."""
-    from optuna.storages._heartbeat import is_heartbeat_enabled
     from optuna.trial import TrialState
 
+    from tlsearch.optuna_adapter import heartbeat_enabled
     from tlsearch.search.attrs import WORKER_ATTR
 
-    storage = study._storage
-    if is_heartbeat_enabled(getattr(storage, "_backend", storage)) or is_heartbeat_enabled(storage):
+    if heartbeat_enabled(study):
         return False
     here = f"{socket.gethostname()}:"
     return not any(str(t.user_attrs.get(WORKER_ATTR, "")).startswith(here)
