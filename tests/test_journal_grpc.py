@@ -138,14 +138,14 @@ def test_sweep_and_claims_on_a_journal_use_no_heartbeat_and_no_sql(tmp_path, mon
     """A dead local worker's trial is failed and retried by its process id; another machine's
     running trial is left alone, and not waited for: its death would never be seen."""
     from tlsearch.config import parse_config
-    from tlsearch.search import deaths
+    from tlsearch.runner import stale as deaths
+    from tlsearch.runner.quota import DONE, RUN, WAIT, TrialQuota as Claims
     from tlsearch.runner.storage import open_storage
-    from tlsearch.runner.workers import DONE, RUN, WAIT, Claims
 
     def no_sql(*a, **k):
         raise AssertionError("an RDB-only query on a journal storage")
 
-    monkeypatch.setattr(deaths, "_has_heartbeat", no_sql)
+    monkeypatch.setattr(deaths, "has_heartbeat", no_sql)
     url = f"journal:///{tmp_path / 'j.log'}"
     cfg = parse_config({"name": "j", "n_trials": 3, "data": {"path": "x"},
                         "backbones": ["tiny_cnn"]})
