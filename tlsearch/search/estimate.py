@@ -28,6 +28,7 @@ import numpy as np
 
 from tlsearch.config import Range, StudyConfig
 from tlsearch.params import UNFREEZE_ALL, TrialParams
+from tlsearch.train.stages import blocks_to_unfreeze
 
 __all__ = ["DepthRow", "Estimate", "estimate", "reachable_depths"]
 
@@ -83,7 +84,7 @@ def reachable_depths(cfg: StudyConfig, cap: int) -> list[int | str]:
     if cfg.training.stage2_epochs == 0:
         return [0]
     values = _choices(cfg.search.unfreeze_blocks)
-    ints = sorted({min(int(v), cap) for v in values if not isinstance(v, str)})
+    ints = sorted({blocks_to_unfreeze(v, cap) for v in values if not isinstance(v, str)})
     return [*ints, *([UNFREEZE_ALL] if UNFREEZE_ALL in values else [])]
 
 
