@@ -4,52 +4,11 @@ runner never imports what sits above it (no import cycle at all: tests/test_impo
 
 from __future__ import annotations
 
-import ast
-from pathlib import Path
-
-from conftest import REPO
-
-PKG = REPO / "tlsearch"
+from test_import_graph import import_graph as _graph
 
 #: packages above the runner: they may import it, it must not import them
 ABOVE_RUNNER = ("tlsearch.export", "tlsearch.report", "tlsearch.commands", "tlsearch.cli",
                 "tlsearch.api", "tlsearch.keras_tuner", "tlsearch.dashboard")
-
-
-def _modules() -> dict[str, Path]:
-    out = {}
-    for p in PKG.rglob("*.py"):
-        parts = list(p.relative_to(REPO).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts = parts[:-1]
-        out[".".join(parts)] = p
-    return out
-
-
-def _graph() -> dict[str, set[str]]:
-    mods = _modules()
-
-    def known(name: str) -> str | None:
-        while name and name not in mods:
-            name = name.rpartition(".")[0]
-        return name or None
-
-    edges: dict[str, set[str]] = {}
-    for m, p in mods.items():
-        out: set[str | None] = set()
-        for node in ast.walk(ast.parse(p.read_text())):
-            if isinstance(node, ast.Import):
-                out |= {known(a.name) for a in node.names if a.name.startswith("tlsearch")}
-            elif isinstance(node, ast.ImportFrom):
-                base = node.module or ""
-                if node.level:
-                    here = m.split(".") if p.name == "__init__.py" else m.split(".")[:-1]
-                    base = ".".join(here[:len(here) - node.level + 1] + ([base] if base else []))
-                if base.startswith("tlsearch"):
-                    out |= {f"{base}.{a.name}" if f"{base}.{a.name}" in mods else known(base)
-                            for a in node.names}
-        edges[m] = {x for x in out if x is not None and x != m}
-    return edges
 
 
 def _in(module: str, package: str) -> bool:
