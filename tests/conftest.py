@@ -84,6 +84,18 @@ def write_study(path: Path, **overrides) -> Path:
     return path
 
 
+def write_reviews(path: Path) -> Path:
+    """48 tiny two-class reviews (pos/neg) as a CSV, for text studies on ``tiny_bert``."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    y = rng.permutation(np.arange(48) % 2)
+    words = (["dull and bad", "awful film", "poor acting"], ["great fun", "good film", "fine acting"])
+    pd.DataFrame({"text": [f"{words[t][i % 3]} . the plot" for i, t in enumerate(y)],
+                  "label": np.where(y == 1, "pos", "neg")}).to_csv(path, index=False)
+    return path
+
+
 @pytest.fixture
 def tiny_study(tmp_path, image_folder) -> Path:
     return write_study(tmp_path / "study.yaml")

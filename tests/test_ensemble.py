@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, write_study
+from conftest import make_image_folder, write_reviews, write_study
 from tlsearch.cli import main
 
 # ------------------------------------------------------------------ greedy selection, by hand
@@ -195,14 +195,7 @@ def test_report_shows_refit_and_ensemble_beside_the_best_trial():
 def test_text_ensemble_takes_strings_and_equals_the_average_of_its_members(tmp_path, capsys):
     """Text members share one tokenizer; the exported model takes raw strings in a fresh
     process and returns the weighted average of its members' probabilities."""
-    import pandas as pd
-
-    rng = np.random.default_rng(0)
-    y = rng.permutation(np.arange(48) % 2)
-    words = (["dull and bad", "awful film", "poor acting"], ["great fun", "good film", "fine acting"])
-    pd.DataFrame({"text": [f"{words[t][i % 3]} . the plot" for i, t in enumerate(y)],
-                  "label": np.where(y == 1, "pos", "neg")}).to_csv(tmp_path / "reviews.csv",
-                                                                  index=False)
+    write_reviews(tmp_path / "reviews.csv")
     study = write_study(tmp_path / "study.yaml", name="tinytext", n_trials=3,
                         data={"path": "reviews.csv", "image_size": 32}, backbones=["tiny_bert"],
                         training={"stage1_epochs": 2, "stage2_epochs": 1, "batch_size": 12},

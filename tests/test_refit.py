@@ -11,7 +11,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from conftest import make_image_folder, write_study
+from conftest import make_image_folder, write_reviews, write_study
 from tlsearch.cli import main
 
 
@@ -160,14 +160,7 @@ def test_bad_refit_and_ensemble_requests_exit_2(refit_study, tmp_path, capsys):
 def test_export_refit_of_a_text_study_with_a_threshold_objective(tmp_path, capsys):
     """--refit at export time (the study did not refit), uncached, on a screening objective: the
     threshold chosen on validation is kept, and says so."""
-    import pandas as pd
-
-    rng = np.random.default_rng(0)
-    y = rng.permutation(np.arange(48) % 2)
-    words = (["dull and bad", "awful film", "poor acting"], ["great fun", "good film", "fine acting"])
-    pd.DataFrame({"text": [f"{words[t][i % 3]} . the plot" for i, t in enumerate(y)],
-                  "label": np.where(y == 1, "pos", "neg")}).to_csv(tmp_path / "reviews.csv",
-                                                                  index=False)
+    write_reviews(tmp_path / "reviews.csv")
     study = write_study(tmp_path / "study.yaml", name="tinytext", n_trials=1,
                         objective="val_sens_at_spec",
                         objective_params={"specificity": 0.5, "positive": "pos"},
