@@ -26,6 +26,9 @@ def _quotes() -> list[str]:
         f"({e['n_validation']} for validation) the verdict is \"{v['kind']}\"",
         f"val_loss {ft['val_loss']:.4f} ± {ft['se']:.4f} against {ho['val_loss']:.4f} ± "
         f"{ho['se']:.4f} for the best head-only result",
+        f"held-out test set (data.test), trial #{e['test']['trial']}: {e['test']['n']} examples, "
+        f"accuracy {e['test']['accuracy']:.4f} ± {e['test']['accuracy_se']:.4f}, loss "
+        f"{e['test']['loss']:.4f} ± {e['test']['loss_se']:.4f}",
         f"{v['seconds_ratio']:g}x the seconds per trial and {v['weights_ratio']:g}x the stored "
         f"weights",
         f"exporting best trial #{best['trial']} of study 'quickstart' (val_loss="
@@ -50,6 +53,7 @@ def test_the_record_is_consistent():
     assert (best["number"], best["val_loss"]) == (EXPECTED["best"]["trial"],
                                                   EXPECTED["best"]["val_loss"])
     assert best["unfreeze_blocks"] == EXPECTED["best"]["unfreeze_blocks"]
+    assert EXPECTED["test"]["trial"] == EXPECTED["best"]["trial"]  # the chosen trial, judged once
     ft = EXPECTED["verdict"]["fine_tuned"]
     assert any(t["number"] == ft["trial"] and t["val_loss"] == ft["val_loss"] for t in trials)
 
