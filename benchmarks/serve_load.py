@@ -163,7 +163,7 @@ def bad_requests() -> list[tuple[bytes, dict]]:
             + chunk(b"IDAT", zlib.compress(b"\0" * 4096)) + chunk(b"IEND", b""))
     js = {"Content-Type": "application/json"}
     return [(b"not an image at all", {}), (bomb, {}), (b'{"instances": [', js),
-            (b'{"instances": [[[1, 2]]]}', js), (b"\0" * (17 * 2**20), {})]
+            (b'{"instances": [[[[1, 2]]]]}', js), (b"\0" * (17 * 2**20), {})]
 
 
 def plain_loop(export: Path, files: list[Path], repeats: int) -> dict:
@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--requests", type=int, default=1000)
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--workers", type=int, default=1)
+    p.add_argument("--server-args", default="",
+                   help="more options for tlsearch serve, e.g. '--batch-wait-ms 20'")
     p.add_argument("--timeout", type=float, default=600, help="seconds for the whole load")
     p.add_argument("--repeats", type=int, default=3, help="passes of the plain loop")
     p.add_argument("--out", type=Path, help="write the numbers as JSON here")
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
 def _measure(args) -> int:
     files = sorted(f for f in IMAGES.rglob("*.png"))
     bodies = [f.read_bytes() for f in files]
-    server = Server(args.export, args.workers, [])
+    server = Server(args.export, args.workers, args.server_args.split())
     samples: list[float] = []
     sampling = threading.Event()
 
@@ -240,6 +242,7 @@ def _measure(args) -> int:
         status, _ = request(server.port, "POST", "/predict", bodies[0])
         result.update({
             "workers": args.workers, "concurrency": args.concurrency,
+            "server_args": args.server_args,
             "startup_s": round(server.startup_s, 2),
             "rss_mb": {"before": round(before, 1), "peak": round(max(samples, default=after), 1),
                        "after": round(after, 1), "after_bad_requests": round(after_bad, 1)},

@@ -211,7 +211,8 @@ class Predictor:
         from tlsearch.evaluation import decide
 
         probs = np.asarray(probs)
-        labels = decide(probs, self.metadata.get("decision")) if len(probs) else []
+        labels: list[int] = (decide(probs, self.metadata.get("decision")).tolist()
+                             if len(probs) else [])
         out = []
         for name, p, k in zip(names, probs.tolist(), labels):
             out.append({"input": name, "label": self.classes[k], "probability": p[k],
