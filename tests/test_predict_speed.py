@@ -74,3 +74,25 @@ def test_the_traced_resize_gives_the_eager_pixels(shape):
     a = np.random.default_rng(4).integers(0, 256, (*shape, 3)).astype(np.uint8)
     eager = np.asarray(resize_pixels(a[None], 96))[0].astype(np.uint8)
     np.testing.assert_array_equal(_resize_one(a, 96), eager)
+
+
+@pytest.mark.slow  # a tiny_bert study and its export: about a minute on 2 cores
+def test_a_text_export_traced_over_many_batches_gives_the_eager_numbers(tmp_path):
+    """The tokenizer inside a real text export runs in the traced function too."""
+    import tlsearch
+    from conftest import write_study
+    from test_text import _snippets
+    from tlsearch.cli import main
+
+    _snippets(48).to_csv(tmp_path / "reviews.csv", index=False)
+    study = write_study(tmp_path / "text.yaml", name="reviews", n_trials=1,
+                        data={"path": "reviews.csv", "image_size": 32}, backbones=["tiny_bert"],
+                        training={"stage1_epochs": 1, "stage2_epochs": 1, "batch_size": 12},
+                        search={"unfreeze_blocks": 1, "head_width": [8], "max_length": 16})
+    assert main(["run", str(study)]) == 0
+    assert main(["export", str(study), "--out", str(tmp_path / "export"), "--formats", ""]) == 0
+    p = tlsearch.load(tmp_path / "export")
+    texts = ["a great fun film", "dull and awful acting", "", "the plot was fine . yes"]
+    traced = p.predict_proba(texts, batch_size=1)
+    assert p._forward is not None and p._forward.experimental_get_tracing_count() == 1
+    np.testing.assert_allclose(traced, p.predict_proba(texts, batch_size=64), atol=1e-5)
