@@ -96,3 +96,28 @@ def test_a_text_export_traced_over_many_batches_gives_the_eager_numbers(tmp_path
     traced = p.predict_proba(texts, batch_size=1)
     assert p._forward is not None and p._forward.experimental_get_tracing_count() == 1
     np.testing.assert_allclose(traced, p.predict_proba(texts, batch_size=64), atol=1e-5)
+
+
+def test_small_images_resized_together_get_the_pixels_each_gets_alone(tmp_path):
+    """Small files are kept as decoded and resized with the others of their size in the batch;
+    large ones as they are read. Either way: the pixels of the one resize, image by image."""
+    from PIL import Image
+
+    from tlsearch.data.images import RESIZE_TOGETHER_PIXELS, decode_image, resize_pixels
+    from tlsearch.modalities import get
+
+    rng = np.random.default_rng(5)
+    shapes = [(28, 28), (20, 31), (28, 28), (SIZE, SIZE), (300, 400), (20, 31)]
+    files = []
+    for i, shape in enumerate(shapes):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(png(rng.integers(0, 256, (*shape, 3))))
+    read = [decode_image(f, SIZE, keep_small=True) for f in files]
+    assert [r.shape[:2] for r in read] == [s if s[0] * s[1] <= RESIZE_TOGETHER_PIXELS
+                                           else (SIZE, SIZE) for s in shapes]
+    batch = get("image").collate(read, {"input": {"image_size": SIZE}})
+    assert batch.shape == (len(files), SIZE, SIZE, 3) and batch.dtype == np.float32
+    for got, f in zip(batch, files):
+        with Image.open(f) as im:
+            pixels = np.asarray(im.convert("RGB"))
+        np.testing.assert_array_equal(got, np.asarray(resize_pixels(pixels[None], SIZE))[0])

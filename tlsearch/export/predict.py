@@ -123,11 +123,6 @@ class Predictor:
 
     # ---- prediction
 
-    def _run(self, batch: list, only: bool = False) -> np.ndarray:
-        if only or self._signature() is None:
-            return self._kind.run(self.model, batch, only=only)
-        return self.proba_batch(batch)
-
     def _signature(self) -> Any:
         """The model's input as a ``tf.TensorSpec`` (from ``metadata.json``), or None when the
         export does not record its shape and dtype."""
@@ -140,14 +135,18 @@ class Predictor:
                              tf.as_dtype(spec["dtype"]), name=spec.get("name"))
 
     def proba_batch(self, batch: list) -> np.ndarray:
-        """Class probabilities of read inputs (what :meth:`iter_predict` reads: arrays at the
-        model's input size, or strings) through the one traced function: traced on the first
-        call, reused for every batch size after it."""
+        """Class probabilities of read inputs (what :meth:`iter_predict` reads: image arrays,
+        small ones still at their own size, or strings) through the one traced function: traced
+        on the first call, reused for every batch size after it."""
+        return self._forward_batch(self._kind.collate(batch, self.metadata))
+
+    def _forward_batch(self, batch: Any, only: bool = False) -> np.ndarray:
+        """Probabilities of a collated batch: eagerly when it is a call's ``only`` batch."""
         import tensorflow as tf
 
         spec = self._signature()
-        if spec is None:
-            return self._kind.run(self.model, batch)
+        if only or spec is None:
+            return self._kind.run(self.model, batch, only=only)
         if self._forward is None:
             model = self.model
             self._forward = tf.function(lambda x: model(x, training=False), autograph=False,
@@ -155,55 +154,67 @@ class Predictor:
         if spec.dtype == tf.string:
             x = tf.constant(list(batch), dtype=tf.string)
         else:
-            x = tf.constant(np.stack(batch).astype(spec.dtype.as_numpy_dtype, copy=False))
+            x = tf.constant(np.asarray(np.stack(batch), dtype=spec.dtype.as_numpy_dtype))
         return np.asarray(self._forward(x))
 
     def iter_predict(self, inputs, *, batch_size: int = DEFAULT_BATCH,
                      skip_errors: bool = False) -> Iterator[dict]:
         """Predictions one dict at a time, reading and running ``batch_size`` inputs at once.
 
-        The readers keep at most :data:`READ_AHEAD` batches ahead of the model, so memory holds a
-        few batches whatever the number of inputs."""
+        Reader threads read the inputs; another thread assembles each batch once its inputs are
+        read (small images resized together), so this one only runs the model. They keep at most
+        :data:`READ_AHEAD` batches ahead of it: memory holds a few batches, whatever the number
+        of inputs."""
         if batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {batch_size}")
         items = self._items(inputs)
         only = len(items) <= batch_size
-        pool = ThreadPoolExecutor(max_workers=min(READERS, max(1, len(items))),
-                                  thread_name_prefix="tlsearch-read")
+        readers = ThreadPoolExecutor(max_workers=min(READERS, max(1, len(items))),
+                                     thread_name_prefix="tlsearch-read")
+        assembler = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tlsearch-batch")
         try:
-            pending: deque[list[tuple[InputItem, Future]]] = deque()
+            pending: deque[Future] = deque()
             starts = iter(range(0, len(items), batch_size))
             while True:
                 while len(pending) <= READ_AHEAD:
                     start = next(starts, None)
                     if start is None:
                         break
-                    pending.append([(item, pool.submit(_read, item))
-                                    for item in items[start:start + batch_size]])
+                    chunk = items[start:start + batch_size]
+                    reads = [readers.submit(_read, item) for item in chunk]
+                    pending.append(assembler.submit(self._assemble, chunk, reads))
                 if not pending:
                     return
-                yield from self._predict_chunk(pending.popleft(), only, skip_errors)
+                yield from self._predict_chunk(pending.popleft().result(), only, skip_errors)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for pool in (assembler, readers):
+                pool.shutdown(wait=True, cancel_futures=True)
 
-    def _predict_chunk(self, chunk: list[tuple[InputItem, Future]], only: bool,
-                       skip_errors: bool) -> Iterator[dict]:
-        ready: list = []
+    def _assemble(self, chunk: list[InputItem], reads: list[Future]) -> tuple:
+        """(names, errors by position, the collated batch or None) of one chunk's reads."""
         names: list[str] = []
-        errors: dict[int, dict] = {}
-        for i, (item, future) in enumerate(chunk):
+        ready: list = []
+        errors: dict[int, tuple[str, InputError]] = {}
+        for i, (item, future) in enumerate(zip(chunk, reads)):
             value, error = future.result()
             if error is None:
                 ready.append(value)
                 names.append(item.name)
-                continue
-            if not skip_errors:
-                raise InputError(f"{error} (pass --skip-errors, or skip_errors=True, to skip "
-                                 f"unreadable inputs)") from None
-            errors[i] = {"input": item.name, "error": str(error)}
-        rows = iter(self.rows(names, self._run(ready, only)) if ready else ())
-        for i in range(len(chunk)):
-            yield errors[i] if i in errors else next(rows)
+            else:
+                errors[i] = (item.name, error)
+        batch = self._kind.collate(ready, self.metadata) if ready else None
+        return len(chunk), names, errors, batch
+
+    def _predict_chunk(self, assembled: tuple, only: bool, skip_errors: bool) -> Iterator[dict]:
+        n, names, errors, batch = assembled
+        if errors and not skip_errors:
+            error = errors[min(errors)][1]
+            raise InputError(f"{error} (pass --skip-errors, or skip_errors=True, to skip "
+                             f"unreadable inputs)") from None
+        rows = iter(self.rows(names, self._forward_batch(batch, only)) if names else ())
+        for i in range(n):
+            yield ({"input": errors[i][0], "error": str(errors[i][1])} if i in errors
+                   else next(rows))
 
     def rows(self, names: list[str], probs: np.ndarray) -> list[dict]:
         """One dict per row of probabilities: ``input``, ``label`` (by the export's decision

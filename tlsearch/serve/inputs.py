@@ -57,10 +57,11 @@ class Limits:
 
 
 def decode_image_bytes(data: bytes, size: int, limits: Limits) -> np.ndarray:
-    """One encoded image as uint8 ``(size, size, 3)``, as ``tlsearch predict`` reads a file."""
+    """One encoded image as uint8 pixels, as ``tlsearch predict`` reads a file: ``(size, size,
+    3)``, or as decoded when it is small enough to be resized with its batch."""
     from PIL import Image, UnidentifiedImageError
 
-    from tlsearch.data.images import _resize_one, to_rgb8
+    from tlsearch.data.images import RESIZE_TOGETHER_PIXELS, _resize_one, to_rgb8
 
     try:
         with Image.open(io.BytesIO(data)) as im:
@@ -87,6 +88,8 @@ def decode_image_bytes(data: bytes, size: int, limits: Limits) -> np.ndarray:
         raise BadInput(422, f"the image is corrupt or truncated ({e})") from None
     except MemoryError:
         raise BadInput(413, "the image is too large to decode: out of memory") from None
+    if w * h <= RESIZE_TOGETHER_PIXELS:
+        return pixels  # resized with its batch, as predict does (Predictor.proba_batch)
     return _resize_one(pixels, size)
 
 
