@@ -4,10 +4,11 @@ Starts ``tlsearch serve EXPORT --port 0`` as a real process on the loopback inte
 ``--requests`` POST /predict requests (each one image's bytes, the quickstart's 600 images in
 turn) from ``--concurrency`` client threads, each on its own keep-alive connection. Reported:
 latency p50/p99 and the mean, requests/s, errors (any status but 200, or a broken connection),
-the server's start-up (to its "serving" line), its resident memory (psutil, every process of it,
-sampled every 50 ms: before, peak, after), the batches it ran (from ``/health``), and then the
-memory after a volley of bad requests (not an image, a 200-megapixel PNG header, wrong JSON, a body
-over the limit): bounded inputs must leave it where it was.
+the server's start-up (to its "serving" line, and with ``--workers`` to every worker's "ready"),
+its resident memory (psutil, all its processes, sampled every 50 ms: before, peak, after), the
+batches it ran (``/health``; with ``--workers``, the worker that answered), and its memory after
+a volley of bad requests (not an image, a 200-megapixel PNG header, wrong JSON, a wrong shape, a
+body over the limit): bounded inputs must leave it where it was.
 
 Beside it, in this process once the server is stopped: the plain loop, the same 600 files through
 the SavedModel's ``serve_image_bytes`` in batches of 64 (images/s, median of 3), and one image
@@ -58,6 +59,12 @@ class Server:
                 break
         if not self.port:
             raise SystemExit(f"tlsearch serve did not start ({self.proc.wait()})")
+        ready = 0
+        while workers > 1 and ready < workers:  # every worker loaded, before any connection
+            line = self.proc.stderr.readline()
+            if not line:
+                raise SystemExit(f"tlsearch serve exited ({self.proc.wait()})")
+            ready += " ready (pid " in line
         threading.Thread(target=self.proc.stderr.read, daemon=True).start()  # drain it
         while True:
             try:

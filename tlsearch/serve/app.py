@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import os
 from typing import Any, AsyncIterator
 
 import numpy as np
@@ -64,7 +65,8 @@ def create_app(predictor: Predictor, *, limits: Limits = Limits(), max_batch: in
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ready", "study": info.get("study"),
-                             "trial": info.get("trial"), "batching": batcher.stats.as_dict()})
+                             "trial": info.get("trial"), "pid": os.getpid(),
+                             "batching": batcher.stats.as_dict()})
 
     async def metadata(request: Request) -> JSONResponse:
         return JSONResponse(info)

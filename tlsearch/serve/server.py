@@ -1,7 +1,9 @@
 """Running the app: one process, or ``--workers N`` processes sharing one listening socket.
 
-The socket is bound first (``--port 0`` picks a free port, printed), so a port already in use is
-refused before any model is loaded. Each serving process loads the export itself (checking every
+The port is bound first (``--port 0`` picks a free port, printed), so a port already in use is
+refused before any model is loaded; with ``--workers``, each worker listens on a socket of its
+own on that port where the system has SO_REUSEPORT (Linux), and the kernel spreads connections
+over them. Each serving process loads the export itself (checking every
 file's SHA-256), traces the model once and only then accepts connections: a process answers
 ``/health`` only when it can predict.
 
@@ -21,7 +23,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import wait
 from pathlib import Path
 
@@ -65,23 +67,31 @@ def serve(options: ServeOptions) -> int:
     from tlsearch.export.predict import check_export
 
     check_export(options.export)  # a damaged export stops here, before any worker starts
-    sock = _bind(options)
+    # Where the system can, each worker listens on a socket of its own on the port (SO_REUSEPORT)
+    # and the kernel spreads connections over them; on one shared socket, one worker's event loop
+    # tends to accept every keep-alive connection of a burst while the others idle.
+    own = hasattr(socket, "SO_REUSEPORT")
+    sock = _bind(options, listen=not own, reuse_port=own)  # with `own`: the port, reserved
     _say(f"serving {options.export} on {_url(sock)} ({options.workers} workers, each loading "
          f"the model): POST /predict, GET /health, GET /metadata")
-    return _supervise(options, sock)
+    return _supervise(replace(options, port=sock.getsockname()[1]), sock, own)
 
 
-def _bind(options: ServeOptions) -> socket.socket:
+def _bind(options: ServeOptions, *, listen: bool = True, reuse_port: bool = False
+          ) -> socket.socket:
     family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((options.host, options.port))
     except OSError as e:
         sock.close()
         raise UserError(f"`--host {options.host} --port {options.port}`: cannot listen there "
                         f"({e.strerror or e})") from None
-    sock.listen(2048)  # from here on, connections wait in the backlog until a worker accepts
+    if listen:
+        sock.listen(2048)  # from here on, connections wait in the backlog until one is accepted
     sock.set_inheritable(True)
     return sock
 
@@ -129,8 +139,9 @@ def _run(predictor, options: ServeOptions, sock: socket.socket) -> None:
 # ---- --workers N
 
 
-def _worker(options: ServeOptions, sock: socket.socket, index: int, parent: int) -> None:
-    """One serving process: loads its own model, then serves the shared socket."""
+def _worker(options: ServeOptions, sock: socket.socket | None, index: int, parent: int) -> None:
+    """One serving process: loads its own model, then serves the shared socket, or (``sock``
+    None) a socket of its own on the same port."""
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
@@ -138,6 +149,8 @@ def _worker(options: ServeOptions, sock: socket.socket, index: int, parent: int)
     except UserError as e:
         _say(f"error: worker {index + 1}: {e}")
         sys.exit(e.exit_code)
+    if sock is None:
+        sock = _bind(options, reuse_port=True)
     _say(f"worker {index + 1} of {options.workers} ready (pid {os.getpid()})")
     _run(predictor, options, sock)
 
@@ -149,10 +162,12 @@ def _watch_parent(parent: int) -> None:
     os.kill(os.getpid(), signal.SIGTERM)
 
 
-def _supervise(options: ServeOptions, sock: socket.socket) -> int:
-    """Start the workers and wait; when one exits, or on SIGINT/SIGTERM, stop them all."""
+def _supervise(options: ServeOptions, sock: socket.socket, own: bool) -> int:
+    """Start the workers and wait; when one exits, or on SIGINT/SIGTERM, stop them all.
+    ``own``: each worker listens on a socket of its own (``sock`` only reserves the port)."""
     ctx = multiprocessing.get_context("spawn")  # TensorFlow is not safe to fork
-    procs = [ctx.Process(target=_worker, args=(options, sock, i, os.getpid()),
+    shared = None if own else sock
+    procs = [ctx.Process(target=_worker, args=(options, shared, i, os.getpid()),
                          name=f"tlsearch-serve-{i + 1}") for i in range(options.workers)]
 
     def stop(signum, frame) -> None:
