@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import socket
 import subprocess
@@ -232,6 +233,17 @@ def test_a_served_image_model_answers_predicts_refuses_and_batches(image_export,
             assert status == want_status and words in got["error"], (name, status, got)
         status, got = server.request("GET", "/nowhere")
         assert status == 404 and "error" in got
+
+        # answers are not held back by Nagle's algorithm (40 ms each on a keep-alive connection)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        took = []
+        for _ in range(15):
+            t0 = time.perf_counter()
+            conn.request("GET", "/health")
+            conn.getresponse().read()
+            took.append(time.perf_counter() - t0)
+        conn.close()
+        assert sorted(took)[len(took) // 2] < 0.025, took
 
         # two requests arriving together: both answered right, in one model call
         _, before = server.request("GET", "/health")
