@@ -11,12 +11,14 @@ On the quickstart's 600 images (``studies/data/fashion-sample``), side by side i
 * **in-process predict**: ``tlsearch.load(EXPORT).predict(FOLDER)``;
 * **``tlsearch predict``** as a subprocess (``--format jsonl``): start-up is the time to its first
   batch of rows (importing TensorFlow, loading and verifying the export, tracing, one batch),
-  reported apart; its warm rate counts the images after the first batch over the time after it.
+  reported apart, as is the time from its last row to its exit; its warm rate counts the images
+  after the first batch over the time from the first rows to the last.
 
-Every in-process figure is warm: one pass over a batch runs first, untimed. Medians are printed and
-written with every run. Without ``--export``, one trial of the quickstart study (1 epoch per stage,
-6 blocks unfrozen; only the network matters here) is run and exported to a temporary folder first,
-as ``export_cost.py`` does.
+Every in-process figure is warm: one pass over a batch runs first, untimed; each also reports its
+CPU time per image (all threads), which the machine's other load does not move as it moves wall
+time. Medians are printed and written with every run. Without ``--export``, one trial of the
+quickstart study (1 epoch per stage, 6 blocks unfrozen; only the network matters here) is run and
+exported to a temporary folder first, as ``export_cost.py`` does.
 
     python benchmarks/predict_throughput.py --repeats 3 --out predict-throughput.json
 """
@@ -74,7 +76,17 @@ def _cli_predict(export: Path, folder: Path, batch_size: int) -> dict:
     total = time.perf_counter() - t0
     assert first is not None and last is not None
     return {"images": n, "total_s": round(total, 3), "startup_s": round(first - t0, 3),
-            "warm_images_per_s": round((n - n_first) / (last - first), 1)}
+            "warm_images_per_s": round((n - n_first) / (last - first), 1),
+            "exit_s": round(t0 + total - last, 3)}
+
+
+def _cpu() -> float:
+    """CPU seconds of this process, every thread: what a way costs whatever else the machine
+    runs (wall time on a shared machine moves with its load)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -130,13 +142,15 @@ def _measure(export: Path, args) -> int:
     predictor.predict(files[:bs + 1], batch_size=bs)
 
     runs: dict[str, list[float]] = {k: [] for k in ways}
+    cpu: dict[str, list[float]] = {k: [] for k in ways}
     cli: list[dict] = []
     load = os.getloadavg()
     for _ in range(args.repeats):
         for name, fn in ways.items():
-            t0 = time.perf_counter()
+            c0, t0 = _cpu(), time.perf_counter()
             fn()
             runs[name].append(round(n / (time.perf_counter() - t0), 1))
+            cpu[name].append(round((_cpu() - c0) / n * 1000, 3))
         cli.append(_cli_predict(export, args.images, bs))
     medians = {k: statistics.median(v) for k, v in runs.items()}
     cli_rate = statistics.median(c["warm_images_per_s"] for c in cli)
@@ -147,16 +161,23 @@ def _measure(export: Path, args) -> int:
         "machine": {"cpus": os.cpu_count(), "loadavg_before": [round(x, 2) for x in load],
                     "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
         "images_per_s": runs, "median_images_per_s": medians,
+        "cpu_ms_per_image": cpu,
+        "median_cpu_ms_per_image": {k: statistics.median(v) for k, v in cpu.items()},
         "vs_plain_files": {k: round(v / plain, 3) for k, v in medians.items()},
         "cli": cli,
         "cli_startup_s_median": statistics.median(c["startup_s"] for c in cli),
+        "cli_exit_s_median": statistics.median(c["exit_s"] for c in cli),
     }
     common.report(result, args.out)
-    print(f"\n{'way':<52} {'images/s (median)':>18} {'vs plain files':>15}", file=sys.stderr)
+    cpu_ms = result["median_cpu_ms_per_image"]
+    print(f"\n{'way':<52} {'images/s (median)':>18} {'vs plain files':>15} {'CPU ms/image':>13}",
+          file=sys.stderr)
     for k, v in medians.items():
-        print(f"{k:<52} {v:>18.1f} {v / plain:>15.2f}", file=sys.stderr)
+        shown = f"{cpu_ms[k]:.3f}" if k in cpu_ms else "-"
+        print(f"{k:<52} {v:>18.1f} {v / plain:>15.2f} {shown:>13}", file=sys.stderr)
     print(f"tlsearch predict start-up (to its first rows), median: "
-          f"{result['cli_startup_s_median']:.2f} s", file=sys.stderr)
+          f"{result['cli_startup_s_median']:.2f} s; from its last row to its exit: "
+          f"{result['cli_exit_s_median']:.2f} s", file=sys.stderr)
     return 0
 
 

@@ -154,7 +154,8 @@ class Predictor:
         if spec.dtype == tf.string:
             x = tf.constant(list(batch), dtype=tf.string)
         else:
-            x = tf.constant(np.asarray(np.stack(batch), dtype=spec.dtype.as_numpy_dtype))
+            stacked = batch if isinstance(batch, np.ndarray) else np.stack(batch)
+            x = tf.constant(np.asarray(stacked, dtype=spec.dtype.as_numpy_dtype))
         return np.asarray(self._forward(x))
 
     def iter_predict(self, inputs, *, batch_size: int = DEFAULT_BATCH,
