@@ -135,6 +135,16 @@ def test_serve_refuses_a_bad_export_and_bad_options_before_listening(tmp_path, c
     assert "--workers" in capsys.readouterr().err
     assert main(["serve", str(tmp_path), "--max-body-mb", "0"]) == 2
     assert "--max-body-mb" in capsys.readouterr().err
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        export = tiny_image_export(tmp_path / "export")
+        port = str(busy.getsockname()[1])
+        assert main(["serve", str(export), "--port", port]) == 2
+        assert f"--port {port}`: cannot listen there" in capsys.readouterr().err
+    finally:
+        busy.close()
 
 
 def test_importing_tlsearch_and_its_command_line_leaves_the_web_stack_unloaded():

@@ -57,15 +57,20 @@ def serve(options: ServeOptions) -> int:
     :class:`UserError` before anything listens."""
     if options.workers < 1:
         raise UserError(f"`--workers`: expected at least 1, got {options.workers}")
+    from tlsearch.export.predict import check_export
+
+    check_export(options.export, verify=False)  # not an export at all: said before TensorFlow
     if options.workers == 1:
-        predictor = _load(options, threads=None)
-        sock = _bind(options)
+        sock = _bind(options)  # a port in use: said before the model is loaded
+        try:
+            predictor = _load(options, threads=None)
+        except BaseException:
+            sock.close()
+            raise
         _say(f"serving {options.export} on {_url(sock)} (1 worker): POST /predict, "
              f"GET /health, GET /metadata")
         _run(predictor, options, sock)
         return 0
-    from tlsearch.export.predict import check_export
-
     check_export(options.export)  # a damaged export stops here, before any worker starts
     # Where the system can, each worker listens on a socket of its own on the port (SO_REUSEPORT)
     # and the kernel spreads connections over them; on one shared socket, one worker's event loop
@@ -149,11 +154,11 @@ def _worker(options: ServeOptions, sock: socket.socket | None, index: int, paren
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     try:
         predictor = _load(options, threads=max(1, (cores or 1) // options.workers))
+        if sock is None:
+            sock = _bind(options, reuse_port=True)
     except UserError as e:
         _say(f"error: worker {index + 1}: {e}")
         sys.exit(e.exit_code)
-    if sock is None:
-        sock = _bind(options, reuse_port=True)
     _say(f"worker {index + 1} of {options.workers} ready (pid {os.getpid()})")
     _run(predictor, options, sock)
 
