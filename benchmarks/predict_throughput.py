@@ -76,7 +76,9 @@ def _cli_predict(export: Path, folder: Path, batch_size: int) -> dict:
     total = time.perf_counter() - t0
     assert first is not None and last is not None
     return {"images": n, "total_s": round(total, 3), "startup_s": round(first - t0, 3),
-            "warm_images_per_s": round((n - n_first) / (last - first), 1),
+            # None when every row came in one read (a run of a batch or two: nothing to time)
+            "warm_images_per_s": (round((n - n_first) / (last - first), 1)
+                                  if n > n_first and last > first else None),
             "exit_s": round(t0 + total - last, 3)}
 
 
@@ -153,8 +155,9 @@ def _measure(export: Path, args) -> int:
             cpu[name].append(round((_cpu() - c0) / n * 1000, 3))
         cli.append(_cli_predict(export, args.images, bs))
     medians = {k: statistics.median(v) for k, v in runs.items()}
-    cli_rate = statistics.median(c["warm_images_per_s"] for c in cli)
-    medians["tlsearch predict (subprocess, warm)"] = cli_rate
+    warm = [c["warm_images_per_s"] for c in cli if c["warm_images_per_s"] is not None]
+    if warm:
+        medians["tlsearch predict (subprocess, warm)"] = statistics.median(warm)
     plain = medians["plain loop, files (serve_image_bytes)"]
     result = {
         "images": n, "batch_size": bs, "repeats": args.repeats,

@@ -10,9 +10,11 @@ batches it ran (``/health``; with ``--workers``, the worker that answered), and 
 a volley of bad requests (not an image, a 200-megapixel PNG header, wrong JSON, a wrong shape, a
 body over the limit): bounded inputs must leave it where it was.
 
-Beside it, in this process once the server is stopped: the plain loop, the same 600 files through
-the SavedModel's ``serve_image_bytes`` in batches of 64 (images/s, median of 3), and one image
-at a time (latency p50).
+Beside it, in this process (loaded before the server starts, idle while it is loaded): the
+plain loop, the same 600 files through the SavedModel's ``serve_image_bytes`` in batches of 64.
+The requests go in ``--repeats`` rounds, each followed by a pass of the plain loop, so the two
+take turns as the machine's load moves; each round's requests/s is compared with the pass after
+it. Last, one image at a time through the plain loop (latency p50).
 
 Bounded: loopback only, ``--requests`` at most 10,000, ``--timeout`` seconds for the whole load.
 
@@ -123,7 +125,7 @@ def request(port: int, method: str, path: str, body: bytes | None = None,
 
 
 def load(port: int, bodies: list[bytes], n: int, concurrency: int, timeout: float) -> dict:
-    """``n`` requests from ``concurrency`` threads; latencies (s) and errors."""
+    """``n`` requests from ``concurrency`` threads: every latency (s), the errors, the wall time."""
     latencies: list[float] = []
     errors: list[str] = []
     lock = threading.Lock()
@@ -160,10 +162,15 @@ def load(port: int, bodies: list[bytes], n: int, concurrency: int, timeout: floa
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
-    ms = sorted(x * 1000 for x in latencies)
+    return {"latencies_s": latencies, "errors": errors, "wall_s": time.perf_counter() - t0}
+
+
+def summary(rounds: list[dict]) -> dict:
+    """Latency percentiles over every request of every round, and each round's rate."""
+    ms = sorted(x * 1000 for r in rounds for x in r["latencies_s"])
+    errors = [e for r in rounds for e in r["errors"]]
     return {"requests": len(ms), "errors": len(errors), "error_examples": errors[:5],
-            "wall_s": round(wall, 2), "requests_per_s": round(len(ms) / wall, 1),
+            "requests_per_s": [round(len(r["latencies_s"]) / r["wall_s"], 1) for r in rounds],
             "latency_ms": {"p50": round(ms[len(ms) // 2], 1),
                            "p99": round(ms[min(len(ms) - 1, int(len(ms) * 0.99))], 1),
                            "mean": round(statistics.fmean(ms), 1), "max": round(ms[-1], 1)}}
@@ -185,27 +192,33 @@ def bad_requests() -> list[tuple[bytes, dict]]:
             (b'{"instances": [[[[1, 2]]]]}', js), (b"\0" * (17 * 2**20), {})]
 
 
-def plain_loop(export: Path, files: list[Path], repeats: int) -> dict:
-    from tlsearch._quiet import import_tensorflow_quietly
+class PlainLoop:
+    """The same files through the SavedModel's ``serve_image_bytes``, loaded once in this
+    process (idle while the server is loaded)."""
 
-    tf = import_tensorflow_quietly(lean=True)
-    saved = tf.saved_model.load(str(export / "serving" / "1"))
-    data = [f.read_bytes() for f in files]
-    saved.serve_image_bytes(tf.constant(data[:1]))
-    rates = []
-    for _ in range(repeats):
+    def __init__(self, export: Path, files: list[Path]) -> None:
+        from tlsearch._quiet import import_tensorflow_quietly
+
+        self.tf = import_tensorflow_quietly(lean=True)
+        self.saved = self.tf.saved_model.load(str(export / "serving" / "1"))
+        self.data = [f.read_bytes() for f in files]
+        self.saved.serve_image_bytes(self.tf.constant(self.data[:1]))
+
+    def batches(self) -> float:
+        """Images/s over every file, in batches of 64."""
         t0 = time.perf_counter()
-        for i in range(0, len(data), 64):
-            saved.serve_image_bytes(tf.constant(data[i:i + 64]))["probabilities"].numpy()
-        rates.append(round(len(data) / (time.perf_counter() - t0), 1))
-    one = []
-    for d in data[:200]:
-        t0 = time.perf_counter()
-        saved.serve_image_bytes(tf.constant([d]))["probabilities"].numpy()
-        one.append((time.perf_counter() - t0) * 1000)
-    return {"batches_of_64_images_per_s": rates,
-            "batches_of_64_images_per_s_median": statistics.median(rates),
-            "one_image_latency_ms_p50": round(statistics.median(one), 1)}
+        for i in range(0, len(self.data), 64):
+            self.saved.serve_image_bytes(
+                self.tf.constant(self.data[i:i + 64]))["probabilities"].numpy()
+        return round(len(self.data) / (time.perf_counter() - t0), 1)
+
+    def one_at_a_time_ms(self, n: int = 200) -> float:
+        took = []
+        for d in self.data[:n]:
+            t0 = time.perf_counter()
+            self.saved.serve_image_bytes(self.tf.constant([d]))["probabilities"].numpy()
+            took.append((time.perf_counter() - t0) * 1000)
+        return round(statistics.median(took), 1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -217,7 +230,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--server-args", default="",
                    help="more options for tlsearch serve, e.g. '--batch-wait-ms 20'")
     p.add_argument("--timeout", type=float, default=600, help="seconds for the whole load")
-    p.add_argument("--repeats", type=int, default=3, help="passes of the plain loop")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="rounds: the requests are sent in this many parts, each followed by a "
+                        "pass of the plain loop")
     p.add_argument("--out", type=Path, help="write the numbers as JSON here")
     args = p.parse_args(argv)
     if not 1 <= args.requests <= 10_000 or not 1 <= args.concurrency <= 64:
@@ -234,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
 def _measure(args) -> int:
     files = sorted(f for f in IMAGES.rglob("*.png"))
     bodies = [f.read_bytes() for f in files]
+    plain = PlainLoop(args.export, files)
     server = Server(args.export, args.workers, args.server_args.split())
     samples: list[float] = []
     sampling = threading.Event()
@@ -243,11 +259,16 @@ def _measure(args) -> int:
             samples.append(server.rss_mb())
             time.sleep(0.05)
 
+    rounds, plain_rates = [], []
     try:
         before = server.rss_mb()
         sampler = threading.Thread(target=sample)
         sampler.start()
-        result = load(server.port, bodies, args.requests, args.concurrency, args.timeout)
+        for i in range(args.repeats):  # the load and the plain loop take turns
+            share = args.requests // args.repeats + (i < args.requests % args.repeats)
+            rounds.append(load(server.port, bodies, share, args.concurrency,
+                               args.timeout / args.repeats))
+            plain_rates.append(plain.batches())
         sampling.set()
         sampler.join()
         after = server.rss_mb()
@@ -259,6 +280,7 @@ def _measure(args) -> int:
                 bad.append(status)
         after_bad = server.rss_mb()
         status, _ = request(server.port, "POST", "/predict", bodies[0])
+        result = summary(rounds)
         result.update({
             "workers": args.workers, "concurrency": args.concurrency,
             "server_args": args.server_args,
@@ -271,14 +293,18 @@ def _measure(args) -> int:
         })
     finally:
         server.stop()
-    result["plain_loop"] = plain_loop(args.export, files, args.repeats)
+    ratios = [round(r / p, 3) for r, p in zip(result["requests_per_s"], plain_rates)]
+    result["plain_loop"] = {"batches_of_64_images_per_s": plain_rates,
+                            "one_image_latency_ms_p50": plain.one_at_a_time_ms()}
+    result["requests_per_s_vs_plain_loop"] = ratios
+    result["requests_per_s_vs_plain_loop_median"] = statistics.median(ratios)
     result["loadavg"] = [round(x, 2) for x in os.getloadavg()]
     common.report(result, args.out)
     lat = result["latency_ms"]
-    print(f"\n{args.requests} requests at concurrency {args.concurrency}: p50 {lat['p50']} ms, "
-          f"p99 {lat['p99']} ms, {result['requests_per_s']} requests/s, {result['errors']} "
-          f"errors; plain loop {result['plain_loop']['batches_of_64_images_per_s_median']} "
-          f"images/s", file=sys.stderr)
+    print(f"\n{result['requests']} requests at concurrency {args.concurrency}: p50 {lat['p50']} ms, "
+          f"p99 {lat['p99']} ms, {result['errors']} errors; requests/s by round "
+          f"{result['requests_per_s']} against the plain loop's images/s {plain_rates} "
+          f"(median ratio {result['requests_per_s_vs_plain_loop_median']:.2f})", file=sys.stderr)
     return 0
 
 

@@ -163,9 +163,10 @@ def image_export(tmp_path_factory):
     return tiny_image_export(tmp_path_factory.mktemp("serve") / "image", threshold=0.3)
 
 
-def _send_together(port: int, bodies: list[bytes]) -> list[dict]:
+def _send_together(port: int, bodies: list[bytes], meanwhile=None) -> list[dict]:
     """Requests whose bodies are all sent but their last byte, then every last byte at once: the
-    server has all of them arriving when the first is complete."""
+    server has all of them arriving when the first is complete. ``meanwhile()`` runs while they
+    are all in flight."""
     socks = []
     for body in bodies:
         s = socket.create_connection(("127.0.0.1", port), timeout=60)
@@ -173,6 +174,8 @@ def _send_together(port: int, bodies: list[bytes]) -> list[dict]:
                   b"Connection: close\r\nContent-Length: %d\r\n\r\n" % len(body) + body[:-1])
         socks.append(s)
     time.sleep(0.3)
+    if meanwhile is not None:
+        meanwhile()
     for s, body in zip(socks, bodies):
         s.sendall(body[-1:])
     out = []
@@ -200,7 +203,8 @@ def test_a_served_image_model_answers_predicts_refuses_and_batches(image_export,
     predictor = tlsearch.load(image_export)
     expected = predictor.predict(files)
 
-    server = ServerProcess(image_export, "--batch-wait-ms", "3000", "--max-batch", "2")
+    server = ServerProcess(image_export, "--batch-wait-ms", "3000", "--max-batch", "2",
+                           "--max-concurrency", "2")
     try:
         status, health = server.request("GET", "/health")
         assert status == 200 and health["status"] == "ready"
@@ -255,9 +259,14 @@ def test_a_served_image_model_answers_predicts_refuses_and_batches(image_export,
         conn.close()
         assert sorted(took)[len(took) // 2] < 0.025, took
 
-        # two requests arriving together: both answered right, in one model call
+        # two requests arriving together: both answered right, in one model call; a third
+        # while they are in flight is over --max-concurrency: 503 at once
         _, before = server.request("GET", "/health")
-        pair = _send_together(server.port, [files[1].read_bytes(), files[2].read_bytes()])
+        busy: list = []
+        pair = _send_together(server.port, [files[1].read_bytes(), files[2].read_bytes()],
+                              lambda: busy.append(server.request("POST", "/predict",
+                                                                 files[0].read_bytes())))
+        assert busy[0][0] == 503 and "--max-concurrency" in busy[0][1]["error"]
         assert [r["label"] for r in pair] == [expected[1]["label"], expected[2]["label"]]
         _, after = server.request("GET", "/health")
         assert after["batching"]["requests"] - before["batching"]["requests"] == 2

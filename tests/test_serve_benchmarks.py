@@ -36,14 +36,14 @@ def test_predict_throughput_and_serve_load_report_every_figure(tiny_export, tmp_
                        capture_output=True, text=True, env=bench_env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(out.read_text())
-    assert got["images"] == 18 and len(got["median_images_per_s"]) == 4
+    assert got["images"] == 18 and len(got["median_images_per_s"]) >= 3
     assert all(v > 0 for v in got["median_images_per_s"].values())
     assert got["cli"][0]["images"] == 18 and got["cli_startup_s_median"] > 0
 
     out = tmp_path / "load.json"
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "serve_load.py"),
                         "--export", str(export), "--requests", "40", "--concurrency", "4",
-                        "--repeats", "1", "--out", str(out)],
+                        "--repeats", "2", "--out", str(out)],
                        capture_output=True, text=True, env=bench_env, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     got = json.loads(out.read_text())
@@ -51,4 +51,5 @@ def test_predict_throughput_and_serve_load_report_every_figure(tiny_export, tmp_
     assert got["latency_ms"]["p50"] <= got["latency_ms"]["p99"]
     assert got["batching"]["requests"] == 40
     assert got["bad_requests"]["served_after"] and max(got["bad_requests"]["statuses"]) < 500
-    assert got["rss_mb"]["peak"] > 0 and got["plain_loop"]["batches_of_64_images_per_s_median"] > 0
+    assert got["rss_mb"]["peak"] > 0 and len(got["requests_per_s_vs_plain_loop"]) == 2
+    assert all(v > 0 for v in got["plain_loop"]["batches_of_64_images_per_s"])

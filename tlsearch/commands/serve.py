@@ -34,7 +34,8 @@ def add_parser(sub):
     p.add_argument("--max-items", type=int, default=64,
                    help="instances or texts in one JSON request, at most (default 64)")
     p.add_argument("--max-concurrency", type=int, default=32,
-                   help="requests in flight per worker; more are answered 503 (default 32)")
+                   help="predictions in flight per worker, each holding at most one body; more "
+                        "are answered 503 (default 32)")
     p.add_argument("--access-log", action="store_true", help="log every request")
     return p
 

@@ -52,8 +52,9 @@ def describe(predictor: Predictor, limits: Limits) -> dict[str, Any]:
 
 
 def create_app(predictor: Predictor, *, limits: Limits = Limits(), max_batch: int = 32,
-               max_wait: float = 0.005) -> Starlette:
-    """The ASGI app serving ``predictor`` (already loaded)."""
+               max_wait: float = 0.005, max_concurrency: int = 32) -> Starlette:
+    """The ASGI app serving ``predictor`` (already loaded). At most ``max_concurrency``
+    predictions are in flight (each holding at most one body); more are answered 503 at once."""
     batcher = MicroBatcher(predictor.proba_batch, max_batch=max_batch, max_wait=max_wait)
     decoders = concurrent.futures.ThreadPoolExecutor(max_workers=DECODERS,
                                                      thread_name_prefix="tlsearch-decode")
@@ -62,6 +63,7 @@ def create_app(predictor: Predictor, *, limits: Limits = Limits(), max_batch: in
     threshold = ({"threshold": rule["threshold"], "positive_class": rule.get("positive_class")}
                  if rule.get("rule") == "threshold" else {})
     info = describe(predictor, limits)
+    inflight = [0]
 
     async def health(request: Request) -> JSONResponse:
         return JSONResponse({"status": "ready", "study": info.get("study"),
@@ -72,6 +74,16 @@ def create_app(predictor: Predictor, *, limits: Limits = Limits(), max_batch: in
         return JSONResponse(info)
 
     async def predict(request: Request) -> JSONResponse:
+        if inflight[0] >= max_concurrency:
+            return _error(503, f"busy: {max_concurrency} predictions in flight "
+                               f"(--max-concurrency); try again")
+        inflight[0] += 1
+        try:
+            return await _predict(request)
+        finally:
+            inflight[0] -= 1
+
+    async def _predict(request: Request) -> JSONResponse:
         loop = asyncio.get_running_loop()
         try:
             with batcher.arriving():

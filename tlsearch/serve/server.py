@@ -8,7 +8,8 @@ file's SHA-256), traces the model once and only then accepts connections: a proc
 ``/health`` only when it can predict.
 
 Memory with ``--workers N``: N processes, each holding one model and its own limits (body size,
-pixels, items, ``--max-concurrency`` requests in flight, refused with 503 beyond), so the total
+pixels, items, ``--max-concurrency`` predictions in flight, refused with 503 beyond, and 1,024
+open connections, each buffered by uvicorn up to 64 KB at most while it waits), so the total
 is N times one worker's, which the load check measures (``benchmarks/serve_load.py``). The parent
 only supervises: it checks the export without TensorFlow and holds no model. TensorFlow's thread
 pool in each worker is sized to its share of the CPU cores, so N workers do not oversubscribe them.
@@ -45,6 +46,8 @@ class ServeOptions:
     max_batch: int = 32
     max_wait: float = 0.005
     max_concurrency: int = 32
+    #: open connections per worker (idle keep-alive ones included); more are answered 503
+    max_connections: int = 1024
     access_log: bool = False
 
 
@@ -138,9 +141,9 @@ def _run(predictor, options: ServeOptions, sock: socket.socket) -> None:
     from tlsearch.serve.app import create_app
 
     app = create_app(predictor, limits=options.limits, max_batch=options.max_batch,
-                     max_wait=options.max_wait)
+                     max_wait=options.max_wait, max_concurrency=options.max_concurrency)
     config = uvicorn.Config(app, log_level="warning", access_log=options.access_log,
-                            limit_concurrency=options.max_concurrency, lifespan="on")
+                            limit_concurrency=options.max_connections, lifespan="on")
     uvicorn.Server(config).run(sockets=[sock])
 
 
