@@ -149,7 +149,8 @@ def _run_tlsearch(cmd: str, site: Path, capsys) -> None:
         return
     argv = shlex.split(cmd)[1:]
     sub = argv[0]
-    if sub in ("dashboard", "storage-proxy") or "--workers" in argv or "chest-xray" in cmd or "flowers" in cmd:
+    if sub in ("dashboard", "storage-proxy", "serve") or "--workers" in argv or "chest-xray" in cmd \
+            or "flowers" in cmd:
         _check_flags(argv, capsys)  # serves forever / starts processes / data not here
         if "chest-xray" in cmd:  # the shipped study file at least is valid
             assert main(["validate", str(REPO / "studies" / "chest-xray-resnet50.yaml")]) == 0
@@ -218,8 +219,26 @@ def _check_external(cmd: str, site: Path, capsys) -> None:
         assert word in EXTERNAL, f"README shell line not checked: {cmd}"
 
 
+def _check_serve_request(cmd: str, site: Path) -> None:
+    """A request to `tlsearch serve`: the route exists for its method, and a JSON body holds the
+    key the served model's modality takes."""
+    import tlsearch
+    from tlsearch.serve.app import create_app
+
+    app = create_app(tlsearch.load(site / "export" / "fashion"))
+    path = re.search(r":8000(/\w+)", cmd).group(1)
+    method = "POST" if ("--data-binary" in cmd or " -d " in cmd) else "GET"
+    assert any(r.path == path and method in r.methods for r in app.routes), cmd
+    if " -d " in cmd:
+        assert "application/json" in cmd and '{"instances": [' in cmd, cmd
+    if "--data-binary @" in cmd:
+        assert (site / cmd.split("@")[1].split()[0]).is_file(), cmd
+
+
 def _check_request(cmd: str, site: Path) -> None:
     """A TensorFlow Serving request: the SavedModel has the signature and input it names."""
+    if ":8000/" in cmd:
+        return _check_serve_request(cmd, site)
     import tensorflow as tf
 
     loaded = tf.saved_model.load(str(site / "export" / "fashion" / "serving" / "1"))
@@ -242,8 +261,8 @@ def test_shell_blocks_run(site, capsys):
             _check_body(body, site)
             body = body[body.index("> body.json") + len("> body.json"):].strip() + "\n"
         commands = _commands(body)
-        if commands[0].startswith("curl") and "-d @" not in body:  # one request, several lines
-            commands = [body]
+        if commands[0].startswith("curl") and "-d @" not in body and ":8000/" not in body:
+            commands = [body]  # one request, several lines
         for cmd in commands:
             seen += 1
             if cmd.startswith("tlsearch "):

@@ -18,13 +18,13 @@ from tlsearch.errors import ArtifactWriteError, TooManyFailures, UserError
 __all__ = ["main"]
 
 #: subcommand modules under tlsearch.commands; each has ``add_parser(sub)`` and ``run(args) -> int``
-COMMANDS = ("run", "validate", "backbones", "cache", "export", "predict", "evaluate", "dashboard",
-            "report", "split", "init", "storage-proxy")
+COMMANDS = ("run", "validate", "backbones", "cache", "export", "predict", "serve", "evaluate",
+            "dashboard", "report", "split", "init", "storage-proxy")
 
 
 #: commands that never touch a study: their start-up skips Optuna and the study schema
 #: (``tlsearch predict``, as a serving job runs it, starts 0.9 s sooner on 2 cores)
-NO_STUDY = ("predict",)
+NO_STUDY = ("predict", "serve")
 
 
 def _parser(only: str | None = None) -> argparse.ArgumentParser:

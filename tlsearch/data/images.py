@@ -16,6 +16,7 @@ import os
 
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -116,13 +117,46 @@ def resize_pixels(x, size: int):
 
 
 def _resize_one(a: np.ndarray, size: int) -> np.ndarray:
+    """One uint8 RGB image resized by :func:`resize_pixels`, through a function traced once per
+    target size: the same op, so the same pixels (tested), for 1.5 ms an image instead of 4 ms
+    eagerly on 2 cores, and without holding the GIL, so readers in threads overlap."""
     if a.shape[:2] == (size, size):
         return a
-    return np.asarray(resize_pixels(a[None], size))[0].astype(np.uint8)
+    return resize_together(a[None], size)[0].astype(np.uint8)
 
 
-def decode_image(path: Path, size: int) -> np.ndarray:
-    """One image as uint8 (size, size, 3). Raises ValueError with a reason a user can act on."""
+#: images of at most this many pixels may be kept as decoded and resized with the others of their
+#: size in a batch (:func:`resize_together`): for small images the call, not the resize, is the
+#: cost (0.6 ms of CPU an image alone); larger ones are resized as they are read, so a batch of
+#: photos never waits in memory at full size
+RESIZE_TOGETHER_PIXELS = 256 * 256
+
+
+def resize_together(x: np.ndarray, size: int) -> np.ndarray:
+    """uint8 images ``(N, H, W, 3)`` of one size, resized in one call of a function traced once
+    per target size: float32, the pixels :func:`resize_pixels` gives each image alone."""
+    return np.asarray(_resizer(size)(x))
+
+
+_RESIZERS: dict[int, Callable] = {}
+
+
+def _resizer(size: int) -> Callable:
+    fn = _RESIZERS.get(size)
+    if fn is None:
+        import tensorflow as tf
+
+        fn = tf.function(lambda x: resize_pixels(x, size), autograph=False,
+                         input_signature=[tf.TensorSpec((None, None, None, 3), tf.uint8)])
+        _RESIZERS[size] = fn  # two threads tracing at once: one function is kept, both work
+    return fn
+
+
+def decode_image(path: Path, size: int, *, keep_small: bool = False) -> np.ndarray:
+    """One image as uint8 (size, size, 3). Raises ValueError with a reason a user can act on.
+
+    ``keep_small``: an image of at most :data:`RESIZE_TOGETHER_PIXELS` comes back as decoded,
+    (H, W, 3), for the caller to resize with others (:func:`resize_together`)."""
     from PIL import Image, UnidentifiedImageError
 
     if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -135,8 +169,10 @@ def decode_image(path: Path, size: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            im = to_rgb8(im)
-            return _resize_one(np.asarray(im, dtype=np.uint8), size)
+            a = np.asarray(to_rgb8(im), dtype=np.uint8)
+            if keep_small and a.shape[0] * a.shape[1] <= RESIZE_TOGETHER_PIXELS:
+                return a
+            return _resize_one(a, size)
     except ValueError:
         raise
     except UnidentifiedImageError:

@@ -89,6 +89,11 @@ class Modality:
         """Whether ``x`` is one input rather than a list of them."""
         return False
 
+    def collate(self, batch: list, metadata: dict) -> Any:
+        """Read inputs as the model's input batch (images read at another size are resized
+        here, together: one call per size, not one per image)."""
+        return batch
+
     def run(self, model: Any, batch: list, *, only: bool = False) -> np.ndarray:
         """Class probabilities for a batch of read inputs; ``only``: the one batch of a call
         (worth no traced graph)."""
