@@ -170,6 +170,36 @@ def test_read_only_sqlite_database_is_refused_by_name(tmp_path, small_images, ca
     assert states(trials(f"sqlite:///{db}")) == {"COMPLETE": 1}
 
 
+@pytest.mark.parametrize("how", ["full", "read-only"])
+def test_an_artifacts_folder_that_takes_no_file_leaves_no_database(tmp_path, small_images, capsys,
+                                                                   how):
+    """An artifacts folder on a full or read-only file system is refused, naming it, before the
+    storage is opened: no database file, no artifacts folder, exit 2 (a small tmpfs, mounted
+    here; skipped where mounting is not allowed)."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    opts = "size=64k" + (",ro" if how == "read-only" else "")
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", opts, "tmpfs", str(mnt)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        if how == "full":
+            with open(mnt / "fill", "wb") as f:
+                with pytest.raises(OSError):
+                    f.write(b"\0" * 200_000)
+                    f.flush()
+        study = study_file(tmp_path, n_trials=1, artifacts=str(mnt / "arts"))
+        capsys.readouterr()
+        assert main(["run", str(study)]) == 2
+        err = capsys.readouterr().err
+        assert f"artifacts folder '{mnt / 'arts'}' cannot be written" in err, err
+        assert "Traceback" not in err
+        assert not (tmp_path / "tiny.db").exists()  # nothing was written to the storage
+        assert not (mnt / "arts").exists()
+    finally:
+        subprocess.run(["umount", str(mnt)])
+
+
 def test_predict_out_into_an_unwritable_place_is_refused_before_loading(tmp_path, capsys):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
