@@ -300,7 +300,8 @@ def test_chaos_on_one_postgres_study(tmp_path, small_images, pg_url, monkeypatch
             p.kill()
     seconds = time.time() - t0
     assert codes == [0] * 4, [o[-1500:] for c, o in zip(codes, outs[1:]) if c]
-    assert not any("Traceback" in o for o in outs), outs
+    assert not any("Traceback" in o for o in outs), \
+        [o[max(0, o.index("Traceback") - 300):][:4000] for o in outs if "Traceback" in o]
     ts = trials(pg_url)
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in ts) == n
     assert not any(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in ts)
@@ -388,3 +389,30 @@ def test_a_swallowed_interrupt_still_stops_the_run_at_its_next_safe_point(tmp_pa
     got = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
     assert [(t.state, t.user_attrs.get(FAILURE)) for t in got] == [(TrialState.FAIL, "interrupted")]
     assert capsys.readouterr().err.count("interrupted:") == 1
+
+
+def test_a_dropped_connection_logged_by_the_pool_is_one_line(caplog):
+    """SQLAlchemy's pool logs a connection the server dropped with its traceback; once a storage
+    is opened the record is one line without it, and other errors keep theirs."""
+    import logging
+
+    from sqlalchemy.exc import OperationalError
+
+    from tlsearch.runner.storage import quiet_dropped_connections
+
+    quiet_dropped_connections()
+    log = logging.getLogger("sqlalchemy.pool")
+    with caplog.at_level(logging.ERROR, logger="sqlalchemy.pool"):
+        try:
+            raise OperationalError("ROLLBACK", {}, Exception("terminating connection due to "
+                                                             "administrator command"))
+        except OperationalError:
+            log.error("Exception during reset or similar", exc_info=True)
+        try:
+            raise ValueError("something else")
+        except ValueError:
+            log.error("Exception during reset or similar", exc_info=True)
+    dropped, other = caplog.records[-2:]
+    assert dropped.exc_info is None and "a database connection was dropped" in dropped.getMessage()
+    assert "terminating connection" in dropped.getMessage()
+    assert other.exc_info is not None  # not a connection: left as it was

@@ -7,6 +7,7 @@ too); the locks shared by the processes of one storage live in :mod:`tlsearch.ru
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from tlsearch._urls import redact_url, unencoded_at
 from tlsearch.config import StudyConfig
-from tlsearch.errors import StorageError
+from tlsearch.errors import StorageError, is_connection_error
 from tlsearch.optuna_adapter import HeartbeatSafeStorage
 from tlsearch.runner.stale import Retry
 from tlsearch.runner.journal_grpc import (check_other_url, open_other_storage, other_missing,
@@ -93,6 +94,28 @@ def check_url(url: str) -> None:
                            f"'@'; URL-encode it (%40 for @, as for : / ? # % and spaces)")
 
 
+class _DroppedConnectionLine(logging.Filter):
+    """SQLAlchemy's pool logs a connection the server dropped (``pg_terminate_backend``, a restart)
+    with its whole traceback when it fails to reset it on return; the pool replaces it and the
+    run goes on, so one line says so instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        e = record.exc_info[1] if record.exc_info else None
+        if e is not None and is_connection_error(e):
+            first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0]
+            record.msg, record.args = f"a database connection was dropped ({first[:160]}); " \
+                                      f"the pool replaces it", ()
+            record.exc_info = record.exc_text = None
+        return True
+
+
+def quiet_dropped_connections() -> None:
+    """Say a dropped database connection in one line, not SQLAlchemy's traceback (idempotent)."""
+    log = logging.getLogger("sqlalchemy.pool")
+    if not any(isinstance(f, _DroppedConnectionLine) for f in log.filters):
+        log.addFilter(_DroppedConnectionLine())
+
+
 def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True
                  ) -> BaseStorage:
     """Optuna's RDB storage with heartbeats: a trial whose worker died is failed and retried."""
@@ -108,6 +131,7 @@ def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = 
             heartbeat_stale_trial_callback=Retry(
                 max_retry=cfg.heartbeat.max_retry),
         )
+    quiet_dropped_connections()
     try:
         return HeartbeatSafeStorage(url, engine_kwargs=engine_kwargs(url), **hb)
     except (SQLAlchemyError, ImportError, ValueError) as e:
