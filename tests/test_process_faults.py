@@ -401,8 +401,8 @@ def test_a_dropped_connection_logged_by_the_pool_is_one_line(caplog):
     from tlsearch.runner.storage import quiet_dropped_connections
 
     quiet_dropped_connections()
-    log = logging.getLogger("sqlalchemy.pool")
-    with caplog.at_level(logging.ERROR, logger="sqlalchemy.pool"):
+    log = logging.getLogger("sqlalchemy.pool.impl.QueuePool")  # where the pool logs
+    with caplog.at_level(logging.ERROR):
         try:
             raise OperationalError("ROLLBACK", {}, Exception("terminating connection due to "
                                                              "administrator command"))

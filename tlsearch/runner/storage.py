@@ -94,26 +94,38 @@ def check_url(url: str) -> None:
                            f"'@'; URL-encode it (%40 for @, as for : / ? # % and spaces)")
 
 
-class _DroppedConnectionLine(logging.Filter):
+class _DroppedConnectionLine(logging.Handler):
     """SQLAlchemy's pool logs a connection the server dropped (``pg_terminate_backend``, a restart)
     with its whole traceback when it fails to reset it on return; the pool replaces it and the
-    run goes on, so one line says so instead."""
+    run goes on, so one line says so instead. A handler on ``sqlalchemy.pool``, since the pool
+    logs through loggers below it (``sqlalchemy.pool.impl.QueuePool``), whose records a filter on
+    ``sqlalchemy.pool`` would not see: the record is made one line here, before the handlers
+    above it (the root's, if any) get it; with none, it is printed on stderr as Python's
+    last-resort handler would."""
 
-    def filter(self, record: logging.LogRecord) -> bool:
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+
+    def handle(self, record: logging.LogRecord) -> bool:
         e = record.exc_info[1] if record.exc_info else None
         if e is not None and is_connection_error(e):
             first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0]
-            record.msg, record.args = f"a database connection was dropped ({first[:160]}); " \
-                                      f"the pool replaces it", ()
-            record.exc_info = record.exc_text = None
-        return True
+            record.msg = f"a database connection was dropped ({first[:160]}); the pool replaces it"
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return super().handle(record)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if logging.getLogger().handlers:  # the root's handlers print it (one line now)
+            return
+        if logging.lastResort is not None:
+            logging.lastResort.handle(record)
 
 
 def quiet_dropped_connections() -> None:
     """Say a dropped database connection in one line, not SQLAlchemy's traceback (idempotent)."""
     log = logging.getLogger("sqlalchemy.pool")
-    if not any(isinstance(f, _DroppedConnectionLine) for f in log.filters):
-        log.addFilter(_DroppedConnectionLine())
+    if not any(isinstance(h, _DroppedConnectionLine) for h in log.handlers):
+        log.addHandler(_DroppedConnectionLine())
 
 
 def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = True
