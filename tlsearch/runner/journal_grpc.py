@@ -156,19 +156,9 @@ def _check_journal_writable(path: Path) -> None:
     """Refuse, naming it, a journal whose folder is missing or read-only (Optuna writes a lock
     beside the journal, and tlsearch its claim lock), a folder in its place, a read-only journal,
     or a SQLite database given as a journal."""
-    folder = path.parent
-    if not folder.is_dir():
-        raise StorageError(f"storage: the folder {str(folder)!r} of the journal file does not "
-                           f"exist; create it, or give another path")
-    if path.is_dir():
-        raise StorageError(f"storage: {str(path)!r} is a folder, not a journal file")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise StorageError(f"storage: cannot write in the folder {str(folder)!r} of the journal "
-                           f"file ({e.strerror or e})") from None
+    from tlsearch.runner.sqlite_probe import check_folder_takes_file
+
+    check_folder_takes_file(path, "journal file", "journal file")
     if path.exists():
         _refuse_sqlite_file(path)
         if not os.access(path, os.W_OK):

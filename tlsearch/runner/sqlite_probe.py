@@ -16,7 +16,26 @@ from sqlalchemy.engine import make_url
 
 from tlsearch.errors import StorageError
 
-__all__ = ["check_sqlite_writable"]
+__all__ = ["check_sqlite_writable", "check_folder_takes_file"]
+
+
+def check_folder_takes_file(path: Path, what: str, file_kind: str) -> None:
+    """Refuse, naming it, a storage file (``what``: "SQLite database", "journal file") whose folder
+    is missing or takes no file (a probe written and removed: the storage writes a journal or a
+    lock beside it), or a folder in its place (``file_kind`` names what was expected)."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise StorageError(f"storage: the folder {str(folder)!r} of the {what} does not "
+                           f"exist; create it, or give another path")
+    if path.is_dir():
+        raise StorageError(f"storage: {str(path)!r} is a folder, not a {file_kind}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise StorageError(f"storage: cannot write in the folder {str(folder)!r} of the {what} "
+                           f"({e.strerror or e})") from None
 
 
 def check_sqlite_writable(url: str) -> None:
@@ -29,19 +48,7 @@ def check_sqlite_writable(url: str) -> None:
     if u.get_backend_name() != "sqlite" or db in ("", ":memory:") or db.startswith("file:"):
         return
     path = Path(db)
-    folder = path.parent
-    if not folder.is_dir():
-        raise StorageError(f"storage: the folder {str(folder)!r} of the SQLite database does not "
-                           f"exist; create it, or give another path")
-    if path.is_dir():
-        raise StorageError(f"storage: {str(path)!r} is a folder, not a SQLite database file")
-    try:  # SQLite writes a journal beside the database: the folder must take a file
-        fd, probe = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".probe", dir=folder)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise StorageError(f"storage: cannot write in the folder {str(folder)!r} of the SQLite "
-                           f"database ({e.strerror or e})") from None
+    check_folder_takes_file(path, "SQLite database", "SQLite database file")
     if not path.exists():
         return
     try:
