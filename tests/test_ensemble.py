@@ -189,6 +189,10 @@ def test_report_shows_refit_and_ensemble_beside_the_best_trial():
     assert "0.7800 ± 0.0207 (n=400)" in s.html  # sqrt(0.78 * 0.22 / 400)
     assert "refit of trial #2" in s.html and "none (trained on it)" in s.html
     assert "#7 (0.40)" in s.html and "2.1x" in s.html and "0.8100 ±" in s.html
+    assert "optimistic" in s.html
+    attrs["tlsearch.ensemble"].update(refit=True, value=None)  # export --ensemble K --refit
+    s = beyond_section(study, cfg)
+    assert "ensemble of 2 refit members (K=5)" in s.html and "optimistic" not in s.html
 
 
 @pytest.mark.slow

@@ -142,11 +142,62 @@ def test_export_of_a_refit_study_carries_refit_and_loads_fresh(refit_study, tmp_
     assert "refit" not in meta and meta["value"] is not None
 
 
+def test_an_ensemble_of_refit_members_averages_the_refits(refit_study, tmp_path, capsys):
+    """--ensemble K --refit: the members and weights chosen on validation as trained in the
+    search, then each member is its refit (stored ones reused, others trained and stored); the
+    export equals the weighted average of the refits, in a fresh process, and has no
+    validation figure."""
+    import optuna
+
+    out = tmp_path / "ens-refit"
+    assert main(["export", str(refit_study), "--out", str(out), "--ensemble", "2", "--refit",
+                 "--formats", ""]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    ens = meta["ensemble"]
+    assert meta["value"] is None and meta["metrics"] == {} and "refit" in meta["validation"]
+    assert ens["value"] is None and ens["validation_of_the_choice"]["value"] is not None
+    members = [m["trial"] for m in ens["members"]]
+    assert [r["trial"] for r in ens["refit"]] == members
+    assert all(r["examples"] == 36 for r in ens["refit"])
+    assert meta["test"]["n"] == 12
+    study = optuna.load_study(study_name="tiny",
+                              storage=f"sqlite:///{refit_study.parent / 'tiny.db'}")
+    refits = study.user_attrs["tlsearch.refits"]
+    assert all(str(t) in refits for t in members)  # every member's refit is stored
+    assert study.user_attrs["tlsearch.ensemble"]["refit"] is True
+    shas = [r["weights_artifact"]["sha256"] for r in ens["refit"]]
+    assert shas == [refits[str(t)]["weights_artifact"]["sha256"] for t in members]
+    # the export is the weighted average of the refit members, loaded in a fresh process
+    code = (
+        "import json, sys, numpy as np, optuna, tlsearch\n"
+        "from tlsearch.config import load_config\n"
+        "from tlsearch.export.refit import refit_model\n"
+        "from tlsearch.search.artifacts import AtomicFileSystemArtifactStore\n"
+        "study_file, out = sys.argv[1], sys.argv[2]\n"
+        "cfg = load_config(study_file)\n"
+        "study = optuna.load_study(study_name='tiny', storage=cfg.storage_url)\n"
+        "meta = json.load(open(out + '/metadata.json'))\n"
+        "store = AtomicFileSystemArtifactStore(cfg.artifact_dir, create=False)\n"
+        "x = np.random.default_rng(0).integers(0, 255, (5, 32, 32, 3)).astype('float32')\n"
+        "avg = 0\n"
+        "for m in meta['ensemble']['members']:\n"
+        "    t = study.trials[m['trial']]\n"
+        "    rec = study.user_attrs['tlsearch.refits'][str(t.number)]\n"
+        "    model, kind = refit_model(cfg, study, t, rec, store)\n"
+        "    avg = avg + m['weight'] * np.asarray(model.predict(x, verbose=0))\n"
+        "got = tlsearch.load(out).predict_proba(x)\n"
+        "print(float(np.abs(got - avg).max()))\n")
+    r = subprocess.run([sys.executable, "-c", code, str(refit_study), str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert float(r.stdout.strip().splitlines()[-1]) < 1e-5
+
+
 def test_bad_refit_and_ensemble_requests_exit_2(refit_study, tmp_path, capsys):
     out = tmp_path / "x"
-    assert main(["export", str(refit_study), "--out", str(out), "--refit",
+    assert main(["export", str(refit_study), "--out", str(out), "--trial", "0",
                  "--ensemble", "2"]) == 2
-    assert "--ensemble" in capsys.readouterr().err and not out.exists()
+    assert "--trial" in capsys.readouterr().err and not out.exists()
     bad = write_study(tmp_path / "bad.yaml", final={"refit": True},
                       data={"path": "images", "target": "images"})
     assert main(["validate", str(bad)]) == 2

@@ -23,10 +23,12 @@ def add_parser(sub):
     p.add_argument("--force", action="store_true", help="replace an earlier export in --out")
     p.add_argument("--refit", action=argparse.BooleanOptionalAction, default=None,
                    help="export the trial refit on training + validation data (refit now if the "
-                        "study has none stored); default: the study file's `final.refit`")
+                        "study has none stored); default: the study file's `final.refit`; "
+                        "with --ensemble: each member refit, once chosen")
     p.add_argument("--ensemble", type=int, metavar="K",
                    help="export an ensemble of up to K complete trials, chosen by greedy "
-                        "selection with replacement on their validation predictions")
+                        "selection with replacement on their validation predictions (as trained "
+                        "in the search unless --refit)")
     p.add_argument("--json", action="store_true",
                    help="print what was written as JSON on stdout (the folder, the trial, each "
                         "format's status; a refit's or an ensemble's record, the test figures)")
@@ -48,13 +50,15 @@ def run(args) -> int:
         print(line, file=sys.stderr)
 
     if args.ensemble is not None:
-        if args.trial is not None or args.refit:
-            raise UserError("`--ensemble K` chooses its trials itself and exports them as they "
-                            "were trained; leave out `--trial` and `--refit`")
+        if args.trial is not None:
+            raise UserError("`--ensemble K` chooses its trials itself; leave out `--trial`")
         from tlsearch.export.ensemble import export_ensemble
 
+        # members as trained in the search unless --refit is given (final.refit is the chosen
+        # trial's, not an ensemble's)
         result = export_ensemble(cfg, args.out, args.ensemble, url=storage_override(args),
-                                 formats=formats, force=args.force, log=log)
+                                 formats=formats, force=args.force, log=log,
+                                 refit=bool(args.refit))
     elif refit:
         from tlsearch.export.refit import export_refit
 

@@ -32,11 +32,16 @@ from tlsearch.search.artifacts import (ARTIFACT_ATTR, AtomicFileSystemArtifactSt
                                        upload_arrays)
 from tlsearch.search.attrs import ATTR, study_objective_params, trial_params
 
-__all__ = ["export_ensemble", "candidates", "validation_probabilities", "VALIDATION_NOTE"]
+__all__ = ["export_ensemble", "candidates", "validation_probabilities", "VALIDATION_NOTE",
+           "REFIT_NOTE"]
 
 VALIDATION_NOTE = ("the ensemble's validation figures are measured on the examples that chose its "
                    "members and weights: optimistic, as the best trial's are; the test figures "
                    "(data.test) are held out")
+REFIT_NOTE = ("none: the members and weights were chosen on validation as the trials were "
+              "trained in the search, then each member was refit on training + validation data, "
+              "so no validation figure exists for the ensemble exported; the test figures "
+              "(data.test) are held out")
 
 
 def candidates(study: Any, modality: str) -> list[Any]:
@@ -106,9 +111,12 @@ def _figures(objective: str, p: np.ndarray, y: np.ndarray, params: dict) -> dict
 
 def export_ensemble(cfg: Any, out_dir: str | Path, k: int, *, url: str | None = None,
                     formats: tuple[str, ...] = FORMATS, force: bool = False,
-                    log: Callable[[str], None] = print, study: Any = None) -> ExportResult:
+                    log: Callable[[str], None] = print, study: Any = None,
+                    refit: bool = False) -> ExportResult:
     """Export the ensemble of up to ``k`` complete trials chosen by greedy selection with
-    replacement on their validation probabilities; its summary is kept on the study."""
+    replacement on their validation probabilities; its summary is kept on the study.
+    ``refit``: once chosen, each member is its refit on training + validation data (stored
+    refits are reused, missing ones trained and stored), with the weights chosen before."""
     from tlsearch import modalities
     from tlsearch.export.ensemble_model import ensemble_model, inference_cost
     from tlsearch.export.selection import greedy_selection
@@ -143,10 +151,22 @@ def export_ensemble(cfg: Any, out_dir: str | Path, k: int, *, url: str | None = 
     decision = decision_rule(cfg, classes, {f"{cfg.objective}_threshold": threshold}, params)
     if decision.get("rule") == "threshold":
         decision["chosen"] = "on validation, on the ensemble's averaged probabilities"
-    models = [rebuild_model(cfg, study, t, store)[0] for t in members]
+    refits: list[dict] = []
+    if refit:
+        from tlsearch.export.refit import refit_model, stored_or_new_refit
+
+        log(f"  refitting the {len(members)} members on training + validation data ...")
+        refits = [stored_or_new_refit(cfg, study, t, store, data=data, log=log) for t in members]
+        models = [refit_model(cfg, study, t, r, store)[0] for t, r in zip(members, refits)]
+        if decision.get("rule") == "threshold":
+            decision["chosen"] = ("on validation, on the averaged probabilities of the members as "
+                                  "trained in the search, before their refits; kept as it was")
+    else:
+        models = [rebuild_model(cfg, study, t, store)[0] for t in members]
     model = ensemble_model(models, weights, [t.number for t in members])
     best = pool[0]
-    single = models[0] if members[0] is best else rebuild_model(cfg, study, best, store)[0]
+    single = models[0] if members[0] is best and not refit \
+        else rebuild_model(cfg, study, best, store)[0]
     best_value = float(compute(cfg.objective, arrays[0], data.y_val, params).value)
     shown = ", ".join(f"#{t.number} x{chosen.counts[i]}" for t, i in zip(members, chosen.counts))
     log(f"  members {shown}: {cfg.objective} {chosen.value:.4g} on validation, best single "
@@ -167,12 +187,20 @@ def export_ensemble(cfg: Any, out_dir: str | Path, k: int, *, url: str | None = 
                        "metrics": _figures(cfg.objective, arrays[0], data.y_val, params)},
         "inference_cost": inference_cost(model, single, kind, cfg),
     }
-    record = {"study": study.study_name, "trial": None, "value": chosen.value, "best_step": None,
-              "best_stage": None, "metrics": summary["metrics"], "decision": decision,
-              "params": {}, "classes": classes, "weights_artifact": {},
-              "validation": VALIDATION_NOTE, "ensemble": summary}
+    if refit:
+        summary["refit"] = [{"trial": t.number, **{key: r[key] for key in (
+            "examples", "epochs", "stage1_epochs", "stage2_epochs", "seconds", "seed")},
+            "weights_artifact": {key: r["weights_artifact"][key] for key in ("id", "size", "sha256")}}
+            for t, r in zip(members, refits)]
+        summary["validation_of_the_choice"] = {"value": chosen.value, "metrics": summary["metrics"]}
+        summary["value"], summary["metrics"] = None, {}
+    record = {"study": study.study_name, "trial": None, "value": summary["value"],
+              "best_step": None, "best_stage": None, "metrics": summary["metrics"],
+              "decision": decision, "params": {}, "classes": classes, "weights_artifact": {},
+              "validation": REFIT_NOTE if refit else VALIDATION_NOTE, "ensemble": summary}
     result = write_export(cfg, model, kind, out, record, formats=formats, force=force, log=log)
-    kept = {k2: v for k2, v in summary.items() if k2 not in ("members",)}
+    kept = {k2: v for k2, v in summary.items() if k2 not in ("members", "refit")}
+    kept["refit"] = bool(refit)
     kept["members"] = [{key: m[key] for key in ("trial", "weight", "count", "value")}
                        for m in summary["members"]]
     if "test" in result.metadata:

@@ -39,7 +39,7 @@ from tlsearch.search.artifacts import (ARTIFACT_ATTR, AtomicFileSystemArtifactSt
 from tlsearch.search.attrs import ATTR, trial_params
 
 __all__ = ["RefitPlan", "refit_plan", "refit_dataset", "refit_trial", "stored_refit",
-           "refit_model", "refit_record", "evaluate_refit"]
+           "stored_or_new_refit", "refit_model", "refit_record", "evaluate_refit"]
 
 #: what a refit record and a refit export say about validation figures
 NO_VALIDATION = ("none: the refit trained on the validation examples too, so no validation figure "
@@ -181,6 +181,23 @@ def stored_refit(study: Any, frozen: Any) -> dict | None:
     return record if record.get("of_weights") == own else None
 
 
+def stored_or_new_refit(cfg: Any, study: Any, frozen: Any, store: AtomicFileSystemArtifactStore,
+                        *, data: Dataset | None = None, log: Callable[[str], None] = print) -> dict:
+    """Trial ``frozen``'s stored refit, or a new one (then stored), trained with the study's
+    feature cache where it has one; ``data``: the study's data when the caller has read it."""
+    record = stored_refit(study, frozen)
+    if record is not None:
+        return record
+    from tlsearch.search.inputs import check_inputs
+    from tlsearch.train.cache import FeatureCache
+
+    if data is None:
+        _, data = check_inputs(cfg)
+    cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), warn=log) \
+        if cfg.cache.enabled else None
+    return refit_trial(cfg, study, frozen, data, store, cache=cache, log=log)
+
+
 def refit_model(cfg: Any, study: Any, frozen: Any, record: dict,
                 store: AtomicFileSystemArtifactStore) -> tuple[Any, Any]:
     """(model, modality) of a stored refit: the trial's configuration with the refit's weights,
@@ -270,15 +287,7 @@ def export_refit(cfg: Any, out_dir: str | Path, *, trial: int | None = None,
     study = study if study is not None else load_study(cfg, url)
     frozen = select_trial(study, trial)
     store = AtomicFileSystemArtifactStore(cfg.artifact_dir, create=False)
-    record = stored_refit(study, frozen)
-    if record is None:
-        from tlsearch.search.inputs import check_inputs
-        from tlsearch.train.cache import FeatureCache
-
-        _, data = check_inputs(cfg)
-        cache = FeatureCache(cfg.cache_dir, int(cfg.cache.max_gb * 2**30), warn=log) \
-            if cfg.cache.enabled else None
-        record = refit_trial(cfg, study, frozen, data, store, cache=cache, log=log)
+    record = stored_or_new_refit(cfg, study, frozen, store, log=log)
     model, modality = refit_model(cfg, study, frozen, record, store)
     meta = refit_record(cfg, study, frozen, record)
     which = "best trial" if trial is None else "trial"

@@ -60,8 +60,13 @@ def beyond_section(study: Any, cfg: Any) -> Section | None:
     if ensemble:
         members = ", ".join(f"#{m['trial']} ({m['weight']:.2f})" for m in ensemble["members"])
         cost = (ensemble.get("inference_cost") or {}).get("relative_to_best_trial")
-        rows.append((f"ensemble of {len(ensemble['members'])} (K={ensemble['k']})",
-                     f"{_value(ensemble['value'])} (optimistic)", *_test(ensemble.get("test")),
+        if ensemble.get("refit"):
+            name, value = (f"ensemble of {len(ensemble['members'])} refit members "
+                           f"(K={ensemble['k']})", "none (trained on it)")
+        else:
+            name, value = (f"ensemble of {len(ensemble['members'])} (K={ensemble['k']})",
+                           f"{_value(ensemble['value'])} (optimistic)")
+        rows.append((name, value, *_test(ensemble.get("test")),
                      f"{cost}x" if cost else "—", f"members (weight): {members}"))
     s = Section("Beyond the best trial: refit and ensemble")
     s.intro = (f"Validation {obj} chose every row, so only the test column is held out "
