@@ -99,7 +99,7 @@ def test_refit_ensemble_benchmark_judges_each_model_on_test(tmp_path, bench_env)
                         "--out", str(tmp_path)], env=bench_env, capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     (result,) = json.loads((tmp_path / "results.json").read_text())
-    assert set(result["figures"]) == {"best", "refit", "ensemble5", "ensemble3"}
+    assert set(result["figures"]) == {"best", "refit", "ensemble5", "ensemble3", "ensemble5_refit"}
     for name, f in result["figures"].items():
         assert 0.0 <= f["test_accuracy"] <= 1.0 and f["n"] == 400, name
         assert f["ms_per_image"] > 0 and f["model_keras_mb"] > 0, name
@@ -107,6 +107,9 @@ def test_refit_ensemble_benchmark_judges_each_model_on_test(tmp_path, bench_env)
     assert result["figures"]["best"]["vs_best"] == 0.0
     assert 1 <= len(result["figures"]["ensemble5"]["members"]) <= 3  # 3 trials in the tiny study
     assert "| ensemble5 |" in (tmp_path / "results.md").read_text()
+    both = result["figures"]["ensemble5_refit"]
+    assert both["members"] == result["figures"]["ensemble5"]["members"]  # same choice, refit
+    assert both["validation"] is None and both["weights"] == result["figures"]["ensemble5"]["weights"]
 
 
 def test_a_peer_with_no_trial_in_budget_reads_so(monkeypatch):
