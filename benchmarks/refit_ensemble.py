@@ -90,9 +90,11 @@ def study_file(folder: Path, seed: int, tiny: bool, setup: str = "quickstart",
         raw.pop("n_trials", None)
         raw["timeout"] = float(budget)
     if tiny:
-        raw.update(n_trials=3, backbones=["tiny_cnn"], pruner={"type": "none"})
+        raw.update(n_trials=3, backbones=["tiny_bert" if setup == "text" else "tiny_cnn"],
+                   pruner={"type": "none"})
         raw.pop("timeout", None)
-        raw["data"]["image_size"] = 32
+        if setup != "text":
+            raw["data"]["image_size"] = 32
         raw["training"] = {"stage1_epochs": 2, "stage2_epochs": 1, "batch_size": 32}
         raw["search"]["unfreeze_blocks"] = {"low": 0, "high": 2}
     path = folder / f"study-seed{seed}.yaml"
