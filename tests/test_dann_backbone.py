@@ -143,3 +143,27 @@ def test_lambda_goes_on_over_both_stages_and_stage2_runs_only_where_it_adapts(da
     assert planned_steps(_params(domain_stage="head"), s) == 2  # a plain stage 2: not label-free
     assert planned_steps(_params(domain_lambda_max="off"), s) == 2
     assert planned_steps(_params(domain_stage="head"), Schedule(2, 2, 8)) == 4
+
+
+def test_with_target_labels_a_kept_stage2_epoch_is_reported_through_its_blocks(data):
+    """With labelled target data every trial runs stage 2; a kept epoch of a backbone DANN is
+    reported through the adapted blocks, and the target's boundary activations are cached under
+    the source's key with the target's fingerprint in place of the data's."""
+    from dataclasses import replace
+
+    from tlsearch.train.dann_stage import TARGET_LABELS
+
+    labelled = replace(data)
+    labelled.target_validation = True
+    src = _source(labelled)
+    s = Schedule(1, 2, 8, seed=0, domain_selection=TARGET_LABELS, keep_last=True)
+    r = run_trial(_params(), s, labelled, src)
+    assert [h.stage for h in r.history] == [1, 2, 2] and r.best_stage == 2
+    assert r.domain["on"] == "target_validation" and r.domain["held_out_target"] == 8
+    assert r.domain["val_loss"] == pytest.approx(r.history[-1].metrics["val_loss"], rel=1e-4)
+    source_key = src._key("tiny_cnn", "below-top-1", _params())
+    target_key = src._key("tiny_cnn", "below-top-1", _params(),
+                          data="target:" + labelled.target_fingerprint)
+    assert source_key != target_key and src.cache.contains(source_key)
+    assert src.cache.contains(target_key)
+    assert planned_steps(_params(domain_stage="head"), s) == 3  # labelled: a plain stage 2 runs
