@@ -131,9 +131,14 @@ def test_cached_and_uncached_backbone_dann_agree(data, monkeypatch):
 
 def test_lambda_goes_on_over_both_stages_and_stage2_runs_only_where_it_adapts(data):
     """lambda's ramp spans both stages (stage 2 goes on where stage 1 left it); without target
-    labels stage 2 runs only for trials that adapt through the backbone."""
+    labels stage 2 runs only for trials that adapt through the backbone; each batch is handed on
+    as in the other stages."""
     s = Schedule(2, 2, 8, seed=0, domain_selection=LABEL_FREE)
-    r = run_trial(_params(), s, data, _source(data))
+    batches = []
+    r = run_trial(_params(), s, data, _source(data),
+                  on_batch=lambda stage, done, steps, logs: batches.append((stage, done, steps)))
+    # each batch is handed on (progress, the hard time limit), stage 2 included
+    assert batches.count((2, 5, 5)) == 2 and batches.count((1, 5, 5)) == 2
     lam = [h.metrics["lambda"] for h in r.history]
     assert [h.stage for h in r.history] == [1, 1, 2, 2]
     assert all(0 < a < b for a, b in zip(lam, lam[1:])) and lam[1] < 0.49 < lam[-1] <= 0.5

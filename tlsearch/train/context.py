@@ -118,5 +118,6 @@ class TrialContext(TrialPlan, ABC):
                        extra_keys: tuple[str, ...]) -> keras.callbacks.Callback:
         """A Keras callback for a model that is not trained through :meth:`fit`: it records each
         epoch as stage ``stage`` (the schedule's metrics plus ``extra_keys``), keeps the best
-        epoch's weights of ``layers`` and hands the epoch on, as :meth:`fit` does. The caller
+        epoch's weights of ``layers`` and hands the epoch (and each batch: progress, the hard time
+        limit) on, as :meth:`fit` does. The caller
         moves :attr:`step` on."""

@@ -291,7 +291,7 @@ class _RunningTrial(TrialContext):
     def epoch_callback(self, stage: int, layers: list[keras.layers.Layer],
                        extra_keys: tuple[str, ...]) -> keras.callbacks.Callback:
         return _epoch_callback(stage, self.tracker, layers, self.on_epoch, self.history,
-                               (*self.schedule.metric_keys, *extra_keys))
+                               (*self.schedule.metric_keys, *extra_keys), self.on_batch)
 
 
 def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: BackboneSource,
