@@ -307,3 +307,102 @@ def test_a_pruner_asked_for_on_a_label_free_study_is_refused(tmp_path, capsys):
     raw = yaml.safe_load(study.read_text())
     study.write_text(yaml.safe_dump({**raw, "pruner": {"type": "none"}}))
     assert main(["validate", str(study)]) == 0
+
+
+# ---- adapting through the backbone -------------------------------------------------------------
+
+
+def test_label_free_stage2_is_accepted_only_where_it_adapts_through_the_backbone(tmp_path, capsys):
+    """Without target labels a plain stage 2 (source labels alone) is still refused, saying why
+    and what to set; `domain_adaptation.stage: backbone` (fixed or searched) lifts it."""
+    base = dict(training={"stage1_epochs": 2, "stage2_epochs": 2, "batch_size": 8},
+                pruner={"type": "none"})
+    search = {"unfreeze_blocks": [0, 1], "head_width": [8], "dropout": 0.0, "lr_stage1": 1e-2,
+              "lr_stage2": 1e-3}
+    for stage, ok in (("backbone", True), (["head", "backbone"], True), ("head", False),
+                      (None, False)):
+        da = {"lambda_max": ["off", 0.5], **({} if stage is None else {"stage": stage})}
+        study = _da_study(tmp_path / str(stage), **base, search={**search, "domain_adaptation": da})
+        code = main(["validate", str(study)])
+        err = capsys.readouterr().err
+        assert code == (0 if ok else 2), (stage, err)
+        if not ok:
+            assert "`training.stage2_epochs`" in err and "source labels alone" in err
+            assert "`search.domain_adaptation.stage: backbone`" in err
+    study = _da_study(tmp_path / "bad", **base, search={
+        **search, "domain_adaptation": {"lambda_max": 0.5, "stage": "everywhere"}})
+    assert main(["validate", str(study)]) == 2
+    assert "`search.domain_adaptation.stage`: expected one of ['head', 'backbone']" in \
+        capsys.readouterr().err
+    # the stage is searched with unfreeze_blocks and lambda_max: sampled only where both are on
+    import optuna
+
+    from tlsearch import space
+    from tlsearch.config import load_config
+
+    cfg = load_config(_da_study(tmp_path / "space", **base, search={
+        **search,
+        "domain_adaptation": {"lambda_max": ["off", 0.5], "stage": ["head", "backbone"]}}))
+    assert "domain_stage" in space.distributions(cfg, "image")
+    for fixed, sampled in (({"unfreeze_blocks": 1, "domain_lambda_max": 0.5}, True),
+                           ({"unfreeze_blocks": 0, "domain_lambda_max": 0.5}, False),
+                           ({"unfreeze_blocks": 1, "domain_lambda_max": "off"}, False)):
+        trial = optuna.trial.FixedTrial({**fixed, "domain_stage": "backbone"})
+        p = space.suggest(trial, cfg, "image", {"tiny_cnn": 4})
+        assert (p.domain_stage == "backbone") is sampled
+        assert ("domain_stage" in space.used(p, cfg, "image")) is sampled
+
+
+def test_label_free_study_adapts_through_the_backbone_in_stage2(tmp_path, monkeypatch):
+    """A label-free study with stage 2 adapting through the backbone: its stage-2 epochs record the
+    domain game, the trial is judged by bound_proxy on its last (stage-2) epoch, and export serves
+    the adapted label branch: the same probabilities as the DANN's label branch."""
+    import tlsearch.train.dann as dann
+
+    fits = []
+    fit = dann.fit_dann
+
+    def recording(model, *args, **kwargs):
+        fits.append((model, kwargs["validation_data"][0]))
+        return fit(model, *args, **kwargs)
+
+    monkeypatch.setattr(dann, "fit_dann", recording)
+    study = _da_study(tmp_path, n_trials=1,
+                      training={"stage1_epochs": 2, "stage2_epochs": 2, "batch_size": 8},
+                      search={"unfreeze_blocks": 1, "head_width": [8], "dropout": 0.0,
+                              "lr_stage1": 1e-2, "lr_stage2": 1e-3,
+                              "domain_adaptation": {"lambda_max": 0.5, "width": 8,
+                                                    "stage": "backbone"}})
+    assert main(["run", str(study)]) == 0
+    t = _load(study, "da").trials[0]
+    assert t.state.name == "COMPLETE"
+    assert t.user_attrs["tlsearch.params"]["domain_stage"] == "backbone"
+    hist = t.user_attrs["tlsearch.history"]
+    assert [h["stage"] for h in hist] == [1, 1, 2, 2] and [h["step"] for h in hist] == [0, 1, 2, 3]
+    for h in hist:
+        assert 0.0 <= h["domain_accuracy"] <= 1.0 and math.isfinite(h["domain_loss"])
+    lam = [h["lambda"] for h in hist]
+    assert all(0 < a < b for a, b in zip(lam, lam[1:]))  # one ramp over both stages
+    d = t.user_attrs["tlsearch.domain"]
+    assert d["criterion"] == "bound_proxy" and d["adapted"]
+    assert t.value == pytest.approx(d["bound_proxy"])
+    assert d["held_out_target"] == 9 and sorted(t.intermediate_values) == [0, 1, 2, 3]
+
+    out = tmp_path / "export"
+    assert main(["export", str(study), "--out", str(out), "--formats", ""]) == 0
+    import keras
+
+    import tlsearch
+    from tlsearch.config import load_config
+    from tlsearch.data import load_dataset
+
+    model = keras.saving.load_model(out / "model.keras")
+    assert not [l for l in model.layers if "domain" in l.name or "gradient" in l.name]
+    stage2, boundary_val = fits[-1]
+    assert boundary_val.shape[1:] == (16, 16, 16)  # stage 2 trained on cached boundary activations
+    cfg = load_config(study)
+    ds = load_dataset(cfg.data, base_dir=cfg.base_dir, image_size=32, seed=0)
+    assert len(ds.x_val) == len(boundary_val)
+    label_branch = np.asarray(stage2(boundary_val, training=False))
+    served = tlsearch.load(out).predict_proba(ds.x_val)
+    np.testing.assert_allclose(served, label_branch, atol=2e-5)

@@ -65,10 +65,17 @@ def _adapting(spec: Any) -> bool:
     return isinstance(spec, Range) or any(v != "off" for v in values)
 
 
+def _through_backbone(spec: Any) -> bool:
+    """Whether a ``domain_adaptation.stage`` entry can choose ``backbone``."""
+    values = spec if isinstance(spec, list) else [spec]
+    return "backbone" in values
+
+
 def domain_problems(cfg: Any) -> list[str]:
     """Domain adaptation needs unlabelled target data, cached features and pixels that stay put;
-    without labelled target data a trial is judged by a label-free proxy on its last epoch of
-    stage 1, which stage 2 and other objectives would not match."""
+    without labelled target data a trial is judged by a label-free proxy on its last epoch, which
+    a stage 2 on source labels alone and other objectives would not match: stage 2 runs there
+    only in trials that adapt through the backbone (``domain_adaptation.stage: backbone``)."""
     d, s = cfg.data, cfg.search
     problems: list[str] = []
     on = _adapting(s.domain_lambda_max)
@@ -100,11 +107,14 @@ def domain_problems(cfg: Any) -> list[str]:
         problems.append(f"`objective`: an adapted head reports val_loss and val_accuracy; "
                         f"{cfg.objective} is not available with domain adaptation")
     if d.target_validation is None:
-        if cfg.training.stage2_epochs:
+        if cfg.training.stage2_epochs and not (on and _through_backbone(s.domain_stage)):
             problems.append("`training.stage2_epochs`: without `data.target_validation` a trial is "
-                            "judged by a label-free criterion on its head (stage 1); set "
-                            "stage2_epochs: 0, or give labelled target data in "
-                            "`data.target_validation`")
+                            "judged by a label-free criterion on its last epoch, and a plain stage "
+                            "2 fine-tunes on source labels alone, undoing the adaptation unseen; "
+                            "set stage2_epochs: 0, or adapt through the backbone in stage 2 "
+                            "(`search.domain_adaptation.stage: backbone`, or [head, backbone] to "
+                            "search it; then only such trials run stage 2), or give labelled "
+                            "target data in `data.target_validation`")
         if cfg.objective != "val_loss":
             problems.append(f"`objective`: without `data.target_validation` each epoch reports "
                             f"the source validation loss and trials are judged by a label-free "

@@ -19,7 +19,7 @@ from tlsearch.metrics import Score
 __all__ = ["PREPROCESSING_MODES", "POOLING_MODES", "Param", "PARAMS", "Objective", "OBJECTIVES",
            "TrialParams", "UNFREEZE_ALL", "params_for", "objective", "objective_params", "compute",
            "positive_index",
-           "MODALITIES", "DOMAIN_PARAMS", "adapts"]
+           "MODALITIES", "DOMAIN_PARAMS", "adapts", "adapts_backbone"]
 
 #: the kinds of input a backbone takes; each has a :mod:`tlsearch.modalities` entry
 MODALITIES = ("image", "text")
@@ -122,7 +122,8 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
     Param("mixup", 0.0, "mixup's alpha: each batch blended with a shuffled copy of itself, images "
           "and labels, by a Beta(alpha, alpha) weight (0: off)", low=0.0, high=10.0,
           modalities=("image",), off=0.0),
-    Param("domain_lambda_max", "off", "domain adaptation (DANN, stage 1 on cached features): "
+    Param("domain_lambda_max", "off", "domain adaptation (DANN on cached features, stage 1; "
+          "stage 2 too with domain_adaptation.stage: backbone): "
           "the strength the gradient reversal ramps up to; `off` trains the plain head, so "
           "[off, 0.1, 1.0] lets the search decide whether adaptation helps", low=0.0, high=100.0,
           stage=1, words=("off",), off="off", path="domain_adaptation.lambda_max"),
@@ -131,6 +132,10 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
           low=0.0, high=1000.0, low_open=True, stage=1, off=10.0, path="domain_adaptation.gamma"),
     Param("domain_width", 64, "domain adaptation: units of the domain classifier's hidden layer",
           kind="int", low=1, high=65536, stage=1, off=64, path="domain_adaptation.width"),
+    Param("domain_stage", "head", "domain adaptation: where the reversed gradient goes; `head`: "
+          "stage 1 only, into the head's hidden layer; `backbone`: stage 2 too, through the "
+          "unfrozen top blocks (a trial with unfreeze_blocks > 0)", kind="choice",
+          choices=("head", "backbone"), stage=2, off="head", path="domain_adaptation.stage"),
     Param("pooling", "cls", "how the encoder's hidden states become one vector", kind="choice",
           choices=tuple(POOLING_MODES), modalities=("text",)),
     Param("max_length", 128, "tokens per text (longer texts are truncated)", kind="int", low=8,
@@ -139,12 +144,21 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
 
 
 #: the study file's ``search.domain_adaptation`` keys -> the catalogue's parameters
-DOMAIN_PARAMS = {"lambda_max": "domain_lambda_max", "gamma": "domain_gamma", "width": "domain_width"}
+DOMAIN_PARAMS = {"lambda_max": "domain_lambda_max", "gamma": "domain_gamma",
+                 "width": "domain_width", "stage": "domain_stage"}
 
 
 def adapts(params: TrialParams) -> bool:
     """Whether a trial trains with domain adaptation (``lambda_max`` is not ``off``)."""
     return params.domain_lambda_max != "off"
+
+
+def adapts_backbone(params: TrialParams) -> bool:
+    """Whether a trial adapts in stage 2 too, through the backbone's unfrozen top blocks: it
+    adapts, ``domain_stage`` is ``backbone`` and it unfreezes blocks."""
+    u = params.unfreeze_blocks
+    return (adapts(params) and params.domain_stage == "backbone"
+            and (u == UNFREEZE_ALL or int(u) > 0))
 
 
 def params_for(modality: str) -> list[Param]:
@@ -325,6 +339,7 @@ class TrialParams:
     domain_lambda_max: float | str = "off"
     domain_gamma: float = 10.0
     domain_width: int = 64
+    domain_stage: str = "head"
     pooling: str = "cls"
     max_length: int = 128
 

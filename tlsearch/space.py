@@ -42,10 +42,18 @@ __all__ = ["space_entries", "distributions", "fixed_values", "signature", "sugge
            "fences"]
 
 _INTS = {p.name for p in PARAMS.values() if p.kind == "int"}
-#: a parameter sampled only when this other parameter's value is truthy (stage 2 runs)
-_REQUIRES = {"lr_stage2": "unfreeze_blocks", "lr_decay": "unfreeze_blocks",
-             "unfreeze_every": "unfreeze_blocks", "domain_gamma": "domain_lambda_max",
-             "domain_width": "domain_lambda_max"}
+#: a parameter sampled only when this other parameter's value is truthy (stage 2 runs), or when
+#: each of these others' is (a tuple)
+_REQUIRES: dict[str, str | tuple[str, ...]] = {
+    "lr_stage2": "unfreeze_blocks", "lr_decay": "unfreeze_blocks",
+    "unfreeze_every": "unfreeze_blocks", "domain_gamma": "domain_lambda_max",
+    "domain_width": "domain_lambda_max",
+    "domain_stage": ("domain_lambda_max", "unfreeze_blocks")}
+
+
+def _needs(name: str) -> tuple[str, ...]:
+    needs = _REQUIRES.get(name, ())
+    return (needs,) if isinstance(needs, str) else needs
 
 
 def _on(value: Any) -> bool:
@@ -222,16 +230,15 @@ def suggest(trial: optuna.Trial, cfg: StudyConfig, modality: str,
         name = param_name(cfg, p.name, backbone)
         if name not in dists:
             continue
-        needs = _REQUIRES.get(p.name)
-        if needs is not None and not _on(values.get(needs, True)):
+        if not all(_on(values.get(needs, True)) for needs in _needs(p.name)):
             values.pop(p.name, None)  # its stage does not run: neither sampled nor shown
             continue
         values[p.name] = _suggest(trial, name, dists[name])
     for name in _INTS & values.keys():
         if not isinstance(values[name], str):  # `unfreeze_blocks: all` stays a word
             values[name] = int(values[name])
-    for name, needs in _REQUIRES.items():
-        if not _on(values.get(needs, 0)):
+    for name in _REQUIRES:
+        if not all(_on(values.get(needs, 0)) for needs in _needs(name)):
             values.pop(name, None)
     return TrialParams(**values)
 
@@ -242,8 +249,8 @@ def used(params: TrialParams, cfg: StudyConfig, modality: str) -> dict[str, Any]
     names = {"backbone", *(p.name for p in _active(cfg, modality)
                            if p.name in searched or p.off is None
                            or getattr(params, p.name) != p.off)}
-    for name, needs in _REQUIRES.items():
-        if not _on(getattr(params, needs)):
+    for name in _REQUIRES:
+        if not all(_on(getattr(params, needs)) for needs in _needs(name)):
             names.discard(name)
     return {k: v for k, v in vars(params).items() if k in names}
 
@@ -269,11 +276,11 @@ def warm_start(cfg: StudyConfig, modality: str, caps: Mapping[str, int] | None =
             v = math.sqrt(d.low * d.high) if d.log else (d.low + d.high) / 2
             out[name] = int(round(v)) if isinstance(d, IntDistribution) else v
     if out.get(param_name(cfg, "unfreeze_blocks", backbone)) == 0:
-        for name, needs in _REQUIRES.items():  # the warm start trains no block: no stage 2
-            if needs == "unfreeze_blocks":
+        for name in _REQUIRES:  # the warm start trains no block: no stage 2
+            if "unfreeze_blocks" in _needs(name):
                 out.pop(name, None)
     if out.get("domain_lambda_max") == "off":
-        for name in ("domain_gamma", "domain_width"):
+        for name in ("domain_gamma", "domain_width", "domain_stage"):
             out.pop(name, None)
     return out
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from tlsearch.params import TrialParams
 from tlsearch.train.augment import augments
@@ -73,6 +73,13 @@ class TrialContext(TrialPlan, ABC):
     cached: bool = True
     #: trainable blocks at the end of the trial (what the stored weights cover)
     unfrozen: int = 0
+    #: the stage-1 DANN of an adapted trial (a stage 2 through the backbone goes on from its
+    #: domain classifier)
+    dann: Any = None
+    #: after a stage-2 DANN: ``weights -> [(hidden, probabilities)]`` of source training, source
+    #: validation and held-out target rows through the adapted top blocks
+    #: (:func:`~tlsearch.train.dann_stage.domain_report` reads it)
+    domain_features: Any = None
 
     @property
     def use_cache(self) -> bool:
@@ -111,5 +118,6 @@ class TrialContext(TrialPlan, ABC):
                        extra_keys: tuple[str, ...]) -> keras.callbacks.Callback:
         """A Keras callback for a model that is not trained through :meth:`fit`: it records each
         epoch as stage ``stage`` (the schedule's metrics plus ``extra_keys``), keeps the best
-        epoch's weights of ``layers`` and hands the epoch on, as :meth:`fit` does. The caller
+        epoch's weights of ``layers`` and hands the epoch (and each batch: progress, the hard time
+        limit) on, as :meth:`fit` does. The caller
         moves :attr:`step` on."""

@@ -361,14 +361,21 @@ def make_domain_dataset(x_source, y_source, x_target, *, batch_size: int = 64, s
 
 def fit_dann(model: DANN, x_source, y_source, x_target, *, epochs: int, initial_epoch: int = 0,
              batch_size: int = 64, validation_data=None, callbacks=None, seed: int = 0,
-             verbose: int = 0):
-    """Train one stage of ``epochs`` epochs; lambda (and the annealed rate) restart with the stage.
+             verbose: int = 0, schedule_epochs: int | None = None, schedule_done: int = 0):
+    """Train one stage of ``epochs`` epochs; lambda (and the annealed rate) restart with the stage,
+    unless ``schedule_epochs`` says how many epochs the schedule spans (several stages) and
+    ``schedule_done`` how many of them earlier stages trained (lambda goes on from there).
 
     ``initial_epoch`` only numbers the epochs, so that the callbacks of a two-stage run see one
     global count (stage 2 starts where stage 1 stopped). Returns Keras' ``History``.
     """
     ds, steps = make_domain_dataset(x_source, y_source, x_target, batch_size=batch_size, seed=seed)
-    model.set_schedule(total_steps=epochs * steps)
+    if schedule_epochs is None:
+        model.set_schedule(total_steps=epochs * steps)
+    else:
+        now = float(ops.convert_to_numpy(model.schedule_step))
+        model.set_schedule(total_steps=schedule_epochs * steps,
+                           start_step=now - schedule_done * steps)
     return model.fit(ds, epochs=initial_epoch + epochs, initial_epoch=initial_epoch,
                      validation_data=validation_data, callbacks=callbacks, verbose=verbose,
                      shuffle=False)  # the dataset shuffles itself

@@ -9,10 +9,16 @@ trial costs little more than a head trial. The epochs are counted on the trial's
 and each records the domain classifier's training accuracy (``domain_accuracy``), the domain loss
 and lambda next to the usual numbers.
 
-Only stage 1 adapts. Stage 2 (when it runs: only with labelled target data, see
-:func:`tlsearch.config_checks.domain_problems`) fine-tunes the top blocks from the adapted head on
-the source labels alone, judged on the labelled target data like every other epoch. The domain
-classifier is not part of the trial's stored weights: export serves the label branch only.
+With ``domain_stage: head`` only stage 1 adapts: stage 2 (when it runs: only with labelled target
+data, see :func:`tlsearch.config_checks.domain_problems`) fine-tunes the top blocks from the adapted
+head on the source labels alone, judged on the labelled target data like every other epoch. With
+``domain_stage: backbone`` (:func:`~tlsearch.params.adapts_backbone`) stage 2 is a DANN too
+(:class:`DomainFineTuneStage`): the unfrozen top blocks and the head's hidden layer are the feature
+extractor, on the cached activations at the freeze boundary of both domains (or, where the
+backbone cannot be cut there, the whole backbone on the raw inputs), BatchNorm kept frozen as in
+the plain stage 2, at ``lr_stage2``; lambda's ramp spans both stages' epochs and goes on where
+stage 1 left it, and the domain classifier goes on from stage 1's. The domain classifier is not
+part of the trial's stored weights: export serves the label branch only.
 
 A quarter of the target examples (at least 4) never train the domain classifier: they are held out
 to judge how well the features are aligned, in :func:`domain_report`, for adapted and plain trials
@@ -26,12 +32,13 @@ from typing import Any
 
 import numpy as np
 
-from tlsearch.params import adapts
-from tlsearch.train.context import TrialContext
-from tlsearch.train.stages import HeadStage
+from tlsearch.params import adapts, adapts_backbone
+from tlsearch.train.context import TrialContext, TrialPlan
+from tlsearch.train.rows import pick
+from tlsearch.train.stages import GradualFineTuneStage, HeadStage, stage2_rates, unfreeze_target
 
-__all__ = ["DomainHeadStage", "target_split", "domain_report", "LABEL_FREE", "TARGET_LABELS",
-           "DOMAIN_KEYS"]
+__all__ = ["DomainHeadStage", "DomainFineTuneStage", "backbone_dann", "target_split",
+           "domain_report", "LABEL_FREE", "TARGET_LABELS", "DOMAIN_KEYS"]
 
 #: how a study with ``data.target`` judges its trials
 LABEL_FREE = "bound_proxy"  # no target labels: source val error + (2 x domain accuracy - 1)
@@ -75,8 +82,139 @@ class DomainHeadStage(HeadStage):
         hook = state.epoch_callback(self.number, [head.dense, head.out], DOMAIN_KEYS)
         fit_dann(model, np.asarray(f_tr), y_tr, np.asarray(f_t), epochs=epochs,
                  initial_epoch=state.step, batch_size=s.batch_size,
-                 validation_data=(np.asarray(f_va), y_va), callbacks=[hook], seed=s.seed)
+                 validation_data=(np.asarray(f_va), y_va), callbacks=[hook], seed=s.seed,
+                 schedule_epochs=_schedule_epochs(state))
         state.step += epochs
+        state.dann = model  # stage 2 through the backbone goes on from its domain classifier
+
+
+def _schedule_epochs(plan: TrialPlan) -> int:
+    """The epochs lambda's ramp spans: stage 1's, and stage 2's where it adapts too."""
+    stage2 = DomainFineTuneStage()
+    both = adapts_backbone(plan.params) and stage2.runs(plan)
+    return int(plan.schedule.stage1_epochs) + (stage2.epochs(plan) if both else 0)
+
+
+class DomainFineTuneStage(GradualFineTuneStage):
+    """Stage 2: the plain fine-tuning (:class:`GradualFineTuneStage`), or a DANN through the
+    unfrozen top blocks when the trial adapts through the backbone. Without labelled target data
+    only such trials run stage 2 (a plain one would fine-tune on source labels alone, unjudged);
+    the others stop after stage 1, as before."""
+
+    def runs(self, plan: TrialPlan) -> bool:
+        if not super().runs(plan):
+            return False
+        return plan.schedule.domain_selection != LABEL_FREE or adapts_backbone(plan.params)
+
+    def run(self, state: TrialContext) -> None:
+        if not adapts_backbone(state.params):
+            return super().run(state)
+        from tlsearch.train.dann import fit_dann
+
+        s = state.schedule
+        model, inputs, layers = backbone_dann(state)
+        (x_tr, y_tr), (x_va, y_va), x_t = inputs
+        epochs = self.epochs(state)
+        hook = state.epoch_callback(self.number, layers, DOMAIN_KEYS)
+        fit_dann(model, x_tr, y_tr, x_t, epochs=epochs, initial_epoch=state.step,
+                 batch_size=s.batch_size, validation_data=(x_va, y_va), callbacks=[hook],
+                 seed=s.seed, schedule_epochs=_schedule_epochs(state),
+                 schedule_done=int(s.stage1_epochs))
+        state.step += epochs
+        state.domain_features = _stage2_features(state, model, layers, inputs)
+
+
+def backbone_dann(state: TrialContext):
+    """(model, ((x_train, y_train), (x_val, y_val), x_target), layers): the compiled stage-2 DANN of
+    a trial that adapts through the backbone, its inputs, and the layers its epochs keep.
+
+    The extractor is the top ``unfreeze_blocks`` blocks and the head's hidden layer, made trainable
+    as the plain stage 2 makes them (BatchNorm frozen per the schedule), the head holding its best
+    stage-1 weights. On the cached activations at the freeze boundary (the target's cached like
+    the source's) where the backbone can be cut there; else the whole backbone on raw inputs,
+    its frozen bottom in inference mode. ``x_target`` is the target's training part
+    (:func:`target_split`): the held-out quarter never trains the domain classifier."""
+    import keras
+
+    from tlsearch.train.dann import DANN
+
+    p, s, data, head = state.params, state.schedule, state.data, state.head
+    backbone = state.backbone or state.source.build(p.backbone, p)  # float32: DANN's own step
+    state.backbone = backbone
+    n, stem = unfreeze_target(p, backbone)
+    trainable = backbone.freeze(n, keep_bn_frozen=s.keep_bn_frozen, stem=stem)
+    if state.use_cache and not stem and backbone.can_cut(n):
+        x_tr, x_va = state.source.frozen_outputs(p.backbone, n, p, backbone=backbone)
+        x_t = state.source.target_outputs(p.backbone, p, n, backbone=backbone)
+        _, top = backbone.split(n)
+        inp = keras.Input(x_tr.shape[1:], name="boundary")
+        extractor = keras.Model(inp, head.dense(top(inp)), name="top_extractor")
+        x_tr, x_va, x_t = np.asarray(x_tr), np.asarray(x_va), np.asarray(x_t)
+    else:
+        inp = backbone.model.input
+        extractor = keras.Model(inp, head.dense(backbone.model(inp)), name="backbone_extractor")
+        x_tr, x_va = state.source.inputs(p)
+        x_t = state.source.target_inputs(p)
+        state.cached = False
+    n_t = len(next(iter(x_t.values())) if isinstance(x_t, dict) else x_t)
+    x_t = pick(x_t, target_split(n_t, s.seed)[0])
+    if not head.out.built:
+        head.out.build((None, int(p.head_width)))
+    state.restore_head()  # the head's best stage-1 weights
+    state.unfrozen = n
+    layers = head.layers + [backbone.model.get_layer(name) for name in trainable]
+    model = DANN(extractor, keras.Sequential([head.dropout, head.out], name="label_head"),
+                 domain_width=int(p.domain_width), lambda_max=float(p.domain_lambda_max),
+                 gamma=float(p.domain_gamma), class_weight=s.class_weight, seed=s.seed)
+    before = state.dann
+    if before is not None and before.domain_hidden.built:  # go on from stage 1's classifier
+        for mine, theirs in ((model.domain_hidden, before.domain_hidden),
+                             (model.domain_out, before.domain_out)):
+            mine.build((None, int(theirs.kernel.shape[0])))
+            mine.set_weights(theirs.get_weights())
+    cls = state.source.compiler.optimizer or keras.optimizers.Adam
+    rates = stage2_rates(backbone, layers, p.lr_decay)
+    if rates:
+        from tlsearch.train.rates import layerwise
+
+        optimizer = layerwise(cls)(learning_rate=p.lr_stage2, scales=rates)
+    else:
+        optimizer = cls(learning_rate=p.lr_stage2)
+    model.compile(optimizer)
+    state.source.compiler.since_clear += 1  # a new model: clear_state frees it
+    y_tr = keras.utils.to_categorical(data.y_train, data.n_classes)
+    y_va = keras.utils.to_categorical(data.y_val, data.n_classes)
+    return model, ((x_tr, y_tr), (x_va, y_va), x_t), layers
+
+
+def _stage2_features(state: TrialContext, model, layers, inputs):
+    """``weights -> (hidden, probabilities)`` of source training, source validation and held-out
+    target rows through the stage-2 extractor holding ``weights``: what :func:`domain_report`
+    reads when the kept epoch is in stage 2."""
+    from tlsearch.train.dann import batched
+
+    (x_tr, _), (x_va, _), _ = inputs
+    p, s = state.params, state.schedule
+    if state.cached:  # the kept epoch's rows, through the same extractor
+        x_t = state.source.target_outputs(p.backbone, p, state.unfrozen, backbone=state.backbone)
+        x_t = np.asarray(x_t)
+    else:
+        x_t = state.source.target_inputs(p)
+    n_t = len(next(iter(x_t.values())) if isinstance(x_t, dict) else x_t)
+    x_t = pick(x_t, target_split(n_t, s.seed)[1])
+    bs = state.schedule.batch_size
+
+    def features(weights):
+        for layer in layers:
+            if layer.name in weights:
+                layer.set_weights(weights[layer.name])
+        out = []
+        for x in (x_tr, x_va, x_t):
+            h = model.features(x, bs)
+            out.append((h, batched(lambda b: model.label_head(b, training=False), h, bs)))
+        return out
+
+    return features
 
 
 def head_outputs(weights: dict[str, list[np.ndarray]], f: np.ndarray
@@ -95,8 +233,11 @@ def _losses(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
     return -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
 
 
-def domain_report(state: TrialContext, weights: dict[str, list[np.ndarray]]) -> dict[str, Any]:
-    """How the kept head sees both domains, from its weights on the cached pooled features.
+def domain_report(state: TrialContext, weights: dict[str, list[np.ndarray]],
+                  stage: int = 1) -> dict[str, Any]:
+    """How the kept head sees both domains, from its weights on the cached pooled features (or,
+    for a kept epoch of stage 2 adapting through the backbone, ``stage`` 2, through its top
+    blocks holding ``weights``: :attr:`TrialContext.domain_features`).
 
     * ``val_loss``, ``val_accuracy`` on the validation data: the source's, or the labelled target
       data when the study has it (``on`` says which);
@@ -115,12 +256,15 @@ def domain_report(state: TrialContext, weights: dict[str, list[np.ndarray]]) -> 
                                                heldout_domain_accuracy)
 
     p, s, data = state.params, state.schedule, state.data
-    f_tr, f_va = state.source.frozen_outputs(p.backbone, 0, p)
-    f_t = state.source.target_outputs(p.backbone, p)
-    f_t = f_t[target_split(len(f_t), s.seed)[1]]
-    h_tr, probs_tr = head_outputs(weights, f_tr)
-    h_va, probs = head_outputs(weights, f_va)
-    h_t, _ = head_outputs(weights, f_t)
+    if stage == 2:  # the kept epoch adapted through the backbone: through its top blocks
+        (h_tr, probs_tr), (h_va, probs), (h_t, _) = state.domain_features(weights)
+    else:
+        f_tr, f_va = state.source.frozen_outputs(p.backbone, 0, p)
+        f_t = state.source.target_outputs(p.backbone, p)
+        f_t = f_t[target_split(len(f_t), s.seed)[1]]
+        h_tr, probs_tr = head_outputs(weights, f_tr)
+        h_va, probs = head_outputs(weights, f_va)
+        h_t, _ = head_outputs(weights, f_t)
     y = np.asarray(data.y_val)
     losses = _losses(probs, y)
     accuracy = float(np.mean(probs.argmax(1) == y))

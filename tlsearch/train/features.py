@@ -225,17 +225,23 @@ class BackboneSource:
         assert self.dataset.x_target is not None, "the study has no `data.target`"
         return self.dataset.x_target
 
-    def target_outputs(self, name: str, params: TrialParams | None = None) -> np.ndarray:
-        """The frozen backbone's pooled features of the unlabelled target data (``data.target``),
-        computed once and cached exactly like the source's, keyed by the target's fingerprint."""
+    def target_outputs(self, name: str, params: TrialParams | None = None, n_unfrozen: int = 0,
+                       backbone: Backbone | None = None) -> np.ndarray:
+        """The frozen backbone's outputs on the unlabelled target data (``data.target``): the
+        pooled features (``n_unfrozen`` 0) or the activations at the freeze boundary below the
+        top ``n_unfrozen`` blocks, computed once and cached exactly like the source's, under the
+        source's key with the target's fingerprint in place of the data's."""
         assert self.cache is not None, "frozen outputs are served only with a cache"
         data = self.dataset
+
+        def output(bb):
+            return bb.model.output if n_unfrozen == 0 else bb.boundary_output(n_unfrozen)
 
         def compute():
             import keras
 
-            bb = self.build(name, params)
-            model = keras.Model(bb.model.input, bb.model.output)
+            bb = backbone or self.build(name, params)
+            model = keras.Model(bb.model.input, output(bb))
             x = self.target_inputs(params)
             n, chunk = len(data.x_target), self.batch_size * 16
             parts = [self.predict_rows(model, _rows(x, a, min(a + chunk, n)))[0]
@@ -244,11 +250,12 @@ class BackboneSource:
             return f, np.zeros((0, *f.shape[1:]), np.float32)
 
         def check(arrays):
-            return self.check_stored(arrays, (self.target_inputs(params), None),
-                                     lambda bb: bb.model.output, name, params, None)
+            return self.check_stored(arrays, (self.target_inputs(params), None), output, name,
+                                     params, backbone)
 
-        key = self._key(name, "pooled", params, data="target:" + data.target_fingerprint)
-        return self.cache.get_or_compute(key, compute, describe=f"{name} target pooled",
+        where = boundary_name(n_unfrozen)
+        key = self._key(name, where, params, data="target:" + data.target_fingerprint)
+        return self.cache.get_or_compute(key, compute, describe=f"{name} target {where}",
                                          check=check)[0]
 
     def frozen_outputs(self, name: str, n_unfrozen: int, params: TrialParams | None = None,

@@ -26,10 +26,11 @@ from tlsearch.metrics import balanced_class_weights
 from tlsearch.params import OBJECTIVES, TrialParams
 from tlsearch.train.augment import Augmenter, EpochBatches, dataset_augmenter
 from tlsearch.train.context import Inputs, TrialContext, TrialPlan
-from tlsearch.train.dann_stage import LABEL_FREE, DomainHeadStage, domain_report
+from tlsearch.train.dann_stage import (LABEL_FREE, DomainFineTuneStage, DomainHeadStage,
+                                       domain_report)
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.schedule import METRIC_KEYS, Schedule
-from tlsearch.train.stages import GradualFineTuneStage, Stage
+from tlsearch.train.stages import Stage
 
 if TYPE_CHECKING:
     import keras
@@ -206,8 +207,9 @@ def _spread(schedule: Schedule, x_val: Inputs, y_val: np.ndarray,
 
 def default_stages() -> list[Stage]:
     """The recipe: a head on the frozen backbone (domain-adversarial when the trial adapts, a plain
-    head otherwise), then the top blocks fine-tuned (gradually when ``unfreeze_every`` says so)."""
-    return [DomainHeadStage(), GradualFineTuneStage()]
+    head otherwise), then the top blocks fine-tuned (gradually when ``unfreeze_every`` says so;
+    domain-adversarial when the trial adapts through the backbone)."""
+    return [DomainHeadStage(), DomainFineTuneStage()]
 
 
 def planned_steps(params: TrialParams, schedule: Schedule,
@@ -289,7 +291,7 @@ class _RunningTrial(TrialContext):
     def epoch_callback(self, stage: int, layers: list[keras.layers.Layer],
                        extra_keys: tuple[str, ...]) -> keras.callbacks.Callback:
         return _epoch_callback(stage, self.tracker, layers, self.on_epoch, self.history,
-                               (*self.schedule.metric_keys, *extra_keys))
+                               (*self.schedule.metric_keys, *extra_keys), self.on_batch)
 
 
 def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: BackboneSource,
@@ -340,9 +342,10 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
         cached=state.use_cache and state.cached, seconds=time.perf_counter() - t0,
         value_se=None if label_free else se,
     )
-    if schedule.domain_selection and best.stage == 1 and state.use_cache:
+    if schedule.domain_selection and ((best.stage == 1 and state.use_cache) or (
+            best.stage == 2 and state.domain_features is not None)):
         result.domain = {"criterion": schedule.domain_selection,
-                         **domain_report(state, tracker.weights)}
+                         **domain_report(state, tracker.weights, best.stage)}
         if label_free:
             result.value = float(result.domain["bound_proxy"])
         result.seconds = time.perf_counter() - t0
