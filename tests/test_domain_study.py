@@ -115,7 +115,7 @@ def test_target_data_is_read_and_fingerprinted(tmp_path, capsys):
 # ---- studies that run ----------------------------------------------------------------------------
 
 
-def test_label_free_study_adapts_and_records_the_domain_game(tmp_path):
+def test_label_free_study_adapts_and_records_the_domain_game(tmp_path, capsys):
     study = _da_study(tmp_path)
     assert main(["run", str(study)]) == 0
     s = _load(study, "da")
@@ -164,9 +164,12 @@ def test_label_free_study_adapts_and_records_the_domain_game(tmp_path):
     # export serves the label branch only and records the adaptation
     best = adapted[0].number
     out = tmp_path / "export"
+    capsys.readouterr()
     assert main(["export", str(study), "--out", str(out), "--trial", str(best),
                  "--formats", ""]) == 0
     meta = json.loads((out / "metadata.json").read_text())
+    # the value printed is named by what it is (it read val_loss=...)
+    assert f"({meta['domain_adaptation']['criterion']}=" in capsys.readouterr().err
     assert meta["domain_adaptation"]["adapted"] is True
     assert meta["domain_adaptation"]["target_fingerprint"] == s.user_attrs["tlsearch.target"]
     assert meta["domain_adaptation"]["criterion"] == "bound_proxy"

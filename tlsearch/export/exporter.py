@@ -223,7 +223,7 @@ def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str
     # beside the stored value
     model, modality = rebuild_model(cfg, study, frozen, store)
     log(f"exporting {which} #{frozen.number} of study {study.study_name!r} "
-        f"({cfg.objective}={shown}) at its best epoch: step {record['best_step']} "
+        f"({cfg.value_name}={shown}) at its best epoch: step {record['best_step']} "
         f"(stage {record['best_stage']})")
     return write_export(cfg, model, modality, out, record, formats=formats, force=force, log=log)
 
