@@ -19,7 +19,8 @@ from tlsearch.metrics import Score
 __all__ = ["PREPROCESSING_MODES", "POOLING_MODES", "Param", "PARAMS", "Objective", "OBJECTIVES",
            "TrialParams", "UNFREEZE_ALL", "params_for", "objective", "objective_params", "compute",
            "positive_index",
-           "MODALITIES", "DOMAIN_PARAMS", "adapts"]
+           "MODALITIES", "DOMAIN_PARAMS", "adapts", "DOMAIN_CRITERIA", "DEFAULT_DOMAIN_CRITERION",
+           "criterion_statement"]
 
 #: the kinds of input a backbone takes; each has a :mod:`tlsearch.modalities` entry
 MODALITIES = ("image", "text")
@@ -140,6 +141,39 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
 
 #: the study file's ``search.domain_adaptation`` keys -> the catalogue's parameters
 DOMAIN_PARAMS = {"lambda_max": "domain_lambda_max", "gamma": "domain_gamma", "width": "domain_width"}
+
+#: the label-free criteria a study with ``data.target`` and no ``data.target_validation`` may be
+#: judged by (``domain_selection``; all: lower is better; :mod:`tlsearch.train.dann_selection`
+#: computes them): what each is, and the Spearman rank correlation of its ranking (low values
+#: first) with target test accuracy measured on Fashion-MNIST -> Fashion-MNIST-M (BENCHMARKS.md,
+#: "Choosing without target labels"; None: not measured)
+DOMAIN_CRITERIA: dict[str, tuple[str, float | None]] = {
+    "reverse_validation": ("reverse validation: a classifier trained on the target examples "
+                           "labelled by the trial, scored on labelled source validation data",
+                           None),
+    "iwv": ("importance-weighted source validation loss, its weights estimated once on the frozen "
+            "backbone's features", None),
+    "entropy": ("mean entropy of the trial's predictions on held-out target examples", None),
+    "info_max": ("information maximisation: prediction entropy on held-out target examples plus "
+                 "how far their mean prediction is from uniform", None),
+    "bound_proxy": ("source validation error + max(0, 2 x held-out domain accuracy - 1)", None),
+}
+#: what a study without ``data.target_validation`` is judged by unless its file says otherwise
+DEFAULT_DOMAIN_CRITERION = "reverse_validation"
+
+
+def criterion_statement(criterion: str) -> str:
+    """Which criterion chose a domain-adapted model and how far to trust it, in one sentence
+    (the run's summary, the report and the model card say it)."""
+    if criterion == "target_validation":
+        return ("chosen on the labelled target data (`data.target_validation`): the objective "
+                "measured on the domain the model serves")
+    what, rho = DOMAIN_CRITERIA.get(criterion, (criterion, None))
+    measured = "not measured" if rho is None else f"Spearman {rho:+.2f}"
+    return (f"chosen without target labels by {criterion} ({what}); how well it ranks trials by "
+            f"target accuracy, measured on Fashion-MNIST -> Fashion-MNIST-M: {measured}. Label "
+            f"about 10 target examples per class and give them as `data.target_validation` to "
+            f"choose on the target itself")
 
 
 def adapts(params: TrialParams) -> bool:
