@@ -204,3 +204,17 @@ def test_changing_the_criterion_changes_what_the_trials_computed():
     plain = parse_config({"name": "x", "n_trials": 1, "data": {"path": "d"},
                           "backbones": ["tiny_cnn"]})
     assert "domain_selection" not in study_fingerprint(plain, {})
+
+
+def test_the_figures_the_study_quotes_are_those_benchmarks_md_records():
+    """The summary and the card quote each criterion's measured ranking: BENCHMARKS.md's table."""
+    from conftest import REPO
+    from tlsearch.params import DEFAULT_DOMAIN_CRITERION, DOMAIN_CRITERIA
+
+    bench = (REPO / "BENCHMARKS.md").read_text()
+    readme = " ".join((REPO / "README.md").read_text().split())
+    assert DEFAULT_DOMAIN_CRITERION in DOMAIN_CRITERIA
+    for name, (_, measured) in DOMAIN_CRITERIA.items():
+        rho, low, high = measured.replace("(90% interval", "").replace(" to ", " ").split()[:3]
+        assert f"| `{name}`" in bench and f"{rho} [{low}, {high.rstrip(',')}]" in bench, name
+        assert f"`{name}` {rho}" in readme, name

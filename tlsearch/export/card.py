@@ -187,8 +187,9 @@ def limitations(m: Mapping[str, Any]) -> list[str]:
         out.append(f"The model was adapted to a target domain and chosen without target labels "
                    f"(by {criterion}, a proxy whose ranking of trials agreed with their target "
                    f"accuracy "
-                   + ("to an unmeasured degree" if rho is None else f"at Spearman {rho:+.2f}")
-                   + " on Fashion-MNIST -> Fashion-MNIST-M). Its accuracy on the target domain "
+                   + ("to an unmeasured degree" if rho is None else f"at Spearman {rho}")
+                   + " on the benchmark Fashion-MNIST -> Fashion-MNIST-M, not on this data). "
+                   "Its accuracy on the target domain "
                    "was never measured: measure it on labelled target data (`tlsearch evaluate`) "
                    "before relying on it there, and label about 10 target examples per class "
                    "(`data.target_validation`) to choose on them.")
