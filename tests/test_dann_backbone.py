@@ -11,7 +11,8 @@ from tlsearch.config import BackboneEntry
 from tlsearch.data import Dataset
 from tlsearch.params import TrialParams
 from tlsearch.train.cache import FeatureCache
-from tlsearch.train.dann_stage import LABEL_FREE, backbone_dann
+from tlsearch.params import DEFAULT_DOMAIN_CRITERION as LABEL_FREE
+from tlsearch.train.dann_stage import backbone_dann
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.pipeline import Schedule, planned_steps, run_trial
 
@@ -143,7 +144,7 @@ def test_lambda_goes_on_over_both_stages_and_stage2_runs_only_where_it_adapts(da
     assert [h.stage for h in r.history] == [1, 1, 2, 2]
     assert all(0 < a < b for a, b in zip(lam, lam[1:])) and lam[1] < 0.49 < lam[-1] <= 0.5
     assert all(0.0 <= h.metrics["domain_accuracy"] <= 1.0 for h in r.history)
-    assert r.best_stage == 2 and r.domain["adapted"] and r.value == r.domain["bound_proxy"]
+    assert r.best_stage == 2 and r.domain["adapted"] and r.value == r.domain[LABEL_FREE]
     assert planned_steps(_params(), s) == 4
     assert planned_steps(_params(domain_stage="head"), s) == 2  # a plain stage 2: not label-free
     assert planned_steps(_params(domain_lambda_max="off"), s) == 2

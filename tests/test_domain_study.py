@@ -16,6 +16,7 @@ from PIL import Image
 
 from conftest import REPO, make_image_folder, write_study
 from tlsearch.cli import main
+from tlsearch.params import DEFAULT_DOMAIN_CRITERION
 
 
 def _target_folder(root: Path, seed: int = 1) -> Path:
@@ -128,9 +129,9 @@ def test_label_free_study_adapts_and_records_the_domain_game(tmp_path, capsys):
     assert s.user_attrs["tlsearch.target"]
     for t in trials:
         d = t.user_attrs["tlsearch.domain"]
-        assert d["criterion"] == "bound_proxy" and d["adapted"] == (t in adapted)
-        # the value is the label-free proxy of the last epoch, not the best val_loss
-        assert t.value == pytest.approx(d["bound_proxy"])
+        assert d["criterion"] == DEFAULT_DOMAIN_CRITERION and d["adapted"] == (t in adapted)
+        # the value is the label-free criterion of the last epoch, not the best val_loss
+        assert t.value == pytest.approx(d[DEFAULT_DOMAIN_CRITERION])
         assert 0.0 <= d["domain_accuracy"] <= 1.0 and d["held_out_target"] == 9
         assert sorted(t.intermediate_values) == [0, 1, 2]
         hist = t.user_attrs["tlsearch.history"]
@@ -150,7 +151,7 @@ def test_label_free_study_adapts_and_records_the_domain_game(tmp_path, capsys):
 
     sec = domain_section(s, load_config(study))
     assert sec is not None and sec.figure is not None
-    assert len(sec.figure.data) == len(adapted) and "bound_proxy" in sec.html
+    assert len(sec.figure.data) == len(adapted) and DEFAULT_DOMAIN_CRITERION in sec.html
     assert f"{adapted[0].user_attrs['tlsearch.domain']['domain_accuracy']:.4f}" in sec.html
     from tlsearch.report.domain_pca import domain_pca_section, pca_2d
 
@@ -172,7 +173,7 @@ def test_label_free_study_adapts_and_records_the_domain_game(tmp_path, capsys):
     assert f"({meta['domain_adaptation']['criterion']}=" in capsys.readouterr().err
     assert meta["domain_adaptation"]["adapted"] is True
     assert meta["domain_adaptation"]["target_fingerprint"] == s.user_attrs["tlsearch.target"]
-    assert meta["domain_adaptation"]["criterion"] == "bound_proxy"
+    assert meta["domain_adaptation"]["criterion"] == DEFAULT_DOMAIN_CRITERION
     assert meta["data"]["examples"]["target"] == 36
     assert meta["data"]["target_fingerprint"] == s.user_attrs["tlsearch.target"]
     assert "chosen without target labels" in (out / "MODEL_CARD.md").read_text()
@@ -251,6 +252,10 @@ def test_no_domain_section_without_target_data():
     assert cfg.value_name == "val_loss"
     cfg = parse_config({"name": "x", "n_trials": 1, "data": {"path": "d", "target": "t"},
                         "backbones": ["tiny_cnn"], "training": {"stage2_epochs": 0}})
+    assert cfg.value_name == DEFAULT_DOMAIN_CRITERION
+    cfg = parse_config({"name": "x", "n_trials": 1, "data": {"path": "d", "target": "t"},
+                        "backbones": ["tiny_cnn"], "training": {"stage2_epochs": 0},
+                        "domain_selection": "bound_proxy"})
     assert cfg.value_name == "bound_proxy"
 
 
@@ -291,7 +296,7 @@ def test_label_free_study_does_not_prune_on_the_source_loss(tmp_path, capsys):
     assert main(["run", str(study)]) == 0
     out = capsys.readouterr()
     said = (out.out + out.err).replace("\n", " ")
-    assert said.count("pruning off") == 1 and "bound_proxy" in said
+    assert said.count("pruning off") == 1 and DEFAULT_DOMAIN_CRITERION in said
     s = _load(study, "da")
     assert [t.state.name for t in s.trials] == ["COMPLETE"] * 4
     # with labelled target data every epoch reports the value that judges the trial: it prunes
@@ -304,7 +309,7 @@ def test_a_pruner_asked_for_on_a_label_free_study_is_refused(tmp_path, capsys):
     study = _da_study(tmp_path, pruner={"type": "median"})
     assert main(["validate", str(study)]) == 2
     err = capsys.readouterr().err
-    assert "`pruner.type`" in err and "bound_proxy" in err
+    assert "`pruner.type`" in err and DEFAULT_DOMAIN_CRITERION in err
     assert main(["run", str(study)]) == 2
     assert not (tmp_path / "da.db").exists()  # nothing written
     raw = yaml.safe_load(study.read_text())
@@ -387,8 +392,10 @@ def test_label_free_study_adapts_through_the_backbone_in_stage2(tmp_path, monkey
     lam = [h["lambda"] for h in hist]
     assert all(0 < a < b for a, b in zip(lam, lam[1:]))  # one ramp over both stages
     d = t.user_attrs["tlsearch.domain"]
-    assert d["criterion"] == "bound_proxy" and d["adapted"]
-    assert t.value == pytest.approx(d["bound_proxy"])
+    from tlsearch.params import DEFAULT_DOMAIN_CRITERION
+
+    assert d["criterion"] == DEFAULT_DOMAIN_CRITERION and d["adapted"]
+    assert t.value == pytest.approx(d[DEFAULT_DOMAIN_CRITERION])
     assert d["held_out_target"] == 9 and sorted(t.intermediate_values) == [0, 1, 2, 3]
 
     out = tmp_path / "export"

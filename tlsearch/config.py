@@ -28,7 +28,7 @@ from tlsearch._schema import ParamSpec, Range, Section
 from tlsearch.config_checks import semantic_problems
 from tlsearch._urls import journal_beside, sqlite_beside, sqlite_url
 from tlsearch.errors import ConfigError
-from tlsearch.params import DOMAIN_PARAMS, OBJECTIVES, PARAMS
+from tlsearch.params import DEFAULT_DOMAIN_CRITERION, DOMAIN_CRITERIA, DOMAIN_PARAMS, OBJECTIVES, PARAMS
 
 #: the largest seed NumPy and scikit-learn accept (2**32 - 1)
 SEED_MAX = 2**32 - 1
@@ -222,6 +222,11 @@ class StudyConfig(Section):
     objective: str = Field("val_loss", description="what trials are judged by (see params.OBJECTIVES)")
     objective_params: dict[str, Any] | None = Field(
         None, description="the objective's parameters, e.g. {specificity: 0.95} for val_sens_at_spec")
+    domain_selection: Literal[tuple(DOMAIN_CRITERIA)] = Field(  # type: ignore[valid-type]
+        DEFAULT_DOMAIN_CRITERION,
+        description="with `data.target` and no `data.target_validation`: the label-free "
+        "criterion trials are judged by (lower is better): reverse_validation, iwv, entropy, "
+        "info_max or bound_proxy (README, Domain adaptation)")
     n_trials: int | None = Field(None, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds after which no new trial "
                                   "starts (a running trial finishes)")
@@ -273,9 +278,10 @@ class StudyConfig(Section):
     @property
     def value_name(self) -> str:
         """What a trial's value is: the objective, or with ``data.target`` and no labelled target
-        data the label-free ``bound_proxy`` (lower is better; see tlsearch.train.dann_stage)."""
+        data the label-free criterion ``domain_selection`` (lower is better; see
+        tlsearch.train.dann_selection)."""
         if self.data.target is not None and self.data.target_validation is None:
-            return "bound_proxy"
+            return self.domain_selection
         return self.objective
 
     @property

@@ -88,6 +88,13 @@ def domain_problems(cfg: Any) -> list[str]:
     if d.target_validation is not None and d.validation is not None:
         problems.append("`data.target_validation`: with labelled target data every trial is judged "
                         "on it, so `data.validation` would go unused; give one of them")
+    if "domain_selection" in cfg.model_fields_set and (d.target is None
+                                                       or d.target_validation is not None):
+        problems.append("`domain_selection`: the label-free criterion judges a study with "
+                        "`data.target` and no `data.target_validation`; "
+                        + ("with labelled target data every trial is judged on it: leave "
+                           "`domain_selection` out" if d.target is not None else
+                           "set `data.target`, or leave `domain_selection` out"))
     if d.target is None:
         return problems
     if cfg.final.refit:
@@ -122,7 +129,7 @@ def domain_problems(cfg: Any) -> list[str]:
                             f"or give `data.target_validation`")
         if "type" in cfg.pruner.model_fields_set and cfg.pruner.type != "none":
             problems.append(f"`pruner.type`: without `data.target_validation` trials are judged "
-                            f"by bound_proxy on their last epoch, but a pruner judges the source "
+                            f"by {cfg.domain_selection} on their last epoch, but a pruner judges the source "
                             f"validation loss each epoch reports, and would remove the adapted "
                             f"trials first; got {cfg.pruner.type!r}: set `pruner: {{type: none}}` "
                             f"or leave `pruner` out (then nothing is pruned), or give labelled "

@@ -19,7 +19,8 @@ from tlsearch.metrics import Score
 __all__ = ["PREPROCESSING_MODES", "POOLING_MODES", "Param", "PARAMS", "Objective", "OBJECTIVES",
            "TrialParams", "UNFREEZE_ALL", "params_for", "objective", "objective_params", "compute",
            "positive_index",
-           "MODALITIES", "DOMAIN_PARAMS", "adapts", "adapts_backbone"]
+           "MODALITIES", "DOMAIN_PARAMS", "adapts", "adapts_backbone", "DOMAIN_CRITERIA",
+           "DEFAULT_DOMAIN_CRITERION", "criterion_statement"]
 
 #: the kinds of input a backbone takes; each has a :mod:`tlsearch.modalities` entry
 MODALITIES = ("image", "text")
@@ -146,6 +147,44 @@ PARAMS: dict[str, Param] = {p.name: p for p in (
 #: the study file's ``search.domain_adaptation`` keys -> the catalogue's parameters
 DOMAIN_PARAMS = {"lambda_max": "domain_lambda_max", "gamma": "domain_gamma",
                  "width": "domain_width", "stage": "domain_stage"}
+
+#: the label-free criteria a study with ``data.target`` and no ``data.target_validation`` may be
+#: judged by (``domain_selection``; all: lower is better; :mod:`tlsearch.train.dann_selection`
+#: computes them): what each is, and the Spearman rank correlation of its ranking (low values
+#: first) with target test accuracy measured on Fashion-MNIST -> Fashion-MNIST-M (BENCHMARKS.md,
+#: "Choosing without target labels": one study of 30 trials, 90% bootstrap interval; None: not
+#: measured)
+DOMAIN_CRITERIA: dict[str, tuple[str, str | None]] = {
+    "reverse_validation": ("reverse validation: a classifier trained on the target examples "
+                           "labelled by the trial, scored on labelled source validation data",
+                           "+0.51 (90% interval +0.28 to +0.66, 30 trials)"),
+    "iwv": ("importance-weighted source validation loss, its weights estimated once on the frozen "
+            "backbone's features", "-0.26 (90% interval -0.50 to +0.02, 30 trials)"),
+    "entropy": ("mean entropy of the trial's predictions on held-out target examples",
+                "+0.02 (90% interval -0.30 to +0.35, 30 trials)"),
+    "info_max": ("information maximisation: prediction entropy on held-out target examples plus "
+                 "how far their mean prediction is from uniform",
+                 "+0.47 (90% interval +0.22 to +0.66, 30 trials)"),
+    "bound_proxy": ("source validation error + max(0, 2 x held-out domain accuracy - 1)",
+                    "+0.70 (90% interval +0.48 to +0.82, 30 trials; -0.06 in an earlier "
+                    "16-trial study)"),
+}
+#: what a study without ``data.target_validation`` is judged by unless its file says otherwise
+DEFAULT_DOMAIN_CRITERION = "reverse_validation"
+
+
+def criterion_statement(criterion: str) -> str:
+    """Which criterion chose a domain-adapted model and how far to trust it, in one sentence
+    (the run's summary, the report and the model card say it)."""
+    if criterion == "target_validation":
+        return ("chosen on the labelled target data (`data.target_validation`): the objective "
+                "measured on the domain the model serves")
+    what, rho = DOMAIN_CRITERIA.get(criterion, (criterion, None))
+    measured = "not measured" if rho is None else f"Spearman {rho}"
+    return (f"chosen without target labels by {criterion} ({what}); how well it ranked trials "
+            f"by target accuracy on the benchmark Fashion-MNIST -> Fashion-MNIST-M, not on this "
+            f"study's data: {measured}. Label about 10 target examples per class and give them "
+            f"as `data.target_validation` to choose on the target itself")
 
 
 def adapts(params: TrialParams) -> bool:

@@ -151,7 +151,8 @@ def _finish(args, out: Console, summary: dict, cfg, prep) -> None:
         from tlsearch.report.sections import verdict_lines
 
         summary = {**summary, **extra, "verdict": verdict_lines(prep.study, cfg)
-                   if summary.get("best") else [], "resume": command}
+                   if summary.get("best") else [], "resume": command,
+                   **({"chosen_by": chosen_by(cfg)} if chosen_by(cfg) else {})}
         out.file.write(json.dumps(json_safe({"event": "summary", **summary})) + "\n")
         out.file.flush()
         return
@@ -217,6 +218,16 @@ def _after_study(out: Console | None, cfg, prep) -> dict:
     return found
 
 
+def chosen_by(cfg) -> str | None:
+    """With ``data.target``: which criterion judged the trials, and how far to trust it."""
+    from tlsearch.params import criterion_statement
+
+    if cfg.data.target is None:
+        return None
+    return criterion_statement("target_validation" if cfg.data.target_validation is not None
+                               else cfg.domain_selection)
+
+
 def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> None:
     from tlsearch._urls import redact_url
     from tlsearch.report.sections import verdict_lines
@@ -238,6 +249,8 @@ def _print_summary(out: Console, summary: dict, cfg, prep, args_study: str) -> N
         for k, v in best["params"].items():
             t.add_row(k, f"{v:.3g}" if isinstance(v, float) else str(v))
         out.print(t)
+        if chosen_by(cfg):
+            out.print(f"chosen by: {chosen_by(cfg)}", highlight=False, soft_wrap=True)
         for line in verdict_lines(prep.study, cfg):  # feature extraction or fine-tuning?
             out.print(f"verdict:   {line}", highlight=False, soft_wrap=True)
     else:

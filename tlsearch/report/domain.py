@@ -3,6 +3,7 @@ head sees the two domains (:func:`tlsearch.train.dann_stage.domain_report`)."""
 
 from __future__ import annotations
 
+from tlsearch.params import criterion_statement
 from tlsearch.report.parts import PALETTE, Section, finished, style, table
 from tlsearch.search.attrs import ATTR
 
@@ -27,9 +28,10 @@ def domain_section(study, cfg) -> Section | None:
         + ("the labelled target data" if labelled else "the source: no target labels") +
         "), and a fresh linear classifier's accuracy at telling the head's features of the two "
         "domains apart (source "
-        + ("training" if labelled else "validation") + " against held-out target; 0.5: aligned). Without target labels the trial value is bound_proxy = "
-        "validation error + (2 x domain accuracy - 1), a heuristic that cannot guarantee target "
-        "accuracy; DEV is shown for comparison and is unreliable when the domains barely overlap.")
+        + ("training" if labelled else "validation") + " against held-out target; 0.5: aligned). "
+        + ("" if labelled else "Without target labels the trial value is "
+           + criterion_statement(cfg.value_name) + ". ")
+        + "DEV is shown for comparison and is unreliable when the domains barely overlap.")
     if not trials:
         s.note = "No finished trial yet."
         return s

@@ -61,6 +61,8 @@ def study_fingerprint(cfg: StudyConfig, weights: Mapping[str, str], *, data: str
     for e in cfg.backbone_entries:
         out.update(frozen_part(e, weights=weights.get(e.name), image_size=cfg.data.image_size,
                                data=data, seed=cfg.seed).fingerprint(e.name))
+    if cfg.value_name != cfg.objective:  # judged by a label-free criterion
+        out["domain_selection"] = cfg.domain_selection
     if classes is not None:
         out["classes"] = classes
     return json.loads(json.dumps(out, default=str))
@@ -71,6 +73,9 @@ def _comparable(stored: Mapping[str, Any], now: Mapping[str, Any],
     """(stored fingerprint, keys to compare with ``now``). One stored in format 1 recorded, per
     backbone, its weights, and for a ``.keras`` file its preprocessing and block_ends as written
     (unset: None); the fields format 2 added are not held against such a study."""
+    if "domain_selection" in now and "domain_selection" not in stored:
+        # a label-free study stored before the setting existed was judged by bound_proxy
+        stored = {**stored, "domain_selection": "bound_proxy"}
     if stored.get(VERSION_KEY) is not None:
         return stored, set(stored) | set(now)
     old = dict(stored)

@@ -82,10 +82,11 @@ def make_pruner(cfg: StudyConfig) -> optuna.pruners.BasePruner:
     stage 2 on and hands it stage-2 epochs counted from 0.
 
     A study with ``data.target`` and no labelled target data prunes nothing: its epochs report
-    the *source* validation loss, but its trials are judged by the label-free ``bound_proxy`` of
-    their last epoch, and adaptation trades source loss for alignment, so a pruner on the source
-    loss removes exactly the adapted trials (:func:`pruning_note` says so at start-up; a pruner
-    the file asks for is refused by :func:`tlsearch.config_checks.domain_problems`)."""
+    the *source* validation loss, but its trials are judged by a label-free criterion
+    (``domain_selection``) on their last epoch, and adaptation trades source loss for alignment,
+    so a pruner on the source loss removes exactly the adapted trials (:func:`pruning_note` says
+    so at start-up; a pruner the file asks for is refused by
+    :func:`tlsearch.config_checks.domain_problems`)."""
     if _label_free(cfg):
         return optuna.pruners.NopPruner()
     if cfg.pruner.prune_stage1 or cfg.training.stage2_epochs == 0 or cfg.pruner.type == "none":

@@ -23,6 +23,7 @@ from tlsearch.config import StudyConfig
 from tlsearch.data import Dataset
 from tlsearch.errors import ArtifactWriteError, TrialFailure
 from tlsearch.modalities import Modality
+from tlsearch.params import DEFAULT_DOMAIN_CRITERION
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
 from tlsearch.search.attrs import ATTR
 from tlsearch.search.deadlines import HARD_TIMEOUT_NOTE, Deadlines, HardTimeout
@@ -128,20 +129,22 @@ def load_inputs(cfg: StudyConfig, *, warn: Callable[[str], None] = print,
         batch_size=cfg.training.batch_size, objective=cfg.objective,
         objective_params=judged_by, class_weight=cw_map,
         keep_bn_frozen=cfg.training.keep_bn_frozen, seed=cfg.seed,
-        domain_selection=domain_selection(data),
+        domain_selection=domain_selection(data, cfg.domain_selection),
     )
     return StudyInputs(cfg=cfg, data=data, source=source, schedule=schedule, modality=modality,
                        kind=kind, caps=caps, signature=sig, fingerprint=now,
                        objective_params=judged_by, ranking=ranking)
 
 
-def domain_selection(data: Dataset) -> str:
-    """How a study with ``data.target`` judges trials (:mod:`tlsearch.train.dann_stage`)."""
-    from tlsearch.train.dann_stage import LABEL_FREE, TARGET_LABELS
+def domain_selection(data: Dataset, label_free: str = DEFAULT_DOMAIN_CRITERION) -> str:
+    """How a study with ``data.target`` judges trials: on its labelled target data, else by the
+    label-free criterion ``label_free`` (the study file's ``domain_selection``;
+    :mod:`tlsearch.train.dann_selection`)."""
+    from tlsearch.train.dann_stage import TARGET_LABELS
 
     if data.x_target is None:
         return ""
-    return TARGET_LABELS if data.target_validation else LABEL_FREE
+    return TARGET_LABELS if data.target_validation else label_free
 
 
 def make_objective(prep: StudyInputs, progress: Progress,

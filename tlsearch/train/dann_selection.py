@@ -16,7 +16,11 @@ import numpy as np
 from tlsearch.train.dann import DANN, DEV_MIN_ESS_FRACTION, batched
 
 __all__ = ["dev_weights", "dev_risk", "dev_diagnostics", "heldout_domain_accuracy",
-           "selection_report"]
+           "selection_report", "bound_proxy", "prediction_entropy", "info_max",
+           "reverse_validation", "shared_weights", "iwv_risk"]
+
+#: weights above this many times their mean are clipped (:func:`shared_weights`)
+MAX_WEIGHT = 20.0
 
 
 def _discriminator(features: np.ndarray, domains: np.ndarray, seed: int):
@@ -185,5 +189,157 @@ def selection_report(model: DANN, x_source_val, y_source_val, x_target, *, x_sou
         **{"dev_" + k: v for k, v in dev_diagnostics(w).items()},
         "domain_accuracy": domain_accuracy,
         "own_domain_accuracy": model.own_domain_accuracy(x_source_val, x_target, batch_size),
-        "bound_proxy": (1.0 - accuracy) + (2.0 * domain_accuracy - 1.0),
+        "bound_proxy": bound_proxy(accuracy, domain_accuracy),
     }
+
+
+def _finite(x: float) -> float:
+    return float(x) if math.isfinite(float(x)) else math.nan
+
+
+def bound_proxy(accuracy: float, domain_accuracy: float) -> float:
+    """Source validation error + ``max(0, 2 * domain_accuracy - 1)``: the two measurable terms of
+    Ben-David et al.'s bound on the target error (2010), the proxy A-distance halved. A held-out
+    domain accuracy below 0.5 is chance, not a negative distance: that term is clipped at 0.
+    Assumes a classifier good on both domains at once exists (the bound's unknown third term)."""
+    return _finite((1.0 - accuracy) + max(0.0, 2.0 * domain_accuracy - 1.0))
+
+
+def _probabilities(probs) -> np.ndarray | None:
+    """Rows of finite class probabilities, renormalised; None when there are none."""
+    p = np.asarray(probs, dtype=np.float64)
+    p = p.reshape(len(p), -1) if p.ndim != 2 else p
+    p = p[np.all(np.isfinite(p), axis=1)]
+    if not len(p):
+        return None
+    p = np.clip(p, 0.0, None)
+    s = p.sum(axis=1, keepdims=True)
+    p = p[s[:, 0] > 0] / s[s[:, 0] > 0]
+    return p if len(p) else None
+
+
+def _entropy(p: np.ndarray) -> np.ndarray:
+    return -np.sum(np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0), axis=-1)
+
+
+def prediction_entropy(probs) -> float:
+    """Mean entropy (nats) of the class probabilities on unlabelled target examples; lower is
+    better. Entropy minimisation as a selection score (Grandvalet & Bengio, NIPS 2004; used to
+    choose adapted models by Morerio et al., ICLR 2018): it assumes a confident model is a right
+    one, which fails when a model is confidently wrong, or collapses onto few classes (see
+    :func:`info_max`). Rows that are not finite are left out; NaN when none is left."""
+    p = _probabilities(probs)
+    return math.nan if p is None else max(0.0, float(_entropy(p).mean()))
+
+
+def info_max(probs) -> float:
+    """Information maximisation on unlabelled target examples, lower is better: the mean
+    per-example entropy plus ``log K - H(mean prediction)`` (the KL divergence of the mean
+    prediction from uniform, K classes). This is the loss of Shi & Sha (ICML 2012) and SHOT
+    (Liang et al., ICML 2020) shifted by ``log K`` so it lies in ``[0, 2 log K]``: confident on
+    each example, yet using all classes; a model that puts everything in one class scores worse
+    than an equally confident one that spreads its predictions. Assumes the target's classes are
+    roughly balanced. NaN when no row is finite."""
+    p = _probabilities(probs)
+    if p is None:
+        return math.nan
+    k = p.shape[1]
+    diversity = math.log(k) - float(_entropy(p.mean(axis=0)))
+    return max(0.0, float(_entropy(p).mean()) + max(0.0, diversity))
+
+
+def reverse_validation(target_features, target_probs, source_features, source_labels, *,
+                       n_classes: int | None = None, seed: int = 0) -> dict[str, float]:
+    """Reverse validation (Zhong et al., ECML PKDD 2010; Ganin et al., JMLR 2016, section 5.1.2):
+    the target examples are labelled by the trial's own predictions, a *reverse* classifier is
+    trained on them (target features, pseudo-labels) and scored on labelled source validation
+    examples. Lower is better: ``loss`` (cross-entropy, at least 0) and ``error``. A trial whose
+    pseudo-labels are wrong on the target (classes swapped, collapsed) teaches the reverse
+    classifier the wrong rule and scores badly on the source.
+
+    Ganin et al. train a whole reverse DANN; here the reverse classifier is a scaled logistic
+    regression on the trial's own features (the head's hidden layer), fitted in seconds. It
+    assumes those features carry the class structure to the source side, and that the source
+    validation examples were not trained on by the reverse classifier (they never are). NaN (both)
+    when a feature or probability is not finite."""
+    ft = np.asarray(target_features, dtype=np.float64).reshape(len(target_features), -1)
+    fs = np.asarray(source_features, dtype=np.float64).reshape(len(source_features), -1)
+    pt = np.asarray(target_probs, dtype=np.float64)
+    y = np.asarray(source_labels).astype(int).ravel()
+    nan = {"loss": math.nan, "error": math.nan}
+    if not (len(ft) and len(fs) and np.all(np.isfinite(ft)) and np.all(np.isfinite(fs))
+            and np.all(np.isfinite(pt))):
+        return nan
+    k = int(n_classes or max(pt.shape[1], int(y.max()) + 1))
+    pseudo = pt.argmax(axis=1)
+    probs = np.full((len(fs), k), 1e-7)
+    classes = np.unique(pseudo)
+    if len(classes) == 1:  # one class for every target example: that is all it can predict
+        probs[:, classes[0]] = 1.0
+    else:
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=500,
+                                                                 random_state=seed))
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # convergence at max_iter is fine for a score
+            clf.fit(ft, pseudo)
+            probs[:, clf.classes_] = np.maximum(clf.predict_proba(fs), 1e-7)
+    loss = -np.log(np.clip(probs[np.arange(len(y)), y], 1e-7, 1.0))
+    return {"loss": max(0.0, _finite(loss.mean())),
+            "error": _finite(np.mean(probs.argmax(axis=1) != y))}
+
+
+_SHARED: dict[tuple, np.ndarray] = {}
+
+
+def shared_weights(source_features, target_features, *, source_train_features=None,
+                   seed: int = 0, max_weight: float = MAX_WEIGHT) -> np.ndarray:
+    """Importance weights ``p_target / p_source`` for the labelled source examples, estimated on
+    features every trial shares (the frozen backbone's pooled output), so that every trial's
+    weighted loss (:func:`iwv_risk`) is over the same weights and the values compare across trials
+    (Sugiyama, Krauledat & Müller, JMLR 2007, importance-weighted cross-validation). The density
+    ratio comes from a domain classifier (:func:`dev_weights`); the weights are normalised to mean
+    1 and clipped at ``max_weight``, which trades a little bias for a bounded variance (the risk
+    is self-normalised, so the clipped weights need no second normalisation). Assumes covariate shift in the backbone's feature space (the class given
+    the features is the same in both domains) and a target whose support lies inside the source's.
+
+    Computed once per set of features and seed and kept (a study's trials all ask for the same)."""
+    fs = np.ascontiguousarray(np.asarray(source_features, dtype=np.float32))
+    ft = np.ascontiguousarray(np.asarray(target_features, dtype=np.float32))
+    fr = (None if source_train_features is None
+          else np.ascontiguousarray(np.asarray(source_train_features, dtype=np.float32)))
+    import hashlib
+
+    h = hashlib.sha1()
+    for a in (fs, ft, fr):
+        h.update(b"none" if a is None else repr(a.shape).encode() + a.tobytes())
+    key = (h.hexdigest(), seed, float(max_weight))
+    if key not in _SHARED:
+        w = dev_weights(fs, ft, source_train_features=fr, seed=seed)
+        w = np.where(np.isfinite(w), w, 0.0)
+        w = np.clip(w / w.mean(), 0.0, max_weight) if w.mean() > 0 else np.ones_like(w)
+        if len(_SHARED) >= 4:
+            _SHARED.pop(next(iter(_SHARED)))
+        _SHARED[key] = w
+    return _SHARED[key].copy()
+
+
+def iwv_risk(losses, weights) -> float:
+    """Importance-weighted validation loss ``sum(w * l) / sum(w)`` (self-normalised, so at least
+    0 and within the losses' range) of one trial's per-example source validation losses under the
+    study's shared weights (:func:`shared_weights`); lower is better. Examples whose loss is not
+    finite count at the largest finite loss; NaN when none is finite."""
+    l = np.asarray(losses, dtype=np.float64).ravel()
+    w = np.asarray(weights, dtype=np.float64).ravel()
+    if len(l) != len(w):
+        raise ValueError(f"{len(w)} weights for {len(l)} losses")
+    ok = np.isfinite(l)
+    if not ok.any() or not np.sum(w) > 0:
+        return math.nan
+    l = np.where(ok, l, l[ok].max())
+    return max(0.0, float(np.sum(w * l) / np.sum(w)))

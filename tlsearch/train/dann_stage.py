@@ -38,10 +38,9 @@ from tlsearch.train.rows import pick
 from tlsearch.train.stages import GradualFineTuneStage, HeadStage, stage2_rates, unfreeze_target
 
 __all__ = ["DomainHeadStage", "DomainFineTuneStage", "backbone_dann", "target_split",
-           "domain_report", "LABEL_FREE", "TARGET_LABELS", "DOMAIN_KEYS"]
+           "domain_report", "TARGET_LABELS", "DOMAIN_KEYS"]
 
 #: how a study with ``data.target`` judges its trials
-LABEL_FREE = "bound_proxy"  # no target labels: source val error + (2 x domain accuracy - 1)
 TARGET_LABELS = "target_validation"  # the objective on ``data.target_validation``
 
 #: the numbers an adapted epoch records besides the study's metrics
@@ -104,7 +103,8 @@ class DomainFineTuneStage(GradualFineTuneStage):
     def runs(self, plan: TrialPlan) -> bool:
         if not super().runs(plan):
             return False
-        return plan.schedule.domain_selection != LABEL_FREE or adapts_backbone(plan.params)
+        label_free = plan.schedule.domain_selection not in ("", TARGET_LABELS)
+        return not label_free or adapts_backbone(plan.params)
 
     def run(self, state: TrialContext) -> None:
         if not adapts_backbone(state.params):
@@ -245,26 +245,37 @@ def domain_report(state: TrialContext, weights: dict[str, list[np.ndarray]],
       source vs held-out target examples (0.5: the domains look alike to it). The source side is
       the source validation split; with labelled target data, which takes the validation split's
       place, it is the source training split (the only source examples there are);
-    * ``bound_proxy``: validation error + (2 x domain_accuracy - 1), the two measurable terms of
-      Ben-David et al.'s bound on the target error: the label-free criterion;
+    * the label-free criteria (:mod:`tlsearch.train.dann_selection`; lower is better, none
+      negative), one of which judges the trial without labelled target data (``criterion``):
+      ``bound_proxy`` (validation error + max(0, 2 x domain_accuracy - 1), the two measurable
+      terms of Ben-David et al.'s bound on the target error); ``reverse_validation`` (with
+      ``reverse_validation_error``: a classifier trained on the held-out target examples labelled
+      by the head, scored on the labelled source examples); ``iwv`` (with
+      ``iwv_effective_sample_size``: the source examples' losses weighted by density ratios
+      estimated once, on the backbone's pooled features every trial shares); ``entropy`` and
+      ``info_max`` (of the head's predictions on the held-out target examples);
     * ``dev_risk`` with ``dev_reliable``, ``dev_effective_sample_size``, ``dev_mean_weight``:
       Deep Embedded Validation (You et al., 2019), for comparison, on the same source examples and
       their losses; unreliable when the features of the domains barely overlap
       (:mod:`tlsearch.train.dann_selection`).
     """
-    from tlsearch.train.dann_selection import (dev_diagnostics, dev_risk, dev_weights,
-                                               heldout_domain_accuracy)
+    from tlsearch.train.dann_selection import (bound_proxy, dev_diagnostics, dev_risk,
+                                               dev_weights, heldout_domain_accuracy, info_max,
+                                               iwv_risk, prediction_entropy, reverse_validation,
+                                               shared_weights)
 
     p, s, data = state.params, state.schedule, state.data
+    # the backbone's pooled features: the head's inputs in stage 1, and for every trial the
+    # shared space importance weights are estimated in
+    f_tr, f_va = state.source.frozen_outputs(p.backbone, 0, p)
+    f_t = state.source.target_outputs(p.backbone, p)
+    f_t = f_t[target_split(len(f_t), s.seed)[1]]
     if stage == 2:  # the kept epoch adapted through the backbone: through its top blocks
-        (h_tr, probs_tr), (h_va, probs), (h_t, _) = state.domain_features(weights)
+        (h_tr, probs_tr), (h_va, probs), (h_t, probs_t) = state.domain_features(weights)
     else:
-        f_tr, f_va = state.source.frozen_outputs(p.backbone, 0, p)
-        f_t = state.source.target_outputs(p.backbone, p)
-        f_t = f_t[target_split(len(f_t), s.seed)[1]]
         h_tr, probs_tr = head_outputs(weights, f_tr)
         h_va, probs = head_outputs(weights, f_va)
-        h_t, _ = head_outputs(weights, f_t)
+        h_t, probs_t = head_outputs(weights, f_t)
     y = np.asarray(data.y_val)
     losses = _losses(probs, y)
     accuracy = float(np.mean(probs.argmax(1) == y))
@@ -273,13 +284,22 @@ def domain_report(state: TrialContext, weights: dict[str, list[np.ndarray]],
         # the validation data is target data: the source side is the source's only labelled
         # examples, the training split (the head has seen them, so DEV's losses are optimistic)
         h_src, src_losses, h_fit = h_tr, _losses(probs_tr, np.asarray(data.y_train)), None
+        y_src, f_src, f_fit = np.asarray(data.y_train), f_tr, None
     else:
         h_src, src_losses, h_fit = h_va, losses, h_tr
+        y_src, f_src, f_fit = y, f_va, f_tr
     dacc = heldout_domain_accuracy(h_src, h_t, seed=s.seed)
+    rv = reverse_validation(h_t, probs_t, h_src, y_src, n_classes=data.n_classes, seed=s.seed)
+    # one set of weights for every trial of the study: on the backbone's features, not the head's
+    shared = shared_weights(f_src, f_t, source_train_features=f_fit, seed=s.seed)
     out: dict[str, Any] = {
         "adapted": adapts(p), "on": "target_validation" if labelled else "source",
         "val_loss": float(losses.mean()), "val_accuracy": accuracy,
-        "domain_accuracy": dacc, "bound_proxy": (1.0 - accuracy) + (2.0 * dacc - 1.0),
+        "domain_accuracy": dacc, "bound_proxy": bound_proxy(accuracy, dacc),
+        "reverse_validation": rv["loss"], "reverse_validation_error": rv["error"],
+        "iwv": iwv_risk(src_losses, shared),
+        "iwv_effective_sample_size": dev_diagnostics(shared)["effective_sample_size"],
+        "entropy": prediction_entropy(probs_t), "info_max": info_max(probs_t),
         "held_out_target": int(len(h_t)),
     }
     # with source training features the discriminator is fitted on them (as in the paper) and

@@ -26,7 +26,7 @@ from tlsearch.metrics import balanced_class_weights
 from tlsearch.params import OBJECTIVES, TrialParams
 from tlsearch.train.augment import Augmenter, EpochBatches, dataset_augmenter
 from tlsearch.train.context import Inputs, TrialContext, TrialPlan
-from tlsearch.train.dann_stage import (LABEL_FREE, DomainFineTuneStage, DomainHeadStage,
+from tlsearch.train.dann_stage import (TARGET_LABELS, DomainFineTuneStage, DomainHeadStage,
                                        domain_report)
 from tlsearch.train.features import BackboneSource
 from tlsearch.train.schedule import METRIC_KEYS, Schedule
@@ -236,7 +236,7 @@ class _RunningTrial(TrialContext):
         self.augment = augment
         self.on_epoch, self.on_batch = on_epoch, on_batch
         #: label-free selection keeps the last epoch and measures no standard error
-        self.label_free = schedule.domain_selection == LABEL_FREE
+        self.label_free = schedule.domain_selection not in ("", TARGET_LABELS)
         self.tracker = _Tracker(schedule.objective, schedule.maximize,
                                 keep_last=self.label_free or schedule.keep_last)
         self.history: list[EpochRecord] = []
@@ -346,8 +346,11 @@ def run_trial(params: TrialParams, schedule: Schedule, data: Dataset, source: Ba
             best.stage == 2 and state.domain_features is not None)):
         result.domain = {"criterion": schedule.domain_selection,
                          **domain_report(state, tracker.weights, best.stage)}
-        if label_free:
-            result.value = float(result.domain["bound_proxy"])
+        if label_free:  # judged by the study's label-free criterion, stored beside the others
+            value = result.domain.get(schedule.domain_selection)
+            if value is None or not math.isfinite(value):
+                raise NonFiniteLoss(f"{schedule.domain_selection} is not finite for this trial")
+            result.value = float(value)
         result.seconds = time.perf_counter() - t0
     return result
 

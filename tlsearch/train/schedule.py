@@ -33,8 +33,8 @@ class Schedule:
     keep_bn_frozen: bool = True
     seed: int = 0
     #: with ``data.target``: how trials are judged, ``train.dann_stage.TARGET_LABELS`` (the
-    #: objective on labelled target data, best epoch) or ``LABEL_FREE`` (a label-free proxy on
-    #: the last epoch); "" without target data
+    #: objective on labelled target data, best epoch) or the name of a label-free criterion
+    #: (``params.DOMAIN_CRITERIA``, on the last epoch); "" without target data
     domain_selection: str = ""
     #: keep the last epoch rather than the best: a refit (:mod:`tlsearch.export.refit`) trains on
     #: the validation examples too, so nothing is left to choose an epoch on
