@@ -230,14 +230,18 @@ def summarize(res: dict) -> tuple[dict, str]:
                    "gap_closed_mean": statistics.fmean(gaps) if gaps else None,
                    "spearman_mean": statistics.fmean(rhos) if rhos else None,
                    "per_seed": acc}
+    src = over["source_only/label-free"]["target_test_accuracy_mean"]
+    top = over["ceiling"]["target_test_accuracy_mean"]
+    for o in over.values():  # steadier than the mean of per-seed fractions when a gap is small
+        o["gap_closed_of_means"] = (o["target_test_accuracy_mean"] - src) / (top - src) if top > src else None
 
     def f(v, fmt="{:.3f}"):
         return "n/a" if v is None else fmt.format(v)
 
     seeds = [s["seed"] for s in res["seeds"]]
     lines = [f"| choice | how | " + " | ".join(f"seed {s}: test acc / gap / rho" for s in seeds)
-             + " | mean test acc | mean gap closed | mean rho |",
-             "|---|---|" + "---|" * (len(seeds) + 3)]
+             + " | mean test acc | mean gap closed | gap closed of means | mean rho |",
+             "|---|---|" + "---|" * (len(seeds) + 4)]
     for n in names:
         cells = []
         for s in res["seeds"]:
@@ -247,34 +251,40 @@ def summarize(res: dict) -> tuple[dict, str]:
         o = over[n]
         lines.append(f"| {n} | {o['mode']} | " + " | ".join(cells) +
                      f" | {f(o['target_test_accuracy_mean'])} | {f(o['gap_closed_mean'], '{:+.0%}')} | "
+                     f"{f(o['gap_closed_of_means'], '{:+.0%}')} | "
                      f"{f(o['spearman_mean'], '{:+.2f}')} |")
     return over, "\n".join(lines)
 
 
 def goals(over: dict, a) -> dict:
-    """The issue's targets, judged on the means over seeds."""
+    """The issue's targets, judged on the gap the mean accuracies over seeds close (and the mean
+    Spearman); the best of the DANN arms' choices for each k, so an optimistic reading."""
     out = {}
     arms = ARMS[1:]
     for k in sorted(set(a.labelled_studies) | set(a.ks)):
         keys = [f"{arm}/k{k}" for arm in arms if f"{arm}/k{k}" in over] + \
                [f"{arm}/rerank-k{k}" for arm in arms if f"{arm}/rerank-k{k}" in over]
         if keys:
-            best = max(keys, key=lambda n: over[n]["gap_closed_mean"] if over[n]["gap_closed_mean"] is not None else -9)
+            best = max(keys, key=lambda n: _gap(over[n]))
             out[f"k{k}_best_dann_choice_closes_half"] = {
-                "choice": best, "gap_closed_mean": over[best]["gap_closed_mean"],
-                "met": (over[best]["gap_closed_mean"] or -9) >= 0.5}
+                "choice": best, "gap_closed": over[best]["gap_closed_of_means"],
+                "met": _gap(over[best]) >= 0.5}
     lf = [f"{arm}/label-free" for arm in arms]
-    best = max(lf, key=lambda n: over[n]["gap_closed_mean"] if over[n]["gap_closed_mean"] is not None else -9)
+    best = max(lf, key=lambda n: _gap(over[n]))
     out["label_free_closes_a_quarter_and_ranks"] = {
-        "choice": best, "gap_closed_mean": over[best]["gap_closed_mean"],
+        "choice": best, "gap_closed": over[best]["gap_closed_of_means"],
         "spearman_mean": over[best]["spearman_mean"],
-        "met": (over[best]["gap_closed_mean"] or -9) >= 0.25 and (over[best]["spearman_mean"] or -9) >= 0.5}
+        "met": _gap(over[best]) >= 0.25 and (over[best]["spearman_mean"] or -9) >= 0.5}
     return out
 
 
+def _gap(o: dict) -> float:
+    return o["gap_closed_of_means"] if o["gap_closed_of_means"] is not None else -9.0
+
+
 def _write(res: dict, table: str, out: Path) -> None:
-    text = [table, "", "Goals (means over seeds):"]
-    text += [f"- {n}: {g['choice']}, gap closed {_pct(g['gap_closed_mean'])}"
+    text = [table, "", "Goals (gap closed by the mean accuracy over seeds; the best DANN choice):"]
+    text += [f"- {n}: {g['choice']}, gap closed {_pct(g['gap_closed'])}"
              + (f", Spearman {_num(g['spearman_mean'])}" if "spearman_mean" in g else "")
              + f": {'met' if g['met'] else 'missed'}" for n, g in res["goals"].items()]
     out.mkdir(parents=True, exist_ok=True)
