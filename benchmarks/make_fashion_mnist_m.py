@@ -19,6 +19,15 @@ writes ``source_{train,val,test}.npz`` and ``target_{train,val,test}.npz`` (``x`
 ``y`` int64, ``class_names``, and ``fashion_index``: which Fashion-MNIST image of which split) and
 ``meta.json``. ``target_train`` is meant to be used without its
 labels (they are kept for analysis).
+
+Without Debian's Fashion-MNIST, ``--from-sample`` builds a small slice from the images every
+clone has (``studies/data/fashion-sample``: 60 a class from Fashion-MNIST's training split;
+``studies/data/fashion-test``: 40 a class from its test split) in a second:
+
+    python benchmarks/make_fashion_mnist_m.py --from-sample --out data/fashion-mnist-m-slice
+
+Its sizes (``SLICE_SIZES``): source 200 train / 100 val / 200 test, target 200 train / 100 val /
+200 test. Enough to check a study file or a script, not to measure anything.
 """
 
 from __future__ import annotations
@@ -40,9 +49,16 @@ CLASSES = ["tshirt_top", "trouser", "pullover", "dress", "coat",
 #: that also ship with it are left out: MNIST-M's patches come from natural photographs
 PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "motorcycle_left", "motorcycle_right")
 
+REPO = Path(__file__).resolve().parent.parent
+#: the committed PNG sample (class folders): Fashion-MNIST's train and test splits, in part
+SAMPLE_DIRS = {"train": REPO / "studies" / "data" / "fashion-sample",
+               "test": REPO / "studies" / "data" / "fashion-test"}
 SPLITS = ("source_train", "source_val", "source_test", "target_train", "target_val", "target_test")
 DEFAULT_SIZES = {"source_train": 2000, "source_val": 500, "source_test": 1000,
                  "target_train": 2000, "target_val": 500, "target_test": 1000}
+#: what the committed sample holds: 600 training and 400 test images, all used
+SLICE_SIZES = {"source_train": 200, "source_val": 100, "source_test": 200,
+               "target_train": 200, "target_val": 100, "target_test": 200}
 
 
 def load_photos() -> dict[str, np.ndarray]:
@@ -74,6 +90,23 @@ def read_fashion(split: str, root: Path = FASHION_DIR) -> tuple[np.ndarray, np.n
         raise SystemExit(f"Fashion-MNIST is not installed ({root} is missing): "
                          f"apt-get install -y dataset-fashion-mnist") from None
     return x, y
+
+
+def read_sample(split: str, dirs: dict[str, Path] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The committed PNG sample of Fashion-MNIST's ``split`` as (N x 28 x 28 uint8, labels), in the
+    order of the file names (``train-01234.png``: image 1234 of that split)."""
+    from PIL import Image
+
+    root = Path((dirs or SAMPLE_DIRS)[split])
+    xs, ys = [], []
+    for c, name in enumerate(CLASSES):
+        files = sorted((root / name).glob("*.png"))
+        if not files:
+            raise SystemExit(f"the Fashion-MNIST sample is missing: no images in {root / name}")
+        for f in files:
+            xs.append(np.asarray(Image.open(f).convert("L"), np.uint8))
+            ys.append(c)
+    return np.stack(xs), np.array(ys, np.int64)
 
 
 def stratified_disjoint(y: np.ndarray, sizes: list[int], rng: np.random.Generator) -> list[np.ndarray]:
@@ -121,12 +154,20 @@ def blend(gray: np.ndarray, photos: list[np.ndarray], rng: np.random.Generator) 
 
 
 def build(out_dir: Path, *, seed: int = 0, size: int = 28, sizes: dict[str, int] | None = None,
-          fashion_dir: Path = FASHION_DIR) -> dict:
-    """Write the six splits into ``out_dir``; returns what ``meta.json`` records."""
-    sizes = {**DEFAULT_SIZES, **(sizes or {})}
+          fashion_dir: Path = FASHION_DIR, from_sample: bool = False) -> dict:
+    """Write the six splits into ``out_dir``; returns what ``meta.json`` records.
+
+    ``from_sample``: take the images from the committed PNG sample instead of Debian's
+    Fashion-MNIST (sizes default to ``SLICE_SIZES``; ``fashion_index`` then indexes the sample).
+    """
+    sizes = {**(SLICE_SIZES if from_sample else DEFAULT_SIZES), **(sizes or {})}
     rng = np.random.default_rng(seed)
-    x_tr, y_tr = read_fashion("train", fashion_dir)
-    x_te, y_te = read_fashion("test", fashion_dir)
+    if from_sample:
+        x_tr, y_tr = read_sample("train")
+        x_te, y_te = read_sample("test")
+    else:
+        x_tr, y_tr = read_fashion("train", fashion_dir)
+        x_te, y_te = read_fashion("test", fashion_dir)
     from_train = ["source_train", "source_val", "target_train", "target_val"]
     from_test = ["source_test", "target_test"]
     idx = dict(zip(from_train, stratified_disjoint(y_tr, [sizes[s] for s in from_train], rng)))
@@ -136,6 +177,8 @@ def build(out_dir: Path, *, seed: int = 0, size: int = 28, sizes: dict[str, int]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = {"seed": seed, "size": size, "sizes": sizes, "photos": list(PHOTOS),
+            "fashion": "committed sample (studies/data/fashion-sample, fashion-test)" if from_sample
+            else "Fashion-MNIST",
             "recipe": "target = |fashion - random photo crop| per channel (MNIST-M)", "files": {}}
     for split in SPLITS:
         xs, ys = (x_tr, y_tr) if split in from_train else (x_te, y_te)
@@ -163,11 +206,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--size", type=int, default=28, help="image side in pixels (MNIST-M: 28)")
+    ap.add_argument("--from-sample", action="store_true",
+                    help="a small slice from the committed PNG sample (no Debian package needed)")
     for split in SPLITS:
-        ap.add_argument(f"--n-{split.replace('_', '-')}", type=int, default=DEFAULT_SIZES[split])
+        ap.add_argument(f"--n-{split.replace('_', '-')}", type=int, default=None,
+                        help=f"default {DEFAULT_SIZES[split]} ({SLICE_SIZES[split]} with --from-sample)")
     a = ap.parse_args(argv)
-    sizes = {s: getattr(a, "n_" + s) for s in SPLITS}
-    meta = build(a.out, seed=a.seed, size=a.size, sizes=sizes)
+    sizes = {s: getattr(a, "n_" + s) for s in SPLITS if getattr(a, "n_" + s) is not None}
+    meta = build(a.out, seed=a.seed, size=a.size, sizes=sizes, from_sample=a.from_sample)
     print(json.dumps(meta["files"]))
     return 0
 

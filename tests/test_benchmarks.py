@@ -10,7 +10,9 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+import yaml
 
 from tests.conftest import REPO
 
@@ -173,3 +175,41 @@ def test_tiny_sizes_fit_the_committed_sample_without_debian_data(tmp_path, monke
     # a size the sample cannot hold is refused by name, not with numpy's words
     with pytest.raises(SystemExit, match="validation split asks for"):
         common.load_data(common.Settings(n_train=300, n_val=400, image_size=32, tiny=True))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_domain_selection_modes_benchmark_judges_every_choice(tmp_path, bench_env):
+    """Fashion-MNIST-M from the committed sample (Debian's hidden): every arm chosen label-free,
+    re-ranked with k labelled target images a class and judged on them, against the ceiling."""
+    r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "domain_selection_modes.py"),
+                        "--tiny", "--out", str(tmp_path)], env=bench_env, capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert "sample" in res["data"]["fashion"]
+    choices = res["seeds"][0]["choices"]
+    expected = {"ceiling"} | {f"{arm}/{mode}" for arm in ("source_only", "head_dann", "backbone_dann")
+                              for mode in ("label-free", "rerank-k2", "rerank-k5", "k5")}
+    assert set(choices) == expected
+    for name, c in choices.items():
+        assert 0.0 <= c["target_test_accuracy"] <= 1.0, name
+        assert c["n_trials"] == 2 and "spearman" in c and "gap_closed" in c, name
+    assert choices["source_only/label-free"]["mode"] == "label-free: val_loss"
+    assert choices["head_dann/label-free"]["mode"] == "label-free: bound_proxy"
+    assert choices["backbone_dann/label-free"]["mode"] == "label-free: bound_proxy"
+    studies = res["seeds"][0]["studies"]
+    # the backbone arm unfreezes a block and adapts through it; the labelled studies judged on k=5
+    spec = yaml.safe_load((tmp_path / "studies" / "seed0" / "backbone_dann-label-free" /
+                           "backbone_dann.yaml").read_text())
+    assert spec["search"]["unfreeze_blocks"] == 1 and spec["training"]["stage2_epochs"] == 1
+    assert spec["search"]["domain_adaptation"]["stage"] == "backbone"
+    assert all("lr_stage2" in t["params"] for t in studies["backbone_dann/label-free"]["trials"])
+    assert studies["head_dann/k5"]["value_name"] == "val_loss"
+    assert set(res["over_seeds"]) == expected and "label_free_closes_a_quarter_and_ranks" in res["goals"]
+    # the labelled images come from the target's training split, never its test split
+    with np.load(tmp_path / "fashion-mnist-m" / "target_train.npz") as f:
+        train = {x.tobytes() for x in f["x"]}
+    with np.load(tmp_path / "target_labelled_k5_seed0.npz") as f:
+        assert all(x.tobytes() in train for x in f["x"]) and np.bincount(f["y"]).tolist() == [5] * 10
+    assert "| choice |" in (tmp_path / "results.md").read_text()

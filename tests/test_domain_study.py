@@ -229,17 +229,6 @@ def test_text_study_adapts_with_tiny_bert(tmp_path):
     assert all(0.0 <= h["domain_accuracy"] <= 1.0 for h in t.user_attrs["tlsearch.history"])
 
 
-def test_the_fashion_mnist_m_study_validates(capsys):
-    study = REPO / "studies" / "fashion-mnist-m-dann.yaml"
-    cfg = yaml.safe_load(study.read_text())
-    data = study.parent / Path(cfg["data"]["path"]).parent
-    if not (data / "target_train.npz").is_file():
-        pytest.skip(f"Fashion-MNIST-M is not built: run `python benchmarks/make_fashion_mnist_m.py "
-                    f"--out {data.relative_to(REPO)}` (needs the Fashion-MNIST files)")
-    assert main(["validate", str(study)]) == 0
-    assert "domain_lambda_max" in capsys.readouterr().out
-
-
 def test_no_domain_section_without_target_data():
     import optuna
 

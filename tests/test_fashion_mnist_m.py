@@ -96,3 +96,67 @@ def test_stratified_disjoint_never_reuses_an_index():
     assert len(np.unique(allidx)) == 300
     with pytest.raises(ValueError, match="not enough"):
         fmm.stratified_disjoint(y, [200, 200], rng)
+
+
+def test_the_sample_slice_builds_without_debian_fashion_mnist(tmp_path, monkeypatch):
+    monkeypatch.setattr(fmm, "FASHION_DIR", tmp_path / "no-debian-fashion-mnist")
+    meta = fmm.build(tmp_path / "slice", seed=0, from_sample=True)
+    assert meta["sizes"] == fmm.SLICE_SIZES and "sample" in meta["fashion"]
+    data = {s: fmm.load_split(tmp_path / "slice", s) for s in fmm.SPLITS}
+    for split, (x, y) in data.items():
+        assert x.shape == (fmm.SLICE_SIZES[split], 28, 28, 3) and x.dtype == np.uint8
+        assert np.bincount(y, minlength=10).tolist() == [fmm.SLICE_SIZES[split] // 10] * 10
+    # the labels are the sample's folders: a source image is the sample file of its class
+    x_sample, y_sample = fmm.read_sample("train")
+    with np.load(tmp_path / "slice" / "source_train.npz") as f:
+        np.testing.assert_array_equal(f["x"][..., 0], x_sample[f["fashion_index"]])
+        np.testing.assert_array_equal(f["y"], y_sample[f["fashion_index"]])
+
+
+def _shipped_study_on_the_slice(tmp_path: Path, **overrides) -> Path:
+    """studies/fashion-mnist-m-dann.yaml, unchanged but for ``overrides``, next to a slice built
+    from the committed sample where its relative data paths point."""
+    import yaml
+
+    study = fmm.REPO / "studies" / "fashion-mnist-m-dann.yaml"
+    cfg = yaml.safe_load(study.read_text())
+    data_dir = tmp_path / Path(cfg["data"]["path"]).parent
+    fmm.build(data_dir, seed=0, from_sample=True)
+    for key, value in overrides.items():
+        section, _, name = key.partition(".")
+        if name:
+            cfg[section][name] = value
+        else:
+            cfg[section] = value
+    out = tmp_path / study.name
+    out.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return out
+
+
+def test_the_fashion_mnist_m_study_validates(tmp_path, monkeypatch, capsys):
+    """The shipped study checks out on a fresh clone: its data built from the committed sample."""
+    from tlsearch.cli import main
+
+    monkeypatch.setattr(fmm, "FASHION_DIR", tmp_path / "no-debian-fashion-mnist")
+    study = _shipped_study_on_the_slice(tmp_path)
+    assert main(["validate", str(study)]) == 0
+    assert "domain_lambda_max" in capsys.readouterr().out
+
+
+@pytest.mark.timeout(300)
+def test_one_tiny_trial_of_the_fashion_mnist_m_study_runs(tmp_path, monkeypatch):
+    """The same study file, run for one trial on tiny_cnn at 32 px (the real backbone is the
+    benchmark's business): the slice is data a study can train on and judge label-free."""
+    import optuna
+
+    from tlsearch.cli import main
+
+    monkeypatch.setattr(fmm, "FASHION_DIR", tmp_path / "no-debian-fashion-mnist")
+    study = _shipped_study_on_the_slice(
+        tmp_path, n_trials=1, backbones=["tiny_cnn"], **{"data.image_size": 32,
+                                                        "training.stage1_epochs": 2})
+    assert main(["run", str(study)]) == 0
+    s = optuna.load_study(study_name="fashion-mnist-m-dann",
+                          storage=f"sqlite:///{tmp_path / 'fashion-mnist-m-dann.db'}")
+    assert [t.state.name for t in s.trials] == ["COMPLETE"]
+    assert np.isfinite(s.trials[0].value)
