@@ -186,6 +186,8 @@ def test_domain_selection_modes_benchmark_judges_every_choice(tmp_path, bench_en
                         "--tiny", "--out", str(tmp_path)], env=bench_env, capture_output=True,
                        text=True)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    from tlsearch.params import DEFAULT_DOMAIN_CRITERION
+
     res = json.loads((tmp_path / "results.json").read_text())
     assert "sample" in res["data"]["fashion"]
     choices = res["seeds"][0]["choices"]
@@ -196,8 +198,8 @@ def test_domain_selection_modes_benchmark_judges_every_choice(tmp_path, bench_en
         assert 0.0 <= c["target_test_accuracy"] <= 1.0, name
         assert c["n_trials"] == 2 and "spearman" in c and "gap_closed" in c, name
     assert choices["source_only/label-free"]["mode"] == "label-free: val_loss"
-    assert choices["head_dann/label-free"]["mode"] == "label-free: bound_proxy"
-    assert choices["backbone_dann/label-free"]["mode"] == "label-free: bound_proxy"
+    assert choices["head_dann/label-free"]["mode"] == f"label-free: {DEFAULT_DOMAIN_CRITERION}"
+    assert choices["backbone_dann/label-free"]["mode"] == f"label-free: {DEFAULT_DOMAIN_CRITERION}"
     studies = res["seeds"][0]["studies"]
     # the backbone arm unfreezes a block and adapts through it; the labelled studies judged on k=5
     spec = yaml.safe_load((tmp_path / "studies" / "seed0" / "backbone_dann-label-free" /
