@@ -391,6 +391,37 @@ def test_a_swallowed_interrupt_still_stops_the_run_at_its_next_safe_point(tmp_pa
     assert capsys.readouterr().err.count("interrupted:") == 1
 
 
+def test_a_stop_that_native_code_returns_as_another_error_is_an_interrupt(tmp_path, monkeypatch,
+                                                                         capfd):
+    """SIGTERM (a worker's parent killed) raised its KeyboardInterrupt inside TensorFlow's native
+    code, which handed it back as ``SystemError: ... returned a result with an exception set``:
+    the trial failed with no reason, Optuna printed the traceback and the worker exited 1 without
+    its line (found by the chaos run, benchmarks/chaos_run.py). Once the stop is asked for, such an
+    error is the interrupt: the trial fails as ``interrupted`` and the run stops with one line."""
+    from tlsearch.search import deadlines
+    from tlsearch.search.progress import Progress
+
+    make_image_folder(tmp_path / "images", per_class=6, size=8)
+    study = study_file(tmp_path, n_trials=3)
+
+    def epoch_then_sigterm_inside_tensorflow(self, rec):
+        deadlines.STOP.set()  # what the handler does before it raises
+        raise SystemError("<built-in method  of PyCapsule object at 0x7f1fc2f28600> returned a "
+                          "result with an exception set")
+
+    monkeypatch.setattr(Progress, "epoch", epoch_then_sigterm_inside_tensorflow)
+    capfd.readouterr()
+    try:
+        assert main(["run", str(study)]) == 130
+    finally:
+        deadlines.STOP.clear()
+    got = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
+    assert [(t.state, t.user_attrs.get(FAILURE)) for t in got] == [(TrialState.FAIL, "interrupted")]
+    shown = "".join(capfd.readouterr())
+    assert "Traceback" not in shown and "SystemError" not in shown, shown
+    assert shown.count("interrupted:") == 1, shown
+
+
 def test_a_dropped_connection_logged_by_the_pool_is_one_line(caplog):
     """SQLAlchemy's pool logs a connection the server dropped with its traceback; once a storage
     is opened the record is one line without it, and other errors keep theirs."""

@@ -25,7 +25,7 @@ from tlsearch.errors import ArtifactWriteError, TrialFailure
 from tlsearch.modalities import Modality
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
 from tlsearch.search.attrs import ATTR
-from tlsearch.search.deadlines import HARD_TIMEOUT_NOTE, Deadlines, HardTimeout
+from tlsearch.search.deadlines import HARD_TIMEOUT_NOTE, STOP, Deadlines, HardTimeout
 from tlsearch.search.failures import as_trial_failure
 from tlsearch.search.inputs import caps as study_caps
 from tlsearch.search.inputs import (check_inputs, check_writable, class_weight_map,
@@ -208,6 +208,13 @@ def make_objective(prep: StudyInputs, progress: Progress,
             raise
         except Exception as e:
             failure = as_trial_failure(e)
+            if failure is None and STOP.is_set():
+                # the stop (SIGTERM, the parent gone) raised its KeyboardInterrupt inside native
+                # code, which handed it back as another error (TensorFlow: a SystemError, "returned
+                # a result with an exception set"): the trial was interrupted, not broken
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr(ATTR["failure"], "interrupted")
+                raise KeyboardInterrupt from e
             if failure is None:
                 raise
             trial.set_user_attr(ATTR["failure"], str(failure))
