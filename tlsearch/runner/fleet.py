@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -28,7 +29,7 @@ from tlsearch.runner.prepare import PreparedStudy
 from tlsearch.runner.quota import TrialQuota
 from tlsearch.runner.stale import Retry, fail_trials_of
 from tlsearch.runner.stop import with_stop_reason
-from tlsearch.runner.workers import RECYCLE, spawn_workers
+from tlsearch.runner.workers import RECYCLE, parent_gone, spawn_workers
 from tlsearch.search.deadlines import STOP
 from tlsearch.search.progress import Progress
 from tlsearch.search.study import summarize
@@ -165,19 +166,31 @@ def interrupt_on_sigterm() -> Iterator[None]:
     """SIGTERM ends a run as Ctrl-C does: the running trial fails as ``interrupted``, one line."""
 
     def interrupt(signum, frame):
-        # once: a second SIGTERM (the parent's death is told twice) must not cut short the
-        # recording of the first one's trial; STOP stays set, so that a KeyboardInterrupt that
+        # once: a second SIGTERM (a parent's death is told once per thread of it) must not cut the
+        # recording of the first one's trial short; STOP stays set, so that a KeyboardInterrupt that
         # Python swallowed still stops the run at its next safe point
         STOP.set()
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         raise KeyboardInterrupt
+
+    def unraisable(args) -> None:
+        # the interrupt raised where Python cannot raise it (a weakref callback, a __del__):
+        # Python prints "Exception ignored in ..." with a traceback; STOP carries the stop on
+        if issubclass(args.exc_type, KeyboardInterrupt) and STOP.is_set():
+            return
+        hook(args)
 
     STOP.clear()  # a new run (the tests run several in one process)
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     old = signal.signal(signal.SIGTERM, interrupt)
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        # a worker whose parent is gone is told so again by each of the parent's threads as it
+        # ends (Linux's parent-death signal): SIGTERM stays ignored while this process ends, or
+        # its default action killed the worker silently (exit -15) after its run had unwound
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if STOP.is_set() and parent_gone() else old)
+        sys.unraisablehook = hook

@@ -202,18 +202,12 @@ def make_objective(prep: StudyInputs, progress: Progress,
             raise
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, the parent gone: say why it failed
-            with contextlib.suppress(Exception):
-                trial.set_user_attr(ATTR["failure"], "interrupted")
-            raise
         except Exception as e:
             failure = as_trial_failure(e)
             if failure is None and STOP.is_set():
                 # the stop (SIGTERM, the parent gone) raised its KeyboardInterrupt inside native
                 # code, which handed it back as another error (TensorFlow: a SystemError, "returned
                 # a result with an exception set"): the trial was interrupted, not broken
-                with contextlib.suppress(Exception):
-                    trial.set_user_attr(ATTR["failure"], "interrupted")
                 raise KeyboardInterrupt from e
             if failure is None:
                 raise
@@ -237,7 +231,15 @@ def make_objective(prep: StudyInputs, progress: Progress,
             raise
         return result.value
 
-    return hooks.wrap(objective)
+    def interruptible(trial: optuna.Trial) -> float:
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, the parent gone: say why it failed, wherever
+            with contextlib.suppress(Exception):  # it landed (training, or the trial's start)
+                trial.set_user_attr(ATTR["failure"], "interrupted")
+            raise
+
+    return hooks.wrap(interruptible)
 
 
 def summarize(study: optuna.Study) -> dict:
