@@ -382,6 +382,61 @@ def test_postgres_workers_survive_dropped_connections_with_two_each(tmp_path, sm
     print(f"most connections seen for 2 workers + parent: {most}")
 
 
+def test_a_connection_dropped_while_the_study_opens_is_opened_again(tmp_path, small_images,
+                                                                     monkeypatch):
+    """Every connection of a study terminated while a process was still opening it: the process
+    exited 2 ("storage: cannot open ...: terminating connection due to administrator command"),
+    or printed a traceback reading the finished trials (found by the chaos test on a busy
+    machine). While the server answers new connections the study is opened again, and a study
+    whose creation was cut short is completed; a server that does not answer is named at once.
+    (Simulated on SQLite: the dropped connection is raised where PostgreSQL's would be.)"""
+    from sqlalchemy.exc import OperationalError
+
+    import tlsearch.runner.prepare as prepare_module
+    from tlsearch.config import load_config
+    from tlsearch.errors import StorageError
+
+    dropped = OperationalError("SELECT", {}, Exception("terminating connection due to "
+                                                      "administrator command"))
+    cfg = load_config(study_file(tmp_path, n_trials=2))
+    real_load, real_get, real_set = (optuna.load_study, optuna.Study.get_trials,
+                                     optuna.Study.set_user_attr)
+    cuts = {"load": 0, "get": 0, "set": 0}
+
+    def cut(what, real):
+        def call(*a, **k):
+            if cuts[what] == 1:
+                cuts[what] = 0
+                raise dropped
+            cuts[what] = max(0, cuts[what] - 1)
+            return real(*a, **k)
+        return call
+
+    monkeypatch.setattr(optuna, "load_study", cut("load", real_load))
+    monkeypatch.setattr(optuna.Study, "get_trials", cut("get", real_get))
+    monkeypatch.setattr(optuna.Study, "set_user_attr", cut("set", real_set))
+    monkeypatch.setattr(prepare_module, "server_answers", lambda url: True)
+    monkeypatch.setattr(prepare_module, "RETRY_DELAYS", (0.01, 0.01, 0.01))
+
+    # the first read of the storage, and the first count of finished trials
+    cuts.update(load=1, get=1)
+    prepared = prepare_module.prepare(cfg, storage_url=f"sqlite:///{tmp_path / 'a.db'}",
+                                      warn=lambda *a: None)
+    assert prepared.finished == 0 and cuts == {"load": 0, "get": 0, "set": 0}
+    # the creation, cut after the third of its attributes: completed on the next try
+    cuts.update(set=3)
+    prepared = prepare_module.prepare(cfg, storage_url=f"sqlite:///{tmp_path / 'b.db'}",
+                                      warn=lambda *a: None)
+    assert cuts["set"] == 0
+    assert prepared.study.user_attrs == prepared.study_attrs()
+    # a server that does not answer: at once, by name
+    monkeypatch.setattr(prepare_module, "server_answers", lambda url: False)
+    cuts.update(load=1)
+    with pytest.raises(StorageError, match="storage: cannot open .*terminating connection"):
+        prepare_module.prepare(cfg, storage_url=f"sqlite:///{tmp_path / 'c.db'}",
+                               warn=lambda *a: None)
+
+
 @pytest.mark.slow
 @pytest.mark.postgres
 def test_chaos_on_one_postgres_study(tmp_path, small_images, pg_url, monkeypatch):

@@ -24,6 +24,7 @@ from typing import Callable, Iterator
 
 from tlsearch.errors import TooManyFailures, UserError, WorkersFailed
 from tlsearch.optuna_adapter import storage_engine
+from tlsearch.runner.locks import retrying
 from tlsearch.runner.loop import run_trials
 from tlsearch.runner.prepare import PreparedStudy
 from tlsearch.runner.quota import TrialQuota
@@ -104,7 +105,7 @@ def run_workers(prep: PreparedStudy, study_file: str, n: int, *, n_trials: int |
         argv += ["--recycle-after", str(recycle_after)]
     codes = spawn_workers(argv, n, storage_url=url,
                           on_exit=lambda pid, code: worker_died(prep, pid, code, say))
-    summary = summarize(prep.study)
+    summary = retrying(lambda: summarize(prep.study), url=url)
     target = n_trials or cfg.n_trials
     finished = summary["states"].get("COMPLETE", 0) + summary["states"].get("PRUNED", 0)
     bad = {i + 1: c for i, c in enumerate(codes) if c != 0}
