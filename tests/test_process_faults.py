@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -203,10 +204,42 @@ def test_a_worker_whose_parent_is_gone_ignores_sigterm_while_it_ends(monkeypatch
         deadlines.STOP.clear()
 
 
+def test_a_sigterm_arriving_while_the_first_is_handled_does_not_hang_the_worker(monkeypatch):
+    """A worker whose parent was killed gets SIGTERM once per thread of the parent: one landed
+    while the handler of the first was inside ``STOP.set()``, whose lock its own thread held, and
+    the worker hung for ever (found by the chaos run, benchmarks/chaos_run.py). Here the second
+    SIGTERM is delivered inside ``STOP.set()``; a handler that set STOP again would re-enter."""
+    import tlsearch.runner.fleet as fleet
+
+    entered: list[str] = []
+    handler: list = []
+
+    class SecondSigtermInside(threading.Event):
+        def set(self) -> None:
+            if "set" in entered:
+                entered.append("set again, its lock held: a hang")
+                return
+            entered.append("set")
+            handler[0](signal.SIGTERM, None)  # the second one, tripped before it was ignored
+            super().set()
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(fleet, "STOP", SecondSigtermInside())
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with fleet.interrupt_on_sigterm():
+                handler.append(signal.getsignal(signal.SIGTERM))
+                handler[0](signal.SIGTERM, None)  # the first one
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert entered == ["set"] and fleet.STOP.is_set()
+
+
 def test_an_interrupt_python_cannot_raise_prints_no_traceback_once_stopping(monkeypatch):
     """A SIGTERM landing in a weakref callback or a ``__del__``: Python cannot raise its
     KeyboardInterrupt there and printed "Exception ignored in ..." with a traceback; the stop
-    goes on through STOP. Other errors there are still reported."""
+    goes on through STOP. So does a second SIGTERM found once SIGTERM is ignored. Other errors
+    there are still reported."""
     from tlsearch.runner.fleet import interrupt_on_sigterm
     from tlsearch.search import deadlines
 
@@ -227,6 +260,10 @@ def test_an_interrupt_python_cannot_raise_prints_no_traceback_once_stopping(monk
             deadlines.STOP.set()  # what the SIGTERM handler does first
             Interrupted()
             Broken()
+            race = OSError("Signal 15 ignored due to race condition")  # a second SIGTERM
+            sys.unraisablehook(type("Args", (), dict(exc_type=OSError, exc_value=race,
+                                                     exc_traceback=None, err_msg=None,
+                                                     object=None)))
     finally:
         deadlines.STOP.clear()
     assert seen == [KeyboardInterrupt, ValueError]

@@ -166,18 +166,30 @@ def describe_exit(code: int) -> str:
 def interrupt_on_sigterm() -> Iterator[None]:
     """SIGTERM ends a run as Ctrl-C does: the running trial fails as ``interrupted``, one line."""
 
+    stopping: list[bool] = []
+
     def interrupt(signum, frame):
         # once: a second SIGTERM (a parent's death is told once per thread of it) must not cut the
-        # recording of the first one's trial short; STOP stays set, so that a KeyboardInterrupt that
-        # Python swallowed still stops the run at its next safe point
-        STOP.set()
+        # recording of the first one's trial short. Ignored first, and a handler entered again
+        # (a SIGTERM that came meanwhile) returns at once: one that landed inside STOP.set()
+        # waited for the lock its own thread held, and the worker hung for ever. STOP stays set,
+        # so that a KeyboardInterrupt that Python swallowed still stops the run at its next safe
+        # point
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if stopping:
+            return
+        stopping.append(True)
+        STOP.set()
         raise KeyboardInterrupt
 
     def unraisable(args) -> None:
         # the interrupt raised where Python cannot raise it (a weakref callback, a __del__):
-        # Python prints "Exception ignored in ..." with a traceback; STOP carries the stop on
-        if issubclass(args.exc_type, KeyboardInterrupt) and STOP.is_set():
+        # Python prints "Exception ignored in ..." with a traceback; STOP carries the stop on.
+        # So does a SIGTERM that came while the first was handled, once it is ignored ("Signal
+        # 15 ignored due to race condition")
+        if STOP.is_set() and (issubclass(args.exc_type, KeyboardInterrupt) or (
+                issubclass(args.exc_type, OSError)
+                and "ignored due to race condition" in str(args.exc_value))):
             return
         hook(args)
 
