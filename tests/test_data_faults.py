@@ -281,6 +281,31 @@ def test_a_failed_artifact_write_raises_artifact_write_error(tmp_path, monkeypat
     assert list((tmp_path / "arts").iterdir()) == []  # no partial file left
 
 
+def test_a_disk_that_fills_mid_study_stops_it_with_one_line_and_no_traceback(tmp_path, monkeypatch,
+                                                                              capfd):
+    """The folder took the probe, then filled before a trial's weights were written: the trial
+    fails with the reason and the run stops with one line. Optuna logged the error with its
+    whole traceback beside it (found by the chaos run, benchmarks/chaos_run.py)."""
+    make_image_folder(tmp_path / "images", per_class=4, size=8)
+    study = write_study(tmp_path / "study.yaml", n_trials=2,
+                        data={"validation_split": 0.34, "image_size": 8},
+                        search={"unfreeze_blocks": 0, "head_width": 8})
+
+    def full(src, dst, *a):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr("shutil.copyfileobj", full)
+    capfd.readouterr()
+    assert main(["run", str(study)]) == ArtifactWriteError.exit_code
+    got = capfd.readouterr()
+    shown = got.out + got.err
+    assert "Traceback" not in shown, shown
+    assert shown.count("cannot write trial weights") == 1, shown
+    (t,) = optuna.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}").trials
+    assert t.state.name == "FAIL"
+    assert "No space left on device" in t.user_attrs["tlsearch.failure"]
+
+
 # --- 9. the feature cache ----------------------------------------------------------------------
 
 def test_cache_write_failure_warns_once_and_carries_on(tmp_path, monkeypatch):

@@ -17,18 +17,20 @@ from __future__ import annotations
 import contextlib
 import signal
 import socket
+import sys
 import threading
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
 
 from tlsearch.errors import TooManyFailures, UserError, WorkersFailed
 from tlsearch.optuna_adapter import storage_engine
+from tlsearch.runner.locks import retrying
 from tlsearch.runner.loop import run_trials
 from tlsearch.runner.prepare import PreparedStudy
 from tlsearch.runner.quota import TrialQuota
 from tlsearch.runner.stale import Retry, fail_trials_of
 from tlsearch.runner.stop import with_stop_reason
-from tlsearch.runner.workers import RECYCLE, spawn_workers
+from tlsearch.runner.workers import RECYCLE, parent_gone, spawn_workers
 from tlsearch.search.deadlines import STOP
 from tlsearch.search.progress import Progress
 from tlsearch.search.study import summarize
@@ -103,7 +105,7 @@ def run_workers(prep: PreparedStudy, study_file: str, n: int, *, n_trials: int |
         argv += ["--recycle-after", str(recycle_after)]
     codes = spawn_workers(argv, n, storage_url=url,
                           on_exit=lambda pid, code: worker_died(prep, pid, code, say))
-    summary = summarize(prep.study)
+    summary = retrying(lambda: summarize(prep.study), url=url)
     target = n_trials or cfg.n_trials
     finished = summary["states"].get("COMPLETE", 0) + summary["states"].get("PRUNED", 0)
     bad = {i + 1: c for i, c in enumerate(codes) if c != 0}
@@ -164,20 +166,44 @@ def describe_exit(code: int) -> str:
 def interrupt_on_sigterm() -> Iterator[None]:
     """SIGTERM ends a run as Ctrl-C does: the running trial fails as ``interrupted``, one line."""
 
+    stopping: list[bool] = []
+
     def interrupt(signum, frame):
-        # once: a second SIGTERM (the parent's death is told twice) must not cut short the
-        # recording of the first one's trial; STOP stays set, so that a KeyboardInterrupt that
-        # Python swallowed still stops the run at its next safe point
-        STOP.set()
+        # once: a second SIGTERM (a parent's death is told once per thread of it) must not cut the
+        # recording of the first one's trial short. Ignored first, and a handler entered again
+        # (a SIGTERM that came meanwhile) returns at once: one that landed inside STOP.set()
+        # waited for the lock its own thread held, and the worker hung for ever. STOP stays set,
+        # so that a KeyboardInterrupt that Python swallowed still stops the run at its next safe
+        # point
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        if stopping:
+            return
+        stopping.append(True)
+        STOP.set()
         raise KeyboardInterrupt
+
+    def unraisable(args) -> None:
+        # the interrupt raised where Python cannot raise it (a weakref callback, a __del__):
+        # Python prints "Exception ignored in ..." with a traceback; STOP carries the stop on.
+        # So does a SIGTERM that came while the first was handled, once it is ignored ("Signal
+        # 15 ignored due to race condition")
+        if STOP.is_set() and (issubclass(args.exc_type, KeyboardInterrupt) or (
+                issubclass(args.exc_type, OSError)
+                and "ignored due to race condition" in str(args.exc_value))):
+            return
+        hook(args)
 
     STOP.clear()  # a new run (the tests run several in one process)
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     old = signal.signal(signal.SIGTERM, interrupt)
+    hook, sys.unraisablehook = sys.unraisablehook, unraisable
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        # a worker whose parent is gone is told so again by each of the parent's threads as it
+        # ends (Linux's parent-death signal): SIGTERM stays ignored while this process ends, or
+        # its default action killed the worker silently (exit -15) after its run had unwound
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if STOP.is_set() and parent_gone() else old)
+        sys.unraisablehook = hook

@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from tlsearch.errors import TooManyFailures, TrialFailure, is_connection_error
+from tlsearch.runner.locks import retrying
 from tlsearch.runner.prepare import PreparedStudy
 from tlsearch.runner.quota import DONE, WAIT, TrialQuota
 from tlsearch.runner.stop import with_stop_reason
@@ -49,6 +50,14 @@ class FailureGuard:
         return self.count >= self.limit
 
 
+def _best(study: optuna.Study) -> tuple[int, float] | None:
+    try:
+        bt = study.best_trial
+    except ValueError:
+        return None
+    return bt.number, float(bt.value)  # type: ignore[arg-type]
+
+
 def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None = None,
                poll: float | None = None, max_here: int | None = None,
                who: str = "this run") -> dict:
@@ -65,12 +74,7 @@ def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None 
     cfg = prep.cfg
     progress.value_label = cfg.value_name
     target = n_trials or cfg.n_trials
-    best = None
-    try:
-        bt = prep.study.best_trial
-        best = (bt.number, float(bt.value))  # type: ignore[arg-type]
-    except ValueError:
-        pass
+    best = retrying(lambda: _best(prep.study), url=prep.storage_url)
     guard = FailureGuard(cfg.training.max_consecutive_failures)
     quota = TrialQuota(prep.study, prep.storage_url, cfg.heartbeat.max_retry, who)
     poll = poll if poll is not None else min(5.0, float(cfg.heartbeat.interval))
@@ -129,7 +133,8 @@ def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None 
             f"{guard.count} trials failed in a row; the study was stopped:\n{reasons}\n"
             f"Fix the cause and run the same command again: the study resumes."
         )
-    summary = with_stop_reason(summarize(prep.study), "recycle" if recycle else reason, target)
+    summary = with_stop_reason(retrying(lambda: summarize(prep.study), url=prep.storage_url),
+                               "recycle" if recycle else reason, target)
     if recycle:
         summary["recycle"] = True
     return summary

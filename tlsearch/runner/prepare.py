@@ -9,6 +9,7 @@ database exactly as it was.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, fields
 from typing import Callable
 
@@ -17,11 +18,12 @@ import optuna
 from tlsearch import space
 from tlsearch._urls import redact_url
 from tlsearch.config import StudyConfig
-from tlsearch.errors import UserError
-from tlsearch.runner.locks import study_lock
+from tlsearch.errors import StorageError, UserError, is_connection_error
+from tlsearch.runner.locks import RETRY_DELAYS, retrying, study_lock
 from tlsearch.runner.journal_grpc import check_other_storage
 from tlsearch.runner.sqlite_probe import check_sqlite_writable
-from tlsearch.runner.storage import check_url, open_storage, sqlite_missing
+from tlsearch.runner.storage import (check_url, open_storage, server_answers, sqlite_missing,
+                                     storage_error)
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore
 from tlsearch.search.attrs import ATTR, FINISHED
 from tlsearch.search.resume import check_resume
@@ -41,7 +43,9 @@ class PreparedStudy(StudyInputs):
 
     @property
     def finished(self) -> int:
-        return len(self.study.get_trials(deepcopy=False, states=FINISHED))
+        """The study's finished trials (read again after a lost connection)."""
+        return retrying(lambda: len(self.study.get_trials(deepcopy=False, states=FINISHED)),
+                        url=self.storage_url)
 
 
 def load_study(cfg: StudyConfig, url: str | None = None) -> optuna.Study:
@@ -67,10 +71,31 @@ def open_study(inputs: StudyInputs, url: str | None = None) -> optuna.Study:
     sampler, the stored snapshot and the warm start are made from; hence no separate ``cfg``.
     Runs under a lock shared by every process using the storage
     (:func:`~tlsearch.runner.locks.study_lock`): workers started at the same moment on a fresh
-    database would otherwise all try to create Optuna's tables, and most would crash."""
+    database would otherwise all try to create Optuna's tables, and most would crash.
+
+    A connection the server dropped meanwhile (a restart, ``pg_terminate_backend``) is opened
+    again while the server answers new ones (for about a minute); a server that does not answer
+    is named at once (:class:`~tlsearch.errors.StorageError`)."""
     cfg = inputs.cfg
     url = url or cfg.storage_url
     check_url(url)
+    began: list[bool] = []  # set once this run has created the study
+    for delay in (*RETRY_DELAYS, None):
+        try:
+            return _open_study(inputs, url, began)
+        except Exception as e:
+            if not is_connection_error(e):
+                raise
+            if delay is None or not server_answers(url):
+                if isinstance(e, StorageError):
+                    raise
+                raise storage_error(url, e) from None
+        time.sleep(delay)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _open_study(inputs: StudyInputs, url: str, began: list[bool]) -> optuna.Study:
+    cfg = inputs.cfg
     lock = study_lock(url, "storage")
     try:
         with lock.held():
@@ -80,23 +105,35 @@ def open_study(inputs: StudyInputs, url: str | None = None) -> optuna.Study:
                                           sampler=make_sampler(cfg), pruner=make_pruner(cfg))
             except KeyError:
                 study = None
-            if study is not None:
+            if study is not None and began:  # created here, its connection lost before the end
+                _complete(study, inputs)
+            elif study is not None:
                 check_resume(study, cfg, inputs.signature, inputs.fingerprint)
                 if ATTR["objective_params"] not in study.user_attrs:  # stored before they were
                     study.set_user_attr(ATTR["objective_params"], inputs.objective_params)
             else:
+                began.append(True)
                 study = optuna.create_study(
                     study_name=cfg.name, storage=storage, direction=cfg.direction,  # type: ignore[arg-type]
                     sampler=make_sampler(cfg), pruner=make_pruner(cfg),
                 )
-                for key, value in inputs.study_attrs().items():
-                    study.set_user_attr(key, value)
-                if cfg.sampler.warm_start and not study.trials:
-                    study.enqueue_trial(space.warm_start(cfg, inputs.modality, inputs.caps),
-                                        skip_if_exists=True)
+                _complete(study, inputs)
     finally:
         lock.close()
     return study
+
+
+def _complete(study: optuna.Study, inputs: StudyInputs) -> None:
+    """What a new study holds besides its name: the inputs' attributes (those not stored yet)
+    and the warm-start trial."""
+    cfg = inputs.cfg
+    stored = study.user_attrs
+    for key, value in inputs.study_attrs().items():
+        if key not in stored:
+            study.set_user_attr(key, value)
+    if cfg.sampler.warm_start and not study.trials:
+        study.enqueue_trial(space.warm_start(cfg, inputs.modality, inputs.caps),
+                            skip_if_exists=True)
 
 
 def prepare(cfg: StudyConfig, *, storage_url: str | None = None,

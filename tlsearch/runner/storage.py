@@ -25,7 +25,7 @@ from tlsearch.runner.journal_grpc import (check_other_url, open_other_storage, o
                                           storage_kind)
 
 __all__ = ["redact_url", "storage_error", "engine_kwargs", "check_url", "open_storage",
-           "sqlite_missing", "PG_POOL_SIZE"]
+           "sqlite_missing", "server_answers", "PG_POOL_SIZE"]
 
 
 def storage_error(url: str, e: BaseException) -> StorageError:
@@ -148,6 +148,30 @@ def open_storage(cfg: StudyConfig, url: str | None = None, *, heartbeat: bool = 
         return HeartbeatSafeStorage(url, engine_kwargs=engine_kwargs(url), **hb)
     except (SQLAlchemyError, ImportError, ValueError) as e:
         raise storage_error(url, e) from None
+
+
+def server_answers(url: str) -> bool:
+    """Whether the database server at ``url`` takes a new connection now: after a connection it
+    dropped (a restart, ``pg_terminate_backend``), another try is worth it; a server that does
+    not answer, or refuses this user, is not waited for. False for SQLite and journal files."""
+    if storage_kind(url) is not None or url.startswith("sqlite"):
+        return False
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    try:
+        engine = create_engine(url, poolclass=NullPool,
+                               connect_args=engine_kwargs(url).get("connect_args", {}))
+    except Exception:
+        return False
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT 1")
+        return True
+    except Exception:
+        return False
+    finally:
+        engine.dispose()
 
 
 def sqlite_missing(url: str) -> bool:

@@ -27,6 +27,7 @@ __all__ = [
     "wait_recycling",
     "parent_gone",
     "die_with_parent",
+    "watch_parent",
     "device_env",
     "visible_gpus",
     "worker_memory_plan",
@@ -110,9 +111,27 @@ def wait_recycling(procs: list, start: Callable[[int], subprocess.Popen], *,
 
 
 def parent_gone() -> bool:
-    """In a worker started by :func:`spawn_workers`: whether the parent that started it is gone."""
+    """In a worker started by :func:`spawn_workers`: whether the parent that started it is gone,
+    or going. Linux sends ``PR_SET_PDEATHSIG`` when the parent's thread that started the worker
+    ends; while the parent's other threads still end, the worker's parent id is the parent's
+    (the worker is handed to one of them) and the parent is a zombie: gone as well."""
     parent = os.environ.get("TLSEARCH_PARENT_PID", "")
-    return parent.isdigit() and os.getppid() != int(parent)
+    return parent.isdigit() and _gone(int(parent))
+
+
+def _gone(parent: int) -> bool:
+    return os.getppid() != parent or _process_state(parent) in ("Z", "X", None)
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` from /proc (``Z`` for a zombie); None when it is not
+    there, ``?`` where /proc is not (the process is then taken to run)."""
+    if not Path("/proc/self").exists():
+        return "?"
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
 
 
 def die_with_parent() -> None:
@@ -128,15 +147,22 @@ def die_with_parent() -> None:
         except (OSError, AttributeError):
             pass
 
-    def watch() -> None:
-        from tlsearch.search.deadlines import STOP
+    threading.Thread(target=watch_parent, args=(int(parent),), name="tlsearch-parent-watch",
+                     daemon=True).start()
 
-        while os.getppid() == int(parent):
-            time.sleep(1.0)
-        STOP.set()  # whatever became of the signal, the run stops at its next safe point
-        os.kill(os.getpid(), signal.SIGTERM)
 
-    threading.Thread(target=watch, name="tlsearch-parent-watch", daemon=True).start()
+def watch_parent(parent: int, interval: float = 1.0) -> None:
+    """Wait for ``parent`` to be gone, then stop this process as SIGTERM does, unless it is already
+    stopping (the parent-death signal came first): once the run has unwound, SIGTERM's default
+    action is back, and this second signal killed the worker silently (exit -15, no line)."""
+    from tlsearch.search.deadlines import STOP
+
+    while not _gone(parent):
+        time.sleep(interval)
+    if STOP.is_set():
+        return
+    STOP.set()  # whatever becomes of the signal, the run stops at its next safe point
+    os.kill(os.getpid(), signal.SIGTERM)
 
 
 def device_env(i: int, gpus: list[str] | None = None) -> dict[str, str]:

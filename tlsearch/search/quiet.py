@@ -1,5 +1,6 @@
-"""Optuna logs a trial ended by Ctrl-C, or by a :class:`~tlsearch.errors.TrialFailure`, as a failure
-with a traceback; tlsearch says "interrupted", or the trial's reason, in one line of its own, so
+"""Optuna logs a trial ended by Ctrl-C, by a :class:`~tlsearch.errors.TrialFailure` or by an
+:class:`~tlsearch.errors.ArtifactWriteError` (the weights found no room) as a failure with a
+traceback; tlsearch says "interrupted", the trial's reason, or the error's one line of its own, so
 those records are dropped while a trial runs. Tracebacks are for bugs: any other error keeps its."""
 
 from __future__ import annotations
@@ -17,10 +18,11 @@ class _DropInterrupts(logging.Filter):
         self.interrupted = False
 
     def filter(self, record: logging.LogRecord) -> bool:
-        from tlsearch.errors import TrialFailure
+        from tlsearch.errors import ArtifactWriteError, TrialFailure
 
         exc = record.exc_info[0] if record.exc_info else None
-        if exc is not None and issubclass(exc, (KeyboardInterrupt, TrialFailure)):
+        if exc is not None and issubclass(exc, (KeyboardInterrupt, TrialFailure,
+                                                ArtifactWriteError)):
             self.interrupted = True
             return False
         # Optuna's second line about the same trial ("Trial 3 failed with value None.")

@@ -26,7 +26,7 @@ from tlsearch.modalities import Modality
 from tlsearch.params import DEFAULT_DOMAIN_CRITERION
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
 from tlsearch.search.attrs import ATTR
-from tlsearch.search.deadlines import HARD_TIMEOUT_NOTE, Deadlines, HardTimeout
+from tlsearch.search.deadlines import HARD_TIMEOUT_NOTE, STOP, Deadlines, HardTimeout
 from tlsearch.search.failures import as_trial_failure
 from tlsearch.search.inputs import caps as study_caps
 from tlsearch.search.inputs import (check_inputs, check_writable, class_weight_map,
@@ -205,12 +205,13 @@ def make_objective(prep: StudyInputs, progress: Progress,
             raise
         except optuna.TrialPruned:
             raise
-        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, the parent gone: say why it failed
-            with contextlib.suppress(Exception):
-                trial.set_user_attr(ATTR["failure"], "interrupted")
-            raise
         except Exception as e:
             failure = as_trial_failure(e)
+            if failure is None and STOP.is_set():
+                # the stop (SIGTERM, the parent gone) raised its KeyboardInterrupt inside native
+                # code, which handed it back as another error (TensorFlow: a SystemError, "returned
+                # a result with an exception set"): the trial was interrupted, not broken
+                raise KeyboardInterrupt from e
             if failure is None:
                 raise
             trial.set_user_attr(ATTR["failure"], str(failure))
@@ -233,7 +234,15 @@ def make_objective(prep: StudyInputs, progress: Progress,
             raise
         return result.value
 
-    return hooks.wrap(objective)
+    def interruptible(trial: optuna.Trial) -> float:
+        try:
+            return objective(trial)
+        except KeyboardInterrupt:  # Ctrl-C, SIGTERM, the parent gone: say why it failed, wherever
+            with contextlib.suppress(Exception):  # it landed (training, or the trial's start)
+                trial.set_user_attr(ATTR["failure"], "interrupted")
+            raise
+
+    return hooks.wrap(interruptible)
 
 
 def summarize(study: optuna.Study) -> dict:
