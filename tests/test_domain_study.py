@@ -405,3 +405,37 @@ def test_label_free_study_adapts_through_the_backbone_in_stage2(tmp_path, monkey
     label_branch = np.asarray(stage2(boundary_val, training=False))
     served = tlsearch.load(out).predict_proba(ds.x_val)
     np.testing.assert_allclose(served, label_branch, atol=2e-5)
+
+
+def test_text_study_adapts_through_the_encoder_with_tiny_bert(tmp_path):
+    """Backbone adaptation on text: the top encoder layer is the DANN's extractor in stage 2,
+    label-free; its epochs carry the domain game and the export serves raw strings."""
+    rng = np.random.default_rng(0)
+    pos, neg = ["good film", "great movie", "fine acting"], ["bad film", "awful movie", "poor acting"]
+    y = np.arange(40) % 2
+    texts = [f"{(pos if v else neg)[rng.integers(3)]} , the plot" for v in y]
+    pd.DataFrame({"text": texts, "label": np.where(y == 1, "pos", "neg")}).to_csv(
+        tmp_path / "reviews.csv", index=False)
+    target = [f"product is {(['great', 'good'] if v else ['awful', 'bad'])[rng.integers(2)]} !"
+              for v in np.arange(24) % 2]
+    pd.DataFrame({"text": target}).to_csv(tmp_path / "target.csv", index=False)
+    study = write_study(tmp_path / "t.yaml", name="datb", n_trials=1,
+                        data={"path": "reviews.csv", "validation_split": 0.25, "target": "target.csv"},
+                        backbones=["tiny_bert"],
+                        training={"stage1_epochs": 1, "stage2_epochs": 2, "batch_size": 8},
+                        search={"unfreeze_blocks": 1, "head_width": [8], "max_length": 16,
+                                "lr_stage1": 1e-2, "lr_stage2": 1e-3,
+                                "domain_adaptation": {"lambda_max": 0.3, "stage": "backbone"}})
+    assert main(["run", str(study)]) == 0
+    t = _load(study, "datb").trials[0]
+    assert t.state.name == "COMPLETE"
+    hist = t.user_attrs["tlsearch.history"]
+    assert [h["stage"] for h in hist] == [1, 2, 2]
+    assert all(0.0 <= h["domain_accuracy"] <= 1.0 and "lambda" in h for h in hist)
+    assert t.user_attrs["tlsearch.domain"]["adapted"] is True
+    out = tmp_path / "export"
+    assert main(["export", str(study), "--out", str(out), "--formats", ""]) == 0
+    import tlsearch
+
+    probs = tlsearch.load(out).predict_proba(["product is great !", "bad film , the plot"])
+    assert probs.shape == (2, 2) and np.allclose(probs.sum(1), 1.0, atol=1e-5)
