@@ -31,18 +31,21 @@ def test_the_context_names_the_type_of_everything_a_stage_reads():
 
     from tlsearch.backbones import Backbone
     from tlsearch.train.augment import EpochBatches
+    from tlsearch.train.dann import DANN
     from tlsearch.train.heads import Head
 
     fields = {f.name: f.type for f in dataclasses.fields(TrialContext)}
     assert fields == {"params": "TrialParams", "schedule": "Schedule", "data": "Dataset",
                       "source": "BackboneSource", "head": "Head", "step": "int",
-                      "backbone": "Backbone | None", "cached": "bool", "unfrozen": "int"}
+                      "backbone": "Backbone | None", "cached": "bool", "unfrozen": "int",
+                      "dann": "DANN | None", "domain_features": "DomainFeatures | None"}
     assert TrialContext.__abstractmethods__ == {"fit", "inputs", "restore_head",
                                                 "epoch_callback"}
     assert TrialState is TrialContext  # the former name
     # every annotation resolves to a real type, none of them Any
     names = {"np": np, "keras": keras, "tf": tf, "Backbone": Backbone, "Dataset": Dataset,
-             "BackboneSource": BackboneSource, "Head": Head, "EpochBatches": EpochBatches}
+             "BackboneSource": BackboneSource, "Head": Head, "EpochBatches": EpochBatches,
+             "DANN": DANN}
     for target in (TrialContext, TrialContext.fit, TrialContext.inputs,
                    TrialContext.epoch_callback):
         hints = typing.get_type_hints(target, localns=names)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Union
 
 from tlsearch.params import TrialParams
@@ -36,10 +37,15 @@ if TYPE_CHECKING:  # TensorFlow and the source's modules load on first use, not 
     from tlsearch.backbones import Backbone
     from tlsearch.data import Dataset
     from tlsearch.train.augment import EpochBatches
+    from tlsearch.train.dann import DANN
     from tlsearch.train.features import BackboneSource
     from tlsearch.train.heads import Head
 
-__all__ = ["TrialPlan", "TrialContext", "Inputs"]
+__all__ = ["TrialPlan", "TrialContext", "Inputs", "DomainFeatures"]
+
+#: a stage-2 DANN's view of the domains: the kept weights (layer name -> arrays) -> (hidden
+#: features, class probabilities) of source training, source validation and held-out target rows
+DomainFeatures = Callable[[dict[str, list["np.ndarray"]]], list[tuple["np.ndarray", "np.ndarray"]]]
 
 #: what a model trains or is validated on: arrays (images, cached features or boundary
 #: activations), token arrays by name (text), an augmenting trial's epochs
@@ -75,11 +81,11 @@ class TrialContext(TrialPlan, ABC):
     unfrozen: int = 0
     #: the stage-1 DANN of an adapted trial (a stage 2 through the backbone goes on from its
     #: domain classifier)
-    dann: Any = None
+    dann: DANN | None = None
     #: after a stage-2 DANN: ``weights -> [(hidden, probabilities)]`` of source training, source
     #: validation and held-out target rows through the adapted top blocks
     #: (:func:`~tlsearch.train.dann_stage.domain_report` reads it)
-    domain_features: Any = None
+    domain_features: DomainFeatures | None = None
 
     @property
     def use_cache(self) -> bool:

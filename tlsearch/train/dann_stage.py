@@ -270,7 +270,8 @@ def domain_report(state: TrialContext, weights: dict[str, list[np.ndarray]],
     f_tr, f_va = state.source.frozen_outputs(p.backbone, 0, p)
     f_t = state.source.target_outputs(p.backbone, p)
     f_t = f_t[target_split(len(f_t), s.seed)[1]]
-    if stage == 2:  # the kept epoch adapted through the backbone: through its top blocks
+    if stage == 2 and state.domain_features is not None:
+        # the kept epoch adapted through the backbone: through its top blocks
         (h_tr, probs_tr), (h_va, probs), (h_t, probs_t) = state.domain_features(weights)
     else:
         h_tr, probs_tr = head_outputs(weights, f_tr)
