@@ -50,6 +50,18 @@ class FailureGuard:
         return self.count >= self.limit
 
 
+def _connection_line(e: BaseException) -> str:
+    """The database's own words for a lost connection in ``e``'s chain (first line)."""
+    seen: BaseException | None = e
+    while seen is not None:
+        orig = getattr(seen, "orig", None)
+        if orig is not None:
+            lines = str(orig).strip().splitlines()
+            return lines[0][:200] if lines else type(orig).__name__
+        seen = seen.__cause__ or seen.__context__
+    return type(e).__name__
+
+
 def _best(study: optuna.Study) -> tuple[int, float] | None:
     try:
         bt = study.best_trial
@@ -119,9 +131,15 @@ def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None 
             except Exception as e:
                 if not is_connection_error(e):
                     raise
-                # the trial's heartbeat stops: it is swept and retried; the next claim reconnects
-                progress.message(f"lost the database connection during a trial ({type(e).__name__})"
-                                 f"; carrying on")
+                # the trial's end was not stored (Optuna raises AssertionError "Should not reach"
+                # from the lost connection): it fails with the reason and is queued again; the
+                # next claim reconnects
+                lost = _connection_line(e)
+                quota.abandon()
+                failed = quota.fail_mine(f"lost the database connection: {lost}")
+                progress.message(f"lost the database connection during a trial ({lost})"
+                                 + (f"; trials {failed} failed and queued again" if failed else "")
+                                 + "; carrying on")
             finally:
                 quota.abandon()  # a no-op once the trial started
     finally:

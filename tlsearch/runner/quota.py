@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from tlsearch.optuna_adapter import storage_engine
 from tlsearch.runner.journal_grpc import no_retry_to_wait_for
 from tlsearch.runner.locks import retrying, study_lock
-from tlsearch.runner.stale import Retry, sweep_stale_trials, worker_id
+from tlsearch.runner.stale import Retry, fail_trials_of, sweep_stale_trials, worker_id
 from tlsearch.search.attrs import WORKER_ATTR
 
 __all__ = ["TrialQuota", "RUN", "WAIT", "DONE"]
@@ -96,6 +96,20 @@ class TrialQuota:
         """The claimed trial is RUNNING and marked with this worker: others may claim now."""
         trial.set_user_attr(WORKER_ATTR, self.me)
         self.lock.release()
+
+    def fail_mine(self, reason: str) -> list[int]:
+        """Fail the trials this worker left RUNNING with ``reason`` and queue their retries: their
+        end could not be stored (the database connection was lost as they were told). Left
+        RUNNING, each waited a grace period to be swept as if this worker had died."""
+        host, pid, _ = self.me.rsplit(":", 2)
+
+        def fail() -> list[int]:
+            return fail_trials_of(self.study, int(pid), host, reason, self.retry)
+
+        try:
+            return self._retrying(fail)
+        finally:
+            self.lock.release()
 
     def abandon(self) -> None:
         """The claim ended without a trial starting (the storage failed): let others claim."""

@@ -21,7 +21,7 @@ import optuna
 from tlsearch import modalities, space
 from tlsearch.config import StudyConfig
 from tlsearch.data import Dataset
-from tlsearch.errors import ArtifactWriteError, TrialFailure
+from tlsearch.errors import ArtifactWriteError, TrialFailure, is_connection_error
 from tlsearch.modalities import Modality
 from tlsearch.params import DEFAULT_DOMAIN_CRITERION
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
@@ -234,15 +234,24 @@ def make_objective(prep: StudyInputs, progress: Progress,
             raise
         return result.value
 
-    def interruptible(trial: optuna.Trial) -> float:
+    def guarded(trial: optuna.Trial) -> float:
         try:
             return objective(trial)
         except KeyboardInterrupt:  # Ctrl-C, SIGTERM, the parent gone: say why it failed, wherever
             with contextlib.suppress(Exception):  # it landed (training, or the trial's start)
                 trial.set_user_attr(ATTR["failure"], "interrupted")
             raise
+        except TrialFailure:
+            raise
+        except Exception as e:  # a connection lost outside the training (its attributes, weights)
+            if not is_connection_error(e):
+                raise
+            failure = as_trial_failure(e)
+            with contextlib.suppress(Exception):
+                trial.set_user_attr(ATTR["failure"], str(failure))
+            raise failure from e
 
-    return hooks.wrap(interruptible)
+    return hooks.wrap(guarded)
 
 
 def summarize(study: optuna.Study) -> dict:
