@@ -121,7 +121,9 @@ def test_workers_end_when_their_parent_is_killed(tmp_path, small_images):
         kids = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
         pids |= {int(p) for p in kids.read_text().split()} if kids.exists() else set()
         parent.kill()
-        parent.communicate(timeout=30)
+        # the workers hold the parent's output pipe open until they end: on a loaded machine
+        # that takes longer than the parent's own end
+        parent.communicate(timeout=90)
         _wait_for(lambda: not any(_alive(p) for p in pids), 90, "the workers to exit")
     finally:
         parent.kill()
