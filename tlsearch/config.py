@@ -223,8 +223,7 @@ class StudyConfig(Section):
     objective_params: dict[str, Any] | None = Field(
         None, description="the objective's parameters, e.g. {specificity: 0.95} for val_sens_at_spec")
     domain_selection: Literal[tuple(DOMAIN_CRITERIA)] = Field(  # type: ignore[valid-type]
-        DEFAULT_DOMAIN_CRITERION,
-        description="with `data.target` and no `data.target_validation`: the label-free "
+        DEFAULT_DOMAIN_CRITERION, description="with `data.target` and no `data.target_validation`: the label-free "
         "criterion trials are judged by (lower is better): reverse_validation, iwv, entropy, "
         "info_max or bound_proxy (README, Domain adaptation)")
     n_trials: int | None = Field(None, ge=1)
@@ -278,8 +277,7 @@ class StudyConfig(Section):
     @property
     def value_name(self) -> str:
         """What a trial's value is: the objective, or with ``data.target`` and no labelled target
-        data the label-free criterion ``domain_selection`` (lower is better; see
-        tlsearch.train.dann_selection)."""
+        data the label-free criterion ``domain_selection`` (lower is better; train/dann_selection)."""
         if self.data.target is not None and self.data.target_validation is None:
             return self.domain_selection
         return self.objective

@@ -249,7 +249,7 @@ def make_objective(prep: StudyInputs, progress: Progress,
             failure = as_trial_failure(e)
             with contextlib.suppress(Exception):
                 trial.set_user_attr(ATTR["failure"], str(failure))
-            raise failure from e
+            raise failure from e  # type: ignore[misc]
 
     return hooks.wrap(guarded)
 
