@@ -205,17 +205,22 @@ def test_labelled_target_validation_judges_every_trial(tmp_path):
     assert d is None or (d["criterion"] == "target_validation" and d["on"] == "target_validation")
 
 
-def test_text_study_adapts_with_tiny_bert(tmp_path):
+def _write_text_domains(folder) -> None:
+    """reviews.csv (40 labelled source snippets) and target.csv (24 unlabelled snippets in other
+    wording: a text column only)."""
     rng = np.random.default_rng(0)
     pos, neg = ["good film", "great movie", "fine acting"], ["bad film", "awful movie", "poor acting"]
     y = np.arange(40) % 2
     texts = [f"{(pos if v else neg)[rng.integers(3)]} , the plot" for v in y]
     pd.DataFrame({"text": texts, "label": np.where(y == 1, "pos", "neg")}).to_csv(
-        tmp_path / "reviews.csv", index=False)
-    # the target domain: other wording, no labels (a text column only)
+        folder / "reviews.csv", index=False)
     target = [f"product is {(['great', 'good'] if v else ['awful', 'bad'])[rng.integers(2)]} !"
               for v in np.arange(24) % 2]
-    pd.DataFrame({"text": target}).to_csv(tmp_path / "target.csv", index=False)
+    pd.DataFrame({"text": target}).to_csv(folder / "target.csv", index=False)
+
+
+def test_text_study_adapts_with_tiny_bert(tmp_path):
+    _write_text_domains(tmp_path)
     study = write_study(tmp_path / "t.yaml", name="dat", n_trials=1,
                         data={"path": "reviews.csv", "validation_split": 0.25, "target": "target.csv"},
                         backbones=["tiny_bert"],
@@ -410,15 +415,7 @@ def test_label_free_study_adapts_through_the_backbone_in_stage2(tmp_path, monkey
 def test_text_study_adapts_through_the_encoder_with_tiny_bert(tmp_path):
     """Backbone adaptation on text: the top encoder layer is the DANN's extractor in stage 2,
     label-free; its epochs carry the domain game and the export serves raw strings."""
-    rng = np.random.default_rng(0)
-    pos, neg = ["good film", "great movie", "fine acting"], ["bad film", "awful movie", "poor acting"]
-    y = np.arange(40) % 2
-    texts = [f"{(pos if v else neg)[rng.integers(3)]} , the plot" for v in y]
-    pd.DataFrame({"text": texts, "label": np.where(y == 1, "pos", "neg")}).to_csv(
-        tmp_path / "reviews.csv", index=False)
-    target = [f"product is {(['great', 'good'] if v else ['awful', 'bad'])[rng.integers(2)]} !"
-              for v in np.arange(24) % 2]
-    pd.DataFrame({"text": target}).to_csv(tmp_path / "target.csv", index=False)
+    _write_text_domains(tmp_path)
     study = write_study(tmp_path / "t.yaml", name="datb", n_trials=1,
                         data={"path": "reviews.csv", "validation_split": 0.25, "target": "target.csv"},
                         backbones=["tiny_bert"],
