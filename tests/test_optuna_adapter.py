@@ -87,6 +87,28 @@ def test__get_stale_trial_ids_takes_a_study_id_and_names_silent_trials(rdb):
         "_get_stale_trial_ids(study_id) did not name a trial silent for longer than grace_period"
 
 
+def test_optunas_own_sweep_before_each_trial_leaves_stale_trials_to_tlsearchs(rdb):
+    """Optuna fails stale trials itself before every trial (``_run_trial`` calls
+    ``fail_stale_trials``, which reads ``_get_stale_trial_ids``), with no reason recorded: a killed
+    worker's trial ended FAIL with nothing to say why. tlsearch's sweep alone fails them, each
+    with its reason."""
+    from tlsearch.runner.stale import sweep_stale_trials
+
+    silent = rdb.ask(X)
+    oa.study_storage(rdb).record_heartbeat(silent._trial_id)
+    time.sleep(3.5)  # past the grace period of 2 s
+    rdb.optimize(lambda t: t.suggest_float("x", 0, 1), n_trials=1)
+    left = rdb.get_trials(deepcopy=False)[silent.number]
+    assert left.state == TrialState.RUNNING, \
+        f"Optuna's sweep before a trial failed the stale trial (reason: " \
+        f"{left.user_attrs.get('tlsearch.failure')!r})"
+    assert oa.stale_trial_ids(rdb) == {silent._trial_id}
+    assert sweep_stale_trials(rdb, None, "a test") == [silent.number]
+    failed = rdb.get_trials(deepcopy=False)[silent.number]
+    assert failed.state == TrialState.FAIL
+    assert failed.user_attrs["tlsearch.failure"] == "worker died (no heartbeat): swept by a test"
+
+
 def test_trial_heartbeats_table_holds_a_row_once_a_trial_has_beaten(rdb):
     beaten, silent = rdb.ask(X), rdb.ask(X)
     oa.study_storage(rdb).record_heartbeat(beaten._trial_id)

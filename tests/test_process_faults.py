@@ -489,6 +489,62 @@ def test_a_connection_lost_as_a_trial_stores_its_weights_fails_it_in_one_line(tm
     assert states(ts) == {"COMPLETE": 2, "FAIL": 1}
 
 
+@pytest.mark.parametrize("when", ["training", "told"])
+def test_a_trial_swept_while_its_worker_lives_is_dropped_in_one_line(tmp_path, small_images,
+                                                                     monkeypatch, capfd, when):
+    """A worker whose heartbeat came late (a loaded machine, a lost connection) had its trial
+    swept as dead by another while it still trained; its next write to the trial raised Optuna's
+    UpdateFinishedTrialError and the worker printed two tracebacks (found by the chaos run,
+    benchmarks/chaos_run.py). Its result is dropped with one line and it carries on: the sweep's
+    reason stands and the retry runs."""
+    import optuna.study._optimize as optimize_module
+
+    from tlsearch.optuna_adapter import fail_running_trial
+    from tlsearch.runner.stale import Retry
+    from tlsearch.search.progress import Progress
+
+    url = f"sqlite:///{tmp_path / 'tiny.db'}"
+    reason = "worker died (no heartbeat): swept by worker 9"
+    swept: list[int] = []
+
+    def sweep_from_elsewhere():
+        if swept:
+            return
+        study = optuna.load_study(study_name=None, storage=url)
+        running = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        fail_running_trial(study, running[0], {FAILURE: reason})
+        Retry(max_retry=1)(study, study.get_trials(deepcopy=False)[running[0].number])
+        swept.append(running[0].number)
+
+    if when == "training":
+        real_epoch = Progress.epoch
+
+        def epoch(self, rec):
+            real_epoch(self, rec)
+            sweep_from_elsewhere()
+
+        monkeypatch.setattr(Progress, "epoch", epoch)
+    else:
+        real_tell = optimize_module._tell_with_warning
+
+        def tell(*a, **k):
+            sweep_from_elsewhere()
+            return real_tell(*a, **k)
+
+        monkeypatch.setattr(optimize_module, "_tell_with_warning", tell)
+    study = study_file(tmp_path, n_trials=2)
+    capfd.readouterr()
+    assert main(["run", str(study)]) == 0
+    shown = "".join(capfd.readouterr())
+    assert "Traceback" not in shown and "UpdateFinishedTrialError" not in shown, shown
+    assert "trial 0 was failed elsewhere while this worker ran it" in shown, shown
+    ts = trials(url)
+    assert (ts[0].state, ts[0].user_attrs[FAILURE]) == (TrialState.FAIL, reason)
+    retry = [t for t in ts if t.system_attrs.get("failed_trial") == 0]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
+    assert states(ts) == {"COMPLETE": 2, "FAIL": 1}
+
+
 def test_a_connection_dropped_while_the_study_opens_is_opened_again(tmp_path, small_images,
                                                                      monkeypatch):
     """Every connection of a study terminated while a process was still opening it: the process

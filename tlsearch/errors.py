@@ -8,6 +8,7 @@ Two kinds, as in KerasTuner: a :class:`UserError` is fatal and is reported witho
 from __future__ import annotations
 
 __all__ = [
+    "TrialEndedElsewhere",
     "UserError",
     "ConfigError",
     "DataError",
@@ -53,6 +54,11 @@ class SpaceChangedError(UserError):
 
 class TrialFailure(Exception):
     """One trial cannot go on (non-finite loss, out of memory, a bad batch); the study continues."""
+
+
+class TrialEndedElsewhere(TrialFailure):
+    """Another process failed the trial while this one ran it (a sweep took it for dead: its
+    heartbeat came late). Its result is dropped: the sweep's reason stands and the retry runs."""
 
 
 class NonFiniteLoss(TrialFailure):

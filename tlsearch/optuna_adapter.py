@@ -103,7 +103,9 @@ def stale_trial_ids(study: optuna.Study) -> set[int]:
     """The storage ids of the study's RUNNING trials whose heartbeat is older than the grace
     period (``_get_stale_trial_ids(study_id)``); empty where the storage records no heartbeat."""
     storage = study_storage(study)
-    get_stale = getattr(storage, "_get_stale_trial_ids", None)
+    backend = _backend(storage)
+    get_stale = backend.stale_ids if isinstance(backend, HeartbeatSafeStorage) else \
+        getattr(storage, "_get_stale_trial_ids", None)
     if get_stale is None or not heartbeat_interval(study):
         return set()
     return set(get_stale(study_id(study)))
@@ -161,6 +163,17 @@ class HeartbeatSafeStorage(RDBStorage):
         except Exception as e:
             if not is_connection_error(e):
                 raise
+
+    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+        """None, as Optuna's own sweep sees it: Optuna fails stale trials before every trial
+        (``_run_trial`` calls ``fail_stale_trials``) with no reason recorded; tlsearch's sweep
+        (:mod:`tlsearch.runner.stale`) fails them instead, each with its reason, and reads them
+        through :meth:`stale_ids`."""
+        return []
+
+    def stale_ids(self, study_id: int) -> list[int]:
+        """The ids of the study's RUNNING trials silent for longer than the grace period."""
+        return RDBStorage._get_stale_trial_ids(self, study_id)
 
 
 class StudyView:

@@ -130,7 +130,14 @@ def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None 
                                         callbacks=[on_done, guard])  # clear_state collects
             except Exception as e:
                 if not is_connection_error(e):
-                    raise
+                    taken = quota.swept_mine()
+                    if taken is None:
+                        raise
+                    # Optuna could not tell a trial already failed ("Cannot tell a FAIL trial")
+                    progress.message(f"trial {taken[0]} was failed elsewhere while this worker "
+                                     f"ran it ({taken[1]}); its result is dropped and its retry "
+                                     f"runs; carrying on")
+                    continue
                 # the trial's end was not stored (Optuna raises AssertionError "Should not reach"
                 # from the lost connection): it fails with the reason and is queued again; the
                 # next claim reconnects

@@ -19,8 +19,8 @@ from optuna.trial import TrialState
 from tlsearch.optuna_adapter import storage_engine
 from tlsearch.runner.journal_grpc import no_retry_to_wait_for
 from tlsearch.runner.locks import retrying, study_lock
-from tlsearch.runner.stale import Retry, fail_trials_of, sweep_stale_trials, worker_id
-from tlsearch.search.attrs import WORKER_ATTR
+from tlsearch.runner.stale import SWEPT, Retry, fail_trials_of, sweep_stale_trials, worker_id
+from tlsearch.search.attrs import ATTR, WORKER_ATTR
 
 __all__ = ["TrialQuota", "RUN", "WAIT", "DONE"]
 
@@ -42,6 +42,7 @@ class TrialQuota:
         self.retry = Retry(max_retry=max_retry)
         self.me = worker_id()
         self.finished = 0
+        self.current: int | None = None  # the number of the trial this worker last started
 
     def counts(self) -> dict[str, int]:
         out = {s.name: 0 for s in TrialState}
@@ -94,8 +95,20 @@ class TrialQuota:
 
     def started(self, trial: optuna.Trial) -> None:
         """The claimed trial is RUNNING and marked with this worker: others may claim now."""
+        self.current = trial.number
         trial.set_user_attr(WORKER_ATTR, self.me)
         self.lock.release()
+
+    def swept_mine(self) -> tuple[int, str] | None:
+        """The number and the reason of the trial this worker last started, if a sweep elsewhere
+        failed it (it took this worker for dead: a late heartbeat) while this worker ran it."""
+        if self.current is None:
+            return None
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            reason = str(t.user_attrs.get(ATTR["failure"], ""))
+            if t.number == self.current and SWEPT in reason:
+                return t.number, reason
+        return None
 
     def fail_mine(self, reason: str) -> list[int]:
         """Fail the trials this worker left RUNNING with ``reason`` and queue their retries: their

@@ -15,7 +15,6 @@ import copy
 import datetime
 import os
 import socket
-import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +26,10 @@ from tlsearch.optuna_adapter import (fail_running_trial, grace_period, has_heart
                                      stale_trial_ids, trial_id)
 from tlsearch.search.attrs import ATTR, WORKER_ATTR
 
-__all__ = ["Retry", "sweep_stale_trials", "fail_trials_of", "is_dead_here", "worker_id"]
+__all__ = ["SWEPT", "Retry", "sweep_stale_trials", "fail_trials_of", "is_dead_here", "worker_id"]
+
+#: what the reason of every trial failed by a sweep holds (``worker died: swept by worker 3``)
+SWEPT = ": swept by "
 
 #: attributes of a failed trial that its retry must not inherit
 _NOT_INHERITED = (ATTR["failure"], ATTR["history"], WORKER_ATTR)
@@ -101,11 +103,8 @@ def sweep_stale_trials(study: optuna.Study, retry: Callable | None,
             why = "worker died before its first heartbeat"
         else:
             continue
-        if _fail(study, t, f"{why}: swept by {who}", retry):
+        if _fail(study, t, f"{why}{SWEPT}{who}", retry):
             failed.append(t.number)
-    with warnings.catch_warnings():  # anything left that Optuna alone calls stale
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.fail_stale_trials(study)
     return failed
 
 

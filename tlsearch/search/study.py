@@ -21,7 +21,8 @@ import optuna
 from tlsearch import modalities, space
 from tlsearch.config import StudyConfig
 from tlsearch.data import Dataset
-from tlsearch.errors import ArtifactWriteError, TrialFailure, is_connection_error
+from tlsearch.errors import (ArtifactWriteError, TrialEndedElsewhere, TrialFailure,
+                             is_connection_error)
 from tlsearch.modalities import Modality
 from tlsearch.params import DEFAULT_DOMAIN_CRITERION
 from tlsearch.search.artifacts import AtomicFileSystemArtifactStore, upload_weights
@@ -243,13 +244,17 @@ def make_objective(prep: StudyInputs, progress: Progress,
             raise
         except TrialFailure:
             raise
+        except optuna.exceptions.UpdateFinishedTrialError as e:
+            # swept as dead by another process while this one ran it: nothing more to store
+            raise TrialEndedElsewhere(f"trial {trial.number} was failed elsewhere while this "
+                                      f"worker ran it") from e
         except Exception as e:  # a connection lost outside the training (its attributes, weights)
             if not is_connection_error(e):
                 raise
-            failure = as_trial_failure(e)
+            failure = as_trial_failure(e) or TrialFailure(str(e))
             with contextlib.suppress(Exception):
                 trial.set_user_attr(ATTR["failure"], str(failure))
-            raise failure from e  # type: ignore[misc]
+            raise failure from e
 
     return hooks.wrap(guarded)
 
