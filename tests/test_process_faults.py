@@ -699,6 +699,24 @@ def test_a_trial_whose_worker_died_before_its_first_heartbeat_is_swept(tmp_path)
     assert ts[1].state == TrialState.RUNNING  # still inside its grace period
 
 
+def _stopped_at_an_epoch(tmp_path, monkeypatch, epoch) -> list:
+    """``tlsearch run`` of a 3-trial study whose epochs end with ``epoch(real, self, rec)``
+    (the stop asked for there): exit 130; the trials' (state, reason)."""
+    from tlsearch.search import deadlines
+    from tlsearch.search.progress import Progress
+
+    make_image_folder(tmp_path / "images", per_class=6, size=8)
+    study = study_file(tmp_path, n_trials=3)
+    real = Progress.epoch
+    monkeypatch.setattr(Progress, "epoch", lambda self, rec: epoch(real, self, rec))
+    try:
+        assert main(["run", str(study)]) == 130
+    finally:
+        deadlines.STOP.clear()
+    return [(t.state, t.user_attrs.get(FAILURE))
+            for t in trials(f"sqlite:///{tmp_path / 'tiny.db'}")]
+
+
 def test_a_swallowed_interrupt_still_stops_the_run_at_its_next_safe_point(tmp_path, monkeypatch,
                                                                           capsys):
     """SIGTERM raises KeyboardInterrupt, which Python ignores when it lands in a weakref callback
@@ -706,23 +724,13 @@ def test_a_swallowed_interrupt_still_stops_the_run_at_its_next_safe_point(tmp_pa
     claiming and finishing trials. The stop request outlives the exception: the trial fails as
     interrupted at its next epoch and no other trial starts."""
     from tlsearch.search import deadlines
-    from tlsearch.search.progress import Progress
 
-    make_image_folder(tmp_path / "images", per_class=6, size=8)
-    study = study_file(tmp_path, n_trials=3)
-    real = Progress.epoch
-
-    def epoch_then_swallowed_sigterm(self, rec):
+    def epoch_then_swallowed_sigterm(real, self, rec):
         real(self, rec)
         deadlines.STOP.set()  # what the handler does, its exception lost
 
-    monkeypatch.setattr(Progress, "epoch", epoch_then_swallowed_sigterm)
-    try:
-        assert main(["run", str(study)]) == 130
-    finally:
-        deadlines.STOP.clear()
-    got = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
-    assert [(t.state, t.user_attrs.get(FAILURE)) for t in got] == [(TrialState.FAIL, "interrupted")]
+    got = _stopped_at_an_epoch(tmp_path, monkeypatch, epoch_then_swallowed_sigterm)
+    assert got == [(TrialState.FAIL, "interrupted")]
     assert capsys.readouterr().err.count("interrupted:") == 1
 
 
@@ -734,24 +742,15 @@ def test_a_stop_that_native_code_returns_as_another_error_is_an_interrupt(tmp_pa
     its line (found by the chaos run, benchmarks/chaos_run.py). Once the stop is asked for, such an
     error is the interrupt: the trial fails as ``interrupted`` and the run stops with one line."""
     from tlsearch.search import deadlines
-    from tlsearch.search.progress import Progress
 
-    make_image_folder(tmp_path / "images", per_class=6, size=8)
-    study = study_file(tmp_path, n_trials=3)
-
-    def epoch_then_sigterm_inside_tensorflow(self, rec):
+    def epoch_then_sigterm_inside_tensorflow(real, self, rec):
         deadlines.STOP.set()  # what the handler does before it raises
         raise SystemError("<built-in method  of PyCapsule object at 0x7f1fc2f28600> returned a "
                           "result with an exception set")
 
-    monkeypatch.setattr(Progress, "epoch", epoch_then_sigterm_inside_tensorflow)
     capfd.readouterr()
-    try:
-        assert main(["run", str(study)]) == 130
-    finally:
-        deadlines.STOP.clear()
-    got = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
-    assert [(t.state, t.user_attrs.get(FAILURE)) for t in got] == [(TrialState.FAIL, "interrupted")]
+    got = _stopped_at_an_epoch(tmp_path, monkeypatch, epoch_then_sigterm_inside_tensorflow)
+    assert got == [(TrialState.FAIL, "interrupted")]
     shown = "".join(capfd.readouterr())
     assert "Traceback" not in shown and "SystemError" not in shown, shown
     assert shown.count("interrupted:") == 1, shown
@@ -782,3 +781,27 @@ def test_a_dropped_connection_logged_by_the_pool_is_one_line(caplog):
     assert dropped.exc_info is None and "a database connection was dropped" in dropped.getMessage()
     assert "terminating connection" in dropped.getMessage()
     assert other.exc_info is not None  # not a connection: left as it was
+
+
+def test_a_connection_lost_inside_optunas_wrapper_is_told_in_the_databases_words():
+    """Optuna wraps a commit that failed in StorageInternalError, whose own words ("An exception
+    is raised during the commit. This typically happens due to invalid data in the commit, e.g.
+    exceeding max length.") became the trial's reason in the chaos run: a user would look for bad
+    data. The reason is the database's words for the lost connection."""
+    from optuna.exceptions import StorageInternalError
+    from sqlalchemy.exc import OperationalError
+
+    from tlsearch.search.failures import as_trial_failure
+
+    try:
+        try:
+            raise OperationalError("COMMIT", {}, Exception(
+                "terminating connection due to administrator command\nSSL SYSCALL error"))
+        except OperationalError as e:
+            raise StorageInternalError("An exception is raised during the commit. This typically "
+                                       "happens due to invalid data in the commit, e.g. exceeding "
+                                       "max length.") from e
+    except StorageInternalError as wrapped:
+        failure = as_trial_failure(wrapped)
+    assert str(failure) == ("lost the database connection: terminating connection due to "
+                            "administrator command")

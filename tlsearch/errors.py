@@ -21,6 +21,7 @@ __all__ = [
     "InputError",
     "ArtifactWriteError",
     "is_connection_error",
+    "connection_words",
 ]
 
 
@@ -106,3 +107,18 @@ def is_connection_error(e: BaseException) -> bool:
                 seen, (OperationalError, InterfaceError))
         seen = seen.__cause__ or seen.__context__
     return False
+
+
+def connection_words(e: BaseException) -> str:
+    """The database's own words for a lost connection in ``e``'s chain (the first line of the
+    driver's error, which SQLAlchemy keeps as ``orig``): Optuna's wrapper (StorageInternalError)
+    says only "An exception is raised during the commit ... e.g. exceeding max length"."""
+    seen: BaseException | None = e
+    while seen is not None:
+        orig = getattr(seen, "orig", None)
+        if orig is not None:
+            lines = str(orig).strip().splitlines()
+            return lines[0][:200] if lines else type(orig).__name__
+        seen = seen.__cause__ or seen.__context__
+    lines = str(e).strip().splitlines()
+    return lines[0][:200] if lines else type(e).__name__

@@ -12,7 +12,7 @@ import time
 import optuna
 from optuna.trial import TrialState
 
-from tlsearch.errors import TooManyFailures, TrialFailure, is_connection_error
+from tlsearch.errors import TooManyFailures, TrialFailure, connection_words, is_connection_error
 from tlsearch.runner.locks import retrying
 from tlsearch.runner.prepare import PreparedStudy
 from tlsearch.runner.quota import DONE, WAIT, TrialQuota
@@ -48,18 +48,6 @@ class FailureGuard:
     @property
     def tripped(self) -> bool:
         return self.count >= self.limit
-
-
-def _connection_line(e: BaseException) -> str:
-    """The database's own words for a lost connection in ``e``'s chain (first line)."""
-    seen: BaseException | None = e
-    while seen is not None:
-        orig = getattr(seen, "orig", None)
-        if orig is not None:
-            lines = str(orig).strip().splitlines()
-            return lines[0][:200] if lines else type(orig).__name__
-        seen = seen.__cause__ or seen.__context__
-    return type(e).__name__
 
 
 def _best(study: optuna.Study) -> tuple[int, float] | None:
@@ -141,7 +129,7 @@ def run_trials(prep: PreparedStudy, progress: Progress, *, n_trials: int | None 
                 # the trial's end was not stored (Optuna raises AssertionError "Should not reach"
                 # from the lost connection): it fails with the reason and is queued again; the
                 # next claim reconnects
-                lost = _connection_line(e)
+                lost = connection_words(e)
                 quota.abandon()
                 failed = quota.fail_mine(f"lost the database connection: {lost}")
                 progress.message(f"lost the database connection during a trial ({lost})"

@@ -18,7 +18,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from tlsearch._urls import redact_url, unencoded_at
 from tlsearch.config import StudyConfig
-from tlsearch.errors import StorageError, is_connection_error
+from tlsearch.errors import StorageError, connection_words, is_connection_error
 from tlsearch.optuna_adapter import HeartbeatSafeStorage
 from tlsearch.runner.stale import Retry
 from tlsearch.runner.journal_grpc import (check_other_url, open_other_storage, other_missing,
@@ -109,8 +109,8 @@ class _DroppedConnectionLine(logging.Handler):
     def handle(self, record: logging.LogRecord) -> bool:
         e = record.exc_info[1] if record.exc_info else None
         if e is not None and is_connection_error(e):
-            first = (str(getattr(e, "orig", None) or e).strip().splitlines() or [""])[0]
-            record.msg = f"a database connection was dropped ({first[:160]}); the pool replaces it"
+            record.msg = (f"a database connection was dropped ({connection_words(e)[:160]}); "
+                          f"the pool replaces it")
             record.args, record.exc_info, record.exc_text = (), None, None
         return super().handle(record)
 

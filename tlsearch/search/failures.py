@@ -8,7 +8,7 @@ not one trial, and the runner stops the study
 
 from __future__ import annotations
 
-from tlsearch.errors import TrialFailure, is_connection_error
+from tlsearch.errors import TrialFailure, connection_words, is_connection_error
 
 __all__ = ["as_trial_failure"]
 
@@ -17,8 +17,7 @@ def as_trial_failure(e: BaseException) -> TrialFailure | None:
     """The :class:`TrialFailure` that ``e``, raised inside a trial, amounts to; None for an
     exception that is not one trial's (a bug, or the user's interrupt): it propagates."""
     if is_connection_error(e):  # the next claim reconnects; this trial's writes are lost
-        first = str(getattr(e, "orig", None) or e).strip().splitlines()
-        return TrialFailure(f"lost the database connection: {first[0][:200] if first else e}")
+        return TrialFailure(f"lost the database connection: {connection_words(e)}")
     try:
         import tensorflow as tf
     except ImportError:  # pragma: no cover
