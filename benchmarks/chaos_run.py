@@ -16,8 +16,9 @@ while this script injects faults and prints each one on a timeline:
 The other workers are independent ``tlsearch run STUDY --storage URL`` processes. Every process's
 output goes to ``OUT/logs``. At the end the script checks: exactly the target of finished trials
 (COMPLETE + PRUNED), every SIGKILLed trial FAIL with its reason and retried until it completed,
-the parent's workers stopped with their line and their trials FAIL as ``interrupted``, every
-failed trial with a recorded reason, none left RUNNING or WAITING, no traceback in any output,
+the parent's workers stopped with their line and their trials FAIL as ``interrupted`` (or
+finished before the stop reached them), every failed trial with a recorded reason, no trial swept
+as dead while its worker lived, none left RUNNING or WAITING, no traceback in any output,
 every COMPLETE trial's weights present and matching their recorded size and SHA-256, every
 process of the last generation exited 0. It exits 1, naming what failed, if any check fails.
 
