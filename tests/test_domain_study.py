@@ -172,6 +172,7 @@ def test_label_free_study_adapts_and_records_the_domain_game(tmp_path, capsys):
     # the value printed is named by what it is (it read val_loss=...)
     assert f"({meta['domain_adaptation']['criterion']}=" in capsys.readouterr().err
     assert meta["domain_adaptation"]["adapted"] is True
+    assert meta["domain_adaptation"]["stage"] == "head"
     assert meta["domain_adaptation"]["target_fingerprint"] == s.user_attrs["tlsearch.target"]
     assert meta["domain_adaptation"]["criterion"] == DEFAULT_DOMAIN_CRITERION
     assert meta["data"]["examples"]["target"] == 36
@@ -394,6 +395,8 @@ def test_label_free_study_adapts_through_the_backbone_in_stage2(tmp_path, monkey
 
     out = tmp_path / "export"
     assert main(["export", str(study), "--out", str(out), "--formats", ""]) == 0
+    meta = json.loads((out / "metadata.json").read_text())
+    assert meta["domain_adaptation"]["stage"] == "backbone"  # where the reversed gradient went
     import keras
 
     import tlsearch

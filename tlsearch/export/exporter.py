@@ -39,7 +39,7 @@ from tlsearch.export.formats import OPTIONAL
 from tlsearch.export.integrity import SEALED_FROM, seal
 from tlsearch.export.provenance import data_provenance, study_facts, test_errors, versions
 from tlsearch.modalities import Modality
-from tlsearch.params import OBJECTIVES, objective_params, positive_index
+from tlsearch.params import OBJECTIVES, UNFREEZE_ALL, objective_params, positive_index
 from tlsearch.search.artifacts import ARTIFACT_ATTR, AtomicFileSystemArtifactStore, fetch_weights
 from tlsearch.search.attrs import ATTR, study_objective_params, trial_params
 from tlsearch.search.inputs import study_weights
@@ -194,8 +194,15 @@ def _domain_record(study, frozen) -> dict:
         return {}
     params = frozen.user_attrs.get(ATTR["params"], {})
     report = dict(frozen.user_attrs.get(ATTR["domain"]) or {})
+    adapted = params.get("domain_lambda_max", "off") != "off"
+    stage = None
+    if adapted:  # where the reversed gradient went: the head only, or the backbone's top too
+        u = params.get("unfreeze_blocks", 0)
+        through = params.get("domain_stage") == "backbone" and (u == UNFREEZE_ALL or int(u) > 0)
+        stage = "backbone" if through else "head"
     return {"domain_adaptation": {
-        "adapted": params.get("domain_lambda_max", "off") != "off",
+        "adapted": adapted,
+        "stage": stage,
         "target_fingerprint": target,
         "criterion": report.pop("criterion", None),
         "report": report,
