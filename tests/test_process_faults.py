@@ -456,6 +456,14 @@ def test_a_trial_whose_end_was_lost_with_the_connection_fails_with_that_reason(t
     assert "trials [0] failed and queued again" in out and "AssertionError" not in out, out
 
 
+def _run_two_trials(tmp_path, capfd) -> tuple[str, list]:
+    """``tlsearch run`` of a 2-trial study, exit 0: what it printed, and the study's trials."""
+    study = study_file(tmp_path, n_trials=2)
+    capfd.readouterr()
+    assert main(["run", str(study)]) == 0
+    return "".join(capfd.readouterr()), trials(f"sqlite:///{tmp_path / 'tiny.db'}")
+
+
 def test_a_connection_lost_as_a_trial_stores_its_weights_fails_it_in_one_line(tmp_path,
                                                                               small_images,
                                                                               monkeypatch, capfd):
@@ -477,12 +485,8 @@ def test_a_connection_lost_as_a_trial_stores_its_weights_fails_it_in_one_line(tm
         return real(*a, **k)
 
     monkeypatch.setattr(study_module, "upload_weights", lost_once)
-    study = study_file(tmp_path, n_trials=2)
-    capfd.readouterr()
-    assert main(["run", str(study)]) == 0
-    shown = "".join(capfd.readouterr())
+    shown, ts = _run_two_trials(tmp_path, capfd)
     assert "Traceback" not in shown, shown
-    ts = trials(f"sqlite:///{tmp_path / 'tiny.db'}")
     assert ts[0].state == TrialState.FAIL
     assert ts[0].user_attrs[FAILURE] == ("lost the database connection: terminating connection "
                                          "due to administrator command")
@@ -532,13 +536,9 @@ def test_a_trial_swept_while_its_worker_lives_is_dropped_in_one_line(tmp_path, s
             return real_tell(*a, **k)
 
         monkeypatch.setattr(optimize_module, "_tell_with_warning", tell)
-    study = study_file(tmp_path, n_trials=2)
-    capfd.readouterr()
-    assert main(["run", str(study)]) == 0
-    shown = "".join(capfd.readouterr())
+    shown, ts = _run_two_trials(tmp_path, capfd)
     assert "Traceback" not in shown and "UpdateFinishedTrialError" not in shown, shown
     assert "trial 0 was failed elsewhere while this worker ran it" in shown, shown
-    ts = trials(url)
     assert (ts[0].state, ts[0].user_attrs[FAILURE]) == (TrialState.FAIL, reason)
     retry = [t for t in ts if t.system_attrs.get("failed_trial") == 0]
     assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE
