@@ -37,9 +37,10 @@ from tlsearch.export.card import CARD_FILE, model_card
 from tlsearch.export.formats import FORMATS as _WRITERS
 from tlsearch.export.formats import OPTIONAL
 from tlsearch.export.integrity import SEALED_FROM, seal
-from tlsearch.export.provenance import data_provenance, study_facts, test_errors, versions
+from tlsearch.export.provenance import (data_provenance, domain_record, study_facts,
+                                        test_errors, versions)
 from tlsearch.modalities import Modality
-from tlsearch.params import OBJECTIVES, UNFREEZE_ALL, objective_params, positive_index
+from tlsearch.params import OBJECTIVES, objective_params, positive_index
 from tlsearch.search.artifacts import ARTIFACT_ATTR, AtomicFileSystemArtifactStore, fetch_weights
 from tlsearch.search.attrs import ATTR, study_objective_params, trial_params
 from tlsearch.search.inputs import study_weights
@@ -181,32 +182,9 @@ def trial_record(cfg, study, frozen) -> dict:
         "params": frozen.user_attrs.get(ATTR["params"], frozen.params),
         "classes": list(study.user_attrs[ATTR["classes"]]),
         "weights_artifact": {k: artifact[k] for k in ("id", "size", "sha256") if k in artifact},
-        **_domain_record(study, frozen),
+        **domain_record(study, frozen),
         **study_facts(cfg, study, frozen),
     }
-
-
-def _domain_record(study, frozen) -> dict:
-    """``domain_adaptation`` for a study with ``data.target``: whether this trial's head was
-    adapted, to which target data (its fingerprint), and how the trial was judged."""
-    target = study.user_attrs.get(ATTR["target"])
-    if not target:
-        return {}
-    params = frozen.user_attrs.get(ATTR["params"], {})
-    report = dict(frozen.user_attrs.get(ATTR["domain"]) or {})
-    adapted = params.get("domain_lambda_max", "off") != "off"
-    stage = None
-    if adapted:  # where the reversed gradient went: the head only, or the backbone's top too
-        u = params.get("unfreeze_blocks", 0)
-        through = params.get("domain_stage") == "backbone" and (u == UNFREEZE_ALL or int(u) > 0)
-        stage = "backbone" if through else "head"
-    return {"domain_adaptation": {
-        "adapted": adapted,
-        "stage": stage,
-        "target_fingerprint": target,
-        "criterion": report.pop("criterion", None),
-        "report": report,
-    }}
 
 
 def export_study(cfg, out_dir: str | Path, *, trial: int | None = None, url: str | None = None,

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from tlsearch.config import DataConfig, StudyConfig
     from tlsearch.data import Dataset
 
-__all__ = ["study_facts", "data_provenance", "test_errors", "versions"]
+__all__ = ["study_facts", "data_provenance", "domain_record", "test_errors", "versions"]
 
 #: packages a text export needs beside Keras and TensorFlow (its tokenizer and its TF Text ops)
 TEXT_PACKAGES = ("keras-hub", "tensorflow-text")
@@ -171,3 +171,29 @@ def test_errors(objective: str, probs: np.ndarray, y: np.ndarray, result: dict[s
         out[key] = value_se(objective, probs, y, params)
     return {k: float(v) for k, v in out.items() if math.isfinite(v)}
 
+
+def domain_record(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> dict:
+    """``domain_adaptation`` for a study with ``data.target``: whether this trial's head was
+    adapted (and where: ``stage``), to which target data (its fingerprint), and how the trial
+    was judged."""
+    from tlsearch.params import UNFREEZE_ALL
+    from tlsearch.search.attrs import ATTR
+
+    target = study.user_attrs.get(ATTR["target"])
+    if not target:
+        return {}
+    params = frozen.user_attrs.get(ATTR["params"], {})
+    report = dict(frozen.user_attrs.get(ATTR["domain"]) or {})
+    adapted = params.get("domain_lambda_max", "off") != "off"
+    stage = None
+    if adapted:  # where the reversed gradient went: the head only, or the backbone's top too
+        u = params.get("unfreeze_blocks", 0)
+        through = params.get("domain_stage") == "backbone" and (u == UNFREEZE_ALL or int(u) > 0)
+        stage = "backbone" if through else "head"
+    return {"domain_adaptation": {
+        "adapted": adapted,
+        "stage": stage,
+        "target_fingerprint": target,
+        "criterion": report.pop("criterion", None),
+        "report": report,
+    }}
