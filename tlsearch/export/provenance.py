@@ -176,20 +176,17 @@ def domain_record(study: optuna.Study, frozen: optuna.trial.FrozenTrial) -> dict
     """``domain_adaptation`` for a study with ``data.target``: whether this trial's head was
     adapted (and where: ``stage``), to which target data (its fingerprint), and how the trial
     was judged."""
-    from tlsearch.params import UNFREEZE_ALL
-    from tlsearch.search.attrs import ATTR
+    from tlsearch.params import adapts, adapts_backbone
+    from tlsearch.search.attrs import ATTR, trial_params
 
     target = study.user_attrs.get(ATTR["target"])
     if not target:
         return {}
-    params = frozen.user_attrs.get(ATTR["params"], {})
+    params = trial_params(frozen)
     report = dict(frozen.user_attrs.get(ATTR["domain"]) or {})
-    adapted = params.get("domain_lambda_max", "off") != "off"
-    stage = None
-    if adapted:  # where the reversed gradient went: the head only, or the backbone's top too
-        u = params.get("unfreeze_blocks", 0)
-        through = params.get("domain_stage") == "backbone" and (u == UNFREEZE_ALL or int(u) > 0)
-        stage = "backbone" if through else "head"
+    adapted = adapts(params)
+    # where the reversed gradient went: the head only, or the backbone's top blocks too
+    stage = ("backbone" if adapts_backbone(params) else "head") if adapted else None
     return {"domain_adaptation": {
         "adapted": adapted,
         "stage": stage,
